@@ -1,0 +1,181 @@
+//! One group commit: checks each request of a batch, writes the valid ones in a single write
+//! transaction and commits it once.
+//!
+//! A request that cannot be applied (an update of a missing id, an insert of a taken id, a
+//! body file that cannot be synced) is rejected before any of it is written, so it fails
+//! alone; the rest of the batch commits. An error of the transaction itself fails the whole
+//! batch, and nothing of it is committed.
+
+use redb::{Database, ReadableTable, Table};
+
+use crate::body::BodyDir;
+use crate::change::{Change, Work};
+use crate::database::{self, BODIES, ENVELOPES, META, META_LAST_ID, QUARANTINE};
+use crate::id::IdAllocator;
+use crate::record::{BodyRecord, decode_body, encode_envelope, encode_quarantine};
+use crate::{QueueId, SpoolError};
+
+/// A request's work in the batch, and its rejection if it was not applied.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) work: Work,
+    pub(crate) rejection: Option<SpoolError>,
+}
+
+/// What a committed batch leaves for the committer to do.
+#[derive(Debug, Default)]
+pub(crate) struct Committed {
+    /// Body files of removed messages, to delete now that the commit is durable.
+    pub(crate) unlink: Vec<QueueId>,
+}
+
+struct Tables<'txn> {
+    envelopes: Table<'txn, u64, &'static [u8]>,
+    bodies: Table<'txn, u64, &'static [u8]>,
+    quarantine: Table<'txn, u64, &'static [u8]>,
+}
+
+/// Writes the batch in one transaction and commits it (durable when this returns `Ok`).
+/// Rejected requests get their `rejection` set. On `Err` nothing of the batch is committed,
+/// unless the commit itself failed part way, which redb cannot rule out; the committer then
+/// checks after reopening.
+pub(crate) fn write(
+    database: &Database,
+    dir: &BodyDir,
+    ids: &IdAllocator,
+    slots: &mut [Slot],
+) -> Result<Committed, SpoolError> {
+    let txn = database::begin_write(database)?;
+    let mut committed = Committed::default();
+    {
+        let mut tables = Tables {
+            envelopes: txn.open_table(ENVELOPES)?,
+            bodies: txn.open_table(BODIES)?,
+            quarantine: txn.open_table(QUARANTINE)?,
+        };
+        let mut files_renamed = false;
+        for slot in slots.iter_mut() {
+            if let Err(rejection) = check(&slot.work, &tables) {
+                slot.rejection = Some(rejection);
+                continue;
+            }
+            match persist_bodies(&mut slot.work, dir) {
+                Ok(renamed) => files_renamed |= renamed,
+                Err(rejection) => {
+                    slot.rejection = Some(rejection);
+                    continue;
+                }
+            }
+            apply(&slot.work, &mut tables, &mut committed.unlink)?;
+        }
+        if files_renamed {
+            dir.sync()
+                .map_err(|error| SpoolError::io(dir.path(), error))?;
+        }
+        // Every id allocated so far, stored or not, stays used after a restart.
+        txn.open_table(META)?.insert(META_LAST_ID, ids.last())?;
+    }
+    txn.commit()?;
+    Ok(committed)
+}
+
+/// Checks that every change of the request can be applied, in order, to the state the
+/// transaction has reached (which includes the requests before it in this batch).
+fn check(work: &Work, tables: &Tables<'_>) -> Result<(), SpoolError> {
+    // Ids this request has inserted (true) or removed (false) so far.
+    let mut touched: Vec<(QueueId, bool)> = Vec::new();
+    let exists = |id: QueueId, touched: &[(QueueId, bool)]| -> Result<bool, SpoolError> {
+        match touched.iter().rev().find(|(touched_id, _)| *touched_id == id) {
+            Some(&(_, exists)) => Ok(exists),
+            None => Ok(tables.envelopes.get(id.0)?.is_some()),
+        }
+    };
+    match work {
+        Work::Changes(changes) => {
+            for change in changes {
+                match change {
+                    Change::Insert { id, .. } => {
+                        if exists(*id, &touched)? || tables.quarantine.get(id.0)?.is_some() {
+                            return Err(SpoolError::AlreadyExists(*id));
+                        }
+                        touched.push((*id, true));
+                    }
+                    Change::UpdateEnvelope { id, .. } => {
+                        if !exists(*id, &touched)? {
+                            return Err(SpoolError::NotFound(*id));
+                        }
+                    }
+                    Change::Remove { id } => {
+                        if !exists(*id, &touched)? {
+                            return Err(SpoolError::NotFound(*id));
+                        }
+                        touched.push((*id, false));
+                    }
+                }
+            }
+        }
+        Work::Quarantine { id, .. } => {
+            if !exists(*id, &touched)? {
+                return Err(SpoolError::NotFound(*id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Syncs the request's body files and gives them their stored names; returns whether any was
+/// renamed (the directory then needs a sync before the commit).
+fn persist_bodies(work: &mut Work, dir: &BodyDir) -> Result<bool, SpoolError> {
+    let Work::Changes(changes) = work else {
+        return Ok(false);
+    };
+    let mut renamed = false;
+    for change in changes {
+        if let Change::Insert { id, body, .. } = change {
+            renamed |= body.persist(dir, *id).map_err(SpoolError::Io)?;
+        }
+    }
+    Ok(renamed)
+}
+
+/// Writes a checked request. An error here is an error of the transaction.
+fn apply(
+    work: &Work,
+    tables: &mut Tables<'_>,
+    unlink: &mut Vec<QueueId>,
+) -> Result<(), SpoolError> {
+    match work {
+        Work::Changes(changes) => {
+            for change in changes {
+                match change {
+                    Change::Insert { id, envelope, body } => {
+                        tables
+                            .envelopes
+                            .insert(id.0, encode_envelope(envelope).as_slice())?;
+                        tables.bodies.insert(id.0, body.record().as_slice())?;
+                    }
+                    Change::UpdateEnvelope { id, envelope } => {
+                        tables
+                            .envelopes
+                            .insert(id.0, encode_envelope(envelope).as_slice())?;
+                    }
+                    Change::Remove { id } => {
+                        tables.envelopes.remove(id.0)?;
+                        if let Some(old) = tables.bodies.remove(id.0)?
+                            && !matches!(decode_body(old.value()), Ok(BodyRecord::Inline(_)))
+                        {
+                            unlink.push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        Work::Quarantine { id, reason } => {
+            let envelope = tables.envelopes.remove(id.0)?.map(|old| old.value().to_vec());
+            let body = tables.bodies.remove(id.0)?.map(|old| old.value().to_vec());
+            let value = encode_quarantine(reason, envelope.as_deref(), body.as_deref());
+            tables.quarantine.insert(id.0, value.as_slice())?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! The changes a caller asks the committer to make, alone or several in one atomic commit.
+
+use crate::{Body, QueueId};
+
+/// One change to the spool. A `Vec<Change>` given to [`crate::Spool::apply`] is committed
+/// atomically: all of it or none of it.
+#[derive(Debug)]
+pub enum Change {
+    /// Store a new message under an id from [`crate::Spool::allocate_id`]. Fails with
+    /// `AlreadyExists` if the id is taken.
+    Insert {
+        id: QueueId,
+        envelope: Vec<u8>,
+        body: Body,
+    },
+    /// Replace a stored message's envelope. Fails with `NotFound` if there is none.
+    UpdateEnvelope { id: QueueId, envelope: Vec<u8> },
+    /// Delete a message, its body and its body file. Fails with `NotFound` if there is none.
+    Remove { id: QueueId },
+}
+
+/// What one request asks of the committer.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Changes(Vec<Change>),
+    /// Move a message's records, as they are, to the quarantine table.
+    Quarantine { id: QueueId, reason: String },
+}
+
+impl Work {
+    /// Bytes this work adds to a commit, for the batch byte cap.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Work::Changes(changes) => changes
+                .iter()
+                .map(|change| match change {
+                    Change::Insert { envelope, body, .. } => envelope.len() + body.inline_len(),
+                    Change::UpdateEnvelope { envelope, .. } => envelope.len(),
+                    Change::Remove { .. } => 0,
+                })
+                .sum(),
+            Work::Quarantine { .. } => 0,
+        }
+    }
+
+    /// How many messages this work stores.
+    pub(crate) fn inserts(&self) -> usize {
+        match self {
+            Work::Changes(changes) => changes
+                .iter()
+                .filter(|change| matches!(change, Change::Insert { .. }))
+                .count(),
+            Work::Quarantine { .. } => 0,
+        }
+    }
+
+    /// Settles the bodies of this work's inserts once the commit's outcome is known: a body
+    /// whose message is stored keeps its file; any other body is dropped, deleting its file.
+    pub(crate) fn settle_bodies(self, is_stored: impl Fn(QueueId) -> bool) {
+        let Work::Changes(changes) = self else { return };
+        for change in changes {
+            if let Change::Insert { id, body, .. } = change
+                && body.is_file()
+                && is_stored(id)
+            {
+                body.keep();
+            }
+        }
+    }
+}

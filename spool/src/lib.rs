@@ -1,0 +1,36 @@
+//! relayq's durable message store: envelopes and bodies in redb, written by one committer
+//! thread in group commits, so a message is on stable storage before it is acknowledged.
+//!
+//! Invariant: the spool knows nothing about SMTP, DNS or lanes. Per message it stores an
+//! opaque envelope (the caller's encoding of sender, recipients and their state) and a body.
+//!
+//! Code map:
+//! - `spool`: the [`Spool`] handle (open, store/apply through the committer, blocking reads);
+//! - `committer`: the writer thread and its batching; `batch`: one group commit;
+//! - `change`: [`Change`], what a caller asks to commit;
+//! - `body`: [`BodyWriter`], [`Body`], [`BodyReader`] and the `bodies/` directory;
+//! - `record`: the framed, checksummed value formats (pure);
+//! - `database`: tables, opening and repair, orphan body files;
+//! - `id`: [`QueueId`] and its allocator; `options`, `stats`, `error`.
+
+#![forbid(unsafe_code)]
+
+mod batch;
+mod body;
+mod change;
+mod committer;
+mod database;
+mod error;
+mod id;
+mod options;
+mod record;
+mod spool;
+mod stats;
+
+pub use body::{Body, BodyReader, BodyWriter};
+pub use change::Change;
+pub use error::SpoolError;
+pub use id::{ParseQueueIdError, QueueId};
+pub use options::SpoolOptions;
+pub use spool::{Spool, Stored};
+pub use stats::SpoolStats;

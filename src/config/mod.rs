@@ -1,0 +1,405 @@
+//! The configuration file: the validated settings the daemon runs with (DESIGN §6).
+//!
+//! Loading is two steps. [`raw`] deserializes the TOML into structs in which
+//! every key is optional and unknown keys are refused; [`validate`] applies the
+//! defaults, parses addresses, networks and durations, and checks the values.
+//! Every failure becomes a [`ConfigError`] naming the file, the key path
+//! (`delivery.connect_timeout`, `route[0].tls`) and the reason.
+//!
+//! Invariant: a [`Config`] that exists is valid; code using it does not
+//! re-check ranges or combinations. The only I/O here is reading the file and
+//! detecting the built-in defaults (host name, state directory); a route's
+//! password file is read by the delivery code through [`Route::read_password`].
+
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::queue::Lane;
+
+use self::raw::RawConfig;
+use self::validate::SystemDefaults;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The name used in EHLO/HELO, `Received:` and `Reporting-MTA:`.
+    pub hostname: String,
+    pub spool: SpoolSettings,
+    /// At least one; no two bound to the same address.
+    pub listeners: Vec<ListenerSettings>,
+    pub smtp: SmtpSettings,
+    pub lanes: LanesSettings,
+    pub delivery: DeliverySettings,
+    pub retry: RetrySettings,
+    pub dns: DnsSettings,
+    /// Smarthost routes, in file order. No domain appears in two routes.
+    pub routes: Vec<Route>,
+    pub control: ControlSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+    /// The file this configuration came from; `None` for the built-in defaults.
+    pub source: Option<PathBuf>,
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    pub path: PathBuf,
+    /// Largest message accepted, in bytes; at least 64 KiB (RFC 5321 §4.5.3.1.7).
+    pub max_message_size: u64,
+    /// Free bytes the spool's file system must keep: below this, new mail is
+    /// refused with 452 at MAIL and new connections with 421.
+    pub min_free_space: u64,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    pub address: SocketAddr,
+    /// The lane for mail accepted on this listener.
+    pub lane: Lane,
+}
+
+/// `[smtp]`: the receiving side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// Clients allowed to relay; bare addresses are stored as /32 or /128.
+    pub relay_networks: Vec<IpNet>,
+    pub max_connections: usize,
+    pub max_recipients: usize,
+    /// Domain appended to bare local names (`root` → `root@origin`).
+    pub origin: String,
+    /// Where mail to root, postmaster and the like is redirected.
+    pub admin_address: Option<String>,
+    /// How long a session may wait for the client's next command.
+    pub idle_timeout: Duration,
+    /// Protocol errors in one session before `421` and close.
+    pub max_errors: u32,
+}
+
+/// `[lanes.high]` and `[lanes.low]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanesSettings {
+    pub high: LaneSettings,
+    pub low: LaneSettings,
+}
+
+impl LanesSettings {
+    pub fn get(&self, lane: Lane) -> &LaneSettings {
+        match lane {
+            Lane::High => &self.high,
+            Lane::Low => &self.low,
+        }
+    }
+}
+
+/// The settings of one lane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneSettings {
+    /// Delivery slots of this lane; never lent to the other lane. At least 1.
+    pub concurrency: usize,
+}
+
+/// `[delivery]`: the sending side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySettings {
+    /// Remote port for MX delivery; never 0.
+    pub port: u16,
+    /// Simultaneous connections to one destination; at least 1.
+    pub destination_concurrency: usize,
+    pub tls: TlsPolicy,
+    pub ip_version: IpVersion,
+    /// All timeouts are non-zero; RFC 5321 §4.5.3.2 gives the defaults.
+    pub connect_timeout: Duration,
+    pub greeting_timeout: Duration,
+    /// EHLO, MAIL, RCPT, RSET.
+    pub command_timeout: Duration,
+    /// DATA initiation and each data block.
+    pub data_timeout: Duration,
+    /// The reply to the final dot.
+    pub final_timeout: Duration,
+}
+
+/// `[retry]`: when deferred mail is tried again, and when it is given up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySettings {
+    /// The first delay; non-zero.
+    pub initial: Duration,
+    /// Each delay is the previous one times this; at least 1.0 and finite.
+    pub factor: f64,
+    /// The delay never grows beyond this; at least `initial`.
+    pub max: Duration,
+    /// Age at which undelivered mail is bounced as expired; non-zero.
+    pub max_age: Duration,
+    /// Age at which one "delayed" DSN goes to NOTIFY=DELAY recipients;
+    /// shorter than `max_age` when set.
+    pub delay_warning: Option<Duration>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Resolvers to ask; empty means those of `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// One `[[route]]`: mail for these domains goes to a fixed host instead of MX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Lowercased, non-empty; `"*"` matches every domain.
+    pub domains: Vec<String>,
+    /// A domain name or an IP address.
+    pub host: String,
+    pub port: u16,
+    pub tls: RouteTls,
+    pub verify_certificate: bool,
+    /// Set exactly when `password_file` is set.
+    pub username: Option<String>,
+    /// Read at delivery time, not at load time, so a rotated password needs no reload.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Route {
+    /// Reads the password from `password_file`, without one trailing newline.
+    /// `Ok(None)` when the route has no credentials.
+    pub fn read_password(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let mut password = fs::read_to_string(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?;
+        if password.ends_with('\n') {
+            password.pop();
+            if password.ends_with('\r') {
+                password.pop();
+            }
+        }
+        Ok(Some(password))
+    }
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// The Unix socket the `queue` commands talk to.
+    pub socket: PathBuf,
+    /// Where `sendmail` leaves mail while the daemon is down.
+    pub maildrop: PathBuf,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Address of the Prometheus endpoint; `None` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `"info"` or `"relayq=debug"`; checked at load.
+    pub level: Option<String>,
+}
+
+/// `delivery.tls`: STARTTLS use for MX delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(
+    rename_all = "snake_case",
+    expecting = "one of \"opportunistic\", \"required\", \"disabled\""
+)]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, without certificate verification (RFC 7435).
+    Opportunistic,
+    /// No delivery without STARTTLS; a server not offering it defers the mail.
+    Required,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+/// `delivery.ip_version`: which address families to connect over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(
+    rename_all = "snake_case",
+    expecting = "one of \"any\", \"ipv4\", \"ipv6\", \"prefer_ipv4\", \"prefer_ipv6\""
+)]
+pub enum IpVersion {
+    /// Both families, in resolver order.
+    Any,
+    Ipv4,
+    Ipv6,
+    /// Both families, IPv4 addresses first.
+    PreferIpv4,
+    /// Both families, IPv6 addresses first.
+    PreferIpv6,
+}
+
+/// `route.tls`: how the connection to a smarthost is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(
+    rename_all = "snake_case",
+    expecting = "one of \"starttls\", \"implicit\", \"none\""
+)]
+pub enum RouteTls {
+    /// Plain connection upgraded with STARTTLS, which is required.
+    Starttls,
+    /// TLS from the first byte (RFC 8314), usually port 465.
+    Implicit,
+    /// Never TLS.
+    None,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case", expecting = "one of \"text\", \"json\"")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration that cannot be used: which file, which key, and why.
+///
+/// Displays as `file: key: reason`, or `file: reason` when `key` is empty
+/// (the file cannot be read, or is not TOML).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{reason}", .file.display(), KeyPrefix(.key))]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// The key path, such as `delivery.connect_timeout` or `listener[1].lane`.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Displays `key: `, or nothing for an empty key.
+struct KeyPrefix<'a>(&'a str);
+
+impl fmt::Display for KeyPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{}: ", self.0)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|error| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            reason: format!("cannot read: {}", describe_io_error(&error)),
+        })?;
+        Self::parse(text.as_str(), path)
+    }
+
+    /// Validates configuration text; `origin` names it in errors and becomes
+    /// [`Config::source`]. Keys the text leaves out get the built-in defaults.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        Self::parse_with(text, origin, &SystemDefaults::detect())
+    }
+
+    /// The configuration used when there is no file: listens on
+    /// 127.0.0.1:2525 and keeps its spool in [`Config::default_state_dir`], so
+    /// it runs without privileges.
+    pub fn builtin() -> Config {
+        validate::config(RawConfig::default(), None, &SystemDefaults::detect())
+            .expect("the built-in defaults are valid, and so are the detected host name and state directory")
+    }
+
+    /// Where an unprivileged relayq keeps its spool: `$RELAYQ_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/relayq`, else `$HOME/.local/state/relayq`, else
+    /// `/tmp/relayq-<uid>`. Empty variables count as unset.
+    pub fn default_state_dir() -> PathBuf {
+        state_dir_from(|name| std::env::var_os(name), current_uid)
+    }
+
+    fn parse_with(
+        text: &str,
+        origin: &Path,
+        system: &SystemDefaults,
+    ) -> Result<Config, ConfigError> {
+        let raw = raw::parse(text).map_err(|invalid| invalid.in_file(origin))?;
+        validate::config(raw, Some(origin), system).map_err(|invalid| invalid.in_file(origin))
+    }
+}
+
+/// A problem found in the text, before it is tied to a file name.
+#[derive(Debug, PartialEq, Eq)]
+struct Invalid {
+    key: String,
+    reason: String,
+}
+
+impl Invalid {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn in_file(self, file: &Path) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            key: self.key,
+            reason: self.reason,
+        }
+    }
+}
+
+/// `io::Error`'s message without the `(os error N)` suffix.
+fn describe_io_error(error: &io::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" (os error ") {
+        Some(cut) if message.ends_with(')') => message[..cut].to_string(),
+        _ => message,
+    }
+}
+
+/// [`Config::default_state_dir`] with the environment and the uid supplied,
+/// so tests need not change the process environment.
+fn state_dir_from(
+    env: impl Fn(&str) -> Option<OsString>,
+    uid: impl FnOnce() -> Option<String>,
+) -> PathBuf {
+    let var = |name: &str| env(name).filter(|value| !value.is_empty());
+    if let Some(dir) = var("RELAYQ_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    // The XDG base directory specification says to ignore relative values.
+    if let Some(dir) = var("XDG_STATE_HOME").filter(|dir| Path::new(dir).is_absolute()) {
+        return Path::new(&dir).join("relayq");
+    }
+    if let Some(home) = var("HOME") {
+        return Path::new(&home).join(".local/state/relayq");
+    }
+    let uid = uid().unwrap_or_else(|| "user".to_string());
+    PathBuf::from(format!("/tmp/relayq-{uid}"))
+}
+
+/// The real uid, from the `Uid:` line of `/proc/self/status`.
+fn current_uid() -> Option<String> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
+    let uid = line.split_whitespace().next()?;
+    uid.bytes()
+        .all(|byte| byte.is_ascii_digit())
+        .then(|| uid.to_string())
+}

@@ -1,0 +1,129 @@
+//! Wiring: the one place that builds components, spawns the long-lived tasks
+//! and runs shutdown (DESIGN §3 invariant 4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use relayq_spool::{Spool, SpoolOptions};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::queue::Queue;
+use crate::smtp::server;
+use crate::smtp::session::SessionShared;
+use crate::storage::FreeSpace;
+
+/// How long in-flight sessions may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        signal_shutdown.cancel();
+    });
+    run(config, shutdown).await
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let spool_path = config.spool.path.clone();
+    let opened = tokio::task::spawn_blocking(move || Spool::open(SpoolOptions::new(spool_path)))
+        .await
+        .context("spool open task failed")?;
+    let spool = opened
+        .with_context(|| format!("cannot open spool {}", config.spool.path.display()))?;
+    let (queue, recovery) = Queue::rebuild(&spool)
+        .await
+        .context("cannot rebuild the queue from the spool")?;
+    tracing::info!(
+        "spool {}: {} messages queued (high {}, low {}), {} completed removed, {} set aside",
+        config.spool.path.display(),
+        recovery.high + recovery.low,
+        recovery.high,
+        recovery.low,
+        recovery.completed,
+        recovery.quarantined,
+    );
+
+    let shared = Arc::new(SessionShared {
+        hostname: config.hostname.clone(),
+        origin: config.smtp.origin.clone(),
+        admin_address: config.smtp.admin_address.clone(),
+        relay_networks: config.smtp.relay_networks.clone(),
+        max_recipients: config.smtp.max_recipients,
+        max_message_size: config.spool.max_message_size,
+        idle_timeout: config.smtp.idle_timeout,
+        max_errors: config.smtp.max_errors,
+        spool: spool.clone(),
+        queue: Arc::new(queue),
+        free_space: FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space),
+        shutdown: shutdown.clone(),
+    });
+
+    let limit_connections = Arc::new(Semaphore::new(config.smtp.max_connections));
+    let tracker = TaskTracker::new();
+    let mut listeners = Vec::new();
+    for listener in &config.listeners {
+        let socket = server::bind(listener.address)
+            .with_context(|| format!("cannot listen on {}", listener.address))?;
+        let bound = socket.local_addr()?;
+        tracing::info!("listening on {bound} (lane {})", listener.lane);
+        listeners.push(tokio::spawn(server::accept_loop(
+            socket,
+            listener.lane,
+            shared.clone(),
+            limit_connections.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tracing::info!(
+        "relayq ready: hostname {}, spool {}, config {}",
+        config.hostname,
+        config.spool.path.display(),
+        config
+            .source
+            .as_ref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".to_owned()),
+    );
+
+    shutdown.cancelled().await;
+    for listener in listeners {
+        let _ = listener.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("{} sessions still open after the grace period; closing", tracker.len());
+    }
+    let remaining = shared.queue.len();
+    let closing = spool.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .context("spool close task failed")?;
+    tracing::info!("stopped; {remaining} messages stay queued in the spool");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!("cannot install SIGTERM handler: {error}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,13 @@
+//! relayq: a local SMTP relay and durable outbound mail spooler.
+//!
+//! The binary (`src/main.rs`) is a thin command-line front; everything lives
+//! in these modules so integration tests can drive the real components.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod queue;
+pub mod smtp;
+pub mod storage;
+pub mod timefmt;

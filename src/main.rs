@@ -1,0 +1,94 @@
+//! The `relayq` command: `serve` runs the daemon, `check-config` validates a
+//! configuration file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use relayq::config::Config;
+
+/// sysexits.h EX_USAGE / EX_CONFIG-style exit for bad configuration.
+const EXIT_USAGE: u8 = 64;
+/// sysexits.h EX_SOFTWARE: the daemon failed at run time.
+const EXIT_SOFTWARE: u8 = 70;
+
+/// Configuration used by `serve` when no `--config` is given and it exists.
+const SYSTEM_CONFIG: &str = "/etc/relayq/relayq.toml";
+
+#[derive(Parser)]
+#[command(name = "relayq", version, about = "Local SMTP relay and durable outbound mail spooler")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the daemon.
+    Serve {
+        /// Configuration file (default: /etc/relayq/relayq.toml if present,
+        /// else built-in defaults that run unprivileged).
+        #[arg(long, short = 'c', env = "RELAYQ_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file: exit 0, or 64 with the file, key and reason.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Serve { config } => serve(config),
+        Commands::CheckConfig { file } => check_config(&file),
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(_) => {
+            println!("{}: configuration ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relayq: {error}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn load_for_serve(explicit: Option<PathBuf>) -> Result<Config, relayq::config::ConfigError> {
+    match explicit {
+        Some(path) => Config::load(&path),
+        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG)),
+        None => Ok(Config::builtin()),
+    }
+}
+
+fn serve(explicit: Option<PathBuf>) -> ExitCode {
+    let config = match load_for_serve(explicit) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("relayq: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    relayq::logging::init(config.log.format, config.log.level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("relayq: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    match runtime.block_on(relayq::daemon::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("relayq: {error:#}");
+            ExitCode::from(EXIT_SOFTWARE)
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The envelope relayq keeps for each queued message, and its encoding in the
+//! spool (a versioned JSON document; the spool adds its own checksum).
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::Lane;
+
+/// Bumped when the meaning of a field changes; new optional fields only need
+/// `#[serde(default)]`.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    /// The reverse-path; empty for the null sender `<>`.
+    pub reverse_path: String,
+    pub recipients: Vec<Recipient>,
+    pub lane: Lane,
+    /// When the message was accepted, in milliseconds since the Unix epoch.
+    pub arrival_ms: u64,
+    /// Stored size in octets, trace headers included.
+    pub size: u64,
+    pub client_address: Option<IpAddr>,
+    pub helo: Option<String>,
+    #[serde(default)]
+    pub eight_bit_mime: bool,
+    #[serde(default)]
+    pub smtputf8: bool,
+    /// RFC 3461 RET.
+    #[serde(default)]
+    pub ret: Option<Ret>,
+    /// RFC 3461 ENVID, decoded.
+    #[serde(default)]
+    pub envid: Option<String>,
+    /// RFC 6710 priority, when the client gave a non-zero one.
+    #[serde(default)]
+    pub mt_priority: Option<i8>,
+    /// Held by an operator: no delivery attempts until released.
+    #[serde(default)]
+    pub held: bool,
+    /// Delivery attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Earliest next attempt, in milliseconds since the Unix epoch; `None`
+    /// means due now.
+    #[serde(default)]
+    pub next_attempt_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    /// RFC 3461 ORCPT (the `rfc822` address), decoded.
+    #[serde(default)]
+    pub orcpt: Option<String>,
+    #[serde(default)]
+    pub notify: Notify,
+    pub status: RecipientStatus,
+    /// The last reply or reason for this recipient, for `queue show` and DSNs.
+    #[serde(default)]
+    pub last_reply: Option<String>,
+}
+
+/// RFC 3461 NOTIFY; all false means the parameter was absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+    pub never: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ret {
+    Full,
+    Headers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStatus {
+    Pending,
+    Delivered,
+    Deferred,
+    Bounced,
+}
+
+impl RecipientStatus {
+    /// Final recipients are never attempted again.
+    pub fn is_final(self) -> bool {
+        matches!(self, RecipientStatus::Delivered | RecipientStatus::Bounced)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("envelope version {0} is newer than this relayq understands ({ENVELOPE_VERSION})")]
+    UnknownVersion(u32),
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        if envelope.version > ENVELOPE_VERSION {
+            return Err(EnvelopeError::UnknownVersion(envelope.version));
+        }
+        Ok(envelope)
+    }
+
+    /// The sender as shown in logs: `<>` for the null reverse-path.
+    pub fn sender_display(&self) -> &str {
+        if self.reverse_path.is_empty() {
+            "<>"
+        } else {
+            &self.reverse_path
+        }
+    }
+
+    pub fn arrival(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.arrival_ms)
+    }
+
+    /// All recipients delivered or bounced: the message can leave the spool.
+    pub fn is_complete(&self) -> bool {
+        self.recipients.iter().all(|recipient| recipient.status.is_final())
+    }
+}
+
+/// Milliseconds since the Unix epoch for `time`.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            reverse_path: "app@example.com".into(),
+            recipients: vec![Recipient {
+                address: "\"john doe\"@example.org".into(),
+                orcpt: Some("john doe@example.org".into()),
+                notify: Notify { failure: true, ..Notify::default() },
+                status: RecipientStatus::Pending,
+                last_reply: None,
+            }],
+            lane: Lane::Low,
+            arrival_ms: 1_790_000_000_000,
+            size: 2048,
+            client_address: Some("127.0.0.1".parse().unwrap()),
+            helo: Some("client".into()),
+            eight_bit_mime: true,
+            smtputf8: false,
+            ret: Some(Ret::Headers),
+            envid: Some("x".into()),
+            mt_priority: Some(-2),
+            held: false,
+            attempts: 0,
+            next_attempt_ms: None,
+        }
+    }
+
+    #[test]
+    fn roundtrip() {
+        let envelope = sample();
+        assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn newer_versions_and_garbage_are_refused() {
+        let mut envelope = sample();
+        envelope.version = ENVELOPE_VERSION + 1;
+        assert!(matches!(
+            Envelope::decode(&envelope.encode()),
+            Err(EnvelopeError::UnknownVersion(_))
+        ));
+        assert!(Envelope::decode(b"{\"version\":1").is_err());
+    }
+
+    #[test]
+    fn completeness() {
+        let mut envelope = sample();
+        assert!(!envelope.is_complete());
+        envelope.recipients[0].status = RecipientStatus::Bounced;
+        assert!(envelope.is_complete());
+    }
+}

@@ -1,0 +1,218 @@
+//! Assembles an incoming message into a spool body: trace headers first, the
+//! client's header section checked for Message-ID/Date/Precedence, then the
+//! rest streamed through (to a file once it is large), with the size limit
+//! enforced as bytes arrive.
+
+use std::io;
+
+use mail_parser::MessageParser;
+use relayq_spool::{Body, BodyWriter};
+
+/// The header section is held in memory until its end is seen, up to this
+/// size; a longer one is passed through unexamined.
+const MAX_HEADER_SECTION: usize = 64 * 1024;
+
+/// What the header section said, for lane selection and the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderFacts {
+    /// `Precedence: bulk | list | junk` (DESIGN §5: such mail takes the low lane).
+    pub bulk_precedence: bool,
+}
+
+/// A finished message.
+#[derive(Debug)]
+pub struct AssembledMessage {
+    pub body: Body,
+    /// Size as stored, trace headers included.
+    pub size: u64,
+    pub facts: HeaderFacts,
+}
+
+/// Headers relayq adds to the message it stores.
+pub struct TraceHeaders {
+    /// The complete `Received:` field, CRLF-terminated.
+    pub received: String,
+    /// Used when the client sent no Message-ID: `<ID@hostname>`.
+    pub message_id: String,
+    /// RFC 5322 date-time, used when the client sent no Date.
+    pub date: String,
+}
+
+pub struct MessageBuilder {
+    writer: Option<BodyWriter>,
+    trace: TraceHeaders,
+    /// `Some` while the end of the header section has not been seen.
+    header_section: Option<Vec<u8>>,
+    received_bytes: u64,
+    limit: u64,
+    facts: HeaderFacts,
+}
+
+impl MessageBuilder {
+    /// `limit` is `spool.max_message_size`, applied to the client's content.
+    pub fn new(writer: BodyWriter, trace: TraceHeaders, limit: u64) -> MessageBuilder {
+        MessageBuilder {
+            writer: Some(writer),
+            trace,
+            header_section: Some(Vec::new()),
+            received_bytes: 0,
+            limit,
+            facts: HeaderFacts::default(),
+        }
+    }
+
+    /// True once the content went over the limit; the rest is discarded.
+    pub fn is_oversized(&self) -> bool {
+        self.writer.is_none()
+    }
+
+    /// Appends content (already unstuffed and CRLF-normalised).
+    pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        self.received_bytes += data.len() as u64;
+        if self.received_bytes > self.limit {
+            // Dropping the writer deletes any file it created.
+            self.writer = None;
+            self.header_section = None;
+            return Ok(());
+        }
+        let Some(section) = self.header_section.as_mut() else {
+            return self.write(data);
+        };
+        let search_from = section.len().saturating_sub(3);
+        section.extend_from_slice(data);
+        if let Some(end) = header_section_end(section, search_from) {
+            let mut section = self.header_section.take().unwrap_or_default();
+            let rest = section.split_off(end);
+            self.write_header_section(&section)?;
+            self.write(&rest)?;
+        } else if section.len() > MAX_HEADER_SECTION {
+            let section = self.header_section.take().unwrap_or_default();
+            self.write_header_section(&section)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the message; `None` if it went over the size limit.
+    pub fn finish(mut self) -> io::Result<Option<AssembledMessage>> {
+        if let Some(section) = self.header_section.take() {
+            self.write_header_section(&section)?;
+        }
+        let Some(writer) = self.writer.take() else {
+            return Ok(None);
+        };
+        let size = writer.len();
+        Ok(Some(AssembledMessage {
+            body: writer.finish()?,
+            size,
+            facts: self.facts,
+        }))
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.writer.as_mut() {
+            Some(writer) => writer.write_all(data),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the trace headers, any missing Message-ID/Date, then the
+    /// client's header section as received.
+    fn write_header_section(&mut self, section: &[u8]) -> io::Result<()> {
+        let mut has_message_id = false;
+        let mut has_date = false;
+        if let Some(parsed) = MessageParser::new().parse_headers(section) {
+            for header in parsed.headers() {
+                let name = header.name();
+                has_message_id |= name.eq_ignore_ascii_case("Message-ID");
+                has_date |= name.eq_ignore_ascii_case("Date");
+            }
+            if let Some(precedence) = parsed.header_raw("Precedence") {
+                let value = precedence.trim().to_ascii_lowercase();
+                self.facts.bulk_precedence = matches!(value.as_str(), "bulk" | "list" | "junk");
+            }
+        }
+        let mut prefix = self.trace.received.clone();
+        if !has_message_id {
+            prefix.push_str(&format!("Message-ID: {}\r\n", self.trace.message_id));
+        }
+        if !has_date {
+            prefix.push_str(&format!("Date: {}\r\n", self.trace.date));
+        }
+        self.write(prefix.as_bytes())?;
+        self.write(section)
+    }
+}
+
+/// Index just past the blank line ending the header section, searching from
+/// `from`; an empty header section (content starts with CRLF) ends at 0.
+fn header_section_end(section: &[u8], from: usize) -> Option<usize> {
+    if section.starts_with(b"\r\n") {
+        return Some(0);
+    }
+    memchr::memmem::find(&section[from..], b"\r\n\r\n").map(|index| from + index + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relayq_spool::{Spool, SpoolOptions};
+
+    fn trace() -> TraceHeaders {
+        TraceHeaders {
+            received: "Received: from client by relay; date\r\n".into(),
+            message_id: "<ID@relay>".into(),
+            date: "Mon, 23 Nov 2026 09:00:00 +0000".into(),
+        }
+    }
+
+    fn build(spool: &Spool, chunks: &[&[u8]], limit: u64) -> Option<(Vec<u8>, HeaderFacts)> {
+        let mut builder = MessageBuilder::new(spool.body_writer(), trace(), limit);
+        for chunk in chunks {
+            builder.push(chunk).unwrap();
+        }
+        let message = builder.finish().unwrap()?;
+        let id = spool.allocate_id();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(spool.store(id, Vec::new(), message.body)).unwrap();
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut spool.read_body(id).unwrap(), &mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, message.size);
+        Some((bytes, message.facts))
+    }
+
+    #[test]
+    fn adds_missing_headers_before_the_clients() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        let (bytes, facts) =
+            build(&spool, &[b"Subject: hi\r\nPrece", b"dence: bulk\r\n\r\nbody\r\n"], 1 << 20).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "Received: from client by relay; date\r\nMessage-ID: <ID@relay>\r\n\
+             Date: Mon, 23 Nov 2026 09:00:00 +0000\r\nSubject: hi\r\nPrecedence: bulk\r\n\r\nbody\r\n"
+        );
+        assert!(facts.bulk_precedence);
+    }
+
+    #[test]
+    fn keeps_existing_message_id_and_date() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        let content = b"Message-ID: <a@b>\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\nx\r\n";
+        let (bytes, facts) = build(&spool, &[content], 1 << 20).unwrap();
+        let mut expected = trace().received.into_bytes();
+        expected.extend_from_slice(content);
+        assert_eq!(bytes, expected);
+        assert!(!facts.bulk_precedence);
+    }
+
+    #[test]
+    fn oversized_content_is_dropped() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        assert!(build(&spool, &[&[b'x'; 70_000], &[b'y'; 70_000]], 100_000).is_none());
+    }
+}

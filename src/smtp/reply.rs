@@ -1,0 +1,91 @@
+//! SMTP replies with enhanced status codes (RFC 5321 §4.2, RFC 3463).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// One reply. Every 2xx, 4xx and 5xx reply carries an enhanced status code;
+/// the greeting and 354 do not (RFC 2034 §3), and have an empty `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: &'static str,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub fn new(code: u16, status: &'static str, text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            code,
+            status,
+            text: text.into(),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// Appends the wire form (`CODE STATUS TEXT\r\n`) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(format!("{self}\r\n").as_bytes());
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.status.is_empty() {
+            write!(f, "{} {}", self.code, self.text)
+        } else {
+            write!(f, "{} {} {}", self.code, self.status, self.text)
+        }
+    }
+}
+
+/// Writes a multi-line reply (`250-first`, ..., `250 last`); used for EHLO,
+/// whose keyword lines carry no enhanced status code (RFC 2034 §3).
+pub fn write_multiline(code: u16, lines: &[String], out: &mut Vec<u8>) {
+    for (index, line) in lines.iter().enumerate() {
+        let separator = if index + 1 == lines.len() { ' ' } else { '-' };
+        out.extend_from_slice(format!("{code}{separator}{line}\r\n").as_bytes());
+    }
+}
+
+pub fn ok() -> Reply {
+    Reply::new(250, "2.0.0", "Ok")
+}
+
+pub fn bad_sequence(text: &'static str) -> Reply {
+    Reply::new(503, "5.5.1", text)
+}
+
+pub fn line_too_long() -> Reply {
+    Reply::new(500, "5.5.2", "Error: line too long")
+}
+
+pub fn too_many_errors() -> Reply {
+    Reply::new(421, "4.7.0", "Error: too many errors, closing connection")
+}
+
+pub fn idle_timeout() -> Reply {
+    Reply::new(421, "4.4.2", "Error: timeout exceeded, closing connection")
+}
+
+pub fn shutting_down() -> Reply {
+    Reply::new(421, "4.3.2", "Service shutting down, closing connection")
+}
+
+pub fn spool_unavailable() -> Reply {
+    Reply::new(451, "4.3.0", "Error: queue file write error, try again later")
+}
+
+pub fn insufficient_storage_at_mail() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+}
+
+pub fn insufficient_storage_at_connect() -> Reply {
+    Reply::new(421, "4.3.1", "Insufficient system storage, try again later")
+}
+
+pub fn message_too_big() -> Reply {
+    Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size")
+}

@@ -1,0 +1,227 @@
+//! Message content: DATA and BDAT reception, then the commit that makes the
+//! `250` true (DESIGN §3 invariant 1: the reply is sent only after the spool's
+//! fsync returned).
+
+use std::time::SystemTime;
+
+use bytes::Buf;
+use relayq_spool::QueueId;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::super::data::{DataReader, LineEndings};
+use super::super::message::{MessageBuilder, TraceHeaders};
+use super::super::reply::{self, Reply};
+use super::{Next, Session};
+use crate::queue::Lane;
+use crate::queue::envelope::{ENVELOPE_VERSION, Envelope, unix_ms};
+use crate::timefmt;
+
+/// A BDAT transfer in progress (RFC 3030): the message so far.
+pub struct BdatState {
+    id: QueueId,
+    builder: MessageBuilder,
+    line_endings: LineEndings,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) async fn data(&mut self) -> std::io::Result<Next> {
+        if let Some(refusal) = self.content_precondition() {
+            self.reply_error(refusal);
+            return Ok(self.after_error());
+        }
+        let (id, mut builder) = self.start_message();
+        self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        self.flush().await?;
+
+        let mut reader = DataReader::new();
+        let mut content = Vec::with_capacity(super::READ_CHUNK);
+        let mut write_failed = None;
+        loop {
+            content.clear();
+            let (consumed, finished) = reader.feed(&self.input, &mut content);
+            self.input.advance(consumed);
+            if write_failed.is_none()
+                && let Err(error) = builder.push(&content)
+            {
+                write_failed = Some(error);
+            }
+            if finished {
+                break;
+            }
+            if !self.read_more(false).await? {
+                // The client left (or idled out) mid-message: nothing was
+                // acknowledged, and dropping the builder removes its file.
+                return Ok(Next::Close);
+            }
+        }
+        if let Some(error) = write_failed {
+            tracing::error!(%id, "cannot write message body: {error}");
+            self.transaction = None;
+            self.reply(reply::spool_unavailable());
+            return Ok(Next::Continue);
+        }
+        self.commit(id, builder).await;
+        Ok(Next::Continue)
+    }
+
+    pub(super) async fn bdat(&mut self, chunk_size: usize, last: bool) -> std::io::Result<Next> {
+        let refusal = if self.bdat.is_none() {
+            self.content_precondition()
+        } else {
+            None
+        };
+        if refusal.is_none() && self.bdat.is_none() {
+            let (id, builder) = self.start_message();
+            self.bdat = Some(BdatState {
+                id,
+                builder,
+                line_endings: LineEndings::default(),
+            });
+        }
+
+        // The chunk's octets follow the command whatever we answer, so read
+        // (and keep or discard) exactly chunk_size of them.
+        let mut remaining = chunk_size;
+        let mut normalised = Vec::new();
+        let mut write_failed = None;
+        while remaining > 0 {
+            if self.input.is_empty() && !self.read_more(false).await? {
+                return Ok(Next::Close);
+            }
+            let take = remaining.min(self.input.len());
+            if let Some(state) = self.bdat.as_mut() {
+                normalised.clear();
+                state.line_endings.normalise(&self.input[..take], &mut normalised);
+                if write_failed.is_none()
+                    && let Err(error) = state.builder.push(&normalised)
+                {
+                    write_failed = Some(error);
+                }
+            }
+            self.input.advance(take);
+            remaining -= take;
+        }
+
+        if let Some(refusal) = refusal {
+            self.reply_error(refusal);
+            return Ok(self.after_error());
+        }
+        if let Some(error) = write_failed {
+            tracing::error!("cannot write message body: {error}");
+            self.bdat = None;
+            self.transaction = None;
+            self.reply(reply::spool_unavailable());
+            return Ok(Next::Continue);
+        }
+        if !last {
+            self.reply(Reply::new(250, "2.0.0", format!("{chunk_size} octets received")));
+            return Ok(Next::Continue);
+        }
+        let Some(state) = self.bdat.take() else {
+            return Ok(Next::Continue);
+        };
+        self.commit(state.id, state.builder).await;
+        Ok(Next::Continue)
+    }
+
+    /// DATA/BDAT need a transaction with at least one accepted recipient.
+    fn content_precondition(&self) -> Option<Reply> {
+        match &self.transaction {
+            None => Some(reply::bad_sequence("Error: need MAIL command")),
+            Some(transaction) if transaction.recipients.is_empty() => {
+                Some(reply::bad_sequence("Error: need RCPT command"))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Allocates the queue id and starts the body with the trace headers.
+    fn start_message(&self) -> (QueueId, MessageBuilder) {
+        let shared = &self.shared;
+        let id = shared.spool.allocate_id();
+        let transaction = self.transaction.as_ref();
+        let protocol = match (self.extended, transaction.is_some_and(|t| t.mail.smtputf8)) {
+            (_, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        let now = SystemTime::now();
+        let date = timefmt::rfc5322(now);
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let for_clause = match transaction.map(|t| t.recipients.as_slice()) {
+            Some([only]) => format!("\r\n\tfor <{}>", only.address),
+            _ => String::new(),
+        };
+        let received = format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {host} (relayq) with {protocol} id {id}{for_clause};\r\n\t{date}\r\n",
+            ip = self.client_ip(),
+            host = shared.hostname,
+        );
+        let trace = TraceHeaders {
+            received,
+            message_id: format!("<{id}@{}>", shared.hostname),
+            date,
+        };
+        let builder = MessageBuilder::new(shared.spool.body_writer(), trace, shared.max_message_size);
+        (id, builder)
+    }
+
+    /// Stores the message and answers: 250 only once it is on disk.
+    async fn commit(&mut self, id: QueueId, builder: MessageBuilder) {
+        let Some(transaction) = self.transaction.take() else {
+            self.reply(reply::bad_sequence("Error: need MAIL command"));
+            return;
+        };
+        let assembled = match builder.finish() {
+            Ok(Some(assembled)) => assembled,
+            Ok(None) => {
+                self.reply_error(reply::message_too_big());
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%id, "cannot write message body: {error}");
+                self.reply(reply::spool_unavailable());
+                return;
+            }
+        };
+        let mail = transaction.mail;
+        let lane = Lane::select(mail.mt_priority, assembled.facts.bulk_precedence, self.listener_lane);
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION,
+            reverse_path: transaction.reverse_path,
+            recipients: transaction.recipients,
+            lane,
+            arrival_ms: unix_ms(SystemTime::now()),
+            size: assembled.size,
+            client_address: Some(self.client_ip()),
+            helo: self.helo.clone(),
+            eight_bit_mime: mail.eight_bit_mime,
+            smtputf8: mail.smtputf8,
+            ret: mail.ret,
+            envid: mail.envid,
+            mt_priority: mail.mt_priority,
+            held: false,
+            attempts: 0,
+            next_attempt_ms: None,
+        };
+        match self.shared.spool.store(id, envelope.encode(), assembled.body).await {
+            Ok(stored) => {
+                tracing::info!(
+                    queue_id = %id,
+                    "{id}: accepted from=<{}>, nrcpt={}, size={}, lane={lane}, batch={}, client=[{}]",
+                    envelope.reverse_path,
+                    envelope.recipients.len(),
+                    envelope.size,
+                    stored.batch_size,
+                    self.client_ip(),
+                );
+                self.shared.queue.insert(id, &envelope);
+                self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %id, "spool refused the message: {error}");
+                self.reply(reply::spool_unavailable());
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! One SMTP server session (RFC 5321 §4): reads command lines, keeps the
+//! session and transaction state, writes replies. Generic over the stream so
+//! tests can drive it in memory.
+//!
+//! Replies are buffered and flushed only when no complete command is left in
+//! the input, which is what makes PIPELINING (RFC 2920) cheap for clients.
+
+mod content;
+mod transaction;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use ipnet::IpNet;
+use relayq_spool::Spool;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::command::{self, Command, ParseContext};
+use super::reply::{self, Reply};
+use crate::queue::{Lane, Queue};
+use crate::storage::FreeSpace;
+use content::BdatState;
+use transaction::Transaction;
+
+/// RFC 5321 allows 512 octets; DSN parameters push RCPT past that, so up to
+/// 2048 octets (without CRLF) are accepted (DESIGN §6).
+pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// Read granularity; also the most input buffered beyond one command line.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Everything sessions share; built once by the daemon.
+pub struct SessionShared {
+    pub hostname: String,
+    /// Appended to bare local names (`root` → `root@origin`).
+    pub origin: String,
+    /// Where mail to local names and the host's own domain goes, if set.
+    pub admin_address: Option<String>,
+    pub relay_networks: Vec<IpNet>,
+    pub max_recipients: usize,
+    pub max_message_size: u64,
+    pub idle_timeout: Duration,
+    pub max_errors: u32,
+    pub spool: Spool,
+    pub queue: Arc<Queue>,
+    pub free_space: FreeSpace,
+    pub shutdown: CancellationToken,
+}
+
+/// What the loop does after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
+pub struct Session<S> {
+    stream: S,
+    shared: Arc<SessionShared>,
+    client: SocketAddr,
+    /// The listener's lane: the last rule of lane selection.
+    listener_lane: Lane,
+    input: BytesMut,
+    output: Vec<u8>,
+    helo: Option<String>,
+    /// The client used EHLO (ESMTP parameters allowed).
+    extended: bool,
+    transaction: Option<Transaction>,
+    bdat: Option<BdatState>,
+    errors: u32,
+    /// Inside an over-long command line: discard until its end.
+    discarding_line: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub fn new(
+        stream: S,
+        client: SocketAddr,
+        listener_lane: Lane,
+        shared: Arc<SessionShared>,
+    ) -> Session<S> {
+        Session {
+            stream,
+            shared,
+            client,
+            listener_lane,
+            input: BytesMut::with_capacity(READ_CHUNK),
+            output: Vec::with_capacity(512),
+            helo: None,
+            extended: false,
+            transaction: None,
+            bdat: None,
+            errors: 0,
+            discarding_line: false,
+        }
+    }
+
+    /// Runs the session to its end. I/O errors end it quietly: the client
+    /// went away, and nothing it sent was acknowledged without being stored.
+    pub async fn run(mut self) {
+        if let Err(error) = self.serve().await {
+            tracing::debug!(client = %self.client, "session ended: {error}");
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        if !self.shared.free_space.is_sufficient() {
+            self.reply(reply::insufficient_storage_at_connect());
+            return self.flush().await;
+        }
+        let greeting = format!("{} ESMTP relayq", self.shared.hostname);
+        self.reply(Reply::new(220, "", greeting));
+        loop {
+            while let Some(line) = self.next_line() {
+                if let Next::Close = self.handle_line(&line).await? {
+                    return self.flush().await;
+                }
+            }
+            self.flush().await?;
+            if !self.read_more(true).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes the next complete command line out of the input, handling
+    /// over-long lines: one `500 5.5.2` per such line, its rest discarded.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let newline = memchr::memchr(b'\n', &self.input);
+            if self.discarding_line {
+                match newline {
+                    Some(position) => {
+                        self.input.advance(position + 1);
+                        self.discarding_line = false;
+                        self.reply_error(reply::line_too_long());
+                        continue;
+                    }
+                    None => {
+                        self.input.clear();
+                        return None;
+                    }
+                }
+            }
+            let Some(position) = newline else {
+                if self.input.len() > MAX_COMMAND_LINE + 2 {
+                    self.discarding_line = true;
+                    continue;
+                }
+                return None;
+            };
+            let mut line = self.input.split_to(position + 1);
+            line.truncate(position);
+            if line.last() == Some(&b'\r') {
+                line.truncate(position - 1);
+            }
+            if line.len() > MAX_COMMAND_LINE {
+                self.reply_error(reply::line_too_long());
+                continue;
+            }
+            return Some(line.to_vec());
+        }
+    }
+
+    async fn handle_line(&mut self, line: &[u8]) -> std::io::Result<Next> {
+        let context = ParseContext {
+            extended: self.extended,
+            smtputf8: self.transaction.as_ref().is_some_and(|t| t.mail.smtputf8),
+        };
+        let command = match command::parse(line, context) {
+            Ok(command) => command,
+            Err(reply) => {
+                self.reply_error(reply);
+                return Ok(self.after_error());
+            }
+        };
+        if self.bdat.is_some() && !matches!(command, Command::Bdat { .. } | Command::Rset | Command::Noop | Command::Quit) {
+            self.bdat = None;
+            self.transaction = None;
+            self.reply_error(reply::bad_sequence("Error: BDAT sequence interrupted, transaction aborted"));
+            return Ok(self.after_error());
+        }
+        match command {
+            Command::Ehlo(host) => self.ehlo(host, true),
+            Command::Helo(host) => self.ehlo(host, false),
+            Command::Mail(mail) => self.mail(mail),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt),
+            Command::Data => return self.data().await,
+            Command::Bdat { chunk_size, last } => return self.bdat(chunk_size, last).await,
+            Command::Rset => {
+                self.transaction = None;
+                self.bdat = None;
+                self.reply(reply::ok());
+            }
+            Command::Noop => self.reply(reply::ok()),
+            Command::Quit => {
+                self.reply(Reply::new(221, "2.0.0", "Bye"));
+                return Ok(Next::Close);
+            }
+            Command::Vrfy => self.reply(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Help => self.reply(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+            )),
+            Command::NotImplemented(verb) => {
+                self.reply_error(Reply::new(502, "5.5.1", format!("Error: {verb} not implemented")))
+            }
+        }
+        Ok(self.after_error())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more input. Returns false at end of stream. Between commands
+    /// (`interruptible`) a shutdown answers 421 and ends the session; in the
+    /// middle of message content the session is allowed to finish.
+    async fn read_more(&mut self, interruptible: bool) -> std::io::Result<bool> {
+        self.input.reserve(READ_CHUNK);
+        let idle_timeout = self.shared.idle_timeout;
+        let shutdown = self.shared.shutdown.clone();
+        let read = tokio::time::timeout(idle_timeout, self.stream.read_buf(&mut self.input));
+        let outcome = tokio::select! {
+            outcome = read => outcome,
+            _ = shutdown.cancelled(), if interruptible => {
+                self.reply(reply::shutting_down());
+                self.flush().await?;
+                return Ok(false);
+            }
+        };
+        match outcome {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(error)) => Err(error),
+            Err(_elapsed) => {
+                self.reply(reply::idle_timeout());
+                self.flush().await?;
+                Ok(false)
+            }
+        }
+    }
+
+}
+
+/// State helpers that need no I/O.
+impl<S> Session<S> {
+    /// Closes the session once the client made too many errors.
+    fn after_error(&mut self) -> Next {
+        if self.errors >= self.shared.max_errors {
+            self.reply(reply::too_many_errors());
+            Next::Close
+        } else {
+            Next::Continue
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    fn reply_error(&mut self, reply: Reply) {
+        self.errors += 1;
+        self.reply(reply);
+    }
+
+    /// The client's address with IPv4-mapped IPv6 shown as IPv4.
+    fn client_ip(&self) -> IpAddr {
+        self.client.ip().to_canonical()
+    }
+}

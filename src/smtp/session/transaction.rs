@@ -1,0 +1,125 @@
+//! The envelope part of a session: EHLO/HELO, MAIL and RCPT, with the relay,
+//! sequence, size and storage checks that decide whether a transaction may go on.
+
+use super::super::address::Mailbox;
+use super::super::command::{MailCommand, RcptCommand};
+use super::super::reply::{self, Reply, write_multiline};
+use super::Session;
+use crate::queue::envelope::{Recipient, RecipientStatus};
+
+/// A mail transaction in progress (RFC 5321 §3.3).
+pub struct Transaction {
+    pub mail: MailCommand,
+    /// The reverse-path as stored (bare local names qualified); empty for `<>`.
+    pub reverse_path: String,
+    pub recipients: Vec<Recipient>,
+}
+
+impl<S> Session<S> {
+    pub(super) fn ehlo(&mut self, host: String, extended: bool) {
+        self.helo = Some(host);
+        self.extended = extended;
+        self.transaction = None;
+        self.bdat = None;
+        if !extended {
+            let text = self.shared.hostname.clone();
+            self.reply(Reply::new(250, "2.0.0", text));
+            return;
+        }
+        let lines = [
+            self.shared.hostname.clone(),
+            "PIPELINING".to_owned(),
+            format!("SIZE {}", self.shared.max_message_size),
+            "8BITMIME".to_owned(),
+            "SMTPUTF8".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+            "CHUNKING".to_owned(),
+            "DSN".to_owned(),
+            "MT-PRIORITY MIXER".to_owned(),
+        ];
+        write_multiline(250, &lines, &mut self.output);
+    }
+
+    pub(super) fn mail(&mut self, mail: MailCommand) {
+        if self.helo.is_none() {
+            self.reply_error(reply::bad_sequence("Error: send HELO/EHLO first"));
+            return;
+        }
+        if self.transaction.is_some() {
+            self.reply_error(reply::bad_sequence("Error: nested MAIL command"));
+            return;
+        }
+        if mail
+            .declared_size
+            .is_some_and(|size| size > self.shared.max_message_size)
+        {
+            self.reply_error(reply::message_too_big());
+            return;
+        }
+        if !self.shared.free_space.is_sufficient() {
+            self.reply_error(reply::insufficient_storage_at_mail());
+            return;
+        }
+        let reverse_path = match &mail.reverse_path {
+            None => String::new(),
+            Some(mailbox) => mailbox.qualified(&self.shared.origin),
+        };
+        self.transaction = Some(Transaction {
+            mail,
+            reverse_path,
+            recipients: Vec::new(),
+        });
+        self.reply(Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    pub(super) fn rcpt(&mut self, rcpt: RcptCommand) {
+        let Some(transaction) = self.transaction.as_ref() else {
+            self.reply_error(reply::bad_sequence("Error: need MAIL command"));
+            return;
+        };
+        let client_ip = self.client_ip();
+        if !self
+            .shared
+            .relay_networks
+            .iter()
+            .any(|network| network.contains(&client_ip))
+        {
+            let text = format!("<{}>: Relay access denied", rcpt.forward_path);
+            self.reply_error(Reply::new(554, "5.7.1", text));
+            return;
+        }
+        if transaction.recipients.len() >= self.shared.max_recipients {
+            self.reply(Reply::new(452, "4.5.3", "Error: too many recipients"));
+            return;
+        }
+        let address = self.resolve_local(&rcpt.forward_path);
+        let recipient = Recipient {
+            address,
+            orcpt: rcpt.orcpt,
+            notify: rcpt.notify,
+            status: RecipientStatus::Pending,
+            last_reply: None,
+        };
+        if let Some(transaction) = self.transaction.as_mut() {
+            transaction.recipients.push(recipient);
+        }
+        self.reply(Reply::new(250, "2.1.5", "Ok"));
+    }
+
+    /// Bare local names get `smtp.origin`; with `smtp.admin_address` set, mail
+    /// for local names and for the host's own domain goes there instead
+    /// (nullmailer's adminaddr).
+    fn resolve_local(&self, mailbox: &Mailbox) -> String {
+        let is_local = match &mailbox.domain {
+            None => true,
+            Some(domain) => {
+                domain.eq_ignore_ascii_case(&self.shared.origin)
+                    || domain.eq_ignore_ascii_case(&self.shared.hostname)
+            }
+        };
+        match &self.shared.admin_address {
+            Some(admin) if is_local => admin.clone(),
+            _ => mailbox.qualified(&self.shared.origin),
+        }
+    }
+}
