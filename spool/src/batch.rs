@@ -85,7 +85,11 @@ fn check(work: &Work, tables: &Tables<'_>) -> Result<(), SpoolError> {
     // Ids this request has inserted (true) or removed (false) so far.
     let mut touched: Vec<(QueueId, bool)> = Vec::new();
     let exists = |id: QueueId, touched: &[(QueueId, bool)]| -> Result<bool, SpoolError> {
-        match touched.iter().rev().find(|(touched_id, _)| *touched_id == id) {
+        match touched
+            .iter()
+            .rev()
+            .find(|(touched_id, _)| *touched_id == id)
+        {
             Some(&(_, exists)) => Ok(exists),
             None => Ok(tables.envelopes.get(id.0)?.is_some()),
         }
@@ -171,11 +175,86 @@ fn apply(
             }
         }
         Work::Quarantine { id, reason } => {
-            let envelope = tables.envelopes.remove(id.0)?.map(|old| old.value().to_vec());
+            let envelope = tables
+                .envelopes
+                .remove(id.0)?
+                .map(|old| old.value().to_vec());
             let body = tables.bodies.remove(id.0)?.map(|old| old.value().to_vec());
             let value = encode_quarantine(reason, envelope.as_deref(), body.as_deref());
             tables.quarantine.insert(id.0, value.as_slice())?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Body;
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    fn insert(id: u64) -> Slot {
+        slot(Work::Changes(vec![Change::Insert {
+            id: QueueId(id),
+            envelope: vec![1],
+            body: Body::from_bytes(vec![2]),
+        }]))
+    }
+
+    fn slot(work: Work) -> Slot {
+        Slot {
+            work,
+            rejection: None,
+        }
+    }
+
+    #[test]
+    fn a_bad_request_fails_alone_and_later_requests_see_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies = BodyDir::new(dir.path().join("bodies"));
+        std::fs::create_dir_all(bodies.path()).unwrap();
+        let database = database::open(dir.path()).unwrap();
+        let ids = IdAllocator::new(0);
+        let mut slots = vec![
+            insert(1),
+            slot(Work::Changes(vec![Change::UpdateEnvelope {
+                id: QueueId(9),
+                envelope: vec![],
+            }])),
+            insert(2),
+            // Valid only because the insert before it in the batch was applied.
+            slot(Work::Changes(vec![Change::Remove { id: QueueId(2) }])),
+            insert(1),
+            slot(Work::Quarantine {
+                id: QueueId(1),
+                reason: "test".to_owned(),
+            }),
+        ];
+        write(&database, &bodies, &ids, &mut slots).unwrap();
+        let rejected: Vec<Option<String>> = slots
+            .iter()
+            .map(|slot| slot.rejection.as_ref().map(ToString::to_string))
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![
+                None,
+                Some(SpoolError::NotFound(QueueId(9)).to_string()),
+                None,
+                None,
+                Some(SpoolError::AlreadyExists(QueueId(1)).to_string()),
+                None,
+            ]
+        );
+        let txn = database.begin_read().unwrap();
+        assert_eq!(txn.open_table(ENVELOPES).unwrap().len().unwrap(), 0);
+        assert_eq!(txn.open_table(BODIES).unwrap().len().unwrap(), 0);
+        assert!(
+            txn.open_table(QUARANTINE)
+                .unwrap()
+                .get(1)
+                .unwrap()
+                .is_some()
+        );
+    }
 }

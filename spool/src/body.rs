@@ -223,7 +223,9 @@ impl Body {
         let Content::File { handle, file } = &mut self.content else {
             return Ok(false);
         };
-        handle.sync_data().map_err(|error| with_path(&file.path, error))?;
+        handle
+            .sync_data()
+            .map_err(|error| with_path(&file.path, error))?;
         let stored = dir.stored_path(id);
         std::fs::rename(&file.path, &stored).map_err(|error| with_path(&file.path, error))?;
         file.path = stored;

@@ -24,7 +24,10 @@ pub enum Change {
 pub(crate) enum Work {
     Changes(Vec<Change>),
     /// Move a message's records, as they are, to the quarantine table.
-    Quarantine { id: QueueId, reason: String },
+    Quarantine {
+        id: QueueId,
+        reason: String,
+    },
 }
 
 impl Work {

@@ -113,7 +113,8 @@ pub(crate) fn last_used_id(database: &Database) -> Result<u64, SpoolError> {
 /// stored, and stored-name files whose message is gone. A quarantined message keeps its file.
 /// Files with other names are left alone. Returns how many files were deleted.
 pub(crate) fn sweep_orphan_bodies(database: &Database, dir: &BodyDir) -> Result<usize, SpoolError> {
-    let entries = std::fs::read_dir(dir.path()).map_err(|error| SpoolError::io(dir.path(), error))?;
+    let entries =
+        std::fs::read_dir(dir.path()).map_err(|error| SpoolError::io(dir.path(), error))?;
     let txn = database.begin_read()?;
     let bodies = txn.open_table(BODIES)?;
     let quarantine = txn.open_table(QUARANTINE)?;

@@ -61,7 +61,9 @@ impl SpoolError {
     /// `Clone`; the kind and the message are kept).
     pub(crate) fn duplicate(&self) -> SpoolError {
         match self {
-            SpoolError::Io(error) => SpoolError::Io(io::Error::new(error.kind(), error.to_string())),
+            SpoolError::Io(error) => {
+                SpoolError::Io(io::Error::new(error.kind(), error.to_string()))
+            }
             SpoolError::Database(message) => SpoolError::Database(message.clone()),
             SpoolError::Corrupt { id, reason } => SpoolError::Corrupt {
                 id: *id,

@@ -107,10 +107,7 @@ mod tests {
         assert_eq!(id.to_string().parse::<QueueId>(), Ok(id));
         assert_eq!("0005f3a91c2b7e".parse::<QueueId>(), Ok(id));
         assert_eq!("a".parse::<QueueId>(), Ok(QueueId(10)));
-        assert_eq!(
-            "FFFFFFFFFFFFFFFF".parse::<QueueId>(),
-            Ok(QueueId(u64::MAX))
-        );
+        assert_eq!("FFFFFFFFFFFFFFFF".parse::<QueueId>(), Ok(QueueId(u64::MAX)));
     }
 
     #[test]

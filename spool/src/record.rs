@@ -49,7 +49,10 @@ impl fmt::Display for RecordError {
 pub(crate) enum BodyRecord<'a> {
     Inline(&'a [u8]),
     /// The body is in `bodies/<queue id>`; `crc` is the crc32 of its `len` bytes.
-    File { len: u64, crc: u32 },
+    File {
+        len: u64,
+        crc: u32,
+    },
 }
 
 /// Frames a payload given in parts (so a body need not be copied twice).

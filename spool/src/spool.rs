@@ -71,7 +71,8 @@ impl Spool {
     /// not close it, deletes body files no record owns, and starts the committer thread.
     pub fn open(options: SpoolOptions) -> Result<Spool, SpoolError> {
         let bodies_path = options.path.join("bodies");
-        std::fs::create_dir_all(&bodies_path).map_err(|error| SpoolError::io(&bodies_path, error))?;
+        std::fs::create_dir_all(&bodies_path)
+            .map_err(|error| SpoolError::io(&bodies_path, error))?;
         let database = database::open(&options.path)?;
         // The database file and `bodies/` must survive a crash as entries of the spool
         // directory.
@@ -96,8 +97,12 @@ impl Spool {
             stats: StatsCounters::default(),
         });
         let (committer_inbox, inbox) = mpsc::channel();
-        let committer = committer::spawn(Arc::clone(&shared), inbox)
-            .map_err(|error| SpoolError::Io(std::io::Error::new(error.kind(), format!("starting the spool committer: {error}"))))?;
+        let committer = committer::spawn(Arc::clone(&shared), inbox).map_err(|error| {
+            SpoolError::Io(std::io::Error::new(
+                error.kind(),
+                format!("starting the spool committer: {error}"),
+            ))
+        })?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 shared,
@@ -220,7 +225,9 @@ impl Spool {
         };
         let path = self.inner.shared.bodies.stored_path(id);
         let file = File::open(&path).map_err(|error| match error.kind() {
-            std::io::ErrorKind::NotFound => corrupt(id, format!("body file {} missing", path.display())),
+            std::io::ErrorKind::NotFound => {
+                corrupt(id, format!("body file {} missing", path.display()))
+            }
             _ => SpoolError::io(&path, error),
         })?;
         let actual = file
@@ -230,7 +237,10 @@ impl Spool {
         if actual != len {
             return Err(corrupt(
                 id,
-                format!("body file {} has {actual} bytes, recorded {len}", path.display()),
+                format!(
+                    "body file {} has {actual} bytes, recorded {len}",
+                    path.display()
+                ),
             ));
         }
         Ok(BodyReader::file(file, path, len, crc))
@@ -352,4 +362,3 @@ impl Drop for Inner {
         self.close();
     }
 }
-

@@ -13,7 +13,11 @@ async fn store_then_scan_returns_every_message_in_id_order() {
         let id = spool.allocate_id();
         let envelope = format!("envelope {n}").into_bytes();
         let stored = spool
-            .store(id, envelope.clone(), body(&spool, &content(1_000 + usize::from(n), n)))
+            .store(
+                id,
+                envelope.clone(),
+                body(&spool, &content(1_000 + usize::from(n), n)),
+            )
             .await
             .unwrap();
         assert_eq!(stored.id, id);
@@ -52,7 +56,10 @@ async fn update_and_remove() {
     assert_eq!(spool.envelope(id).unwrap(), None);
     assert!(spool.scan().unwrap().is_empty());
     assert!(matches!(spool.read_body(id), Err(SpoolError::NotFound(missing)) if missing == id));
-    assert!(matches!(spool.remove(id).await, Err(SpoolError::NotFound(_))));
+    assert!(matches!(
+        spool.remove(id).await,
+        Err(SpoolError::NotFound(_))
+    ));
     assert!(matches!(
         spool.update_envelope(id, b"v3".to_vec()).await,
         Err(SpoolError::NotFound(_))
@@ -85,12 +92,19 @@ async fn a_closed_spool_refuses_everything() {
     let other_handle = spool.clone();
     spool.close();
     let refused = other_handle
-        .store(other_handle.allocate_id(), Vec::new(), Body::from_bytes(Vec::new()))
+        .store(
+            other_handle.allocate_id(),
+            Vec::new(),
+            Body::from_bytes(Vec::new()),
+        )
         .await;
     assert!(matches!(refused, Err(SpoolError::Closed)));
     assert!(matches!(other_handle.scan(), Err(SpoolError::Closed)));
     assert!(matches!(other_handle.envelope(id), Err(SpoolError::Closed)));
-    assert!(matches!(other_handle.quarantine(id, "test"), Err(SpoolError::Closed)));
+    assert!(matches!(
+        other_handle.quarantine(id, "test"),
+        Err(SpoolError::Closed)
+    ));
     assert!(SpoolError::Closed.is_transient());
     spool.close();
 }

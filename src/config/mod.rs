@@ -11,6 +11,7 @@
 //! detecting the built-in defaults (host name, state directory); a route's
 //! password file is read by the delivery code through [`Route::read_password`].
 
+mod keywords;
 mod raw;
 mod validate;
 
@@ -25,12 +26,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::queue::Lane;
 use anyhow::Context as _;
 use ipnet::IpNet;
-use serde::Deserialize;
 
-use crate::queue::Lane;
-
+pub use self::keywords::{IpVersion, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
 use self::validate::SystemDefaults;
 
@@ -215,61 +215,6 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A `tracing` filter such as `"info"` or `"relayq=debug"`; checked at load.
     pub level: Option<String>,
-}
-
-/// `delivery.tls`: STARTTLS use for MX delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(
-    rename_all = "snake_case",
-    expecting = "one of \"opportunistic\", \"required\", \"disabled\""
-)]
-pub enum TlsPolicy {
-    /// STARTTLS when offered, without certificate verification (RFC 7435).
-    Opportunistic,
-    /// No delivery without STARTTLS; a server not offering it defers the mail.
-    Required,
-    /// Never STARTTLS.
-    Disabled,
-}
-
-/// `delivery.ip_version`: which address families to connect over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(
-    rename_all = "snake_case",
-    expecting = "one of \"any\", \"ipv4\", \"ipv6\", \"prefer_ipv4\", \"prefer_ipv6\""
-)]
-pub enum IpVersion {
-    /// Both families, in resolver order.
-    Any,
-    Ipv4,
-    Ipv6,
-    /// Both families, IPv4 addresses first.
-    PreferIpv4,
-    /// Both families, IPv6 addresses first.
-    PreferIpv6,
-}
-
-/// `route.tls`: how the connection to a smarthost is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(
-    rename_all = "snake_case",
-    expecting = "one of \"starttls\", \"implicit\", \"none\""
-)]
-pub enum RouteTls {
-    /// Plain connection upgraded with STARTTLS, which is required.
-    Starttls,
-    /// TLS from the first byte (RFC 8314), usually port 465.
-    Implicit,
-    /// Never TLS.
-    None,
-}
-
-/// `log.format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case", expecting = "one of \"text\", \"json\"")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// A configuration that cannot be used: which file, which key, and why.

@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 use super::{Invalid, IpVersion, LogFormat, RouteTls, TlsPolicy};
 
@@ -172,7 +172,10 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, Invalid> {
             }
             None => String::new(),
         };
-        Invalid::new("", format!("TOML syntax error{position}: {}", error.message()))
+        Invalid::new(
+            "",
+            format!("TOML syntax error{position}: {}", error.message()),
+        )
     })?;
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let key = match error.path().to_string() {

@@ -14,8 +14,8 @@ use ipnet::IpNet;
 use super::raw::{RawConfig, RawDuration, RawListener, RawRoute};
 use super::{
     Config, ControlSettings, DeliverySettings, DnsSettings, Invalid, IpVersion, LaneSettings,
-    LanesSettings, ListenerSettings, LogFormat, LogSettings, MetricsSettings, RetrySettings,
-    Route, RouteTls, SmtpSettings, SpoolSettings, TlsPolicy,
+    LanesSettings, ListenerSettings, LogFormat, LogSettings, MetricsSettings, RetrySettings, Route,
+    RouteTls, SmtpSettings, SpoolSettings, TlsPolicy,
 };
 use crate::queue::Lane;
 
@@ -93,7 +93,10 @@ pub(super) fn config(
 
     let spool_path = raw.spool.path.unwrap_or_else(|| system.state_dir.clone());
     non_empty_path(&spool_path, "spool.path")?;
-    let max_message_size = raw.spool.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+    let max_message_size = raw
+        .spool
+        .max_message_size
+        .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
     if max_message_size < MIN_MAX_MESSAGE_SIZE {
         return Err(Invalid::new(
             "spool.max_message_size",
@@ -124,8 +127,7 @@ pub(super) fn config(
         )?,
         origin: match raw.smtp.origin {
             Some(origin) => {
-                check_domain_name(&origin)
-                    .map_err(|reason| Invalid::new("smtp.origin", reason))?;
+                check_domain_name(&origin).map_err(|reason| Invalid::new("smtp.origin", reason))?;
                 origin
             }
             None => hostname.clone(),
@@ -138,7 +140,11 @@ pub(super) fn config(
             }
             None => None,
         },
-        idle_timeout: timeout(raw.smtp.idle_timeout, DEFAULT_IDLE_TIMEOUT, "smtp.idle_timeout")?,
+        idle_timeout: timeout(
+            raw.smtp.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            "smtp.idle_timeout",
+        )?,
         max_errors: match raw.smtp.max_errors.unwrap_or(DEFAULT_MAX_ERRORS) {
             0 => return Err(Invalid::new("smtp.max_errors", "must be at least 1")),
             count => count,
@@ -207,9 +213,8 @@ pub(super) fn config(
             .iter()
             .enumerate()
             .map(|(index, text)| {
-                nameserver(text).map_err(|reason| {
-                    Invalid::new(format!("dns.nameservers[{index}]"), reason)
-                })
+                nameserver(text)
+                    .map_err(|reason| Invalid::new(format!("dns.nameservers[{index}]"), reason))
             })
             .collect::<Result<_, _>>()?,
     };
@@ -434,9 +439,15 @@ fn route(index: usize, raw: RawRoute, earlier: &[Route]) -> Result<Route, Invali
             })?;
         }
         if domains.contains(&domain) {
-            return Err(Invalid::new(domain_key, format!("{domain:?} is listed twice")));
+            return Err(Invalid::new(
+                domain_key,
+                format!("{domain:?} is listed twice"),
+            ));
         }
-        if let Some(other) = earlier.iter().position(|route| route.domains.contains(&domain)) {
+        if let Some(other) = earlier
+            .iter()
+            .position(|route| route.domains.contains(&domain))
+        {
             return Err(Invalid::new(
                 domain_key,
                 format!("{domain:?} is already routed by route[{other}]"),

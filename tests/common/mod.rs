@@ -47,8 +47,10 @@ impl TestRelay {
         self.directory.path().join("spool")
     }
 
-    /// Starts (or restarts) the process and waits until it listens.
+    /// Starts (or restarts) the process and waits until it listens. Logs of
+    /// an earlier run are dropped.
     pub fn launch(&mut self) {
+        self.logs.lock().unwrap().clear();
         let mut child = Command::new(env!("CARGO_BIN_EXE_relayq"))
             .arg("serve")
             .arg("--config")

@@ -1,0 +1,442 @@
+#!/usr/bin/env bash
+# relayq intake benchmark: smtp-sink (ceiling) vs Postfix (own instance) vs relayq.
+#
+# Prints numbers; it is not a test. See tests/bench/README.md.
+#
+# Knobs (environment):
+#   MESSAGES=20000        messages per case (QUICK=1: 2000)
+#   SIZES="2048 102400"   message payload bytes (smtp-source -l; headers extra)
+#   SESSIONS="20 100"     parallel SMTP sessions (smtp-source -s)
+#   MODES="new reuse"     new = new TCP connection per message; reuse = smtp-source -d
+#   RUNS=1                repeat every case; the report quotes medians
+#   RECEIVERS="sink postfix relayq"
+#   CASE_TIMEOUT=120      seconds; a case still running then is stopped and
+#                         reported as time-bounded (msgs = what got through)
+#   DRAIN_TIMEOUT=300     seconds to wait for Postfix to empty its queue between cases
+#   LAT_RATES="200 500"   offered msg/s for the latency probe ("" to skip it)
+#   LAT_DURATION=20       seconds per latency probe
+#   LAT_MODE=new          new | pool (latency.py --mode)
+#   LAT_POOL=20           sessions in pool mode
+#   LAT_SIZE=2048
+#   SINK_PORT=2601 PF_PORT=2602 RQ_PORT=2603
+#   BUILD=1               cargo build --release first (0: use the existing binary)
+#   RELAYQ_BIN=target/release/relayq
+#   KEEP=0                1: keep the temp dir (logs, Postfix config)
+#   RESULTS_DIR=tests/bench/results
+#
+# All traffic stays on 127.0.0.1. Every wait is bounded. Everything started
+# here is stopped on exit (trap).
+
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then MESSAGES=${MESSAGES:-2000}; LAT_DURATION=${LAT_DURATION:-5}; fi
+MESSAGES=${MESSAGES:-20000}
+SIZES=${SIZES:-"2048 102400"}
+SESSIONS=${SESSIONS:-"20 100"}
+MODES=${MODES:-"new reuse"}
+RUNS=${RUNS:-1}
+RECEIVERS=${RECEIVERS:-"sink postfix relayq"}
+CASE_TIMEOUT=${CASE_TIMEOUT:-120}
+DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
+LAT_RATES=${LAT_RATES-"200 500"}
+LAT_DURATION=${LAT_DURATION:-20}
+LAT_MODE=${LAT_MODE:-new}
+LAT_POOL=${LAT_POOL:-20}
+LAT_SIZE=${LAT_SIZE:-2048}
+SINK_PORT=${SINK_PORT:-2601}
+PF_PORT=${PF_PORT:-2602}
+RQ_PORT=${RQ_PORT:-2603}
+BUILD=${BUILD:-1}
+RELAYQ_BIN=${RELAYQ_BIN:-$ROOT/target/release/relayq}
+KEEP=${KEEP:-0}
+RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
+
+SENDER=bench@example.com
+RCPT=sink@example.net
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+has() { [[ " $RECEIVERS " == *" $1 "* ]]; }
+now() { date +%s.%N; }
+fsub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
+
+for v in MESSAGES RUNS CASE_TIMEOUT DRAIN_TIMEOUT LAT_DURATION LAT_POOL LAT_SIZE SINK_PORT PF_PORT RQ_PORT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
+done
+for s in $SIZES $SESSIONS; do [[ $s =~ ^[0-9]+$ && $s -gt 0 ]] || die "bad size/session count '$s'"; done
+for m in $MODES; do [[ $m == new || $m == reuse ]] || die "MODES: 'new' or 'reuse', got '$m'"; done
+(( RUNS >= 1 && RUNS <= 20 )) || die "RUNS must be 1..20"
+(( CASE_TIMEOUT >= 5 && CASE_TIMEOUT <= 3600 )) || die "CASE_TIMEOUT must be 5..3600"
+
+# ---------------------------------------------------------------- dependencies
+NEED_PKGS=()
+command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null \
+    || NEED_PKGS+=(postfix)
+command -v python3 >/dev/null || NEED_PKGS+=(python3)
+INSTALLED_POSTFIX=0
+if ((${#NEED_PKGS[@]})); then
+    [[ $EUID == 0 ]] || die "need ${NEED_PKGS[*]}; run as root or install them"
+    log "installing ${NEED_PKGS[*]} (apt-get)"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${NEED_PKGS[@]}" >/dev/null \
+        || die "apt-get install ${NEED_PKGS[*]} failed"
+    [[ " ${NEED_PKGS[*]} " == *" postfix "* ]] && INSTALLED_POSTFIX=1
+fi
+PY=$(command -v python3)
+if [[ $INSTALLED_POSTFIX == 1 ]]; then
+    # The package may have started (or will start at boot) the system Postfix
+    # on port 25; we installed it only for its tools and our own instance.
+    if postfix status >/dev/null 2>&1; then log "stopping the system Postfix the package started"; postfix stop >/dev/null 2>&1; fi
+    if command -v systemctl >/dev/null; then systemctl disable --now postfix >/dev/null 2>&1 || true; fi
+fi
+if has postfix && [[ $EUID != 0 ]]; then
+    log "not root: skipping the Postfix instance (needs root to set queue ownership)"
+    RECEIVERS=${RECEIVERS//postfix/}
+fi
+[[ $EUID == 0 ]] && SINK_USER=(-u postfix) || SINK_USER=()
+if [[ $EUID == 0 ]] && ! id postfix >/dev/null 2>&1; then die "user 'postfix' missing"; fi
+
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+wait_port() { # port seconds
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do port_busy "$1" && return 0; sleep 0.1; done
+    return 1
+}
+for p in $SINK_PORT $PF_PORT $RQ_PORT; do port_busy "$p" && die "port 127.0.0.1:$p is already in use"; done
+
+# ------------------------------------------------------------------ workspace
+WORK=$(mktemp -d /tmp/relayq-bench.XXXX) || die "mktemp"
+chmod 755 "$WORK" # Postfix daemons (user postfix) must traverse it
+CASES=$WORK/cases.tsv
+LATF=$WORK/latency.jsonl
+PROBLEMS=$WORK/problems.txt
+: >"$CASES"; : >"$LATF"; : >"$PROBLEMS"
+SINK_PID= PF_DIR= PF_MASTER= RQ_PID= RQ_DIR= CUR_PID=
+
+stop_pid() { # pid name seconds: TERM, wait, KILL; returns 0 if it stopped on TERM
+    local pid=$1 name=$2 secs=$3 i
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < secs * 10; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    log "$name (pid $pid) still running ${secs}s after SIGTERM: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null
+    return 1
+}
+
+pf_stop() {
+    [[ -n $PF_DIR ]] || return 0
+    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1
+    local i
+    for ((i = 0; i < 100; i++)); do kill -0 "$PF_MASTER" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$PF_MASTER" 2>/dev/null; then
+        log "Postfix master $PF_MASTER did not stop: SIGKILL to it and its children"
+        pkill -KILL -P "$PF_MASTER" 2>/dev/null; kill -KILL "$PF_MASTER" 2>/dev/null
+    fi
+    PF_DIR= PF_MASTER=
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $CUR_PID ]] && kill -TERM "$CUR_PID" 2>/dev/null
+    [[ -n $RQ_PID ]] && stop_pid "$RQ_PID" relayq 15
+    pf_stop
+    [[ -n $SINK_PID ]] && stop_pid "$SINK_PID" smtp-sink 5
+    if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM
+
+# Run a command in the background and wait for it, so a signal to this script
+# reaches the trap at once and the trap can stop the command.
+run_bg() { "$@" & CUR_PID=$!; wait "$CUR_PID"; local rc=$?; CUR_PID=; return $rc; }
+
+# ------------------------------------------------------------------ receivers
+sink_start() {
+    # -m: max simultaneous sessions (default 256); backlog 1024.
+    smtp-sink "${SINK_USER[@]}" -m 1024 "127.0.0.1:$SINK_PORT" 1024 >"$WORK/sink.log" 2>&1 &
+    SINK_PID=$!
+    wait_port "$SINK_PORT" 10 || die "smtp-sink did not listen on $SINK_PORT: $(tail -3 "$WORK/sink.log")"
+}
+
+pf_start() {
+    PF_DIR=$WORK/postfix
+    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
+    chown postfix "$PF_DIR/data"
+    cat >"$PF_DIR/etc/main.cf" <<EOF
+# Postfix instance for the relayq intake benchmark (generated; temporary).
+compatibility_level = 3.6
+queue_directory = $PF_DIR/queue
+data_directory = $PF_DIR/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench-postfix.localdomain
+mydomain = localdomain
+myorigin = \$myhostname
+mydestination =
+local_transport = error:local delivery disabled
+local_recipient_maps =
+alias_maps =
+alias_database =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:$SINK_PORT
+smtp_dns_support_level = disabled
+maillog_file = $PF_DIR/maillog
+maillog_file_prefixes = /tmp, /var
+# Enough smtpd processes for 100 sessions plus headroom; keep them alive so
+# per-process CPU accounting sees few exits (exits are counted anyway).
+default_process_limit = 300
+max_use = 1000000
+max_idle = 3600
+biff = no
+EOF
+    # Debian's master.cf without the port-25 listener and without chroot
+    # (chroot would need copies of /etc files in the queue directory).
+    {
+        printf '127.0.0.1:%s\tinet\tn\t-\tn\t-\t-\tsmtpd\n' "$PF_PORT"
+        awk 'BEGIN{OFS="\t"} /^#/ || /^[ \t]/ || /^$/ {next} $2=="inet"{next}
+             $1 ~ /^(maildrop|uucp|ifmail|bsmtp|scalemail-backend|mailman)$/ {next}
+             {$5="n"; print}' /etc/postfix/master.cf
+    } >"$PF_DIR/etc/master.cf"
+    postfix -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 || die "postfix check: $(tail -3 "$WORK/postfix-check.log")"
+    postfix -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 || die "postfix start: $(tail -5 "$WORK/postfix-start.log"; tail -5 "$PF_DIR/maillog" 2>/dev/null)"
+    PF_MASTER=$(tr -d ' ' <"$PF_DIR/queue/pid/master.pid")
+    wait_port "$PF_PORT" 15 || die "Postfix did not listen on $PF_PORT"
+}
+
+pf_queue_count() {
+    find "$PF_DIR/queue/incoming" "$PF_DIR/queue/active" "$PF_DIR/queue/deferred" \
+        "$PF_DIR/queue/maildrop" "$PF_DIR/queue/hold" -type f 2>/dev/null | wc -l
+}
+
+pf_drain() { # wait until Postfix has delivered everything to the sink
+    local i n
+    for ((i = 0; i < DRAIN_TIMEOUT * 4; i++)); do
+        n=$(pf_queue_count)
+        ((n == 0)) && return 0
+        if ((i % 4 == 0)) && [[ -n $(find "$PF_DIR/queue/deferred" -type f -print -quit 2>/dev/null) ]]; then
+            echo "postfix: deferred mail in the queue (delivery to the sink failed); see maillog" >>"$PROBLEMS"
+            return 1
+        fi
+        sleep 0.25
+    done
+    echo "postfix: queue not empty after ${DRAIN_TIMEOUT}s ($(pf_queue_count) files)" >>"$PROBLEMS"
+    return 1
+}
+
+rq_seq=0
+rq_start() {
+    rq_seq=$((rq_seq + 1))
+    RQ_DIR=$WORK/relayq-$rq_seq
+    mkdir -p "$RQ_DIR"
+    cat >"$RQ_DIR/relayq.toml" <<EOF
+hostname = "bench.localdomain"
+[spool]
+path = "$RQ_DIR/spool"
+[[listener]]
+address = "127.0.0.1:$RQ_PORT"
+[smtp]
+max_connections = 2000
+EOF
+    "$RELAYQ_BIN" serve --config "$RQ_DIR/relayq.toml" >"$RQ_DIR/relayq.log" 2>&1 &
+    RQ_PID=$!
+    if ! wait_port "$RQ_PORT" 30; then
+        echo "relayq: did not listen on $RQ_PORT within 30s; log: $(tail -5 "$RQ_DIR/relayq.log")" >>"$PROBLEMS"
+        stop_pid "$RQ_PID" relayq 5; RQ_PID=
+        return 1
+    fi
+    kill -0 "$RQ_PID" 2>/dev/null || { echo "relayq: exited right after start: $(tail -5 "$RQ_DIR/relayq.log")" >>"$PROBLEMS"; RQ_PID=; return 1; }
+}
+
+rq_stop() { # label
+    [[ -n $RQ_PID ]] || return 0
+    local rc st
+    if ! kill -0 "$RQ_PID" 2>/dev/null; then
+        wait "$RQ_PID" 2>/dev/null; rc=$?
+        echo "relayq [$1]: process died during the case (exit status $rc); log tail: $(tail -5 "$RQ_DIR/relayq.log" | tr '\n' '|')" >>"$PROBLEMS"
+    else
+        stop_pid "$RQ_PID" relayq 15; st=$?
+        wait "$RQ_PID" 2>/dev/null; rc=$?
+        ((st == 0)) || echo "relayq [$1]: did not exit within 15s of SIGTERM (killed)" >>"$PROBLEMS"
+        ((rc == 0)) || echo "relayq [$1]: exit status $rc after SIGTERM" >>"$PROBLEMS"
+    fi
+    local bad
+    bad=$(grep -aciE 'panic|\bERROR\b|\bWARN' "$RQ_DIR/relayq.log")
+    if ((bad > 0)); then
+        {
+            echo "relayq [$1]: $bad ERROR/WARN/panic log lines; first ones:"
+            grep -aiE 'panic|\bERROR\b|\bWARN' "$RQ_DIR/relayq.log" | head -5 | cut -c1-300 | sed 's/^/    /'
+        } >>"$PROBLEMS"
+    fi
+    RQ_PID=
+    if [[ $KEEP != 1 ]]; then rm -rf "$RQ_DIR/spool"; fi # bound disk use (100 KB x 20k = 2 GB)
+}
+
+# ---------------------------------------------------------------------- cases
+cpu_snap() { "$PY" "$HERE/proc_cpu.py" snap "$1" >"$2"; }
+cpu_diff() { "$PY" "$HERE/proc_cpu.py" diff "$1" "$2"; }
+
+# run_case run receiver port pid mode sessions size
+run_case() {
+    local run=$1 rcv=$2 port=$3 pid=$4 mode=$5 sess=$6 size=$7
+    local tag="$rcv-$mode-s$sess-l$size-r$run"
+    local out=$WORK/$tag.out err=$WORK/$tag.err
+    local dflag=() status=ok
+    [[ $mode == reuse ]] && dflag=(-d)
+    cpu_snap "$pid" "$WORK/$tag.cpu0"
+    local t0 t1 rc
+    t0=$(now)
+    run_bg timeout -s TERM "$CASE_TIMEOUT" smtp-source -c -s "$sess" -m "$MESSAGES" -l "$size" "${dflag[@]}" \
+        -f "$SENDER" -t "$RCPT" "127.0.0.1:$port" >"$out" 2>"$err"
+    rc=$?
+    t1=$(now)
+    cpu_snap "$pid" "$WORK/$tag.cpu1"
+    local secs count
+    secs=$(fsub "$t1" "$t0")
+    count=$(tr '\r' '\n' <"$out" | grep -E '^[0-9]+$' | tail -1)
+    count=${count:-0}
+    if ((rc == 0)); then
+        count=$MESSAGES
+    elif ((rc == 124)); then
+        status=timebound
+        # smtp-source counts a message when its final dot is *sent*; up to
+        # $sess of those may not have been answered yet.
+        count=$((count > sess ? count - sess : 0))
+    else
+        status=FAIL
+        echo "$rcv [$mode s=$sess l=$size run=$run]: smtp-source exit $rc after ~$count msgs: $(grep -v '^$' "$err" | head -3 | tr '\n' '|')" >>"$PROBLEMS"
+        count=$((count > sess ? count - sess : 0))
+    fi
+    local cpu_in cpu_all="" by
+    cpu_in=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu1" | awk '{print $1}')
+    by=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu1" | cut -s -d' ' -f2-)
+    local extra=""
+    if [[ $rcv == postfix ]]; then
+        local td0 td1
+        td0=$(now)
+        pf_drain
+        td1=$(now)
+        cpu_snap "$pid" "$WORK/$tag.cpu2"
+        cpu_all=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | awk '{print $1}')
+        by=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | cut -s -d' ' -f2-)
+        extra="drain_s=$(fsub "$td1" "$td0")"
+    elif [[ $rcv == relayq ]]; then
+        extra="spool_bytes=$(du -sb "$RQ_DIR/spool" 2>/dev/null | awk '{print $1}')"
+        kill -0 "$pid" 2>/dev/null || { status=DIED; }
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$run" "$rcv" "$mode" "$sess" "$size" "$count" "$secs" "${cpu_in:-NA}" "${cpu_all:-NA}" "$status" "$extra" "$by" >>"$CASES"
+    log "  $(printf '%-7s %-5s s=%-3s l=%-6s' "$rcv" "$mode" "$sess" "$size") msgs=$count secs=$secs status=$status cpu_ticks=${cpu_in:-NA}${cpu_all:+/$cpu_all} $extra"
+}
+
+latency() { # receiver port rate
+    local rcv=$1 port=$2 rate=$3 f=$WORK/lat-$1-$3.json
+    run_bg timeout $((LAT_DURATION + 120)) "$PY" "$HERE/latency.py" --port "$port" --rate "$rate" --duration "$LAT_DURATION" \
+        --size "$LAT_SIZE" --mode "$LAT_MODE" --pool "$LAT_POOL" --label "$rcv" --json >"$f" 2>"$f.err"
+    if [[ -s $f ]]; then
+        cat "$f" >>"$LATF"
+        "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["ack_ms"]; t=r["txn_ms"]; print(f"  {r[\"label\"]:7s} {r[\"rate\"]:g}/s ok={r[\"ok\"]} non2xx={r[\"non2xx\"]} errors={r[\"errors\"]} ack p50={a[\"p50\"]:.2f} p99={a[\"p99\"]:.2f} ms  txn p50={t[\"p50\"]:.2f} p99={t[\"p99\"]:.2f} ms")' "$f" >&2
+        if [[ $rcv == relayq ]]; then
+            "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
+if r["non2xx"] or r["errors"] or r["unfinished"] or r["skipped"]:
+    print(f"relayq latency probe at {r[\"rate\"]:g}/s: non2xx={r[\"non2xx_by\"]} errors={r[\"errors_by\"]} skipped={r[\"skipped\"]} unfinished={r[\"unfinished\"]} e.g. {r[\"examples\"][:3]}")' "$f" >>"$PROBLEMS"
+        fi
+    else
+        echo "latency probe $rcv $rate/s produced no output: $(tail -3 "$f.err")" >>"$PROBLEMS"
+    fi
+}
+
+# ------------------------------------------------------------------- metadata
+{
+    echo "date: $(date -Iseconds)"
+    echo "host: $(uname -srm); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')); $(free -g | awk '/Mem:/{print $2}') GiB RAM"
+    echo "disk: $(df -hT "$WORK" | awk 'NR==2{print $1, $2, $3}') (temp dir $WORK; Postfix queue and relayq spool both here)"
+    echo "postfix: $(postconf -d mail_version 2>/dev/null | cut -d' ' -f3); smtp-source/smtp-sink from the same package"
+    echo "python: $("$PY" --version 2>&1)"
+    echo "settings: MESSAGES=$MESSAGES SIZES='$SIZES' SESSIONS='$SESSIONS' MODES='$MODES' RUNS=$RUNS CASE_TIMEOUT=$CASE_TIMEOUT LAT_RATES='$LAT_RATES' LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE LAT_SIZE=$LAT_SIZE"
+    echo "clk_tck: $(getconf CLK_TCK)"
+} >"$WORK/meta.txt"
+
+# ---------------------------------------------------------------------- relayq
+RQ_OK=0
+if has relayq; then
+    if [[ $BUILD == 1 ]]; then
+        log "cargo build --release"
+        (cd "$ROOT" && timeout 1800 cargo build --release -q 2>"$WORK/build.log") \
+            || { echo "relayq: cargo build --release failed: $(tail -5 "$WORK/build.log" | tr '\n' '|')" >>"$PROBLEMS"; }
+    fi
+    if [[ -x $RELAYQ_BIN ]]; then
+        if rq_start; then
+            RQ_OK=1
+            rq_stop probe
+        fi
+    else
+        echo "relayq: no binary at $RELAYQ_BIN" >>"$PROBLEMS"
+    fi
+    ((RQ_OK)) || log "relayq unavailable; see the problems section"
+    echo "relayq: $("$RELAYQ_BIN" --version 2>/dev/null | head -1) ($RELAYQ_BIN, $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit'))" >>"$WORK/meta.txt"
+fi
+
+# ----------------------------------------------------------------------- main
+# The sink always runs: it is the relayhost of the Postfix instance.
+sink_start
+if has postfix; then pf_start; fi
+
+log "work dir $WORK; $MESSAGES msgs/case; sizes $SIZES; sessions $SESSIONS; modes $MODES; runs $RUNS"
+for ((run = 1; run <= RUNS; run++)); do
+    for mode in $MODES; do
+        for sess in $SESSIONS; do
+            for size in $SIZES; do
+                log "run $run: $mode connection, $sess sessions, $size bytes"
+                has sink && run_case "$run" sink "$SINK_PORT" "$SINK_PID" "$mode" "$sess" "$size"
+                if has postfix; then
+                    pf_drain
+                    run_case "$run" postfix "$PF_PORT" "$PF_MASTER" "$mode" "$sess" "$size"
+                fi
+                if has relayq && ((RQ_OK)); then
+                    if rq_start; then
+                        run_case "$run" relayq "$RQ_PORT" "$RQ_PID" "$mode" "$sess" "$size"
+                        rq_stop "$mode s=$sess l=$size run=$run"
+                    fi
+                fi
+            done
+        done
+    done
+done
+
+if [[ -n $LAT_RATES ]]; then
+    for rate in $LAT_RATES; do
+        log "latency probe: $rate msg/s offered for ${LAT_DURATION}s, mode $LAT_MODE, $LAT_SIZE bytes"
+        has sink && latency sink "$SINK_PORT" "$rate"
+        if has postfix; then pf_drain; latency postfix "$PF_PORT" "$rate"; fi
+        if has relayq && ((RQ_OK)) && rq_start; then
+            latency relayq "$RQ_PORT" "$rate"
+            rq_stop "latency $rate/s"
+        fi
+    done
+fi
+
+if has postfix; then
+    pf_drain
+    n=$(grep -ciE 'warning|fatal|panic' "$PF_DIR/maillog")
+    ((n > 0)) && echo "postfix: $n warning/fatal lines in its maillog (e.g. $(grep -iE 'warning|fatal|panic' "$PF_DIR/maillog" | head -1 | cut -c1-200))" >>"$PROBLEMS"
+fi
+
+mkdir -p "$RESULTS_DIR"
+STAMP=$(date +%Y-%m-%d-%H%M%S)
+[[ $QUICK == 1 ]] && STAMP="$STAMP-quick"
+OUT=$RESULTS_DIR/intake-$STAMP.txt
+"$PY" "$HERE/report.py" "$WORK" | tee "$OUT"
+log "written to $OUT"

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Formats the results of tests/bench/intake.sh (reads its work directory)."""
+
+import json
+import os
+import statistics
+import sys
+
+ORDER = {"sink": 0, "postfix": 1, "relayq": 2}
+NAMES = {"sink": "smtp-sink", "postfix": "postfix", "relayq": "relayq"}
+
+
+def human_size(n):
+    n = int(n)
+    if n % 1024 == 0 and n >= 1024:
+        return f"{n // 1024} KB"
+    return f"{n} B"
+
+
+def fnum(x, nd=0):
+    if x is None:
+        return "-"
+    if nd == 0:
+        return f"{x:,.0f}"
+    return f"{x:.{nd}f}"
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def load_cases(path, hz):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            if len(p) < 10:
+                continue
+            run, rcv, mode, sess, size, count, secs, cin, call, status = p[:10]
+            extra = p[10] if len(p) > 10 else ""
+            by = p[11] if len(p) > 11 else ""
+            count = int(count)
+            secs = float(secs)
+            r = {
+                "run": int(run), "rcv": rcv, "mode": mode, "sess": int(sess), "size": int(size),
+                "count": count, "secs": secs, "status": status, "extra": extra, "by": by,
+                "rate": count / secs if secs > 0 and count else None,
+                "mbps": count * int(size) / secs / 1e6 if secs > 0 and count else None,
+                "cpu_in": (int(cin) / hz * 1000 / count) if cin not in ("NA", "") and count else None,
+                "cpu_all": (int(call) / hz * 1000 / count) if call not in ("NA", "") and count else None,
+            }
+            rows.append(r)
+    return rows
+
+
+def main():
+    work = sys.argv[1]
+    meta = open(os.path.join(work, "meta.txt")).read().splitlines()
+    hz = 100
+    for m in meta:
+        if m.startswith("clk_tck:"):
+            hz = int(m.split(":")[1])
+    rows = load_cases(os.path.join(work, "cases.tsv"), hz)
+    lat = []
+    lp = os.path.join(work, "latency.jsonl")
+    if os.path.exists(lp):
+        with open(lp) as f:
+            lat = [json.loads(l) for l in f if l.strip()]
+    problems = open(os.path.join(work, "problems.txt")).read().rstrip()
+
+    out = []
+    w = out.append
+    w("relayq intake benchmark")
+    w("=======================")
+    for m in meta:
+        if not m.startswith("clk_tck:"):
+            w(m)
+    w("")
+    w("Driver: smtp-source (Postfix) -c -s SESSIONS -m MSGS -l SIZE -f bench@example.com -t sink@example.net;")
+    w("  conn=new: new TCP connection per message (HELO, MAIL, RCPT, DATA, QUIT) as most apps submit;")
+    w("  conn=reuse: smtp-source -d, messages follow each other on the same session (no RSET).")
+    w("  size = payload bytes (-l), ~150 bytes of headers extra; MB/s counts payload, 10^6 bytes.")
+    w("  Receivers: smtp-sink = discards (ceiling); postfix = own instance, fsync per queue file,")
+    w("  relays to the sink; relayq = fresh spool per case, nothing delivered (no delivery engine).")
+    w("  Client and server share the machine's CPUs.")
+    w("")
+
+    keys = sorted(
+        {(r["mode"], r["sess"], r["size"], r["rcv"]) for r in rows},
+        key=lambda k: (0 if k[0] == "new" else 1, k[1], k[2], ORDER.get(k[3], 9)),
+    )
+    runs = max((r["run"] for r in rows), default=1)
+    agg = {}
+    for k in keys:
+        rs = [r for r in rows if (r["mode"], r["sess"], r["size"], r["rcv"]) == k]
+        agg[k] = {
+            "n": len(rs),
+            "count": med([r["count"] for r in rs]),
+            "secs": med([r["secs"] for r in rs]),
+            "rate": med([r["rate"] for r in rs]),
+            "mbps": med([r["mbps"] for r in rs]),
+            "cpu_in": med([r["cpu_in"] for r in rs]),
+            "cpu_all": med([r["cpu_all"] for r in rs]),
+            "status": ",".join(sorted({r["status"] for r in rs})),
+            "rates": [r["rate"] for r in rs],
+            "extra": [r["extra"] for r in rs],
+            "by": [r["by"] for r in rs],
+        }
+
+    med_note = f" (median of {runs} runs)" if runs > 1 else ""
+    w(f"Throughput{med_note}")
+    hdr = f"{'receiver':10} {'conn':5} {'sess':>4} {'size':>7} {'msgs':>7} {'seconds':>8} {'msg/s':>8} {'MB/s':>7} {'cpu ms/msg':>10}  status"
+    w(hdr)
+    w("-" * len(hdr))
+    prev = None
+    for k in keys:
+        a = agg[k]
+        mode, sess, size, rcv = k
+        if prev is not None and prev != (mode, sess, size):
+            w("")
+        prev = (mode, sess, size)
+        note = a["status"]
+        if a["status"] == "timebound":
+            note = f"time-bounded at CASE_TIMEOUT (msgs = accepted before the stop)"
+        if runs > 1 and len([x for x in a["rates"] if x]) > 1:
+            note += "  runs: " + "/".join(fnum(x) for x in a["rates"])
+        w(
+            f"{NAMES.get(rcv, rcv):10} {mode:5} {sess:>4} {human_size(size):>7} {fnum(a['count']):>7} "
+            f"{fnum(a['secs'], 2):>8} {fnum(a['rate']):>8} {fnum(a['mbps'], 1):>7} {fnum(a['cpu_in'], 3):>10}  {note}"
+        )
+    w("")
+
+    w("Ratios of msg/s")
+    hdr = f"{'conn':5} {'sess':>4} {'size':>7} {'relayq/postfix':>15} {'relayq/smtp-sink':>17} {'postfix/smtp-sink':>18}"
+    w(hdr)
+    w("-" * len(hdr))
+    cases = sorted({(k[0], k[1], k[2]) for k in keys}, key=lambda c: (0 if c[0] == "new" else 1, c[1], c[2]))
+
+    def ratio(c, a, b):
+        ra = agg.get((*c, a), {}).get("rate")
+        rb = agg.get((*c, b), {}).get("rate")
+        return f"{ra / rb:.2f}x" if ra and rb else "-"
+
+    for c in cases:
+        w(
+            f"{c[0]:5} {c[1]:>4} {human_size(c[2]):>7} {ratio(c, 'relayq', 'postfix'):>15} "
+            f"{ratio(c, 'relayq', 'sink'):>17} {ratio(c, 'postfix', 'sink'):>18}"
+        )
+    w("")
+
+    w(f"CPU time per message, ms (utime+stime from /proc, CLK_TCK={hz}; resolution {1000 / hz:.0f} ms per case total)")
+    w("  relayq: its process (all threads), during the case.")
+    w("  postfix: master + all its children (live ones, and exited ones via cutime/cstime);")
+    w("    'intake' = while smtp-source ran; 'all' = until the queue was empty again, i.e. including")
+    w("    qmgr/smtp delivery to the sink and postlogd logging (Postfix's normal per-message work).")
+    hdr = f"{'receiver':10} {'conn':5} {'sess':>4} {'size':>7} {'intake':>8} {'all':>8}  breakdown (ticks, by process name)"
+    w(hdr)
+    w("-" * len(hdr))
+    for k in keys:
+        a = agg[k]
+        mode, sess, size, rcv = k
+        by = a["by"][len(a["by"]) // 2] if a["by"] else ""
+        if rcv != "postfix":
+            by = ""
+        w(
+            f"{NAMES.get(rcv, rcv):10} {mode:5} {sess:>4} {human_size(size):>7} {fnum(a['cpu_in'], 3):>8} "
+            f"{fnum(a['cpu_all'], 3):>8}  {' '.join(by.split()[:8])}"
+        )
+    rq_extra = [(k, e) for k in keys if k[3] == "relayq" for e in agg[k]["extra"] if "spool_bytes=" in e]
+    if rq_extra:
+        w("")
+        w("relayq spool size after each case (bytes on disk / message):")
+        for k, e in rq_extra:
+            try:
+                b = int(e.split("spool_bytes=")[1].split()[0])
+                n = agg[k]["count"]
+                w(f"  {k[0]:5} s={k[1]:<3} {human_size(k[2]):>7}: {b / 1e6:,.1f} MB total, {b / n:,.0f} B/msg" if n else "")
+            except (ValueError, IndexError):
+                pass
+    w("")
+
+    if lat:
+        r0 = lat[0]
+        mode = r0["mode"] + (f" (pool of {r0['pool']} sessions)" if r0["mode"] == "pool" else " (new TCP connection per message)")
+        w(f"Acceptance latency at a fixed offered rate: tests/bench/latency.py, open loop, {r0['duration']:g} s per probe,")
+        w(f"  {mode}, {r0['size']} byte body, EHLO/MAIL/RCPT/DATA/dot/QUIT.")
+        w("  ack = final dot written -> 250 reply; txn = connect() -> 250 reply to the dot; ms.")
+        hdr = (
+            f"{'receiver':10} {'rate/s':>6} {'ok':>6} {'non2xx':>6} {'err':>4} {'achvd/s':>7}"
+            f" {'ack p50':>8} {'p90':>7} {'p99':>7} {'max':>7}  {'txn p50':>8} {'p90':>7} {'p99':>7} {'max':>7}"
+        )
+        w(hdr)
+        w("-" * len(hdr))
+        for r in sorted(lat, key=lambda r: (r["rate"], ORDER.get(r["label"], 9))):
+            a, t = r["ack_ms"], r["txn_ms"]
+            w(
+                f"{NAMES.get(r['label'], r['label']):10} {r['rate']:>6g} {r['ok']:>6} {r['non2xx']:>6} {r['errors'] + r['unfinished']:>4} "
+                f"{r['achieved_rate']:>7.0f} {a['p50']:>8.2f} {a['p90']:>7.2f} {a['p99']:>7.2f} {a['max']:>7.1f}  "
+                f"{t['p50']:>8.2f} {t['p90']:>7.2f} {t['p99']:>7.2f} {t['max']:>7.1f}"
+            )
+            if r["non2xx_by"] or r["errors_by"] or r["skipped"]:
+                w(f"{'':10}   non2xx={r['non2xx_by']} errors={r['errors_by']} skipped={r['skipped']} unfinished={r['unfinished']}")
+        w("")
+
+    w("Problems seen")
+    w(problems if problems else "  none")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
