@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redb::{Database, TableDefinition};
+use relayq_spool::{Body, Spool, SpoolOptions};
 
 const ENVELOPES: TableDefinition<u64, &[u8]> = TableDefinition::new("envelopes");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
@@ -67,16 +68,82 @@ fn main() {
         let bytes = (gib * 1024.0 * 1024.0 * 1024.0) as u64;
         crash_while_writing(&path, quick, bytes);
         let size = std::fs::metadata(&path).unwrap().len();
-        let (repair_calls, first_open) = open_timed(&path);
+        // A copy of the crashed file, evicted from the page cache, for a cold open.
+        let cold_path = dir.path().join(format!("crash-{quick}-cold.redb"));
+        std::fs::copy(&path, &cold_path).unwrap();
+        let evicted = evict_from_page_cache(&cold_path);
+        let (repair_calls, warm_open) = open_timed(&path);
+        let (_, cold_open) = open_timed(&cold_path);
         let (_, clean_open) = open_timed(&path);
         println!(
-            "quick_repair {quick:<5}  file {:.2} GiB  open after crash {:.3} s (repair callback calls: {repair_calls})  clean open {:.3} s",
+            "quick_repair {quick:<5}  file {:.2} GiB  open after crash: warm cache {:.3} s, {} {:.3} s (repair callback calls: {repair_calls})  clean open {:.3} s",
             size as f64 / (1024.0 * 1024.0 * 1024.0),
-            first_open.as_secs_f64(),
+            warm_open.as_secs_f64(),
+            if evicted { "cold cache" } else { "cold cache (eviction failed, warm)" },
+            cold_open.as_secs_f64(),
             clean_open.as_secs_f64()
         );
         std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&cold_path).unwrap();
     }
+
+    println!("\n# through the spool API (quick repair as the spool sets it), {BODY} B bodies");
+    for callers in [1, 32] {
+        spool_rate(&dir.path().join(format!("spool-{callers}")), callers);
+    }
+}
+
+/// Stores messages from `callers` concurrent tasks for a few seconds and reports the rate.
+fn spool_rate(path: &Path, callers: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let spool = Spool::open(SpoolOptions::new(path)).unwrap();
+    let duration = Duration::from_secs(5);
+    let started = Instant::now();
+    let stored: usize = runtime.block_on(async {
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let spool = spool.clone();
+                tokio::spawn(async move {
+                    let mut stored = 0;
+                    while started.elapsed() < duration {
+                        let body = Body::from_bytes(vec![b'b'; BODY]);
+                        let id = spool.allocate_id();
+                        spool.store(id, vec![b'e'; ENVELOPE], body).await.unwrap();
+                        stored += 1;
+                    }
+                    stored
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        total
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = spool.stats();
+    println!(
+        "callers {callers:>3}  {:>8.0} messages/s  {:>6.0} commits/s  average batch {:.1}",
+        stored as f64 / elapsed,
+        stats.commits as f64 / elapsed,
+        stats.messages_stored as f64 / stats.commits as f64
+    );
+    spool.close();
+}
+
+/// Flushes the file and asks the kernel to drop its cached pages (GNU dd's `nocache`, which
+/// calls posix_fadvise(DONTNEED)). Returns whether that ran.
+fn evict_from_page_cache(path: &Path) -> bool {
+    std::fs::File::open(path).unwrap().sync_all().unwrap();
+    Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 fn open(path: &Path) -> Database {

@@ -14,6 +14,7 @@
 mod keywords;
 mod raw;
 mod validate;
+mod values;
 
 #[cfg(test)]
 mod tests;
@@ -26,9 +27,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::queue::Lane;
 use anyhow::Context as _;
 use ipnet::IpNet;
+
+use crate::queue::Lane;
 
 pub use self::keywords::{IpVersion, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;

@@ -187,16 +187,13 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, Invalid> {
     })
 }
 
-/// Rewords serde's messages where its vocabulary differs from the file's.
+/// Rewords serde's message for an unknown field in the file's vocabulary.
 fn describe_type_error(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         return match rest.split_once(", expected ") {
             Some((_, expected)) => format!("unknown key (expected {expected})"),
             None => "unknown key".to_string(),
         };
-    }
-    if let Some(rest) = message.strip_prefix("unknown variant ") {
-        return format!("unknown value {rest}");
     }
     message.to_string()
 }

@@ -234,11 +234,11 @@ fn enums_parse_and_bad_values_are_refused() {
 
     assert_eq!(
         error("[delivery]\ntls = \"sometimes\"\n"),
-        "relayq.toml: delivery.tls: unknown value `sometimes`, expected one of `opportunistic`, `required`, `disabled`"
+        "relayq.toml: delivery.tls: unknown value \"sometimes\", expected \"opportunistic\", \"required\" or \"disabled\""
     );
     assert_eq!(
         error("[delivery]\nip_version = 4\n"),
-        "relayq.toml: delivery.ip_version: invalid type: integer `4`, expected one of \"any\", \"ipv4\", \"ipv6\", \"prefer_ipv4\", \"prefer_ipv6\""
+        "relayq.toml: delivery.ip_version: invalid type: integer `4`, expected one of \"any\", \"ipv4\", \"ipv6\", \"prefer_ipv4\" or \"prefer_ipv6\""
     );
     assert_eq!(
         error(
@@ -347,7 +347,7 @@ fn routes_are_validated() {
     );
     assert_eq!(
         route("domains = [\"*\"]\nhost = \"h.example\"\ntls = \"ssl\""),
-        "relayq.toml: route[0].tls: unknown value `ssl`, expected one of `starttls`, `implicit`, `none`"
+        "relayq.toml: route[0].tls: unknown value \"ssl\", expected \"starttls\", \"implicit\" or \"none\""
     );
 }
 

@@ -5,13 +5,16 @@
 //! directory are passed in, so tests do not depend on the machine.
 
 use std::fs;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDuration, RawListener, RawRoute};
+use super::raw::{RawConfig, RawDuration, RawListener, RawRetry, RawRoute};
+use super::values::{
+    check_domain_name, check_host, check_log_filter, check_mailbox, nameserver, network,
+    socket_address,
+};
 use super::{
     Config, ControlSettings, DeliverySettings, DnsSettings, Invalid, IpVersion, LaneSettings,
     LanesSettings, ListenerSettings, LogFormat, LogSettings, MetricsSettings, RetrySettings, Route,
@@ -44,7 +47,6 @@ const DEFAULT_RETRY_FACTOR: f64 = 2.0;
 const DEFAULT_RETRY_MAX: Duration = minutes(60);
 const DEFAULT_RETRY_MAX_AGE: Duration = minutes(5 * 24 * 60);
 const DEFAULT_ROUTE_PORT: u16 = 25;
-const DNS_PORT: u16 = 53;
 
 const fn minutes(count: u64) -> Duration {
     Duration::from_secs(count * 60)
@@ -333,21 +335,7 @@ fn relay_networks(raw: Option<Vec<String>>) -> Result<Vec<IpNet>, Invalid> {
         .collect()
 }
 
-/// A CIDR network, or a bare address meaning just that host.
-fn network(text: &str) -> Result<IpNet, String> {
-    if let Ok(network) = text.parse::<IpNet>() {
-        // Host bits are cleared so the stored network reads as it matches.
-        return Ok(network.trunc());
-    }
-    if let Ok(address) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(address));
-    }
-    Err(format!(
-        "invalid network {text:?}: expected CIDR notation such as \"10.0.0.0/8\" or \"fd00::/8\", or an IP address"
-    ))
-}
-
-fn retry(raw: super::raw::RawRetry) -> Result<RetrySettings, Invalid> {
+fn retry(raw: RawRetry) -> Result<RetrySettings, Invalid> {
     let initial = timeout(raw.initial, DEFAULT_RETRY_INITIAL, "retry.initial")?;
     let factor = raw.factor.unwrap_or(DEFAULT_RETRY_FACTOR);
     if !(factor.is_finite() && factor >= 1.0) {
@@ -393,23 +381,6 @@ fn retry(raw: super::raw::RawRetry) -> Result<RetrySettings, Invalid> {
         max_age,
         delay_warning,
     })
-}
-
-/// `"127.0.0.1:5353"`, `"[::1]:53"`, or a bare address meaning port 53.
-fn nameserver(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(address) = text.parse::<SocketAddr>() {
-        return Ok(address);
-    }
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(text);
-    match bare.parse::<IpAddr>() {
-        Ok(address) => Ok(SocketAddr::new(address, DNS_PORT)),
-        Err(_) => Err(format!(
-            "invalid nameserver {text:?}: expected an IP address with an optional port, such as \"127.0.0.1:5353\", \"[::1]:53\" or \"192.0.2.53\""
-        )),
-    }
 }
 
 fn route(index: usize, raw: RawRoute, earlier: &[Route]) -> Result<Route, Invalid> {
@@ -494,94 +465,6 @@ fn route(index: usize, raw: RawRoute, earlier: &[Route]) -> Result<Route, Invali
         verify_certificate: raw.verify_certificate.unwrap_or(raw.username.is_some()),
         username: raw.username,
         password_file: raw.password_file,
-    })
-}
-
-/// A smarthost: a domain name or an IP address (IPv6 with or without brackets).
-fn check_host(host: &str) -> Result<(), String> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(host);
-    if bare.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    check_domain_name(host)
-}
-
-/// Whether `name` is plausible as a host or mail domain: ASCII letters,
-/// digits, hyphens and underscores in dot-separated labels. Deliberately
-/// lenient beyond that: the point is to catch typos, not to enforce RFC 1035.
-pub(super) fn check_domain_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_string());
-    }
-    if let Some(character) = name
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
-    {
-        let advice = if character.is_ascii() {
-            ""
-        } else {
-            "; write internationalized names in their ASCII (xn--) form"
-        };
-        return Err(format!(
-            "{name:?} is not a domain name: it contains {character:?}{advice}"
-        ));
-    }
-    if name.len() > 253 {
-        return Err(format!("{name:?} is longer than 253 characters"));
-    }
-    if name.split('.').any(str::is_empty) {
-        return Err(format!(
-            "{name:?} is not a domain name: it has an empty label (leading, trailing or doubled dot)"
-        ));
-    }
-    if let Some(label) = name.split('.').find(|label| label.len() > 63) {
-        return Err(format!(
-            "{name:?} is not a domain name: label {label:?} is longer than 63 characters"
-        ));
-    }
-    Ok(())
-}
-
-/// An address of the form `local-part@domain`, without angle brackets.
-fn check_mailbox(address: &str) -> Result<(), String> {
-    let well_formed = match address.rsplit_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && check_domain_name(domain).is_ok()
-                && !address
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>'))
-        }
-        None => false,
-    };
-    if well_formed {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid address {address:?}: expected local-part@domain, such as \"postmaster@example.com\""
-        ))
-    }
-}
-
-/// Checks a filter with the parser `logging::init` uses, so a typo is found
-/// by `check-config` instead of silently falling back to `info`.
-fn check_log_filter(level: &str) -> Result<(), String> {
-    if level.trim().is_empty() {
-        return Err("must not be empty; leave it out for the default \"info\"".to_string());
-    }
-    tracing_subscriber::EnvFilter::try_new(level)
-        .map(drop)
-        .map_err(|error| format!("invalid filter {level:?}: {error}"))
-}
-
-fn socket_address(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| {
-        format!(
-            "invalid address {text:?}: expected an IP address and port, such as \"127.0.0.1:25\" or \"[::1]:25\""
-        )
     })
 }
 

@@ -18,6 +18,9 @@
 #   LAT_MODE=new          new | pool (latency.py --mode)
 #   LAT_POOL=20           sessions in pool mode
 #   LAT_SIZE=2048
+#   IDLE_WAIT=30          before each case wait up to this many seconds for the
+#   IDLE_PCT=25           machine to be quiet (< IDLE_PCT % CPU busy over 1 s);
+#                         other agents' builds make numbers noisy. 0 disables.
 #   SINK_PORT=2601 PF_PORT=2602 RQ_PORT=2603
 #   BUILD=1               cargo build --release first (0: use the existing binary)
 #   RELAYQ_BIN=target/release/relayq
@@ -47,6 +50,8 @@ LAT_DURATION=${LAT_DURATION:-20}
 LAT_MODE=${LAT_MODE:-new}
 LAT_POOL=${LAT_POOL:-20}
 LAT_SIZE=${LAT_SIZE:-2048}
+IDLE_WAIT=${IDLE_WAIT:-30}
+IDLE_PCT=${IDLE_PCT:-25}
 SINK_PORT=${SINK_PORT:-2601}
 PF_PORT=${PF_PORT:-2602}
 RQ_PORT=${RQ_PORT:-2603}
@@ -64,7 +69,7 @@ has() { [[ " $RECEIVERS " == *" $1 "* ]]; }
 now() { date +%s.%N; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
 
-for v in MESSAGES RUNS CASE_TIMEOUT DRAIN_TIMEOUT LAT_DURATION LAT_POOL LAT_SIZE SINK_PORT PF_PORT RQ_PORT; do
+for v in MESSAGES RUNS CASE_TIMEOUT DRAIN_TIMEOUT IDLE_WAIT IDLE_PCT LAT_DURATION LAT_POOL LAT_SIZE SINK_PORT PF_PORT RQ_PORT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 for s in $SIZES $SESSIONS; do [[ $s =~ ^[0-9]+$ && $s -gt 0 ]] || die "bad size/session count '$s'"; done
@@ -287,6 +292,32 @@ rq_stop() { # label
 # ---------------------------------------------------------------------- cases
 cpu_snap() { "$PY" "$HERE/proc_cpu.py" snap "$1" >"$2"; }
 cpu_diff() { "$PY" "$HERE/proc_cpu.py" diff "$1" "$2"; }
+HZ=$(getconf CLK_TCK)
+# machine-wide CPU ticks from /proc/stat: "busy total"
+stat_ticks() { awk '/^cpu /{b=$2+$3+$4+$7+$8+$9; t=b+$5+$6; print b, t; exit}' /proc/stat; }
+# CPU ticks of this shell's reaped children (bash 'times', second line), into
+# CHILD_TICKS. Must not run in a subshell: call it directly, not in $(...).
+child_ticks() {
+    times >"$WORK/.times"
+    CHILD_TICKS=$(awk -v hz="$HZ" 'NR==2{ s=0; for(i=1;i<=2;i++){ split($i,a,"m"); sub("s","",a[2]); s+=a[1]*60+a[2] } printf "%d", s*hz+0.5 }' "$WORK/.times")
+}
+busy_pct_1s() {
+    local b0 t0 b1 t1
+    read -r b0 t0 < <(stat_ticks); sleep 1; read -r b1 t1 < <(stat_ticks)
+    awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN{ printf "%d", (t > 0 ? 100*b/t : 0) }'
+}
+quiet_wait() {
+    ((IDLE_WAIT > 0)) || return 0
+    local end=$((SECONDS + IDLE_WAIT)) pct
+    while :; do
+        pct=$(busy_pct_1s)
+        ((pct < IDLE_PCT)) && return 0
+        if ((SECONDS >= end)); then
+            log "  machine still ${pct}% busy (other processes) after ${IDLE_WAIT}s; measuring anyway"
+            return 0
+        fi
+    done
+}
 
 # run_case run receiver port pid mode sessions size
 run_case() {
@@ -295,13 +326,18 @@ run_case() {
     local out=$WORK/$tag.out err=$WORK/$tag.err
     local dflag=() status=ok
     [[ $mode == reuse ]] && dflag=(-d)
+    quiet_wait
     cpu_snap "$pid" "$WORK/$tag.cpu0"
-    local t0 t1 rc
+    local t0 t1 rc st0 st1 ct0 ct1 sb0 stt0 sb1 stt1
+    read -r sb0 stt0 < <(stat_ticks)
+    child_ticks; ct0=$CHILD_TICKS
     t0=$(now)
     run_bg timeout -s TERM "$CASE_TIMEOUT" smtp-source -c -s "$sess" -m "$MESSAGES" -l "$size" "${dflag[@]}" \
         -f "$SENDER" -t "$RCPT" "127.0.0.1:$port" >"$out" 2>"$err"
     rc=$?
     t1=$(now)
+    child_ticks; ct1=$CHILD_TICKS
+    read -r sb1 stt1 < <(stat_ticks)
     cpu_snap "$pid" "$WORK/$tag.cpu1"
     local secs count
     secs=$(fsub "$t1" "$t0")
@@ -322,7 +358,12 @@ run_case() {
     local cpu_in cpu_all="" by
     cpu_in=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu1" | awk '{print $1}')
     by=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu1" | cut -s -d' ' -f2-)
-    local extra=""
+    # CPU of everything else on the machine during the case, in % of all CPUs:
+    # busy ticks minus receiver minus client (smtp-source).
+    local client=$((ct1 - ct0)) other
+    other=$(awk -v b="$((sb1 - sb0))" -v t="$((stt1 - stt0))" -v r="${cpu_in:-0}" -v c="$client" \
+        'BEGIN{ o = b - r - c; if (o < 0) o = 0; printf "%d", (t > 0 ? 100*o/t : 0) }')
+    local extra="client_ticks=$client other_pct=$other"
     if [[ $rcv == postfix ]]; then
         local td0 td1
         td0=$(now)
@@ -331,9 +372,9 @@ run_case() {
         cpu_snap "$pid" "$WORK/$tag.cpu2"
         cpu_all=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | awk '{print $1}')
         by=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | cut -s -d' ' -f2-)
-        extra="drain_s=$(fsub "$td1" "$td0")"
+        extra="$extra drain_s=$(fsub "$td1" "$td0")"
     elif [[ $rcv == relayq ]]; then
-        extra="spool_bytes=$(du -sb "$RQ_DIR/spool" 2>/dev/null | awk '{print $1}')"
+        extra="$extra spool_bytes=$(du -sb "$RQ_DIR/spool" 2>/dev/null | awk '{print $1}')"
         kill -0 "$pid" 2>/dev/null || { status=DIED; }
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
@@ -367,6 +408,7 @@ if r["non2xx"] or r["errors"] or r["unfinished"] or r["skipped"]:
     echo "python: $("$PY" --version 2>&1)"
     echo "settings: MESSAGES=$MESSAGES SIZES='$SIZES' SESSIONS='$SESSIONS' MODES='$MODES' RUNS=$RUNS CASE_TIMEOUT=$CASE_TIMEOUT LAT_RATES='$LAT_RATES' LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE LAT_SIZE=$LAT_SIZE"
     echo "clk_tck: $(getconf CLK_TCK)"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$WORK/meta.txt"
 
 # ---------------------------------------------------------------------- relayq
@@ -419,9 +461,11 @@ done
 if [[ -n $LAT_RATES ]]; then
     for rate in $LAT_RATES; do
         log "latency probe: $rate msg/s offered for ${LAT_DURATION}s, mode $LAT_MODE, $LAT_SIZE bytes"
-        has sink && latency sink "$SINK_PORT" "$rate"
-        if has postfix; then pf_drain; latency postfix "$PF_PORT" "$rate"; fi
+        if has sink; then has postfix && pf_drain; quiet_wait; latency sink "$SINK_PORT" "$rate"; fi
+        if has postfix; then pf_drain; quiet_wait; latency postfix "$PF_PORT" "$rate"; fi
         if has relayq && ((RQ_OK)) && rq_start; then
+            has postfix && pf_drain
+            quiet_wait
             latency relayq "$RQ_PORT" "$rate"
             rq_stop "latency $rate/s"
         fi
@@ -434,6 +478,7 @@ if has postfix; then
     ((n > 0)) && echo "postfix: $n warning/fatal lines in its maillog (e.g. $(grep -iE 'warning|fatal|panic' "$PF_DIR/maillog" | head -1 | cut -c1-200))" >>"$PROBLEMS"
 fi
 
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/meta.txt"
 mkdir -p "$RESULTS_DIR"
 STAMP=$(date +%Y-%m-%d-%H%M%S)
 [[ $QUICK == 1 ]] && STAMP="$STAMP-quick"

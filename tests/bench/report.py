@@ -50,6 +50,10 @@ def load_cases(path, hz):
                 "cpu_in": (int(cin) / hz * 1000 / count) if cin not in ("NA", "") and count else None,
                 "cpu_all": (int(call) / hz * 1000 / count) if call not in ("NA", "") and count else None,
             }
+            kv = dict(x.split("=", 1) for x in extra.split() if "=" in x)
+            r["other"] = float(kv["other_pct"]) if "other_pct" in kv else None
+            ct = kv.get("client_ticks")
+            r["client"] = (int(ct) / hz * 1000 / count) if ct and count else None
             rows.append(r)
     return rows
 
@@ -83,7 +87,8 @@ def main():
     w("  size = payload bytes (-l), ~150 bytes of headers extra; MB/s counts payload, 10^6 bytes.")
     w("  Receivers: smtp-sink = discards (ceiling); postfix = own instance, fsync per queue file,")
     w("  relays to the sink; relayq = fresh spool per case, nothing delivered (no delivery engine).")
-    w("  Client and server share the machine's CPUs.")
+    w("  Client and server share the machine's CPUs. other% = CPU used during the case by processes other")
+    w("  than receiver and client, in % of all CPUs (max over runs); high values mean a noisy measurement.")
     w("")
 
     keys = sorted(
@@ -102,6 +107,8 @@ def main():
             "mbps": med([r["mbps"] for r in rs]),
             "cpu_in": med([r["cpu_in"] for r in rs]),
             "cpu_all": med([r["cpu_all"] for r in rs]),
+            "other": max([r["other"] for r in rs if r["other"] is not None], default=None),
+            "client": med([r["client"] for r in rs]),
             "status": ",".join(sorted({r["status"] for r in rs})),
             "rates": [r["rate"] for r in rs],
             "extra": [r["extra"] for r in rs],
@@ -110,7 +117,7 @@ def main():
 
     med_note = f" (median of {runs} runs)" if runs > 1 else ""
     w(f"Throughput{med_note}")
-    hdr = f"{'receiver':10} {'conn':5} {'sess':>4} {'size':>7} {'msgs':>7} {'seconds':>8} {'msg/s':>8} {'MB/s':>7} {'cpu ms/msg':>10}  status"
+    hdr = f"{'receiver':10} {'conn':5} {'sess':>4} {'size':>7} {'msgs':>7} {'seconds':>8} {'msg/s':>8} {'MB/s':>7} {'cpu ms/msg':>10} {'other%':>6}  status"
     w(hdr)
     w("-" * len(hdr))
     prev = None
@@ -127,7 +134,7 @@ def main():
             note += "  runs: " + "/".join(fnum(x) for x in a["rates"])
         w(
             f"{NAMES.get(rcv, rcv):10} {mode:5} {sess:>4} {human_size(size):>7} {fnum(a['count']):>7} "
-            f"{fnum(a['secs'], 2):>8} {fnum(a['rate']):>8} {fnum(a['mbps'], 1):>7} {fnum(a['cpu_in'], 3):>10}  {note}"
+            f"{fnum(a['secs'], 2):>8} {fnum(a['rate']):>8} {fnum(a['mbps'], 1):>7} {fnum(a['cpu_in'], 3):>10} {fnum(a['other']):>6}  {note}"
         )
     w("")
 
@@ -154,7 +161,8 @@ def main():
     w("  postfix: master + all its children (live ones, and exited ones via cutime/cstime);")
     w("    'intake' = while smtp-source ran; 'all' = until the queue was empty again, i.e. including")
     w("    qmgr/smtp delivery to the sink and postlogd logging (Postfix's normal per-message work).")
-    hdr = f"{'receiver':10} {'conn':5} {'sess':>4} {'size':>7} {'intake':>8} {'all':>8}  breakdown (ticks, by process name)"
+    w("  client = smtp-source's own CPU per message, for scale.")
+    hdr = f"{'receiver':10} {'conn':5} {'sess':>4} {'size':>7} {'intake':>8} {'all':>8} {'client':>7}  breakdown (ticks, by process name)"
     w(hdr)
     w("-" * len(hdr))
     for k in keys:
@@ -165,7 +173,7 @@ def main():
             by = ""
         w(
             f"{NAMES.get(rcv, rcv):10} {mode:5} {sess:>4} {human_size(size):>7} {fnum(a['cpu_in'], 3):>8} "
-            f"{fnum(a['cpu_all'], 3):>8}  {' '.join(by.split()[:8])}"
+            f"{fnum(a['cpu_all'], 3):>8} {fnum(a['client'], 3):>7}  {' '.join(by.split()[:8])}"
         )
     rq_extra = [(k, e) for k in keys if k[3] == "relayq" for e in agg[k]["extra"] if "spool_bytes=" in e]
     if rq_extra:
