@@ -33,10 +33,16 @@ const ROUNDS: usize = 5;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child-fill") {
-        child_fill(Path::new(&args[2]), args[3] == "quick", args[4].parse().unwrap());
+        child_fill(
+            Path::new(&args[2]),
+            args[3] == "quick",
+            args[4].parse().unwrap(),
+        );
         return;
     }
-    let base = args.get(1).map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let base = args
+        .get(1)
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
     let gib: f64 = args.get(2).map_or(1.0, |value| value.parse().unwrap());
     let dir = tempfile::Builder::new()
         .prefix("commit_rate")
@@ -55,7 +61,9 @@ fn main() {
         let mut rates = [Vec::new(), Vec::new()];
         for round in 0..ROUNDS {
             for quick in [false, true] {
-                let path = dir.path().join(format!("rate-{per_commit}-{quick}-{round}.redb"));
+                let path = dir
+                    .path()
+                    .join(format!("rate-{per_commit}-{quick}-{round}.redb"));
                 rates[usize::from(quick)].push(commit_rate(&path, quick, per_commit, commits));
                 std::fs::remove_file(&path).unwrap();
             }
@@ -93,7 +101,11 @@ fn main() {
             "quick_repair {quick:<5}  file {:.2} GiB  open after crash: warm cache {:.3} s, {} {:.3} s (repair callback calls: {repair_calls})  clean open {:.3} s",
             size as f64 / (1024.0 * 1024.0 * 1024.0),
             warm_open.as_secs_f64(),
-            if evicted { "cold cache" } else { "cold cache (eviction failed, warm)" },
+            if evicted {
+                "cold cache"
+            } else {
+                "cold cache (eviction failed, warm)"
+            },
             cold_open.as_secs_f64(),
             clean_open.as_secs_f64()
         );

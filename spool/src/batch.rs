@@ -22,9 +22,11 @@ pub(crate) struct Slot {
     pub(crate) rejection: Option<SpoolError>,
 }
 
-/// What a committed batch leaves for the committer to do.
+/// What a written batch leaves for the committer to do.
 #[derive(Debug, Default)]
 pub(crate) struct Committed {
+    /// Whether a transaction was committed (not when every request was rejected).
+    pub(crate) committed: bool,
     /// Body files of removed messages, to delete now that the commit is durable.
     pub(crate) unlink: Vec<QueueId>,
 }
@@ -54,6 +56,7 @@ pub(crate) fn write(
             quarantine: txn.open_table(QUARANTINE)?,
         };
         let mut files_renamed = false;
+        let mut accepted = 0;
         for slot in slots.iter_mut() {
             if let Err(rejection) = check(&slot.work, &tables) {
                 slot.rejection = Some(rejection);
@@ -67,6 +70,11 @@ pub(crate) fn write(
                 }
             }
             apply(&slot.work, &mut tables, &mut committed.unlink)?;
+            accepted += 1;
+        }
+        if accepted == 0 {
+            // Nothing to make durable: dropping the transaction aborts it.
+            return Ok(committed);
         }
         if files_renamed {
             dir.sync()
@@ -76,6 +84,7 @@ pub(crate) fn write(
         txn.open_table(META)?.insert(META_LAST_ID, ids.last())?;
     }
     txn.commit()?;
+    committed.committed = true;
     Ok(committed)
 }
 

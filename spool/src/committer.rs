@@ -150,7 +150,9 @@ fn commit(shared: &Shared, batch: Vec<Request>) {
                 .filter(|slot| slot.rejection.is_none())
                 .map(|slot| slot.work.inserts())
                 .sum();
-            shared.stats.record_commit(accepted, stored);
+            if committed.committed {
+                shared.stats.record_commit(accepted, stored);
+            }
             for id in committed.unlink {
                 let path = shared.bodies.stored_path(id);
                 if let Err(error) = std::fs::remove_file(&path)

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use crate::body::BodyDir;
 use crate::record::{BodyRecord, decode_body};
@@ -27,13 +29,14 @@ pub(crate) const META_LAST_ID: &str = "last_id";
 pub(crate) const FILE_NAME: &str = "queue.redb";
 
 /// Whether commits record the allocator state so that opening after a crash skips the full
-/// repair. It costs a second fsync per commit. Measured with `examples/commit_rate.rs` on
-/// this machine kind (2 cores, ext4 on a virtio disk), 2 KB messages:
-/// one message per commit 1,420/s without, 1,020/s with (−28%);
-/// 32 per commit 27.6k/s without, 21.3k/s with;
-/// opening a 1 GB spool after kill -9: 0.62 s full repair, 0.01 s quick repair.
-/// A restart after a crash is rare and the full repair of a large spool takes about a second
-/// per GB, while every accepted message pays for quick repair; so it is off.
+/// repair. It costs a second fsync per commit. Measured with `examples/commit_rate.rs` (2
+/// cores, ext4 on virtio, disk shared with other load, so medians of alternating rounds):
+/// one 2 KB message per commit, 690–1,160 commits/s without, 380–780/s with (about −35%, so
+/// the latency of a `250` at low load goes up by half); 32 per commit, 13–17k messages/s
+/// without, 10–14.5k/s with; 256 per commit, about −10%. Opening a 1.06 GB database after
+/// its writer was killed with SIGKILL: 0.55–1.3 s with the full repair, under 0.04 s with
+/// quick repair. A crash is rare and costs about a second per GB of spool once, while every
+/// commit would pay for quick repair; so it is off.
 pub(crate) const QUICK_REPAIR: bool = false;
 
 /// redb's page cache. Recent records are what the spool reads back; older bodies come from
@@ -89,6 +92,8 @@ pub(crate) fn open(dir: &Path) -> Result<Database, SpoolError> {
 /// A write transaction with the spool's commit settings (durable on return from commit).
 pub(crate) fn begin_write(database: &Database) -> Result<WriteTransaction, SpoolError> {
     let mut txn = database.begin_write()?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|error| SpoolError::database("set durability", error))?;
     txn.set_quick_repair(QUICK_REPAIR);
     Ok(txn)
 }

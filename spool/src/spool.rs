@@ -224,12 +224,17 @@ impl Spool {
             Found::File { len, crc } => (len, crc),
         };
         let path = self.inner.shared.bodies.stored_path(id);
-        let file = File::open(&path).map_err(|error| match error.kind() {
-            std::io::ErrorKind::NotFound => {
-                corrupt(id, format!("body file {} missing", path.display()))
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            // The message may have been removed since the record was read.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(match self.envelope(id)? {
+                    None => SpoolError::NotFound(id),
+                    Some(_) => corrupt(id, format!("body file {} missing", path.display())),
+                });
             }
-            _ => SpoolError::io(&path, error),
-        })?;
+            Err(error) => return Err(SpoolError::io(&path, error)),
+        };
         let actual = file
             .metadata()
             .map_err(|error| SpoolError::io(&path, error))?

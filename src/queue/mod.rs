@@ -1,25 +1,40 @@
-//! The in-memory view of the queue: which messages are waiting, in which lane,
-//! and when each is due. Rebuilt from the spool at startup; the spool stays
-//! the only source of truth.
+//! The in-memory schedule: which messages wait, in which lane, and when each
+//! is due. Rebuilt from the spool at startup; the spool stays the only source
+//! of truth, this is an index over it.
+//!
+//! Time is `tokio::time::Instant`, so scheduling tests can pause and advance
+//! the clock; the wall-clock due time lives in the envelope.
 
 pub mod envelope;
 mod lane;
+pub mod retry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use relayq_spool::{QueueId, Spool, SpoolError};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 pub use envelope::Envelope;
 pub use lane::Lane;
 
-/// What the scheduler needs to know of one queued message.
+/// Where a queued message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for its due time (which may be now).
+    Waiting { due: Instant },
+    /// A delivery pass is running.
+    Active,
+    /// Held by an operator: never due until released.
+    Held,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub lane: Lane,
-    pub held: bool,
-    /// Milliseconds since the Unix epoch; `None` means due now.
-    pub due_ms: Option<u64>,
+    pub phase: Phase,
 }
 
 /// What startup recovery found.
@@ -34,8 +49,32 @@ pub struct Recovery {
 }
 
 #[derive(Default)]
+struct State {
+    entries: BTreeMap<QueueId, Entry>,
+    /// Per lane (index `lane as usize`): waiting messages by due time.
+    waiting: [BTreeSet<(Instant, QueueId)>; 2],
+}
+
+#[derive(Default)]
 pub struct Queue {
-    entries: Mutex<BTreeMap<QueueId, Entry>>,
+    state: Mutex<State>,
+    /// Wakes a lane's dispatcher when an earlier due time appears.
+    wake: [Notify; 2],
+}
+
+fn index(lane: Lane) -> usize {
+    match lane {
+        Lane::High => 0,
+        Lane::Low => 1,
+    }
+}
+
+/// Converts a wall-clock due time (ms since the epoch) to a scheduler instant.
+pub fn instant_for(due_ms: Option<u64>) -> Instant {
+    let now = Instant::now();
+    let Some(due_ms) = due_ms else { return now };
+    let now_ms = envelope::unix_ms(SystemTime::now());
+    now + Duration::from_millis(due_ms.saturating_sub(now_ms))
 }
 
 impl Queue {
@@ -67,39 +106,147 @@ impl Queue {
         Ok((queue, recovery))
     }
 
+    /// Adds (or replaces) a message, due as its envelope says.
     pub fn insert(&self, id: QueueId, envelope: &Envelope) {
-        let entry = Entry {
-            lane: envelope.lane,
-            held: envelope.held,
-            due_ms: envelope.next_attempt_ms,
+        let phase = if envelope.held {
+            Phase::Held
+        } else {
+            Phase::Waiting { due: instant_for(envelope.next_attempt_ms) }
         };
-        self.lock().insert(id, entry);
+        self.set(id, envelope.lane, phase);
+    }
+
+    /// After a pass that left recipients to retry: wait until `due`.
+    pub fn reschedule(&self, id: QueueId, lane: Lane, due: Instant) {
+        self.set(id, lane, Phase::Waiting { due });
     }
 
     pub fn remove(&self, id: QueueId) -> Option<Entry> {
-        self.lock().remove(&id)
+        let mut state = self.lock();
+        let entry = state.entries.remove(&id)?;
+        if let Phase::Waiting { due } = entry.phase {
+            state.waiting[index(entry.lane)].remove(&(due, id));
+        }
+        Some(entry)
     }
 
     pub fn get(&self, id: QueueId) -> Option<Entry> {
-        self.lock().get(&id).copied()
+        self.lock().entries.get(&id).copied()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().entries.is_empty()
     }
 
     /// Number of queued messages in `lane`.
     pub fn count(&self, lane: Lane) -> usize {
-        self.lock().values().filter(|entry| entry.lane == lane).count()
+        self.lock().entries.values().filter(|entry| entry.lane == lane).count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<QueueId, Entry>> {
-        // A panic while holding this lock cannot leave the map half-updated
-        // (every operation is a single insert/remove), so poison is ignored.
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Waits until a message of `lane` is due, marks it active and returns
+    /// it. Cancel-safe: a message is taken only when this returns.
+    pub async fn next_due(&self, lane: Lane) -> QueueId {
+        loop {
+            let notified = self.wake[index(lane)].notified();
+            let next_due = {
+                let mut state = self.lock();
+                match state.waiting[index(lane)].first().copied() {
+                    Some((due, id)) if due <= Instant::now() => {
+                        state.waiting[index(lane)].remove(&(due, id));
+                        if let Some(entry) = state.entries.get_mut(&id) {
+                            entry.phase = Phase::Active;
+                        }
+                        return id;
+                    }
+                    other => other.map(|(due, _)| due),
+                }
+            };
+            match next_due {
+                Some(due) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn set(&self, id: QueueId, lane: Lane, phase: Phase) {
+        let mut state = self.lock();
+        if let Some(previous) = state.entries.insert(id, Entry { lane, phase })
+            && let Phase::Waiting { due } = previous.phase
+        {
+            state.waiting[index(previous.lane)].remove(&(due, id));
+        }
+        if let Phase::Waiting { due } = phase {
+            let waiting = &mut state.waiting[index(lane)];
+            let becomes_first = waiting.first().is_none_or(|&(first, _)| due < first);
+            waiting.insert((due, id));
+            drop(state);
+            if becomes_first {
+                self.wake[index(lane)].notify_one();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every operation leaves the maps consistent before it can panic, so
+        // a poisoned lock still guards valid data.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> QueueId {
+        QueueId(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_order_and_waiting() {
+        let queue = Queue::default();
+        let now = Instant::now();
+        queue.reschedule(id(1), Lane::High, now + Duration::from_secs(60));
+        queue.reschedule(id(2), Lane::High, now + Duration::from_secs(10));
+        queue.reschedule(id(3), Lane::Low, now);
+        assert_eq!(queue.next_due(Lane::Low).await, id(3));
+        let started = Instant::now();
+        assert_eq!(queue.next_due(Lane::High).await, id(2));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(queue.next_due(Lane::High).await, id(1));
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(queue.get(id(1)).unwrap().phase, Phase::Active);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_message_wakes_the_waiter() {
+        let queue = std::sync::Arc::new(Queue::default());
+        queue.reschedule(id(1), Lane::High, Instant::now() + Duration::from_secs(3600));
+        let waiter = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.next_due(Lane::High).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        queue.reschedule(id(2), Lane::High, Instant::now());
+        assert_eq!(waiter.await.unwrap(), id(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removed_and_held_messages_are_never_due() {
+        let queue = Queue::default();
+        queue.reschedule(id(1), Lane::High, Instant::now());
+        queue.remove(id(1));
+        queue.set(id(2), Lane::High, Phase::Held);
+        queue.reschedule(id(3), Lane::High, Instant::now() + Duration::from_secs(1));
+        assert_eq!(queue.next_due(Lane::High).await, id(3));
+        assert_eq!(queue.len(), 2);
     }
 }

@@ -1,0 +1,75 @@
+//! A stored body as an `AsyncRead`, without loading large bodies whole:
+//! small ones are copied out at once, large ones are read in chunks on the
+//! blocking pool and handed over through a bounded channel.
+
+use std::io::{self, Cursor, Read};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use relayq_spool::{QueueId, Spool, SpoolError};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+
+/// Bodies up to this size are read into memory in one go.
+const READ_WHOLE: u64 = 256 * 1024;
+const CHUNK: usize = 64 * 1024;
+/// Chunks in flight between the reading thread and the connection.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+pub type AsyncBody = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Opens message `id`'s body for streaming. Blocking only for the open.
+pub fn open(spool: &Spool, id: QueueId) -> Result<AsyncBody, SpoolError> {
+    let mut reader = spool.read_body(id)?;
+    if reader.len() <= READ_WHOLE {
+        let mut bytes = Vec::with_capacity(reader.len() as usize);
+        reader.read_to_end(&mut bytes).map_err(SpoolError::Io)?;
+        return Ok(Box::pin(Cursor::new(bytes)));
+    }
+    let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let item = match reader.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    Ok(Bytes::from(chunk))
+                }
+                Err(error) => Err(error),
+            };
+            let failed = item.is_err();
+            if sender.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Box::pin(ChannelReader { receiver, current: Bytes::new() }))
+}
+
+struct ChannelReader {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl AsyncRead for ChannelReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.current.is_empty() {
+            match self.receiver.poll_recv(context) {
+                Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        let chunk = self.current.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
