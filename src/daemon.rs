@@ -37,8 +37,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let opened = tokio::task::spawn_blocking(move || Spool::open(SpoolOptions::new(spool_path)))
         .await
         .context("spool open task failed")?;
-    let spool = opened
-        .with_context(|| format!("cannot open spool {}", config.spool.path.display()))?;
+    let spool =
+        opened.with_context(|| format!("cannot open spool {}", config.spool.path.display()))?;
     let (queue, recovery) = Queue::rebuild(&spool)
         .await
         .context("cannot rebuild the queue from the spool")?;
@@ -100,8 +100,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let _ = listener.await;
     }
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!("{} sessions still open after the grace period; closing", tracker.len());
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} sessions still open after the grace period; closing",
+            tracker.len()
+        );
     }
     let remaining = shared.queue.len();
     let closing = spool.clone();

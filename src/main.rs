@@ -16,7 +16,11 @@ const EXIT_SOFTWARE: u8 = 70;
 const SYSTEM_CONFIG: &str = "/etc/relayq/relayq.toml";
 
 #[derive(Parser)]
-#[command(name = "relayq", version, about = "Local SMTP relay and durable outbound mail spooler")]
+#[command(
+    name = "relayq",
+    version,
+    about = "Local SMTP relay and durable outbound mail spooler"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -76,7 +80,10 @@ fn serve(explicit: Option<PathBuf>) -> ExitCode {
         }
     };
     relayq::logging::init(config.log.format, config.log.level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("relayq: cannot start the async runtime: {error}");

@@ -23,7 +23,9 @@ fn content(session: usize, seq: usize) -> Vec<u8> {
     let filler_lines = if seq % 25 == 7 { 3000 } else { 20 };
     let mut text = format!("Subject: s{session} m{seq}\r\nX-Test: {session}-{seq}\r\n\r\n");
     for line in 0..filler_lines {
-        text.push_str(&format!("line {line} of message {session}-{seq} ........................\r\n"));
+        text.push_str(&format!(
+            "line {line} of message {session}-{seq} ........................\r\n"
+        ));
     }
     text.push_str(&format!("END {session}-{seq}\r\n"));
     text.into_bytes()
@@ -65,36 +67,74 @@ fn acknowledged_mail_survives_sigkill() {
         worker.join().unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() >= 50, "too few messages before the kill: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 50,
+        "too few messages before the kill: {}",
+        acknowledged.len()
+    );
 
     // Restart: recovery must see every acknowledged message.
     relay.launch();
     let recovered = relay.wait_for_log("messages queued");
     relay.stop();
     let messages = relay.spooled_messages();
-    assert!(recovered.contains(&format!("{} messages queued", messages.len())), "{recovered}");
+    assert!(
+        recovered.contains(&format!("{} messages queued", messages.len())),
+        "{recovered}"
+    );
 
     let stored: BTreeSet<QueueId> = messages.iter().map(|m| m.id).collect();
     for (id, session, seq) in &acknowledged {
-        assert!(stored.contains(id), "acknowledged {id} (session {session} message {seq}) was lost");
+        assert!(
+            stored.contains(id),
+            "acknowledged {id} (session {session} message {seq}) was lost"
+        );
     }
     for message in &messages {
         let body = &message.body;
-        assert_eq!(body.len() as u64, message.envelope.size, "{}: size mismatch", message.id);
-        assert!(body.starts_with(b"Received: "), "{}: trace header missing", message.id);
+        assert_eq!(
+            body.len() as u64,
+            message.envelope.size,
+            "{}: size mismatch",
+            message.id
+        );
+        assert!(
+            body.starts_with(b"Received: "),
+            "{}: trace header missing",
+            message.id
+        );
         let text = String::from_utf8_lossy(body);
-        let marker = text.split("X-Test: ").nth(1).and_then(|rest| rest.split("\r\n").next()).unwrap();
-        assert!(text.ends_with(&format!("END {marker}\r\n")), "{}: body truncated", message.id);
+        let marker = text
+            .split("X-Test: ")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .unwrap();
+        assert!(
+            text.ends_with(&format!("END {marker}\r\n")),
+            "{}: body truncated",
+            message.id
+        );
     }
-    eprintln!("{} acknowledged, {} in spool after SIGKILL and restart", acknowledged.len(), messages.len());
+    eprintln!(
+        "{} acknowledged, {} in spool after SIGKILL and restart",
+        acknowledged.len(),
+        messages.len()
+    );
 }
 
 /// One transaction; `None` if the connection broke (the relay died).
 fn try_send(client: &mut SmtpClient, content: &[u8]) -> Option<QueueId> {
-    for command in ["MAIL FROM:<app@example.com>", "RCPT TO:<user@example.org>", "DATA"] {
+    for command in [
+        "MAIL FROM:<app@example.com>",
+        "RCPT TO:<user@example.org>",
+        "DATA",
+    ] {
         client.send_raw(format!("{command}\r\n").as_bytes());
         let reply = client.try_read()?;
-        assert!(reply.code == 250 || reply.code == 354, "{command}: {reply:?}");
+        assert!(
+            reply.code == 250 || reply.code == 354,
+            "{command}: {reply:?}"
+        );
     }
     let mut wire = common::dot_stuff(content);
     wire.extend_from_slice(b".\r\n");

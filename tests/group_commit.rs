@@ -9,7 +9,11 @@ const SESSIONS: usize = 20;
 const MESSAGES_PER_SESSION: usize = 25;
 
 fn batch_of(line: &str) -> usize {
-    line.split("batch=").nth(1).and_then(|rest| rest.split(',').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no batch in {line}"))
+    line.split("batch=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no batch in {line}"))
 }
 
 #[test]
@@ -17,7 +21,11 @@ fn a_lone_message_is_committed_alone() {
     let relay = TestRelay::start("");
     let mut client = relay.client();
     client.greet();
-    let id = queued_id(&client.send_message("a@example.com", &["b@example.org"], b"Subject: alone\r\n\r\n"));
+    let id = queued_id(&client.send_message(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: alone\r\n\r\n",
+    ));
     let line = relay.wait_for_log(&format!("{id}: accepted"));
     assert_eq!(batch_of(&line), 1, "{line}");
 }
@@ -35,23 +43,39 @@ fn concurrent_sessions_share_commits() {
                 client.greet();
                 barrier.wait();
                 (0..MESSAGES_PER_SESSION)
-                    .map(|n| queued_id(&client.send_message("a@example.com", &["b@example.org"], format!("Subject: {session}/{n}\r\n\r\n").as_bytes())))
+                    .map(|n| {
+                        queued_id(&client.send_message(
+                            "a@example.com",
+                            &["b@example.org"],
+                            format!("Subject: {session}/{n}\r\n\r\n").as_bytes(),
+                        ))
+                    })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let ids: Vec<_> = workers.into_iter().flat_map(|worker| worker.join().unwrap()).collect();
+    let ids: Vec<_> = workers
+        .into_iter()
+        .flat_map(|worker| worker.join().unwrap())
+        .collect();
     assert_eq!(ids.len(), SESSIONS * MESSAGES_PER_SESSION);
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "queue ids are unique");
 
     relay.wait_for_log(&format!("{}: accepted", ids.last().unwrap()));
-    let batches: Vec<usize> = relay.log_lines(": accepted from=").iter().map(|line| batch_of(line)).collect();
+    let batches: Vec<usize> = relay
+        .log_lines(": accepted from=")
+        .iter()
+        .map(|line| batch_of(line))
+        .collect();
     assert_eq!(batches.len(), ids.len());
     // A batch of n messages shows up in n log lines; so commits = Σ 1/n.
     let commits: f64 = batches.iter().map(|&n| 1.0 / n as f64).sum();
     let largest = batches.iter().max().copied().unwrap_or(0);
-    eprintln!("{} messages in {commits:.0} commits, largest batch {largest}", ids.len());
+    eprintln!(
+        "{} messages in {commits:.0} commits, largest batch {largest}",
+        ids.len()
+    );
     assert!(largest > 1, "no commit was shared");
     assert!(commits < ids.len() as f64, "fewer commits than messages");
 }

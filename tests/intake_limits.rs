@@ -7,7 +7,10 @@ use std::time::Duration;
 use common::{TestRelay, queued_id};
 
 fn status(response: &common::Response) -> (u16, String) {
-    (response.code, response.lines[0].split(' ').next().unwrap_or("").to_owned())
+    (
+        response.code,
+        response.lines[0].split(' ').next().unwrap_or("").to_owned(),
+    )
 }
 
 #[test]
@@ -15,22 +18,42 @@ fn sequence_and_syntax_errors() {
     let relay = TestRelay::start("");
     let mut client = relay.client();
     client.read();
-    assert_eq!(status(&client.command("MAIL FROM:<a@example.com>")), (503, "5.5.1".into()));
+    assert_eq!(
+        status(&client.command("MAIL FROM:<a@example.com>")),
+        (503, "5.5.1".into())
+    );
     client.command("EHLO client.test.example");
-    assert_eq!(status(&client.command("RCPT TO:<b@example.org>")), (503, "5.5.1".into()));
+    assert_eq!(
+        status(&client.command("RCPT TO:<b@example.org>")),
+        (503, "5.5.1".into())
+    );
     assert_eq!(status(&client.command("DATA")), (503, "5.5.1".into()));
     assert_eq!(status(&client.command("FROBNICATE")), (500, "5.5.2".into()));
     let bad_sender = client.command("MAIL FROM:<a@>");
     assert_eq!(status(&bad_sender), (501, "5.1.7".into()));
-    assert!(bad_sender.text().contains("domain missing after @"), "{bad_sender:?}");
+    assert!(
+        bad_sender.text().contains("domain missing after @"),
+        "{bad_sender:?}"
+    );
     assert_eq!(client.command("MAIL FROM:<a@example.com>").code, 250);
-    assert_eq!(status(&client.command("MAIL FROM:<a@example.com>")), (503, "5.5.1".into()));
+    assert_eq!(
+        status(&client.command("MAIL FROM:<a@example.com>")),
+        (503, "5.5.1".into())
+    );
     let bad_rcpt = client.command("RCPT TO:<b..c@example.org>");
     assert_eq!(status(&bad_rcpt), (501, "5.1.3".into()));
-    assert_eq!(status(&client.command("DATA")), (503, "5.5.1".into()), "no valid recipient yet");
+    assert_eq!(
+        status(&client.command("DATA")),
+        (503, "5.5.1".into()),
+        "no valid recipient yet"
+    );
     assert_eq!(client.command("RCPT TO:<b@example.org>").code, 250);
     assert_eq!(client.command("RSET").code, 250);
-    assert_eq!(status(&client.command("DATA")), (503, "5.5.1".into()), "RSET ended the transaction");
+    assert_eq!(
+        status(&client.command("DATA")),
+        (503, "5.5.1".into()),
+        "RSET ended the transaction"
+    );
 }
 
 #[test]
@@ -38,17 +61,48 @@ fn unadvertised_parameters_and_utf8() {
     let relay = TestRelay::start("");
     let mut client = relay.client();
     client.greet();
-    for parameter in ["BODY=BINARYMIME", "REQUIRETLS", "AUTH=<>", "HOLDFOR=10", "XFOO=1"] {
+    for parameter in [
+        "BODY=BINARYMIME",
+        "REQUIRETLS",
+        "AUTH=<>",
+        "HOLDFOR=10",
+        "XFOO=1",
+    ] {
         let reply = client.command(&format!("MAIL FROM:<a@example.com> {parameter}"));
-        assert_eq!(status(&reply), (555, "5.5.4".into()), "{parameter}: {reply:?}");
+        assert_eq!(
+            status(&reply),
+            (555, "5.5.4".into()),
+            "{parameter}: {reply:?}"
+        );
     }
-    assert_eq!(status(&client.command("MAIL FROM:<jörg@example.com>")), (553, "5.6.7".into()));
-    assert_eq!(client.command("MAIL FROM:<a@example.com> MT-PRIORITY=10").code, 501);
-    assert_eq!(client.command("MAIL FROM:<a@example.com> MT-PRIORITY=-10").code, 501);
+    assert_eq!(
+        status(&client.command("MAIL FROM:<jörg@example.com>")),
+        (553, "5.6.7".into())
+    );
+    assert_eq!(
+        client
+            .command("MAIL FROM:<a@example.com> MT-PRIORITY=10")
+            .code,
+        501
+    );
+    assert_eq!(
+        client
+            .command("MAIL FROM:<a@example.com> MT-PRIORITY=-10")
+            .code,
+        501
+    );
     assert_eq!(client.command("MAIL FROM:<a@example.com>").code, 250);
-    assert_eq!(status(&client.command("RCPT TO:<ü@example.org>")), (553, "5.6.7".into()));
+    assert_eq!(
+        status(&client.command("RCPT TO:<ü@example.org>")),
+        (553, "5.6.7".into())
+    );
     client.command("RSET");
-    assert_eq!(client.command("MAIL FROM:<jörg@bücher.example> SMTPUTF8").code, 250);
+    assert_eq!(
+        client
+            .command("MAIL FROM:<jörg@bücher.example> SMTPUTF8")
+            .code,
+        250
+    );
     assert_eq!(client.command("RCPT TO:<ü@example.org>").code, 250);
 }
 
@@ -69,7 +123,11 @@ fn long_command_lines() {
     let too_long = format!("NOOP {}QUIT", "x".repeat(5000));
     let reply = client.command(&too_long);
     assert_eq!(status(&reply), (500, "5.5.2".into()));
-    assert_eq!(client.command("NOOP").code, 250, "session continues in sync");
+    assert_eq!(
+        client.command("NOOP").code,
+        250,
+        "session continues in sync"
+    );
 }
 
 #[test]
@@ -78,8 +136,14 @@ fn size_limits() {
     let mut client = relay.client();
     let ehlo = client.greet();
     assert!(ehlo.lines.contains(&"SIZE 100000".to_owned()), "{ehlo:?}");
-    assert_eq!(status(&client.command("MAIL FROM:<a@example.com> SIZE=100001")), (552, "5.3.4".into()));
-    assert_eq!(client.command("MAIL FROM:<a@example.com> SIZE=1000").code, 250);
+    assert_eq!(
+        status(&client.command("MAIL FROM:<a@example.com> SIZE=100001")),
+        (552, "5.3.4".into())
+    );
+    assert_eq!(
+        client.command("MAIL FROM:<a@example.com> SIZE=1000").code,
+        250
+    );
     client.command("RCPT TO:<b@example.org>");
     client.command("DATA");
     let line = format!("{}\r\n", "y".repeat(998));
@@ -89,9 +153,17 @@ fn size_limits() {
     client.send_raw(b".\r\n");
     assert_eq!(status(&client.read()), (552, "5.3.4".into()));
     // The session goes on, and a message within the limit is accepted.
-    queued_id(&client.send_message("a@example.com", &["b@example.org"], b"Subject: small\r\n\r\nok\r\n"));
+    queued_id(&client.send_message(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: small\r\n\r\nok\r\n",
+    ));
     relay.stop();
-    assert_eq!(relay.spooled_messages().len(), 1, "the oversized message left nothing behind");
+    assert_eq!(
+        relay.spooled_messages().len(),
+        1,
+        "the oversized message left nothing behind"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(relay.spool_path().join("bodies"))
         .map(|entries| entries.filter_map(Result::ok).collect())
         .unwrap_or_default();
@@ -105,15 +177,26 @@ fn too_many_recipients() {
     client.greet();
     client.command("MAIL FROM:<a@example.com>");
     for n in 0..3 {
-        assert_eq!(client.command(&format!("RCPT TO:<r{n}@example.org>")).code, 250);
+        assert_eq!(
+            client.command(&format!("RCPT TO:<r{n}@example.org>")).code,
+            250
+        );
     }
-    assert_eq!(status(&client.command("RCPT TO:<r3@example.org>")), (452, "4.5.3".into()));
-    assert_eq!(client.command("DATA").code, 354, "the first three recipients stand");
+    assert_eq!(
+        status(&client.command("RCPT TO:<r3@example.org>")),
+        (452, "4.5.3".into())
+    );
+    assert_eq!(
+        client.command("DATA").code,
+        354,
+        "the first three recipients stand"
+    );
 }
 
 #[test]
 fn relay_refused_outside_relay_networks() {
-    let relay = TestRelay::start("[smtp]\nrelay_networks = [\"192.0.2.0/24\", \"::ffff:10.0.0.0/104\"]\n");
+    let relay =
+        TestRelay::start("[smtp]\nrelay_networks = [\"192.0.2.0/24\", \"::ffff:10.0.0.0/104\"]\n");
     let mut client = relay.client();
     client.greet();
     assert_eq!(client.command("MAIL FROM:<a@example.com>").code, 250);
@@ -155,12 +238,17 @@ fn connection_cap_makes_new_clients_wait() {
     second.greet();
     // The third connection is queued by the kernel, not served.
     let third = std::net::TcpStream::connect(relay.address).unwrap();
-    third.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
     let mut buffer = [0u8; 64];
     let early = std::io::Read::read(&mut &third, &mut buffer);
     assert!(early.is_err(), "no greeting while at the cap: {early:?}");
     first.command("QUIT");
     third.set_read_timeout(Some(common::WAIT)).unwrap();
     let read = std::io::Read::read(&mut &third, &mut buffer).unwrap();
-    assert!(buffer[..read].starts_with(b"220 "), "greeted once a slot is free");
+    assert!(
+        buffer[..read].starts_with(b"220 "),
+        "greeted once a slot is free"
+    );
 }

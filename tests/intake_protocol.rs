@@ -19,10 +19,19 @@ fn greeting_ehlo_and_simple_commands() {
     let ehlo = client.command("EHLO client.test.example");
     assert_eq!(ehlo.code, 250);
     for keyword in [
-        "PIPELINING", "SIZE 26214400", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
-        "CHUNKING", "DSN", "MT-PRIORITY",
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+        "MT-PRIORITY",
     ] {
-        assert!(ehlo.lines.iter().any(|line| line.starts_with(keyword)), "{keyword} in {ehlo:?}");
+        assert!(
+            ehlo.lines.iter().any(|line| line.starts_with(keyword)),
+            "{keyword} in {ehlo:?}"
+        );
     }
     assert_eq!(client.command("HELO client.test.example").code, 250);
     assert_eq!(client.command("NOOP").text(), "2.0.0 Ok");
@@ -57,12 +66,20 @@ fn message_is_stored_byte_for_byte_with_trace_headers() {
     assert_eq!(message.id, id);
     let body = String::from_utf8(message.body.clone()).unwrap();
     assert!(body.starts_with("Received: from client.test.example ([127.0.0.1])\r\n\tby relay.test.example (relayq) with ESMTP id "), "{body}");
-    assert!(body.ends_with(std::str::from_utf8(CONTENT).unwrap()), "{body}");
+    assert!(
+        body.ends_with(std::str::from_utf8(CONTENT).unwrap()),
+        "{body}"
+    );
     // The client's Message-ID and Date are kept, none added.
     assert_eq!(body.matches("Message-ID:").count(), 1);
     assert_eq!(message.envelope.size, message.body.len() as u64);
     assert_eq!(message.envelope.reverse_path, "app@example.com");
-    let recipients: Vec<_> = message.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
+    let recipients: Vec<_> = message
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
     assert_eq!(recipients, ["user@example.org", "other@example.net"]);
 }
 
@@ -71,10 +88,17 @@ fn missing_message_id_and_date_are_added() {
     let mut relay = TestRelay::start("");
     let mut client = relay.client();
     client.greet();
-    let id = queued_id(&client.send_message("a@example.com", &["b@example.org"], b"Subject: bare\r\n\r\nx\r\n"));
+    let id = queued_id(&client.send_message(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: bare\r\n\r\nx\r\n",
+    ));
     relay.stop();
     let body = String::from_utf8(relay.spooled_messages().remove(0).body).unwrap();
-    assert!(body.contains(&format!("Message-ID: <{id}@relay.test.example>\r\n")), "{body}");
+    assert!(
+        body.contains(&format!("Message-ID: <{id}@relay.test.example>\r\n")),
+        "{body}"
+    );
     assert!(body.contains("\r\nDate: "), "{body}");
     assert!(body.ends_with("Subject: bare\r\n\r\nx\r\n"));
 }
@@ -103,7 +127,11 @@ fn pipelined_transactions() {
     relay.stop();
     let messages = relay.spooled_messages();
     assert_eq!(messages.len(), 2);
-    assert_eq!(messages[0].envelope.recipients.len(), 1, "the refused recipient is not stored");
+    assert_eq!(
+        messages[0].envelope.recipients.len(),
+        1,
+        "the refused recipient is not stored"
+    );
 }
 
 #[test]
@@ -111,7 +139,12 @@ fn bdat_chunks_and_data_equivalence() {
     let mut relay = TestRelay::start("");
     let mut client = relay.client();
     client.greet();
-    assert_eq!(client.command("MAIL FROM:<a@example.com> BODY=8BITMIME").code, 250);
+    assert_eq!(
+        client
+            .command("MAIL FROM:<a@example.com> BODY=8BITMIME")
+            .code,
+        250
+    );
     assert_eq!(client.command("RCPT TO:<b@example.org>").code, 250);
     let (first, second) = CONTENT.split_at(40);
     client.send_raw(format!("BDAT {}\r\n", first.len()).as_bytes());
@@ -127,8 +160,15 @@ fn bdat_chunks_and_data_equivalence() {
     assert_eq!(client.read().code, 503);
     assert_eq!(client.command("NOOP").code, 250, "session still in sync");
     relay.stop();
-    let message = relay.spooled_messages().into_iter().find(|m| m.id == id).unwrap();
-    assert!(message.body.ends_with(CONTENT), "BDAT content is not unstuffed");
+    let message = relay
+        .spooled_messages()
+        .into_iter()
+        .find(|m| m.id == id)
+        .unwrap();
+    assert!(
+        message.body.ends_with(CONTENT),
+        "BDAT content is not unstuffed"
+    );
     assert!(message.envelope.eight_bit_mime);
 }
 
@@ -142,7 +182,8 @@ fn empty_body_and_dot_stuffing() {
     assert_eq!(client.command("DATA").code, 354);
     client.send_raw(b".\r\n");
     let empty = queued_id(&client.read());
-    let stuffed = queued_id(&client.send_message("a@example.com", &["b@example.org"], b"..\r\n.x\r\n"));
+    let stuffed =
+        queued_id(&client.send_message("a@example.com", &["b@example.org"], b"..\r\n.x\r\n"));
     relay.stop();
     let messages = relay.spooled_messages();
     let find = |id| messages.iter().find(|m| m.id == id).unwrap();
@@ -165,7 +206,11 @@ fn bare_lf_lines_are_normalised_and_do_not_end_data() {
     assert_eq!(client.command("NOOP").code, 250);
     relay.stop();
     let messages = relay.spooled_messages();
-    assert_eq!(messages.len(), 1, "only one message: the smuggled one is content");
+    assert_eq!(
+        messages.len(),
+        1,
+        "only one message: the smuggled one is content"
+    );
     assert_eq!(messages[0].id, id);
     assert!(messages[0].body.ends_with(b"Subject: lf\r\n\r\nline\r\n.\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n\r\n"));
 }
@@ -183,13 +228,30 @@ fn lane_selection() {
         client.send_raw(b".\r\n");
         queued_id(&client.read())
     };
-    let low_priority = send("MAIL FROM:<a@example.com> MT-PRIORITY=-4", b"Subject: x\r\n\r\n");
-    let bulk = send("MAIL FROM:<a@example.com>", b"Precedence: bulk\r\n\r\nnews\r\n");
-    let bulk_but_urgent = send("MAIL FROM:<a@example.com> MT-PRIORITY=2", b"Precedence: list\r\n\r\n");
+    let low_priority = send(
+        "MAIL FROM:<a@example.com> MT-PRIORITY=-4",
+        b"Subject: x\r\n\r\n",
+    );
+    let bulk = send(
+        "MAIL FROM:<a@example.com>",
+        b"Precedence: bulk\r\n\r\nnews\r\n",
+    );
+    let bulk_but_urgent = send(
+        "MAIL FROM:<a@example.com> MT-PRIORITY=2",
+        b"Precedence: list\r\n\r\n",
+    );
     let plain = send("MAIL FROM:<a@example.com>", b"Subject: y\r\n\r\n");
     relay.stop();
     let messages = relay.spooled_messages();
-    let lane = |id| messages.iter().find(|m| m.id == id).unwrap().envelope.lane.as_str();
+    let lane = |id| {
+        messages
+            .iter()
+            .find(|m| m.id == id)
+            .unwrap()
+            .envelope
+            .lane
+            .as_str()
+    };
     assert_eq!(lane(low_priority), "low");
     assert_eq!(lane(bulk), "low");
     assert_eq!(lane(bulk_but_urgent), "high");
@@ -201,9 +263,22 @@ fn dsn_parameters_and_local_names_are_kept() {
     let mut relay = TestRelay::start("[smtp]\norigin = \"host.test.example\"\n");
     let mut client = relay.client();
     client.greet();
-    assert_eq!(client.command("MAIL FROM:<www-data> RET=HDRS ENVID=env+2B1").code, 250);
-    assert_eq!(client.command("RCPT TO:<root> NOTIFY=FAILURE,DELAY ORCPT=rfc822;root@host.test.example").code, 250);
-    assert_eq!(client.command("RCPT TO:<\"quoted name\"@example.org>").code, 250);
+    assert_eq!(
+        client
+            .command("MAIL FROM:<www-data> RET=HDRS ENVID=env+2B1")
+            .code,
+        250
+    );
+    assert_eq!(
+        client
+            .command("RCPT TO:<root> NOTIFY=FAILURE,DELAY ORCPT=rfc822;root@host.test.example")
+            .code,
+        250
+    );
+    assert_eq!(
+        client.command("RCPT TO:<\"quoted name\"@example.org>").code,
+        250
+    );
     client.command("DATA");
     client.send_raw(b"Subject: cron\r\n\r\n.\r\n");
     queued_id(&client.read());
@@ -215,5 +290,8 @@ fn dsn_parameters_and_local_names_are_kept() {
     assert_eq!(root.address, "root@host.test.example");
     assert!(root.notify.failure && root.notify.delay && !root.notify.success);
     assert_eq!(root.orcpt.as_deref(), Some("root@host.test.example"));
-    assert_eq!(envelope.recipients[1].address, "\"quoted name\"@example.org");
+    assert_eq!(
+        envelope.recipients[1].address,
+        "\"quoted name\"@example.org"
+    );
 }

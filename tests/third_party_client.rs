@@ -28,7 +28,15 @@ fn lettre_submission_is_queued() {
     assert_eq!(messages.len(), 1);
     let body = String::from_utf8(messages[0].body.clone()).unwrap();
     assert!(body.contains("Subject: Password reset\r\n"), "{body}");
-    assert!(body.contains("\r\n.\r\n..and a line starting with dots\r\n"), "unstuffed exactly once: {body}");
-    let recipients: Vec<_> = messages[0].envelope.recipients.iter().map(|r| r.address.clone()).collect();
+    assert!(
+        body.contains("\r\n.\r\n..and a line starting with dots\r\n"),
+        "unstuffed exactly once: {body}"
+    );
+    let recipients: Vec<_> = messages[0]
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
     assert_eq!(recipients, ["user@example.org", "cc@example.net"]);
 }

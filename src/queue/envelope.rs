@@ -48,6 +48,9 @@ pub struct Envelope {
     /// means due now.
     #[serde(default)]
     pub next_attempt_ms: Option<u64>,
+    /// The one "delayed" DSN (`retry.delay_warning`) has been sent.
+    #[serde(default)]
+    pub delay_warned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +135,9 @@ impl Envelope {
 
     /// All recipients delivered or bounced: the message can leave the spool.
     pub fn is_complete(&self) -> bool {
-        self.recipients.iter().all(|recipient| recipient.status.is_final())
+        self.recipients
+            .iter()
+            .all(|recipient| recipient.status.is_final())
     }
 }
 
@@ -154,7 +159,10 @@ mod tests {
             recipients: vec![Recipient {
                 address: "\"john doe\"@example.org".into(),
                 orcpt: Some("john doe@example.org".into()),
-                notify: Notify { failure: true, ..Notify::default() },
+                notify: Notify {
+                    failure: true,
+                    ..Notify::default()
+                },
                 status: RecipientStatus::Pending,
                 last_reply: None,
             }],
@@ -171,6 +179,7 @@ mod tests {
             held: false,
             attempts: 0,
             next_attempt_ms: None,
+            delay_warned: false,
         }
     }
 

@@ -111,7 +111,9 @@ impl Queue {
         let phase = if envelope.held {
             Phase::Held
         } else {
-            Phase::Waiting { due: instant_for(envelope.next_attempt_ms) }
+            Phase::Waiting {
+                due: instant_for(envelope.next_attempt_ms),
+            }
         };
         self.set(id, envelope.lane, phase);
     }
@@ -144,7 +146,11 @@ impl Queue {
 
     /// Number of queued messages in `lane`.
     pub fn count(&self, lane: Lane) -> usize {
-        self.lock().entries.values().filter(|entry| entry.lane == lane).count()
+        self.lock()
+            .entries
+            .values()
+            .filter(|entry| entry.lane == lane)
+            .count()
     }
 
     /// Waits until a message of `lane` is due, marks it active and returns
@@ -198,7 +204,9 @@ impl Queue {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every operation leaves the maps consistent before it can panic, so
         // a poisoned lock still guards valid data.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -229,7 +237,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_earlier_message_wakes_the_waiter() {
         let queue = std::sync::Arc::new(Queue::default());
-        queue.reschedule(id(1), Lane::High, Instant::now() + Duration::from_secs(3600));
+        queue.reschedule(
+            id(1),
+            Lane::High,
+            Instant::now() + Duration::from_secs(3600),
+        );
         let waiter = {
             let queue = queue.clone();
             tokio::spawn(async move { queue.next_due(Lane::High).await })

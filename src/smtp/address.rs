@@ -149,7 +149,9 @@ fn split_local_and_domain(text: &str) -> Result<(&str, Option<&str>), AddressErr
         Some("") => Err(AddressError::Syntax("domain missing after @")),
         Some(domain) => Ok((local_part, Some(domain))),
         None if rest.is_empty() => Ok((local_part, None)),
-        None => Err(AddressError::Syntax("unexpected text after quoted local part")),
+        None => Err(AddressError::Syntax(
+            "unexpected text after quoted local part",
+        )),
     }
 }
 
@@ -179,7 +181,9 @@ fn check_local_part(local_part: &str) -> Result<(), AddressError> {
     }
     for atom in local_part.split('.') {
         if atom.is_empty() {
-            return Err(AddressError::Syntax("empty atom in local part (misplaced dot)"));
+            return Err(AddressError::Syntax(
+                "empty atom in local part (misplaced dot)",
+            ));
         }
         if !atom.chars().all(is_atext) {
             return Err(AddressError::Syntax("invalid character in local part"));
@@ -200,7 +204,11 @@ fn check_quoted_string(quoted: &str) -> Result<(), AddressError> {
             },
             ' ' | '!' | '#'..='[' | ']'..='~' => {}
             c if !c.is_ascii() => {}
-            _ => return Err(AddressError::Syntax("invalid character in quoted local part")),
+            _ => {
+                return Err(AddressError::Syntax(
+                    "invalid character in quoted local part",
+                ));
+            }
         }
     }
     Ok(())
@@ -226,9 +234,14 @@ fn check_domain(domain: &str) -> Result<(), AddressError> {
             return Err(AddressError::Syntax("domain label longer than 63 octets"));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(AddressError::Syntax("domain label starts or ends with a hyphen"));
+            return Err(AddressError::Syntax(
+                "domain label starts or ends with a hyphen",
+            ));
         }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii()) {
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+        {
             return Err(AddressError::Syntax("invalid character in domain"));
         }
     }
@@ -288,18 +301,43 @@ mod tests {
 
     #[test]
     fn bad_syntax_says_why() {
-        assert_eq!(forward("a@"), Err(AddressError::Syntax("domain missing after @")));
-        assert_eq!(forward("@example.com"), Err(AddressError::Syntax("malformed source route")));
+        assert_eq!(
+            forward("a@"),
+            Err(AddressError::Syntax("domain missing after @"))
+        );
+        assert_eq!(
+            forward("@example.com"),
+            Err(AddressError::Syntax("malformed source route"))
+        );
         assert_eq!(
             forward("a..b@example.com"),
-            Err(AddressError::Syntax("empty atom in local part (misplaced dot)"))
+            Err(AddressError::Syntax(
+                "empty atom in local part (misplaced dot)"
+            ))
         );
-        assert_eq!(forward("a@exa mple.com"), Err(AddressError::Syntax("invalid character in domain")));
-        assert_eq!(forward("a@-x.com"), Err(AddressError::Syntax("domain label starts or ends with a hyphen")));
-        assert_eq!(forward("a@x..com"), Err(AddressError::Syntax("empty label in domain")));
-        assert_eq!(forward("a@[1.2.3]"), Err(AddressError::Syntax("invalid address literal")));
+        assert_eq!(
+            forward("a@exa mple.com"),
+            Err(AddressError::Syntax("invalid character in domain"))
+        );
+        assert_eq!(
+            forward("a@-x.com"),
+            Err(AddressError::Syntax(
+                "domain label starts or ends with a hyphen"
+            ))
+        );
+        assert_eq!(
+            forward("a@x..com"),
+            Err(AddressError::Syntax("empty label in domain"))
+        );
+        assert_eq!(
+            forward("a@[1.2.3]"),
+            Err(AddressError::Syntax("invalid address literal"))
+        );
         assert!(forward(&format!("{}@example.com", "a".repeat(65))).is_err());
-        assert_eq!(forward(""), Err(AddressError::Syntax("empty recipient address")));
+        assert_eq!(
+            forward(""),
+            Err(AddressError::Syntax("empty recipient address"))
+        );
     }
 
     #[test]
@@ -310,8 +348,14 @@ mod tests {
 
     #[test]
     fn non_ascii_needs_smtputf8() {
-        assert_eq!(forward("jörg@example.com"), Err(AddressError::NeedsSmtpUtf8));
-        assert_eq!(forward("user@bücher.example"), Err(AddressError::NeedsSmtpUtf8));
+        assert_eq!(
+            forward("jörg@example.com"),
+            Err(AddressError::NeedsSmtpUtf8)
+        );
+        assert_eq!(
+            forward("user@bücher.example"),
+            Err(AddressError::NeedsSmtpUtf8)
+        );
         assert!(parse_forward_path("jörg@bücher.example", true).is_ok());
     }
 

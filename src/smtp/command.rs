@@ -23,7 +23,10 @@ pub enum Command {
     Mail(MailCommand),
     Rcpt(RcptCommand),
     Data,
-    Bdat { chunk_size: usize, last: bool },
+    Bdat {
+        chunk_size: usize,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -79,7 +82,13 @@ pub fn parse(line: &[u8], context: ParseContext) -> Result<Command, Reply> {
         Request::Ehlo { host } => Command::Ehlo(host),
         Request::Helo { host } => Command::Helo(host),
         Request::Data => Command::Data,
-        Request::Bdat { chunk_size, is_last } => Command::Bdat { chunk_size, last: is_last },
+        Request::Bdat {
+            chunk_size,
+            is_last,
+        } => Command::Bdat {
+            chunk_size,
+            last: is_last,
+        },
         Request::Rset => Command::Rset,
         Request::Noop { .. } => Command::Noop,
         Request::Quit => Command::Quit,
@@ -141,7 +150,10 @@ fn split_path<'a>(
         Reply::new(
             501,
             "5.5.4",
-            format!("Syntax error, expected: {} {keyword}:<address> [parameters]", &line[..4]),
+            format!(
+                "Syntax error, expected: {} {keyword}:<address> [parameters]",
+                &line[..4]
+            ),
         )
     };
     let colon = line.find(':').ok_or_else(syntax)?;
@@ -289,7 +301,10 @@ fn address_error_reply(error: AddressError, syntax_status: &'static str, role: &
 mod tests {
     use super::*;
 
-    const ESMTP: ParseContext = ParseContext { extended: true, smtputf8: false };
+    const ESMTP: ParseContext = ParseContext {
+        extended: true,
+        smtputf8: false,
+    };
 
     fn parse_ok(line: &str) -> Command {
         parse(line.as_bytes(), ESMTP).unwrap_or_else(|reply| panic!("{line}: {reply}"))
@@ -316,15 +331,21 @@ mod tests {
 
     #[test]
     fn null_sender_and_postmaster_are_distinct() {
-        let Command::Mail(null) = parse_ok("MAIL FROM:<>") else { panic!() };
+        let Command::Mail(null) = parse_ok("MAIL FROM:<>") else {
+            panic!()
+        };
         assert_eq!(null.reverse_path, None);
-        let Command::Rcpt(rcpt) = parse_ok("RCPT TO:<Postmaster>") else { panic!() };
+        let Command::Rcpt(rcpt) = parse_ok("RCPT TO:<Postmaster>") else {
+            panic!()
+        };
         assert_eq!(rcpt.forward_path.local_part, "Postmaster");
     }
 
     #[test]
     fn quoted_local_part_survives() {
-        let Command::Rcpt(rcpt) = parse_ok("RCPT TO:<\"john doe\"@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;john+20doe@example.com") else {
+        let Command::Rcpt(rcpt) = parse_ok(
+            "RCPT TO:<\"john doe\"@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;john+20doe@example.com",
+        ) else {
             panic!()
         };
         assert_eq!(rcpt.forward_path.to_string(), "\"john doe\"@example.com");
@@ -335,22 +356,39 @@ mod tests {
     #[test]
     fn errors_have_the_right_codes() {
         assert_eq!(parse_err("MAIL FROM:<a@>").code, 501);
-        assert_eq!(parse_err("MAIL FROM:<a@example.com> BODY=BINARYMIME").code, 555);
+        assert_eq!(
+            parse_err("MAIL FROM:<a@example.com> BODY=BINARYMIME").code,
+            555
+        );
         assert_eq!(parse_err("MAIL FROM:<a@example.com> REQUIRETLS").code, 555);
         assert_eq!(parse_err("MAIL FROM:<a@example.com> FOO=BAR").code, 555);
-        assert_eq!(parse_err("MAIL FROM:<a@example.com> MT-PRIORITY=12").code, 501);
+        assert_eq!(
+            parse_err("MAIL FROM:<a@example.com> MT-PRIORITY=12").code,
+            501
+        );
         assert_eq!(parse_err("MAIL FROM:<jörg@example.com>").code, 553);
         assert_eq!(parse_err("RCPT TO:<jörg@example.com>").status, "5.6.7");
         assert_eq!(parse_err("RCPT TO:<>").code, 501);
         assert_eq!(parse_err("RCPT TO:user@example.com").code, 501);
         assert_eq!(parse_err("FROB").code, 500);
-        assert_eq!(parse_err("RCPT TO:<a@b.example> NOTIFY=NEVER,SUCCESS").code, 501);
+        assert_eq!(
+            parse_err("RCPT TO:<a@b.example> NOTIFY=NEVER,SUCCESS").code,
+            501
+        );
     }
 
     #[test]
     fn parameters_need_ehlo() {
-        let helo = ParseContext { extended: false, smtputf8: false };
-        assert_eq!(parse(b"MAIL FROM:<a@b.example> SIZE=10", helo).unwrap_err().code, 555);
+        let helo = ParseContext {
+            extended: false,
+            smtputf8: false,
+        };
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b.example> SIZE=10", helo)
+                .unwrap_err()
+                .code,
+            555
+        );
         assert!(parse(b"MAIL FROM:<a@b.example>", helo).is_ok());
     }
 
@@ -360,14 +398,26 @@ mod tests {
             panic!()
         };
         assert!(mail.smtputf8);
-        let utf8 = ParseContext { extended: true, smtputf8: true };
+        let utf8 = ParseContext {
+            extended: true,
+            smtputf8: true,
+        };
         assert!(parse("RCPT TO:<ü@bücher.example>".as_bytes(), utf8).is_ok());
     }
 
     #[test]
     fn other_verbs() {
-        assert_eq!(parse_ok("ehlo client.example"), Command::Ehlo("client.example".into()));
-        assert_eq!(parse_ok("BDAT 100 LAST"), Command::Bdat { chunk_size: 100, last: true });
+        assert_eq!(
+            parse_ok("ehlo client.example"),
+            Command::Ehlo("client.example".into())
+        );
+        assert_eq!(
+            parse_ok("BDAT 100 LAST"),
+            Command::Bdat {
+                chunk_size: 100,
+                last: true
+            }
+        );
         assert_eq!(parse_ok("STARTTLS"), Command::NotImplemented("STARTTLS"));
         assert_eq!(parse_ok("noop"), Command::Noop);
     }

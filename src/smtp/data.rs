@@ -106,7 +106,10 @@ mod tests {
 
     #[test]
     fn empty_body() {
-        assert_eq!(receive(&[b".\r\nQUIT\r\n"]), Some((Vec::new(), b"QUIT\r\n".to_vec())));
+        assert_eq!(
+            receive(&[b".\r\nQUIT\r\n"]),
+            Some((Vec::new(), b"QUIT\r\n".to_vec()))
+        );
     }
 
     #[test]
@@ -123,7 +126,10 @@ mod tests {
             input.extend_from_slice(b"MAIL FROM:<evil@example.com>\r\n");
             let (message, rest) = receive(&[&input, b"\r\n.\r\n"]).unwrap();
             assert!(rest.is_empty(), "{fake_end:?}");
-            assert!(message.windows(10).any(|w| w == b"MAIL FROM:"), "{fake_end:?}");
+            assert!(
+                message.windows(10).any(|w| w == b"MAIL FROM:"),
+                "{fake_end:?}"
+            );
         }
     }
 

@@ -175,8 +175,12 @@ mod tests {
         }
         let message = builder.finish().unwrap()?;
         let id = spool.allocate_id();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        runtime.block_on(spool.store(id, Vec::new(), message.body)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(spool.store(id, Vec::new(), message.body))
+            .unwrap();
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut spool.read_body(id).unwrap(), &mut bytes).unwrap();
         assert_eq!(bytes.len() as u64, message.size);
@@ -187,8 +191,12 @@ mod tests {
     fn adds_missing_headers_before_the_clients() {
         let directory = tempfile::tempdir().unwrap();
         let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
-        let (bytes, facts) =
-            build(&spool, &[b"Subject: hi\r\nPrece", b"dence: bulk\r\n\r\nbody\r\n"], 1 << 20).unwrap();
+        let (bytes, facts) = build(
+            &spool,
+            &[b"Subject: hi\r\nPrece", b"dence: bulk\r\n\r\nbody\r\n"],
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
             "Received: from client by relay; date\r\nMessage-ID: <ID@relay>\r\n\

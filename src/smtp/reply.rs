@@ -75,7 +75,11 @@ pub fn shutting_down() -> Reply {
 }
 
 pub fn spool_unavailable() -> Reply {
-    Reply::new(451, "4.3.0", "Error: queue file write error, try again later")
+    Reply::new(
+        451,
+        "4.3.0",
+        "Error: queue file write error, try again later",
+    )
 }
 
 pub fn insufficient_storage_at_mail() -> Reply {
@@ -87,5 +91,9 @@ pub fn insufficient_storage_at_connect() -> Reply {
 }
 
 pub fn message_too_big() -> Reply {
-    Reply::new(552, "5.3.4", "Message size exceeds fixed maximum message size")
+    Reply::new(
+        552,
+        "5.3.4",
+        "Message size exceeds fixed maximum message size",
+    )
 }

@@ -44,7 +44,9 @@ pub async fn accept_loop(
             Ok(permit) => permit,
             Err(_) => {
                 if last_full_log.is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL) {
-                    tracing::warn!("connection limit (smtp.max_connections) reached; new clients wait");
+                    tracing::warn!(
+                        "connection limit (smtp.max_connections) reached; new clients wait"
+                    );
                     last_full_log = Some(Instant::now());
                 }
                 tokio::select! {

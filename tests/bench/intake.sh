@@ -265,28 +265,39 @@ EOF
     kill -0 "$RQ_PID" 2>/dev/null || { echo "relayq: exited right after start: $(tail -5 "$RQ_DIR/relayq.log")" >>"$PROBLEMS"; RQ_PID=; return 1; }
 }
 
-rq_stop() { # label
+# rq_stop LABEL [EXPECTED]: stop relayq, check its log, and compare the number
+# of messages it says stay queued with EXPECTED (messages acknowledged with
+# 250). Sets RQ_QUEUED (empty if the log line was not found) and RQ_SPOOL
+# ("apparent_bytes allocated_bytes"), then deletes the spool to bound disk use.
+rq_stop() {
+    RQ_QUEUED= RQ_SPOOL=
     [[ -n $RQ_PID ]] || return 0
-    local rc st
+    local label=$1 expected=${2:-} rc st
     if ! kill -0 "$RQ_PID" 2>/dev/null; then
         wait "$RQ_PID" 2>/dev/null; rc=$?
-        echo "relayq [$1]: process died during the case (exit status $rc); log tail: $(tail -5 "$RQ_DIR/relayq.log" | tr '\n' '|')" >>"$PROBLEMS"
+        echo "relayq [$label]: process died during the case (exit status $rc); log tail: $(tail -5 "$RQ_DIR/relayq.log" | tr '\n' '|')" >>"$PROBLEMS"
     else
         stop_pid "$RQ_PID" relayq 15; st=$?
         wait "$RQ_PID" 2>/dev/null; rc=$?
-        ((st == 0)) || echo "relayq [$1]: did not exit within 15s of SIGTERM (killed)" >>"$PROBLEMS"
-        ((rc == 0)) || echo "relayq [$1]: exit status $rc after SIGTERM" >>"$PROBLEMS"
+        ((st == 0)) || echo "relayq [$label]: did not exit within 15s of SIGTERM (killed)" >>"$PROBLEMS"
+        ((rc == 0)) || echo "relayq [$label]: exit status $rc after SIGTERM" >>"$PROBLEMS"
     fi
+    RQ_PID=
     local bad
     bad=$(grep -aciE 'panic|\bERROR\b|\bWARN' "$RQ_DIR/relayq.log")
     if ((bad > 0)); then
         {
-            echo "relayq [$1]: $bad ERROR/WARN/panic log lines; first ones:"
+            echo "relayq [$label]: $bad ERROR/WARN/panic log lines; first ones:"
             grep -aiE 'panic|\bERROR\b|\bWARN' "$RQ_DIR/relayq.log" | head -5 | cut -c1-300 | sed 's/^/    /'
         } >>"$PROBLEMS"
     fi
-    RQ_PID=
-    if [[ $KEEP != 1 ]]; then rm -rf "$RQ_DIR/spool"; fi # bound disk use (100 KB x 20k = 2 GB)
+    # relayq logs "stopped; N messages stay queued in the spool" on shutdown.
+    RQ_QUEUED=$(grep -aoE '[0-9]+ messages stay queued' "$RQ_DIR/relayq.log" | tail -1 | cut -d' ' -f1)
+    if [[ -n $expected && -n $RQ_QUEUED && $RQ_QUEUED != "$expected" ]]; then
+        echo "relayq [$label]: $expected messages got 250 but relayq reports $RQ_QUEUED queued at shutdown" >>"$PROBLEMS"
+    fi
+    RQ_SPOOL="$(du -sb "$RQ_DIR/spool" 2>/dev/null | cut -f1) $(du -s -B1 "$RQ_DIR/spool" 2>/dev/null | cut -f1)"
+    if [[ $KEEP != 1 ]]; then rm -rf "$RQ_DIR/spool"; fi # 100 KB x 20k msgs = several GB
 }
 
 # ---------------------------------------------------------------------- cases
@@ -374,8 +385,16 @@ run_case() {
         by=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | cut -s -d' ' -f2-)
         extra="$extra drain_s=$(fsub "$td1" "$td0")"
     elif [[ $rcv == relayq ]]; then
-        extra="$extra spool_bytes=$(du -sb "$RQ_DIR/spool" 2>/dev/null | awk '{print $1}')"
-        kill -0 "$pid" 2>/dev/null || { status=DIED; }
+        kill -0 "$pid" 2>/dev/null || status=DIED
+        local expect=
+        [[ $status == ok ]] && expect=$count
+        rq_stop "$mode s=$sess l=$size run=$run" "$expect"
+        if [[ -n $RQ_QUEUED && $status != ok && $status != DIED ]]; then
+            count=$RQ_QUEUED # exact number acknowledged, better than smtp-source's counter
+        fi
+        local ab al
+        read -r ab al <<<"$RQ_SPOOL"
+        extra="$extra queued=${RQ_QUEUED:-?} spool_bytes=${ab:-0} spool_alloc=${al:-0}"
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$run" "$rcv" "$mode" "$sess" "$size" "$count" "$secs" "${cpu_in:-NA}" "${cpu_all:-NA}" "$status" "$extra" "$by" >>"$CASES"
@@ -388,11 +407,10 @@ latency() { # receiver port rate
         --size "$LAT_SIZE" --mode "$LAT_MODE" --pool "$LAT_POOL" --label "$rcv" --json >"$f" 2>"$f.err"
     if [[ -s $f ]]; then
         cat "$f" >>"$LATF"
-        "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["ack_ms"]; t=r["txn_ms"]; print(f"  {r[\"label\"]:7s} {r[\"rate\"]:g}/s ok={r[\"ok\"]} non2xx={r[\"non2xx\"]} errors={r[\"errors\"]} ack p50={a[\"p50\"]:.2f} p99={a[\"p99\"]:.2f} ms  txn p50={t[\"p50\"]:.2f} p99={t[\"p99\"]:.2f} ms")' "$f" >&2
+        "$PY" "$HERE/report.py" --lat-line "$f" >&2
         if [[ $rcv == relayq ]]; then
-            "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
-if r["non2xx"] or r["errors"] or r["unfinished"] or r["skipped"]:
-    print(f"relayq latency probe at {r[\"rate\"]:g}/s: non2xx={r[\"non2xx_by\"]} errors={r[\"errors_by\"]} skipped={r[\"skipped\"]} unfinished={r[\"unfinished\"]} e.g. {r[\"examples\"][:3]}")' "$f" >>"$PROBLEMS"
+            "$PY" "$HERE/report.py" --lat-problem "$f" >>"$PROBLEMS"
+            rq_stop "latency $rate/s" "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["ok"])' "$f")"
         fi
     else
         echo "latency probe $rcv $rate/s produced no output: $(tail -3 "$f.err")" >>"$PROBLEMS"
@@ -450,7 +468,6 @@ for ((run = 1; run <= RUNS; run++)); do
                 if has relayq && ((RQ_OK)); then
                     if rq_start; then
                         run_case "$run" relayq "$RQ_PORT" "$RQ_PID" "$mode" "$sess" "$size"
-                        rq_stop "$mode s=$sess l=$size run=$run"
                     fi
                 fi
             done
@@ -467,7 +484,7 @@ if [[ -n $LAT_RATES ]]; then
             has postfix && pf_drain
             quiet_wait
             latency relayq "$RQ_PORT" "$rate"
-            rq_stop "latency $rate/s"
+            rq_stop "latency $rate/s" # no-op if latency() stopped it already
         fi
     done
 fi

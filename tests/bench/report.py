@@ -58,7 +58,30 @@ def load_cases(path, hz):
     return rows
 
 
+def lat_line(path):
+    r = json.load(open(path))
+    a, t = r["ack_ms"], r["txn_ms"]
+    print(
+        f"  {r['label']:7s} {r['rate']:g}/s ok={r['ok']} non2xx={r['non2xx']} errors={r['errors']} "
+        f"ack p50={a['p50']:.2f} p99={a['p99']:.2f} ms  txn p50={t['p50']:.2f} p99={t['p99']:.2f} ms  "
+        f"lag p99={r['lag_ms']['p99']:.1f} ms"
+    )
+
+
+def lat_problem(path):
+    r = json.load(open(path))
+    if r["non2xx"] or r["errors"] or r["unfinished"] or r["skipped"]:
+        print(
+            f"{r['label']} latency probe at {r['rate']:g}/s: non2xx={r['non2xx_by']} errors={r['errors_by']} "
+            f"skipped={r['skipped']} unfinished={r['unfinished']} e.g. {r['examples'][:3]}"
+        )
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--lat-line":
+        return lat_line(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--lat-problem":
+        return lat_problem(sys.argv[2])
     work = sys.argv[1]
     meta = open(os.path.join(work, "meta.txt")).read().splitlines()
     hz = 100
@@ -175,17 +198,23 @@ def main():
             f"{NAMES.get(rcv, rcv):10} {mode:5} {sess:>4} {human_size(size):>7} {fnum(a['cpu_in'], 3):>8} "
             f"{fnum(a['cpu_all'], 3):>8} {fnum(a['client'], 3):>7}  {' '.join(by.split()[:8])}"
         )
-    rq_extra = [(k, e) for k in keys if k[3] == "relayq" for e in agg[k]["extra"] if "spool_bytes=" in e]
-    if rq_extra:
+    rq = [x for x in rows if x["rcv"] == "relayq"]
+    if rq:
         w("")
-        w("relayq spool size after each case (bytes on disk / message):")
-        for k, e in rq_extra:
+        w("relayq spool after each case: messages relayq reports queued at shutdown, and the spool's size")
+        w("(apparent bytes of its files / bytes allocated on disk), per message:")
+        for x in sorted(rq, key=lambda x: (0 if x["mode"] == "new" else 1, x["sess"], x["size"], x["run"])):
+            kv = dict(e.split("=", 1) for e in x["extra"].split() if "=" in e)
+            n = x["count"]
             try:
-                b = int(e.split("spool_bytes=")[1].split()[0])
-                n = agg[k]["count"]
-                w(f"  {k[0]:5} s={k[1]:<3} {human_size(k[2]):>7}: {b / 1e6:,.1f} MB total, {b / n:,.0f} B/msg" if n else "")
-            except (ValueError, IndexError):
-                pass
+                ab, al = int(kv.get("spool_bytes", 0)), int(kv.get("spool_alloc", 0))
+            except ValueError:
+                ab = al = 0
+            per = f"{ab / n:,.0f} / {al / n:,.0f} B/msg" if n else "-"
+            w(
+                f"  {x['mode']:5} s={x['sess']:<3} {human_size(x['size']):>7} run {x['run']}: queued={kv.get('queued', '?'):>6} "
+                f"(acked {n}), spool {ab / 1e6:,.1f} / {al / 1e6:,.1f} MB, {per}"
+            )
     w("")
 
     if lat:
@@ -194,9 +223,12 @@ def main():
         w(f"Acceptance latency at a fixed offered rate: tests/bench/latency.py, open loop, {r0['duration']:g} s per probe,")
         w(f"  {mode}, {r0['size']} byte body, EHLO/MAIL/RCPT/DATA/dot/QUIT.")
         w("  ack = final dot written -> 250 reply; txn = connect() -> 250 reply to the dot; ms.")
+        w("  achvd/s = 2xx per second until the last one; err = errors (timeouts, resets) + unfinished.")
+        w("  lag p99 = how late transactions started against the schedule: large values mean the load")
+        w("  generator itself was short of CPU (or, in pool mode, all sessions were busy).")
         hdr = (
             f"{'receiver':10} {'rate/s':>6} {'ok':>6} {'non2xx':>6} {'err':>4} {'achvd/s':>7}"
-            f" {'ack p50':>8} {'p90':>7} {'p99':>7} {'max':>7}  {'txn p50':>8} {'p90':>7} {'p99':>7} {'max':>7}"
+            f" {'ack p50':>8} {'p90':>7} {'p99':>7} {'max':>7}  {'txn p50':>8} {'p90':>7} {'p99':>7} {'max':>7} {'lag p99':>8}"
         )
         w(hdr)
         w("-" * len(hdr))
@@ -205,7 +237,7 @@ def main():
             w(
                 f"{NAMES.get(r['label'], r['label']):10} {r['rate']:>6g} {r['ok']:>6} {r['non2xx']:>6} {r['errors'] + r['unfinished']:>4} "
                 f"{r['achieved_rate']:>7.0f} {a['p50']:>8.2f} {a['p90']:>7.2f} {a['p99']:>7.2f} {a['max']:>7.1f}  "
-                f"{t['p50']:>8.2f} {t['p90']:>7.2f} {t['p99']:>7.2f} {t['max']:>7.1f}"
+                f"{t['p50']:>8.2f} {t['p90']:>7.2f} {t['p99']:>7.2f} {t['max']:>7.1f} {r['lag_ms']['p99']:>8.1f}"
             )
             if r["non2xx_by"] or r["errors_by"] or r["skipped"]:
                 w(f"{'':10}   non2xx={r['non2xx_by']} errors={r['errors_by']} skipped={r['skipped']} unfinished={r['unfinished']}")

@@ -67,15 +67,22 @@ impl TestRelay {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let address = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let address = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
                     let _ = address_sender.send(address);
                 }
                 logs.lock().unwrap().push(line);
             }
         });
-        let address = address_receiver
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("relayq did not start listening; logs:\n{}", self.logs_text()));
+        let address = address_receiver.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "relayq did not start listening; logs:\n{}",
+                self.logs_text()
+            )
+        });
         self.address = address.parse().expect("listen address");
         self.child = Some(child);
     }
@@ -86,7 +93,13 @@ impl TestRelay {
 
     /// Log lines containing `needle`.
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
-        self.logs.lock().unwrap().iter().filter(|line| line.contains(needle)).cloned().collect()
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .cloned()
+            .collect()
     }
 
     /// Waits until a log line contains `needle`.
@@ -116,17 +129,27 @@ impl TestRelay {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + WAIT;
             while Instant::now() < deadline {
                 if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "relayq exited with {status}; logs:\n{}", self.logs_text());
+                    assert!(
+                        status.success(),
+                        "relayq exited with {status}; logs:\n{}",
+                        self.logs_text()
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
-            panic!("relayq did not stop on SIGTERM; logs:\n{}", self.logs_text());
+            panic!(
+                "relayq did not stop on SIGTERM; logs:\n{}",
+                self.logs_text()
+            );
         }
     }
 
@@ -136,7 +159,10 @@ impl TestRelay {
 
     /// Opens the spool of a stopped relay and returns every message.
     pub fn spooled_messages(&self) -> Vec<SpooledMessage> {
-        assert!(self.child.is_none(), "stop the relay before reading its spool");
+        assert!(
+            self.child.is_none(),
+            "stop the relay before reading its spool"
+        );
         read_spool(&self.spool_path())
     }
 }
@@ -178,7 +204,11 @@ pub fn read_spool(path: &Path) -> Vec<SpooledMessage> {
     for (id, bytes) in spool.scan().expect("scan") {
         let envelope = Envelope::decode(&bytes).expect("envelope decodes");
         let mut body = Vec::new();
-        spool.read_body(id).expect("body").read_to_end(&mut body).expect("read body");
+        spool
+            .read_body(id)
+            .expect("body")
+            .read_to_end(&mut body)
+            .expect("read body");
         messages.push(SpooledMessage { id, envelope, body });
     }
     spool.close();
@@ -223,7 +253,10 @@ impl SmtpClient {
                 Ok(_) => {}
             }
             let line = line.trim_end_matches(['\r', '\n']);
-            let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad reply line {line:?}"));
+            let code: u16 = line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("bad reply line {line:?}"));
             let last = line.as_bytes().get(3) != Some(&b'-');
             lines.push(line.get(4..).unwrap_or("").to_owned());
             if last {
@@ -233,7 +266,8 @@ impl SmtpClient {
     }
 
     pub fn read(&mut self) -> Response {
-        self.try_read().expect("connection closed while waiting for a reply")
+        self.try_read()
+            .expect("connection closed while waiting for a reply")
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -296,5 +330,6 @@ pub fn queued_id(response: &Response) -> QueueId {
     let text = response.text();
     let id = text.rsplit(' ').next().unwrap();
     assert!(text.starts_with("2.0.0 Ok: queued as "), "{text}");
-    id.parse().unwrap_or_else(|_| panic!("bad queue id in {text}"))
+    id.parse()
+        .unwrap_or_else(|_| panic!("bad queue id in {text}"))
 }

@@ -91,7 +91,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let take = remaining.min(self.input.len());
             if let Some(state) = self.bdat.as_mut() {
                 normalised.clear();
-                state.line_endings.normalise(&self.input[..take], &mut normalised);
+                state
+                    .line_endings
+                    .normalise(&self.input[..take], &mut normalised);
                 if write_failed.is_none()
                     && let Err(error) = state.builder.push(&normalised)
                 {
@@ -114,7 +116,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(Next::Continue);
         }
         if !last {
-            self.reply(Reply::new(250, "2.0.0", format!("{chunk_size} octets received")));
+            self.reply(Reply::new(
+                250,
+                "2.0.0",
+                format!("{chunk_size} octets received"),
+            ));
             return Ok(Next::Continue);
         }
         let Some(state) = self.bdat.take() else {
@@ -162,7 +168,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             message_id: format!("<{id}@{}>", shared.hostname),
             date,
         };
-        let builder = MessageBuilder::new(shared.spool.body_writer(), trace, shared.max_message_size);
+        let builder =
+            MessageBuilder::new(shared.spool.body_writer(), trace, shared.max_message_size);
         (id, builder)
     }
 
@@ -185,7 +192,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let mail = transaction.mail;
-        let lane = Lane::select(mail.mt_priority, assembled.facts.bulk_precedence, self.listener_lane);
+        let lane = Lane::select(
+            mail.mt_priority,
+            assembled.facts.bulk_precedence,
+            self.listener_lane,
+        );
         let envelope = Envelope {
             version: ENVELOPE_VERSION,
             reverse_path: transaction.reverse_path,
@@ -203,8 +214,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             held: false,
             attempts: 0,
             next_attempt_ms: None,
+            delay_warned: false,
         };
-        match self.shared.spool.store(id, envelope.encode(), assembled.body).await {
+        match self
+            .shared
+            .spool
+            .store(id, envelope.encode(), assembled.body)
+            .await
+        {
             Ok(stored) => {
                 tracing::info!(
                     queue_id = %id,

@@ -177,10 +177,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(self.after_error());
             }
         };
-        if self.bdat.is_some() && !matches!(command, Command::Bdat { .. } | Command::Rset | Command::Noop | Command::Quit) {
+        if self.bdat.is_some()
+            && !matches!(
+                command,
+                Command::Bdat { .. } | Command::Rset | Command::Noop | Command::Quit
+            )
+        {
             self.bdat = None;
             self.transaction = None;
-            self.reply_error(reply::bad_sequence("Error: BDAT sequence interrupted, transaction aborted"));
+            self.reply_error(reply::bad_sequence(
+                "Error: BDAT sequence interrupted, transaction aborted",
+            ));
             return Ok(self.after_error());
         }
         match command {
@@ -210,9 +217,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "2.0.0",
                 "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             )),
-            Command::NotImplemented(verb) => {
-                self.reply_error(Reply::new(502, "5.5.1", format!("Error: {verb} not implemented")))
-            }
+            Command::NotImplemented(verb) => self.reply_error(Reply::new(
+                502,
+                "5.5.1",
+                format!("Error: {verb} not implemented"),
+            )),
         }
         Ok(self.after_error())
     }
@@ -253,7 +262,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
     }
-
 }
 
 /// State helpers that need no I/O.

@@ -1,0 +1,219 @@
+//! The delivery engine: per lane one dispatcher (due messages → passes →
+//! jobs at their destinations) and a fixed number of workers (the lane's
+//! width) that run jobs which can start now.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relayq_spool::{QueueId, Spool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::client::{ClientSettings, Disposition};
+use super::destination::{Destinations, NextHop};
+use super::job::{self, Job};
+use super::pass::Pass;
+use crate::config::{Config, LanesSettings, Route, TlsPolicy};
+use crate::dns::MxResolver;
+use crate::queue::retry::RetryPolicy;
+use crate::queue::{Envelope, Lane, Queue};
+use crate::tls::TlsConfigs;
+
+/// Passes in flight per lane: bounds the memory a huge due backlog takes.
+const MAX_PASSES_IN_FLIGHT: usize = 10_000;
+/// Jobs waiting at one destination before new passes for it are postponed,
+/// so a slow destination cannot take all of a lane's passes in flight.
+const MAX_QUEUED_PER_DESTINATION: usize = 1_000;
+/// How long a postponed message waits before it is looked at again.
+const POSTPONE: Duration = Duration::from_secs(1);
+/// How long a destination whose hosts all refused connections is skipped.
+const DEAD_DESTINATION_FOR: Duration = Duration::from_secs(60);
+
+/// Everything delivery needs, shared by the engine's tasks.
+pub struct DeliveryContext {
+    pub hostname: String,
+    pub spool: Spool,
+    pub queue: Arc<Queue>,
+    pub destinations: Destinations,
+    pub resolver: MxResolver,
+    pub tls_configs: TlsConfigs,
+    pub client_settings: ClientSettings,
+    pub policy: RetryPolicy,
+    pub delivery_port: u16,
+    pub tls_policy: TlsPolicy,
+    pub routes: Vec<Route>,
+    in_flight: [Arc<Semaphore>; 2],
+}
+
+impl DeliveryContext {
+    pub fn new(config: &Config, spool: Spool, queue: Arc<Queue>) -> anyhow::Result<DeliveryContext> {
+        let delivery = &config.delivery;
+        Ok(DeliveryContext {
+            hostname: config.hostname.clone(),
+            spool,
+            queue,
+            destinations: Destinations::new(delivery.destination_concurrency, DEAD_DESTINATION_FOR),
+            resolver: MxResolver::new(&config.dns, delivery.ip_version)?,
+            tls_configs: TlsConfigs::load()?,
+            client_settings: ClientSettings {
+                helo_name: config.hostname.clone(),
+                connect_timeout: delivery.connect_timeout,
+                greeting_timeout: delivery.greeting_timeout,
+                command_timeout: delivery.command_timeout,
+                data_timeout: delivery.data_timeout,
+                final_timeout: delivery.final_timeout,
+            },
+            policy: RetryPolicy::new(&config.retry),
+            delivery_port: delivery.port,
+            tls_policy: delivery.tls,
+            routes: config.routes.clone(),
+            in_flight: [
+                Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),
+                Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),
+            ],
+        })
+    }
+
+    /// The next hop for a recipient domain: the first route naming it, else
+    /// a `*` route, else its MX hosts.
+    pub fn next_hop(&self, domain: &str) -> NextHop {
+        let exact = self.routes.iter().position(|route| route.domains.iter().any(|d| d == domain));
+        let wildcard = || self.routes.iter().position(|route| route.domains.iter().any(|d| d == "*"));
+        match exact.or_else(wildcard) {
+            Some(index) => NextHop::Route(index),
+            None => NextHop::Mx(domain.to_owned()),
+        }
+    }
+}
+
+/// Starts the dispatchers, the lane workers and the idle-connection sweeper.
+pub fn spawn(context: Arc<DeliveryContext>, lanes: &LanesSettings, tracker: &TaskTracker, shutdown: CancellationToken) {
+    for lane in Lane::ALL {
+        tracker.spawn(dispatch(context.clone(), lane, shutdown.clone()));
+        for _ in 0..lanes.get(lane).concurrency {
+            tracker.spawn(work(context.clone(), lane, shutdown.clone()));
+        }
+    }
+    tracker.spawn(sweep(context, shutdown));
+}
+
+async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: CancellationToken) {
+    let in_flight = context.in_flight[lane_index(lane)].clone();
+    loop {
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let id = tokio::select! {
+            id = context.queue.next_due(lane) => id,
+            _ = shutdown.cancelled() => return,
+        };
+        start_pass(&context, lane, id, permit).await;
+    }
+}
+
+async fn work(context: Arc<DeliveryContext>, lane: Lane, shutdown: CancellationToken) {
+    loop {
+        let job = tokio::select! {
+            job = context.destinations.take(lane) => job,
+            _ = shutdown.cancelled() => return,
+        };
+        let hop = job.hop.clone();
+        job::run(&context, job).await;
+        context.destinations.finished(&hop);
+    }
+}
+
+async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for connection in context.destinations.sweep() {
+            tokio::spawn(connection.quit());
+        }
+    }
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::High => 0,
+        Lane::Low => 1,
+    }
+}
+
+/// Loads a due message and submits one job per destination.
+async fn start_pass(context: &Arc<DeliveryContext>, lane: Lane, id: QueueId, permit: OwnedSemaphorePermit) {
+    let envelope = match context.spool.envelope(id) {
+        Ok(Some(bytes)) => match Envelope::decode(&bytes) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
+                if let Err(error) = context.spool.quarantine(id, &error.to_string()) {
+                    tracing::error!(queue_id = %id, "{id}: cannot quarantine: {error}");
+                }
+                context.queue.remove(id);
+                return;
+            }
+        },
+        Ok(None) => {
+            context.queue.remove(id);
+            return;
+        }
+        Err(error) => {
+            tracing::error!(queue_id = %id, "{id}: cannot read envelope: {error}");
+            context.queue.reschedule(id, lane, tokio::time::Instant::now() + Duration::from_secs(60));
+            return;
+        }
+    };
+    if envelope.held {
+        context.queue.insert(id, &envelope);
+        return;
+    }
+
+    let mut groups: BTreeMap<String, (NextHop, Vec<usize>)> = BTreeMap::new();
+    for (index, recipient) in envelope.recipients.iter().enumerate() {
+        if recipient.status.is_final() {
+            continue;
+        }
+        let domain = recipient
+            .address
+            .rsplit_once('@')
+            .map(|(_, domain)| domain.to_ascii_lowercase())
+            .unwrap_or_default();
+        let hop = context.next_hop(&domain);
+        groups.entry(format!("{hop:?}")).or_insert_with(|| (hop, Vec::new())).1.push(index);
+    }
+    if groups.is_empty() {
+        match context.spool.remove(id).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %id, "{id}: removed");
+                context.queue.remove(id);
+            }
+            Err(error) => tracing::error!(queue_id = %id, "{id}: cannot remove: {error}"),
+        }
+        return;
+    }
+    if groups.values().any(|(hop, _)| context.destinations.queued(hop) >= MAX_QUEUED_PER_DESTINATION) {
+        context.queue.reschedule(id, lane, tokio::time::Instant::now() + POSTPONE);
+        return;
+    }
+
+    let pass = Arc::new(Pass::new(id, envelope, groups.len(), permit));
+    for (hop, recipients) in groups.into_values() {
+        let job = Job { pass: pass.clone(), hop, recipients };
+        if let Err((job, reason)) = context.destinations.submit(job) {
+            // Dead destination: deferred at once, no lane slot used.
+            let results = job.all(Disposition::Deferred, reason, None);
+            let context = context.clone();
+            tokio::spawn(async move { job.pass.record(&context, results).await });
+        }
+    }
+}
