@@ -295,3 +295,37 @@ fn dsn_parameters_and_local_names_are_kept() {
         "\"quoted name\"@example.org"
     );
 }
+
+#[test]
+fn several_listeners_ipv4_and_ipv6_with_their_lanes() {
+    let mut relay = TestRelay::start(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"[::1]:0\"\nlane = \"low\"\n",
+    );
+    assert_eq!(relay.addresses.len(), 2);
+    assert!(relay.addresses[1].is_ipv6());
+    let mut ids = Vec::new();
+    for address in relay.addresses.clone() {
+        let mut client = common::SmtpClient::connect(address);
+        client.greet();
+        ids.push(queued_id(&client.send_message(
+            "a@example.com",
+            &["b@example.org"],
+            b"Subject: x\r\n\r\n",
+        )));
+    }
+    relay.stop();
+    let messages = relay.spooled_messages();
+    let lane = |id| {
+        messages
+            .iter()
+            .find(|m| m.id == id)
+            .unwrap()
+            .envelope
+            .lane
+            .as_str()
+    };
+    assert_eq!((lane(ids[0]), lane(ids[1])), ("high", "low"));
+    let v6 = messages.iter().find(|m| m.id == ids[1]).unwrap();
+    assert_eq!(v6.envelope.client_address, Some("::1".parse().unwrap()));
+    assert!(String::from_utf8_lossy(&v6.body).contains("([::1])"));
+}

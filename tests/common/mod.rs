@@ -18,7 +18,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct TestRelay {
     pub directory: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// The first listener's address.
     pub address: SocketAddr,
+    /// Every listener's address, in configuration order.
+    pub addresses: Vec<SocketAddr>,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -36,6 +39,7 @@ impl TestRelay {
             directory,
             config_path,
             address: "127.0.0.1:0".parse().unwrap(),
+            addresses: Vec::new(),
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
         };
@@ -65,25 +69,33 @@ impl TestRelay {
         let (address_sender, address_receiver) = std::sync::mpsc::channel();
         let logs = self.logs.clone();
         std::thread::spawn(move || {
+            let mut addresses = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let address = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = address_sender.send(address);
+                    addresses.push(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                if line.contains("relayq ready") {
+                    let _ = address_sender.send(std::mem::take(&mut addresses));
                 }
                 logs.lock().unwrap().push(line);
             }
         });
-        let address = address_receiver.recv_timeout(WAIT).unwrap_or_else(|_| {
+        let addresses = address_receiver.recv_timeout(WAIT).unwrap_or_else(|_| {
             panic!(
                 "relayq did not start listening; logs:\n{}",
                 self.logs_text()
             )
         });
-        self.address = address.parse().expect("listen address");
+        self.addresses = addresses
+            .iter()
+            .map(|a| a.parse().expect("listen address"))
+            .collect();
+        self.address = self.addresses[0];
         self.child = Some(child);
     }
 
