@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::delivery::{self, engine::DeliveryContext};
 use crate::queue::Queue;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
@@ -52,6 +53,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         recovery.quarantined,
     );
 
+    let queue = Arc::new(queue);
+    let tracker = TaskTracker::new();
+    let delivery = DeliveryContext::new(&config, spool.clone(), queue.clone())
+        .context("cannot set up delivery")?;
+    let delivery_shutdown = CancellationToken::new();
+    delivery::engine::spawn(Arc::new(delivery), &config.lanes, &tracker, delivery_shutdown.clone());
+
     let shared = Arc::new(SessionShared {
         hostname: config.hostname.clone(),
         origin: config.smtp.origin.clone(),
@@ -62,13 +70,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         idle_timeout: config.smtp.idle_timeout,
         max_errors: config.smtp.max_errors,
         spool: spool.clone(),
-        queue: Arc::new(queue),
+        queue: queue.clone(),
         free_space: FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space),
         shutdown: shutdown.clone(),
     });
 
     let limit_connections = Arc::new(Semaphore::new(config.smtp.max_connections));
-    let tracker = TaskTracker::new();
     let mut listeners = Vec::new();
     for listener in &config.listeners {
         let socket = server::bind(listener.address)
@@ -99,6 +106,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for listener in listeners {
         let _ = listener.await;
     }
+    // Sessions first (they may still hand mail to the spool), then delivery:
+    // in-flight attempts get the grace period, and whatever is not finished
+    // stays queued.
+    delivery_shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -109,7 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             tracker.len()
         );
     }
-    let remaining = shared.queue.len();
+    let remaining = queue.len();
     let closing = spool.clone();
     tokio::task::spawn_blocking(move || closing.close())
         .await
