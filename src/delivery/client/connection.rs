@@ -53,7 +53,14 @@ impl Connection {
                     "{}; retrying once without STARTTLS",
                     error.detail
                 );
-                open_once(target, settings, TlsMode::Disabled, credentials, tls_configs).await
+                open_once(
+                    target,
+                    settings,
+                    TlsMode::Disabled,
+                    credentials,
+                    tls_configs,
+                )
+                .await
             }
             other => other,
         }
@@ -83,7 +90,9 @@ impl Connection {
     /// means the connection must not be reused.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
         let limit = self.settings.command_timeout;
-        self.transport.send(b"RSET\r\n", limit, "sending RSET").await?;
+        self.transport
+            .send(b"RSET\r\n", limit, "sending RSET")
+            .await?;
         let reply = self
             .transport
             .read_reply(limit, "waiting for reply to RSET")
@@ -99,8 +108,16 @@ impl Connection {
     /// already be gone.
     pub async fn quit(mut self) {
         let limit = self.settings.command_timeout.min(QUIT_WAIT);
-        if self.transport.send(b"QUIT\r\n", limit, "sending QUIT").await.is_ok() {
-            let _ = self.transport.read_reply(limit, "waiting for reply to QUIT").await;
+        if self
+            .transport
+            .send(b"QUIT\r\n", limit, "sending QUIT")
+            .await
+            .is_ok()
+        {
+            let _ = self
+                .transport
+                .read_reply(limit, "waiting for reply to QUIT")
+                .await;
         }
         self.transport.shutdown(limit).await;
     }
@@ -118,9 +135,10 @@ async fn open_once(
     let (mut transport, mut tls_info) = match tls {
         TlsMode::Implicit { verify } => {
             let config = choose_config(tls_configs, verify);
-            let transport = Transport::handshake(stream, config, name.clone(), settings.greeting_timeout)
-                .await
-                .map_err(|detail| tls_error(target, detail))?;
+            let transport =
+                Transport::handshake(stream, config, name.clone(), settings.greeting_timeout)
+                    .await
+                    .map_err(|detail| tls_error(target, detail))?;
             let info = tls_established(target, &transport, tls_configs, &name, verify);
             (transport, info)
         }
@@ -144,9 +162,7 @@ async fn open_once(
 
     let starttls = match tls {
         TlsMode::Disabled | TlsMode::Implicit { .. } => None,
-        TlsMode::Opportunistic => capabilities
-            .offers(EXT_START_TLS)
-            .then_some(false),
+        TlsMode::Opportunistic => capabilities.offers(EXT_START_TLS).then_some(false),
         TlsMode::Required | TlsMode::StartTls { .. } if !capabilities.offers(EXT_START_TLS) => {
             polite_quit(&mut transport).await;
             return Err(ConnectError::new(
@@ -249,10 +265,12 @@ async fn hello(
         .await
         .map_err(|error| session_error(target, error))?;
     if reply.reply.is_positive() {
-        return Ok(Capabilities::from_ehlo(&reply.raw).unwrap_or_else(|problem| {
-            tracing::warn!(relay = %target, "{problem}; using no extensions");
-            Capabilities::default()
-        }));
+        return Ok(
+            Capabilities::from_ehlo(&reply.raw).unwrap_or_else(|problem| {
+                tracing::warn!(relay = %target, "{problem}; using no extensions");
+                Capabilities::default()
+            }),
+        );
     }
     if !reply.reply.is_permanent() {
         return Err(hello_refused(target, "EHLO", reply.reply));
@@ -306,26 +324,51 @@ async fn authenticate(
         )
     };
     if offered.auth_mechanisms & AUTH_PLAIN != 0 {
-        let token = BASE64.encode(
-            format!("\0{}\0{}", credentials.username, credentials.password).as_bytes(),
-        );
+        let token = BASE64
+            .encode(format!("\0{}\0{}", credentials.username, credentials.password).as_bytes());
         let command = format!("AUTH PLAIN {token}\r\n");
-        transport.send(command.as_bytes(), limit, STAGE_SEND).await.map_err(session)?;
-        let reply = transport.read_reply(limit, STAGE_READ).await.map_err(session)?;
-        return if reply.is_positive() { Ok(()) } else { Err(refused(reply)) };
+        transport
+            .send(command.as_bytes(), limit, STAGE_SEND)
+            .await
+            .map_err(session)?;
+        let reply = transport
+            .read_reply(limit, STAGE_READ)
+            .await
+            .map_err(session)?;
+        return if reply.is_positive() {
+            Ok(())
+        } else {
+            Err(refused(reply))
+        };
     }
     if offered.auth_mechanisms & AUTH_LOGIN != 0 {
-        transport.send(b"AUTH LOGIN\r\n", limit, STAGE_SEND).await.map_err(session)?;
+        transport
+            .send(b"AUTH LOGIN\r\n", limit, STAGE_SEND)
+            .await
+            .map_err(session)?;
         for secret in [&credentials.username, &credentials.password] {
-            let reply = transport.read_reply(limit, STAGE_READ).await.map_err(session)?;
+            let reply = transport
+                .read_reply(limit, STAGE_READ)
+                .await
+                .map_err(session)?;
             if reply.code != 334 {
                 return Err(refused(reply));
             }
             let line = format!("{}\r\n", BASE64.encode(secret.as_bytes()));
-            transport.send(line.as_bytes(), limit, STAGE_SEND).await.map_err(session)?;
+            transport
+                .send(line.as_bytes(), limit, STAGE_SEND)
+                .await
+                .map_err(session)?;
         }
-        let reply = transport.read_reply(limit, STAGE_READ).await.map_err(session)?;
-        return if reply.is_positive() { Ok(()) } else { Err(refused(reply)) };
+        let reply = transport
+            .read_reply(limit, STAGE_READ)
+            .await
+            .map_err(session)?;
+        return if reply.is_positive() {
+            Ok(())
+        } else {
+            Err(refused(reply))
+        };
     }
     Err(ConnectError::new(
         ConnectErrorKind::Auth,
@@ -361,7 +404,9 @@ fn tls_established(
         .negotiated_cipher_suite()
         .map(|suite| {
             let suite = suite.suite();
-            suite.as_str().map_or_else(|| format!("{suite:?}"), str::to_owned)
+            suite
+                .as_str()
+                .map_or_else(|| format!("{suite:?}"), str::to_owned)
         })
         .unwrap_or_else(|| "unknown".to_owned());
     let verified = verified_in_handshake

@@ -74,7 +74,9 @@ pub(super) fn parse_reply(raw: &[u8]) -> RemoteReply {
         Ok(response) => (response.code, response.esc, response.message),
         // Framing guarantees the three digits; keep the text as it came.
         Err(_) => (
-            u16::from(raw[0] - b'0') * 100 + u16::from(raw[1] - b'0') * 10 + u16::from(raw[2] - b'0'),
+            u16::from(raw[0] - b'0') * 100
+                + u16::from(raw[1] - b'0') * 10
+                + u16::from(raw[2] - b'0'),
             [0; 3],
             raw.split(|&byte| byte == b'\n')
                 .map(|line| String::from_utf8_lossy(line.get(4..).unwrap_or_default()))
@@ -104,7 +106,11 @@ pub(super) fn parse_reply(raw: &[u8]) -> RemoteReply {
 fn one_line(text: &str) -> String {
     let mut line = String::with_capacity(text.len());
     for character in text.chars() {
-        let character = if character.is_control() { ' ' } else { character };
+        let character = if character.is_control() {
+            ' '
+        } else {
+            character
+        };
         if character == ' ' && (line.is_empty() || line.ends_with(' ')) {
             continue;
         }
@@ -130,7 +136,10 @@ pub(super) fn failure_disposition(reply: &RemoteReply) -> Disposition {
 pub(super) fn recipient_failure_disposition(reply: &RemoteReply) -> Disposition {
     let too_many = matches!(reply.code, 452 | 552)
         && (reply.status.ends_with(".5.3")
-            || reply.text.to_ascii_lowercase().contains("too many recipients"));
+            || reply
+                .text
+                .to_ascii_lowercase()
+                .contains("too many recipients"));
     if too_many {
         Disposition::RetryNow
     } else {
@@ -146,7 +155,10 @@ mod tests {
     fn framing() {
         assert_eq!(complete_reply_length(b"250 ok\r\n"), Ok(Some(8)));
         assert_eq!(complete_reply_length(b"250-a\r\n250"), Ok(None));
-        assert_eq!(complete_reply_length(b"250-a\r\n250 b\r\n354 x"), Ok(Some(14)));
+        assert_eq!(
+            complete_reply_length(b"250-a\r\n250 b\r\n354 x"),
+            Ok(Some(14))
+        );
         assert_eq!(complete_reply_length(b"250\r\n"), Ok(Some(5)));
         assert!(complete_reply_length(b"hello\r\n").is_err());
         assert!(complete_reply_length(&vec![b'x'; MAX_REPLY_LENGTH + 1]).is_err());

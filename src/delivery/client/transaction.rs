@@ -9,9 +9,7 @@ use super::body::send_body;
 use super::connection::Connection;
 use super::params::{is_safe_address, mail_command, rcpt_command};
 use super::reply::{failure_disposition, recipient_failure_disposition};
-use super::{
-    Attempt, ClientError, Disposition, OutboundMessage, RecipientOutcome, RemoteReply,
-};
+use super::{Attempt, ClientError, Disposition, OutboundMessage, RecipientOutcome, RemoteReply};
 
 /// Per recipient: `None` while undecided, which after the RCPT replies
 /// means "accepted, waiting for the end of data".
@@ -116,12 +114,18 @@ impl Connection {
         let mail = mail_command(message, &self.capabilities);
 
         let data_reply = if self.capabilities.offers(EXT_PIPELINING) {
-            match self.pipelined_envelope(&mail, &rcpt_lines, &sent, outcomes).await? {
+            match self
+                .pipelined_envelope(&mail, &rcpt_lines, &sent, outcomes)
+                .await?
+            {
                 Some(reply) => reply,
                 None => return Ok(false),
             }
         } else {
-            match self.stepwise_envelope(&mail, &rcpt_lines, &sent, outcomes).await? {
+            match self
+                .stepwise_envelope(&mail, &rcpt_lines, &sent, outcomes)
+                .await?
+            {
                 Envelope::Done(usable) => return Ok(usable),
                 Envelope::DataReply(reply) => reply,
             }
@@ -143,7 +147,10 @@ impl Connection {
         send_body(&mut self.transport, body, self.settings.data_timeout).await?;
         let final_reply = self
             .transport
-            .read_reply(self.settings.final_timeout, "waiting for reply to end of data")
+            .read_reply(
+                self.settings.final_timeout,
+                "waiting for reply to end of data",
+            )
             .await?;
         self.completed_transactions += 1;
         let disposition = if final_reply.is_positive() {
@@ -175,7 +182,11 @@ impl Connection {
         }
         batch.push_str("DATA\r\n");
         self.transport
-            .send(batch.as_bytes(), command_limit, "sending MAIL, RCPT and DATA")
+            .send(
+                batch.as_bytes(),
+                command_limit,
+                "sending MAIL, RCPT and DATA",
+            )
             .await?;
 
         let mail_reply = self
@@ -267,7 +278,10 @@ impl Connection {
             .send(b".\r\n", self.settings.data_timeout, "writing message data")
             .await?;
         self.transport
-            .read_reply(self.settings.final_timeout, "waiting for reply to end of data")
+            .read_reply(
+                self.settings.final_timeout,
+                "waiting for reply to end of data",
+            )
             .await?;
         Ok(())
     }
