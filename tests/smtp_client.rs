@@ -773,14 +773,27 @@ async fn credentials_are_never_sent_in_plaintext() {
 #[tokio::test]
 async fn two_messages_over_one_connection() {
     let mx = start(Script::default());
-    let mut connection = open(&mx, TlsMode::Opportunistic).await;
-    let first = send(&mut connection, &["a@x.test"], b"first\r\n").await;
-    assert!(first.connection_usable);
-    connection.reset().await.unwrap();
-    let second = send(&mut connection, &["b@x.test"], b"second\r\n").await;
-    assert_eq!(dispositions(&second), [Disposition::Delivered]);
-    assert_eq!(connection.completed_transactions(), 2);
-    connection.quit().await;
+    let target = target(&mx);
+    // On a spawned task, as the delivery code runs it: the futures are Send.
+    let delivery = tokio::spawn(async move {
+        let mut connection = Connection::open(
+            &target,
+            &settings(),
+            TlsMode::Opportunistic,
+            None,
+            system_trust(),
+        )
+        .await
+        .unwrap();
+        let first = send(&mut connection, &["a@x.test"], b"first\r\n").await;
+        assert!(first.connection_usable);
+        connection.reset().await.unwrap();
+        let second = send(&mut connection, &["b@x.test"], b"second\r\n").await;
+        assert_eq!(dispositions(&second), [Disposition::Delivered]);
+        assert_eq!(connection.completed_transactions(), 2);
+        connection.quit().await;
+    });
+    delivery.await.unwrap();
 
     let received = mx.wait_for_messages(2, Duration::from_secs(5));
     assert_eq!(received.len(), 2);

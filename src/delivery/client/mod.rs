@@ -250,7 +250,8 @@ pub enum ConnectErrorKind {
     Connect,
     /// Connected, but the server did not answer in time.
     Timeout,
-    /// 4xx/5xx greeting, or EHLO and HELO both refused.
+    /// 4xx/5xx greeting, EHLO refused with 4xx, or EHLO and HELO both
+    /// refused with 5xx.
     Greeting,
     /// TLS handshake failed, or STARTTLS was refused when TLS is mandatory.
     Tls,

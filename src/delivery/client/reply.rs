@@ -177,6 +177,10 @@ mod tests {
         assert_eq!(reply.to_string(), "554 5.0.0 ");
         let reply = parse_reply(b"421 4.4.2 bye\x1b[31m\r\n");
         assert_eq!(reply.text, "bye [31m");
+        let long = format!("250-first\r\n250 2.0.0 {}\r\n", "x".repeat(5000));
+        let reply = parse_reply(long.as_bytes());
+        assert_eq!(reply.code, 250);
+        assert!(reply.text.starts_with("first ") && reply.text.len() > 5000);
     }
 
     #[test]

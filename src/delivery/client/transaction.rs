@@ -11,6 +11,8 @@ use super::params::{is_safe_address, mail_command, rcpt_command};
 use super::reply::{failure_disposition, recipient_failure_disposition};
 use super::{Attempt, ClientError, Disposition, OutboundMessage, RecipientOutcome, RemoteReply};
 
+const FINAL_STAGE: &str = "waiting for reply to end of data";
+
 /// Per recipient: `None` while undecided, which after the RCPT replies
 /// means "accepted, waiting for the end of data".
 type Outcomes = [Option<RecipientOutcome>];
@@ -145,13 +147,20 @@ impl Connection {
         }
 
         send_body(&mut self.transport, body, self.settings.data_timeout).await?;
-        let final_reply = self
+        let final_reply = match self
             .transport
-            .read_reply(
-                self.settings.final_timeout,
-                "waiting for reply to end of data",
-            )
-            .await?;
+            .read_reply(self.settings.final_timeout, FINAL_STAGE)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(
+                    relay = %self.target,
+                    "{error}: the message may have been accepted and will be sent again (RFC 1047)"
+                );
+                return Err(error);
+            }
+        };
         self.completed_transactions += 1;
         let disposition = if final_reply.is_positive() {
             Disposition::Delivered
@@ -278,10 +287,7 @@ impl Connection {
             .send(b".\r\n", self.settings.data_timeout, "writing message data")
             .await?;
         self.transport
-            .read_reply(
-                self.settings.final_timeout,
-                "waiting for reply to end of data",
-            )
+            .read_reply(self.settings.final_timeout, FINAL_STAGE)
             .await?;
         Ok(())
     }
