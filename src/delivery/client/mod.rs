@@ -3,15 +3,17 @@
 //! and a per-recipient outcome for each transaction.
 //!
 //! Code map: this file holds the public types; `connection` opens a session
-//! (greeting, EHLO/HELO, STARTTLS, AUTH) and ends it; `transaction` runs
-//! MAIL/RCPT/DATA; `params` builds the command lines (pure); `body` dot-stuffs
-//! the content (pure, plus the streaming loop); `reply` frames and parses
-//! replies (pure); `transport` is the socket with per-read/write timeouts.
+//! (greeting, EHLO/HELO, STARTTLS) and ends it; `auth` runs AUTH;
+//! `transaction` runs MAIL/RCPT/DATA; `params` builds the command lines
+//! (pure); `body` dot-stuffs the content (pure, plus the streaming loop);
+//! `reply` frames and parses replies (pure); `transport` is the socket with
+//! per-read/write timeouts.
 //!
 //! Invariant: delivery outcomes are data (`Attempt`), never errors. Only
 //! opening a session fails with an error (`ConnectError`), because then no
 //! recipient was attempted and the caller tries the next host.
 
+mod auth;
 mod body;
 mod connection;
 mod params;
