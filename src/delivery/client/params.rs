@@ -136,6 +136,18 @@ mod tests {
             mail_command(&message(&[]), &offered(0)),
             "MAIL FROM:<a@example.com>\r\n"
         );
+        let international = OutboundMessage {
+            smtputf8: true,
+            eight_bit_mime: false,
+            ret: None,
+            envid: None,
+            mt_priority: None,
+            ..message(&[])
+        };
+        assert_eq!(
+            mail_command(&international, &offered(all)),
+            "MAIL FROM:<a@example.com> SIZE=1234 SMTPUTF8\r\n"
+        );
         let null_sender = OutboundMessage {
             reverse_path: "",
             ..message(&[])
