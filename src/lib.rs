@@ -6,8 +6,10 @@
 
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod logging;
 pub mod queue;
 pub mod smtp;
 pub mod storage;
 pub mod timefmt;
+pub mod tls;

@@ -2,6 +2,8 @@
 //! ephemeral loopback port, and a small blocking SMTP client.
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+pub mod fake_mx;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
