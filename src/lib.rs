@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod logging;
 pub mod queue;
 pub mod smtp;
