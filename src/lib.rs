@@ -7,6 +7,7 @@
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod dns;
 pub mod logging;
 pub mod queue;
 pub mod smtp;

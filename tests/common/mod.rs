@@ -1,6 +1,7 @@
 //! Test harness: the real `relayq` binary on a temporary spool and an
 //! ephemeral loopback port, and a small blocking SMTP client.
 #![allow(dead_code)] // Each test file uses a different part of the harness.
+pub mod dns_server;
 
 pub mod fake_mx;
 

@@ -1,0 +1,671 @@
+//! Where mail goes: MX and address lookups over hickory's resolver, and the
+//! classification of what DNS said into bounce or defer (DESIGN §5 "MX").
+//!
+//! Invariant: every query is for an absolute name. A resolv.conf `search`
+//! list would otherwise retry a name that SERVFAILs under the search
+//! domains, and the last answer (say, NXDOMAIN for
+//! `example.com.corp.test`) would bounce mail that should have been
+//! deferred. Names are made absolute here, and the resolver is built with no
+//! search list at all, so neither layer alone can reintroduce the bug.
+
+mod order;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError as ResponseError, NetError, NoRecords};
+use hickory_resolver::proto::op::{Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::{Hosts, TokioResolver};
+use tokio::time::Instant;
+
+use crate::config::{DnsSettings, IpVersion};
+
+pub use self::order::MAX_TARGETS;
+use self::order::{Exchange, HostAddresses, ResolvedHost, SplitMix64};
+
+/// One address to deliver to, in the order returned by
+/// [`MxResolver::mail_targets`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailTarget {
+    /// The MX host name (lowercase, ASCII/punycode, no trailing dot); the
+    /// domain itself for an implicit MX; the address for a domain literal.
+    /// This is the name to verify a TLS certificate against.
+    pub host: String,
+    pub address: IpAddr,
+    /// The MX preference; 0 for an implicit MX or a domain literal.
+    pub preference: u16,
+}
+
+/// Why there is no address to deliver to. Each variant carries a readable
+/// reason, such as "SERVFAIL looking up MX for example.com".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// NXDOMAIN for the domain (or, for an implicit MX, no such name): bounce
+    /// 5.1.2.
+    #[error("{0}")]
+    NoSuchDomain(String),
+    /// RFC 7505 null MX (`MX 0 .`): the domain accepts no mail; bounce 5.1.10
+    /// at once.
+    #[error("{0}")]
+    NullMx(String),
+    /// Timeout, SERVFAIL, REFUSED, network error, or MX hosts that have no
+    /// addresses (yet): defer, 4.4.3.
+    #[error("{0}")]
+    Temporary(String),
+}
+
+impl DnsError {
+    /// The RFC 3463 status for the DSN or the log.
+    pub fn enhanced_status(&self) -> &'static str {
+        match self {
+            DnsError::NoSuchDomain(_) => "5.1.2",
+            DnsError::NullMx(_) => "5.1.10",
+            DnsError::Temporary(_) => "4.4.3",
+        }
+    }
+
+    /// True when the recipients should bounce now rather than be retried.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, DnsError::Temporary(_))
+    }
+}
+
+/// How long lookups may take. The defaults suit delivery; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupLimits {
+    /// One query to one name server.
+    pub timeout: Duration,
+    /// Further tries of a query that timed out or failed (not of NXDOMAIN).
+    pub attempts: usize,
+    /// The whole of one `mail_targets`/`host_addresses` call, so a domain with
+    /// many broken MX hosts cannot hold a delivery slot for minutes.
+    pub total: Duration,
+}
+
+impl Default for LookupLimits {
+    fn default() -> Self {
+        LookupLimits {
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            total: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Number of answers kept in hickory's cache; each is kept within its TTL.
+const CACHE_SIZE: u64 = 1024;
+
+/// The MX resolver; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MxResolver {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    resolver: TokioResolver,
+    /// `/etc/hosts`, consulted for route/smarthost names only: MX hosts
+    /// come from DNS alone, as Postfix does by default.
+    hosts: Hosts,
+    ip_version: IpVersion,
+    total: Duration,
+}
+
+/// What one query said, short of a temporary failure.
+enum Answer<T> {
+    Records(Vec<T>),
+    /// NOERROR with no records of the type asked for.
+    NoData,
+    NxDomain,
+}
+
+/// What became of looking up one host's addresses.
+enum HostLookup {
+    Found(HostAddresses),
+    NoSuchHost,
+    NoAddresses,
+    Temporary(String),
+}
+
+impl MxResolver {
+    /// Empty `nameservers`: the servers of `/etc/resolv.conf` (and nothing
+    /// else from it); otherwise exactly these servers, over UDP and TCP.
+    /// Search domains never apply.
+    pub fn new(settings: &DnsSettings, ip_version: IpVersion) -> anyhow::Result<MxResolver> {
+        let name_servers = if settings.nameservers.is_empty() {
+            let (system, _) = hickory_resolver::system_conf::read_system_conf()
+                .context("reading the name servers of /etc/resolv.conf")?;
+            let (_, _, name_servers) = system.into_parts();
+            anyhow::ensure!(
+                !name_servers.is_empty(),
+                "/etc/resolv.conf lists no name server; set dns.nameservers"
+            );
+            name_servers
+        } else {
+            settings.nameservers.iter().map(name_server).collect()
+        };
+        let hosts = Hosts::from_system().unwrap_or_default();
+        build(name_servers, hosts, ip_version, LookupLimits::default())
+    }
+
+    /// Explicit name servers plus a resolv.conf-style `search` list and
+    /// `ndots`, as a hostile system configuration would supply them: they
+    /// are accepted and never used. `/etc/hosts` is not read.
+    pub fn with_search(
+        nameservers: &[SocketAddr],
+        search: &[&str],
+        ndots: usize,
+        ip_version: IpVersion,
+    ) -> anyhow::Result<MxResolver> {
+        Self::with_limits(
+            nameservers,
+            search,
+            ndots,
+            ip_version,
+            LookupLimits::default(),
+        )
+    }
+
+    /// [`MxResolver::with_search`] with other timeouts.
+    pub fn with_limits(
+        nameservers: &[SocketAddr],
+        search: &[&str],
+        ndots: usize,
+        ip_version: IpVersion,
+        limits: LookupLimits,
+    ) -> anyhow::Result<MxResolver> {
+        for domain in search {
+            Name::from_utf8(domain).with_context(|| format!("search domain {domain:?}"))?;
+        }
+        tracing::debug!(
+            ?search,
+            ndots,
+            "search list and ndots ignored: names are absolute"
+        );
+        let name_servers = nameservers.iter().map(name_server).collect();
+        build(name_servers, Hosts::default(), ip_version, limits)
+    }
+
+    /// Where to deliver mail for `domain` (a domain name, IDN allowed, or a
+    /// `[192.0.2.1]`/`[IPv6:2001:db8::1]` literal): up to [`MAX_TARGETS`]
+    /// addresses, in the order to try. A literal is returned as is, whatever
+    /// `ip_version` says.
+    pub async fn mail_targets(&self, domain: &str) -> Result<Vec<MailTarget>, DnsError> {
+        if let Some(address) = domain_literal(domain)? {
+            return Ok(vec![MailTarget {
+                host: address.to_string(),
+                address,
+                preference: 0,
+            }]);
+        }
+        let name = absolute_name(domain)?;
+        let readable = host_text(&name);
+        let deadline = Instant::now() + self.inner.total;
+
+        let exchanges = match self.query(&name, RecordType::MX, mx_of).await {
+            Err(reason) => return Err(DnsError::Temporary(reason)),
+            Ok(Answer::NxDomain) => {
+                return Err(DnsError::NoSuchDomain(format!(
+                    "{readable}: no such domain"
+                )));
+            }
+            // RFC 5321 §5.1: no MX records, the domain itself is the host.
+            Ok(Answer::NoData) => return self.implicit_mx(&name, &readable, deadline).await,
+            Ok(Answer::Records(records)) => records,
+        };
+        let Some(exchanges) = order::prioritize(exchanges, &mut SplitMix64::from_entropy()) else {
+            return Err(DnsError::NullMx(format!(
+                "{readable} accepts no mail (null MX, RFC 7505)"
+            )));
+        };
+
+        let mut resolved: Vec<ResolvedHost> = Vec::new();
+        let mut found = 0;
+        let mut first_problem: Option<String> = None;
+        for (index, (preference, host)) in exchanges.iter().enumerate() {
+            // Enough addresses: stop, but finish the preference level first,
+            // since prefer_ipv4/prefer_ipv6 reorder within a level.
+            let new_level = index == 0 || exchanges[index - 1].0 != *preference;
+            if found >= MAX_TARGETS && new_level {
+                break;
+            }
+            let mx_host = host_text(host);
+            let lookup = match tokio::time::timeout_at(deadline, self.resolve_host(host)).await {
+                Ok(lookup) => lookup,
+                Err(_) => {
+                    first_problem.get_or_insert(format!(
+                        "timeout resolving the MX hosts of {readable} (stopped at {mx_host})"
+                    ));
+                    break;
+                }
+            };
+            match lookup {
+                HostLookup::Found(addresses) => {
+                    found += addresses.ipv4.len() + addresses.ipv6.len();
+                    resolved.push(ResolvedHost {
+                        host: mx_host,
+                        preference: *preference,
+                        addresses,
+                    });
+                }
+                HostLookup::NoSuchHost => {
+                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host does not exist");
+                }
+                HostLookup::NoAddresses => {
+                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host has no usable address");
+                }
+                HostLookup::Temporary(reason) => {
+                    first_problem.get_or_insert(reason);
+                }
+            }
+        }
+
+        let targets = order::order_targets(&resolved, self.inner.ip_version);
+        if targets.is_empty() {
+            let hosts: Vec<String> = exchanges.iter().map(|(_, host)| host_text(host)).collect();
+            return Err(DnsError::Temporary(first_problem.unwrap_or_else(|| {
+                format!(
+                    "no {} found for the MX hosts of {readable} ({})",
+                    family_text(self.inner.ip_version),
+                    hosts.join(", ")
+                )
+            })));
+        }
+        Ok(targets)
+    }
+
+    /// The addresses of one host (a route's relay host), ordered by
+    /// `ip_version`; an IP address (bare or as a `[…]` literal) is returned as
+    /// is. `/etc/hosts` is consulted first when the resolver was built by
+    /// [`MxResolver::new`]. `NoSuchDomain` here means the host name does not
+    /// exist; whether that bounces is the caller's call.
+    pub async fn host_addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Ok(address) = host.parse::<IpAddr>() {
+            return Ok(vec![address]);
+        }
+        if let Some(address) = domain_literal(host)? {
+            return Ok(vec![address]);
+        }
+        let name = absolute_name(host)?;
+        let readable = host_text(&name);
+        let lookup = match self.static_host(&name) {
+            Some(addresses) => HostLookup::Found(addresses),
+            None => tokio::time::timeout(self.inner.total, self.resolve_host(&name))
+                .await
+                .unwrap_or_else(|_| HostLookup::Temporary(format!("timeout resolving {readable}"))),
+        };
+        let addresses = match lookup {
+            HostLookup::Found(addresses) => addresses,
+            HostLookup::NoSuchHost => {
+                return Err(DnsError::NoSuchDomain(format!("{readable}: no such host")));
+            }
+            HostLookup::NoAddresses => HostAddresses::default(),
+            HostLookup::Temporary(reason) => return Err(DnsError::Temporary(reason)),
+        };
+        let targets = order::order_targets(
+            &[ResolvedHost {
+                host: readable.clone(),
+                preference: 0,
+                addresses,
+            }],
+            self.inner.ip_version,
+        );
+        if targets.is_empty() {
+            return Err(DnsError::Temporary(format!(
+                "no {} found for {readable}",
+                family_text(self.inner.ip_version)
+            )));
+        }
+        Ok(targets.into_iter().map(|target| target.address).collect())
+    }
+
+    async fn implicit_mx(
+        &self,
+        name: &Name,
+        readable: &str,
+        deadline: Instant,
+    ) -> Result<Vec<MailTarget>, DnsError> {
+        let lookup = tokio::time::timeout_at(deadline, self.resolve_host(name))
+            .await
+            .unwrap_or_else(|_| HostLookup::Temporary(format!("timeout resolving {readable}")));
+        let addresses = match lookup {
+            HostLookup::Found(addresses) => addresses,
+            HostLookup::NoSuchHost => {
+                return Err(DnsError::NoSuchDomain(format!(
+                    "{readable}: no such domain"
+                )));
+            }
+            HostLookup::NoAddresses => HostAddresses::default(),
+            HostLookup::Temporary(reason) => return Err(DnsError::Temporary(reason)),
+        };
+        let host = ResolvedHost {
+            host: readable.to_owned(),
+            preference: 0,
+            addresses,
+        };
+        let targets = order::order_targets(&[host], self.inner.ip_version);
+        if targets.is_empty() {
+            return Err(DnsError::Temporary(format!(
+                "{readable} has no MX records and no {}",
+                family_text(self.inner.ip_version)
+            )));
+        }
+        Ok(targets)
+    }
+
+    /// A and/or AAAA of `name`, as `ip_version` needs, asked concurrently.
+    /// One family's answer is enough even if the other failed.
+    async fn resolve_host(&self, name: &Name) -> HostLookup {
+        let want_ipv4 = self.inner.ip_version != IpVersion::Ipv6;
+        let want_ipv6 = self.inner.ip_version != IpVersion::Ipv4;
+        let (ipv4, ipv6) = tokio::join!(
+            async {
+                if want_ipv4 {
+                    Some(self.query(name, RecordType::A, ipv4_of).await)
+                } else {
+                    None
+                }
+            },
+            async {
+                if want_ipv6 {
+                    Some(self.query(name, RecordType::AAAA, ipv6_of).await)
+                } else {
+                    None
+                }
+            },
+        );
+        let mut addresses = HostAddresses::default();
+        let mut problem = None;
+        let mut all_nxdomain = true;
+        for (answer, list) in [(ipv4, &mut addresses.ipv4), (ipv6, &mut addresses.ipv6)] {
+            match answer {
+                None | Some(Ok(Answer::NxDomain)) => {}
+                Some(Ok(Answer::Records(found))) => {
+                    all_nxdomain = false;
+                    *list = found;
+                }
+                Some(Ok(Answer::NoData)) => all_nxdomain = false,
+                Some(Err(reason)) => {
+                    all_nxdomain = false;
+                    problem.get_or_insert(reason);
+                }
+            }
+        }
+        match (addresses.is_empty(), problem) {
+            (false, _) => HostLookup::Found(addresses),
+            (true, Some(reason)) => HostLookup::Temporary(reason),
+            (true, None) if all_nxdomain => HostLookup::NoSuchHost,
+            (true, None) => HostLookup::NoAddresses,
+        }
+    }
+
+    fn static_host(&self, name: &Name) -> Option<HostAddresses> {
+        let hosts = &self.inner.hosts;
+        let addresses = |record_type| -> Vec<IpAddr> {
+            hosts
+                .lookup_static_host(&Query::query(name.clone(), record_type))
+                .map(|lookup| {
+                    lookup
+                        .answers()
+                        .iter()
+                        .filter_map(|r| r.data.ip_addr())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let found = HostAddresses {
+            ipv4: addresses(RecordType::A),
+            ipv6: addresses(RecordType::AAAA),
+        };
+        (!found.is_empty()).then_some(found)
+    }
+
+    /// One query; `Err` is a readable reason to defer.
+    async fn query<T>(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+        extract: fn(&RData) -> Option<T>,
+    ) -> Result<Answer<T>, String> {
+        match self.inner.resolver.lookup(name.clone(), record_type).await {
+            Ok(lookup) => {
+                // Answers may include the CNAMEs that led to the records.
+                let records: Vec<T> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| extract(&r.data))
+                    .collect();
+                Ok(match records.is_empty() {
+                    true => Answer::NoData,
+                    false => Answer::Records(records),
+                })
+            }
+            Err(NetError::Dns(ResponseError::NoRecordsFound(NoRecords {
+                response_code: ResponseCode::NXDomain,
+                ..
+            }))) => Ok(Answer::NxDomain),
+            Err(NetError::Dns(ResponseError::NoRecordsFound(NoRecords {
+                response_code: ResponseCode::NoError,
+                ..
+            }))) => Ok(Answer::NoData),
+            Err(error) => Err(format!(
+                "{} looking up {record_type} for {}",
+                failure_text(&error),
+                host_text(name)
+            )),
+        }
+    }
+}
+
+fn build(
+    name_servers: Vec<NameServerConfig>,
+    hosts: Hosts,
+    ip_version: IpVersion,
+    limits: LookupLimits,
+) -> anyhow::Result<MxResolver> {
+    let (config, options) = resolver_setup(name_servers, limits);
+    let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(options)
+        .build()
+        .context("building the DNS resolver")?;
+    Ok(MxResolver {
+        inner: Arc::new(Inner {
+            resolver,
+            hosts,
+            ip_version,
+            total: limits.total,
+        }),
+    })
+}
+
+/// No domain, no search list, ndots 0, no hosts file: only the absolute
+/// names this module builds are ever asked.
+fn resolver_setup(
+    name_servers: Vec<NameServerConfig>,
+    limits: LookupLimits,
+) -> (ResolverConfig, ResolverOpts) {
+    let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
+    let mut options = ResolverOpts::default();
+    options.ndots = 0;
+    options.timeout = limits.timeout;
+    options.attempts = limits.attempts;
+    options.cache_size = CACHE_SIZE;
+    options.use_hosts_file = ResolveHosts::Never;
+    (config, options)
+}
+
+fn name_server(address: &SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = address.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = address.port();
+    // Trusting NXDOMAIN lets one server's answer stand. This is about
+    // NXDOMAIN only: SERVFAIL and REFUSED stay errors (retried `attempts`
+    // times) and timeouts move on to the next server; none becomes NXDOMAIN.
+    NameServerConfig::new(address.ip(), true, vec![udp, tcp])
+}
+
+/// `domain` as an absolute name (trailing dot, IDN as punycode).
+fn absolute_name(domain: &str) -> Result<Name, DnsError> {
+    let invalid = || DnsError::NoSuchDomain(format!("{domain:?} is not a valid domain name"));
+    let relative = domain.strip_suffix('.').unwrap_or(domain);
+    if relative.is_empty() {
+        return Err(invalid());
+    }
+    let mut name = Name::from_utf8(relative)
+        .or_else(|_| Name::from_ascii(relative))
+        .map_err(|_| invalid())?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// RFC 5321 §4.1.3 address literal: `Ok(None)` when `domain` is not one.
+fn domain_literal(domain: &str) -> Result<Option<IpAddr>, DnsError> {
+    let Some(inner) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) else {
+        return Ok(None);
+    };
+    let invalid = || DnsError::NoSuchDomain(format!("{domain} is not a valid address literal"));
+    let address = match inner.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
+            IpAddr::V6(inner[5..].parse::<Ipv6Addr>().map_err(|_| invalid())?)
+        }
+        _ => IpAddr::V4(inner.parse::<Ipv4Addr>().map_err(|_| invalid())?),
+    };
+    Ok(Some(address))
+}
+
+fn mx_of(data: &RData) -> Option<Exchange<Name>> {
+    match data {
+        RData::MX(mx) => Some(Exchange {
+            preference: mx.preference,
+            host: (!mx.exchange.is_root()).then(|| mx.exchange.clone()),
+        }),
+        _ => None,
+    }
+}
+
+fn ipv4_of(data: &RData) -> Option<IpAddr> {
+    match data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        _ => None,
+    }
+}
+
+fn ipv6_of(data: &RData) -> Option<IpAddr> {
+    match data {
+        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+        _ => None,
+    }
+}
+
+/// Lowercase ASCII, no trailing dot: how names appear in logs and targets.
+fn host_text(name: &Name) -> String {
+    let text = name.to_lowercase().to_ascii();
+    match text.strip_suffix('.') {
+        Some(relative) => relative.to_owned(),
+        None => text,
+    }
+}
+
+fn family_text(ip_version: IpVersion) -> &'static str {
+    match ip_version {
+        IpVersion::Ipv4 => "IPv4 address",
+        IpVersion::Ipv6 => "IPv6 address",
+        _ => "address",
+    }
+}
+
+fn failure_text(error: &NetError) -> String {
+    let code = match error {
+        NetError::Timeout => return "timeout".to_owned(),
+        NetError::NoConnections => return "no name server reachable".to_owned(),
+        NetError::Io(io) => return format!("network error ({io})"),
+        NetError::Dns(ResponseError::ResponseCode(code)) => *code,
+        NetError::Dns(ResponseError::NoRecordsFound(no_records)) => no_records.response_code,
+        other => return other.to_string(),
+    };
+    match code {
+        ResponseCode::ServFail => "SERVFAIL".to_owned(),
+        ResponseCode::Refused => "REFUSED".to_owned(),
+        ResponseCode::FormErr => "FORMERR".to_owned(),
+        ResponseCode::NotImp => "NOTIMP".to_owned(),
+        other => format!("DNS error {} ({other})", u16::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_made_absolute() {
+        let name = absolute_name("Example.COM").unwrap();
+        assert!(name.is_fqdn());
+        assert_eq!(host_text(&name), "example.com");
+        assert!(absolute_name("example.com.").unwrap().is_fqdn());
+        assert_eq!(
+            host_text(&absolute_name("bücher.example").unwrap()),
+            "xn--bcher-kva.example"
+        );
+        for bad in ["", ".", "a..b"] {
+            assert!(
+                matches!(absolute_name(bad), Err(DnsError::NoSuchDomain(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn address_literals() {
+        let literal = |text| domain_literal(text).unwrap();
+        assert_eq!(literal("[127.0.0.1]"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(literal("[IPv6:::1]"), Some("::1".parse().unwrap()));
+        assert_eq!(
+            literal("[ipv6:2001:db8::1]"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(literal("example.com"), None);
+        for bad in ["[::1]", "[300.0.0.1]", "[IPv6:127.0.0.1.5]", "[x]"] {
+            assert!(domain_literal(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolver_never_searches() {
+        let (config, options) = resolver_setup(Vec::new(), LookupLimits::default());
+        assert!(config.search().is_empty());
+        assert!(config.domain().is_none());
+        assert_eq!(options.ndots, 0);
+        assert_eq!(options.cache_size, CACHE_SIZE);
+        assert_eq!(options.use_hosts_file, ResolveHosts::Never);
+        assert_eq!(options.timeout, Duration::from_secs(5));
+        assert_eq!(options.attempts, 2);
+    }
+
+    #[test]
+    fn status_by_kind() {
+        let cases = [
+            (DnsError::NoSuchDomain(String::new()), "5.1.2", true),
+            (DnsError::NullMx(String::new()), "5.1.10", true),
+            (DnsError::Temporary(String::new()), "4.4.3", false),
+        ];
+        for (error, status, permanent) in cases {
+            assert_eq!(error.enhanced_status(), status);
+            assert_eq!(error.is_permanent(), permanent);
+        }
+    }
+
+    #[test]
+    fn failures_read_well() {
+        let servfail = NetError::Dns(ResponseError::ResponseCode(ResponseCode::ServFail));
+        assert_eq!(failure_text(&servfail), "SERVFAIL");
+        assert_eq!(failure_text(&NetError::Timeout), "timeout");
+    }
+}
