@@ -58,7 +58,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let delivery = DeliveryContext::new(&config, spool.clone(), queue.clone())
         .context("cannot set up delivery")?;
     let delivery_shutdown = CancellationToken::new();
-    delivery::engine::spawn(Arc::new(delivery), &config.lanes, &tracker, delivery_shutdown.clone());
+    delivery::engine::spawn(
+        Arc::new(delivery),
+        &config.lanes,
+        &tracker,
+        delivery_shutdown.clone(),
+    );
 
     let shared = Arc::new(SessionShared {
         hostname: config.hostname.clone(),

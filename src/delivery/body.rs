@@ -45,7 +45,10 @@ pub fn open(spool: &Spool, id: QueueId) -> Result<AsyncBody, SpoolError> {
             }
         }
     });
-    Ok(Box::pin(ChannelReader { receiver, current: Bytes::new() }))
+    Ok(Box::pin(ChannelReader {
+        receiver,
+        current: Bytes::new(),
+    }))
 }
 
 struct ChannelReader {

@@ -122,13 +122,19 @@ impl Destinations {
         let ready = &self.ready[index(lane)];
         loop {
             let notified = ready.notify.notified();
-            let hop = ready.hops.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            let hop = ready
+                .hops
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
             let Some(hop) = hop else {
                 notified.await;
                 continue;
             };
             let mut table = self.lock();
-            let Some(destination) = table.get_mut(&hop) else { continue };
+            let Some(destination) = table.get_mut(&hop) else {
+                continue;
+            };
             destination.tokens[index(lane)] = destination.tokens[index(lane)].saturating_sub(1);
             if let Some(job) = destination.jobs[index(lane)].pop_front() {
                 destination.active += 1;
@@ -140,7 +146,9 @@ impl Destinations {
     /// A job at `hop` ended: frees its place under the cap.
     pub fn finished(&self, hop: &NextHop) {
         let mut table = self.lock();
-        let Some(destination) = table.get_mut(hop) else { return };
+        let Some(destination) = table.get_mut(hop) else {
+            return;
+        };
         destination.active = destination.active.saturating_sub(1);
         let pushes = self.grant_tokens(destination);
         if destination.is_unused() {
@@ -241,7 +249,10 @@ impl Destinations {
                 .partition(|(_, since)| since.elapsed() < IDLE_CONNECTION_TTL);
             destination.idle = keep;
             stale.extend(old.into_iter().map(|(connection, _)| connection));
-            if destination.dead_until.is_some_and(|until| until <= Instant::now()) {
+            if destination
+                .dead_until
+                .is_some_and(|until| until <= Instant::now())
+            {
                 destination.dead_until = None;
             }
             !destination.is_unused()
@@ -250,6 +261,8 @@ impl Destinations {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NextHop, Destination>> {
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

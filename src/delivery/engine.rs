@@ -48,7 +48,11 @@ pub struct DeliveryContext {
 }
 
 impl DeliveryContext {
-    pub fn new(config: &Config, spool: Spool, queue: Arc<Queue>) -> anyhow::Result<DeliveryContext> {
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        queue: Arc<Queue>,
+    ) -> anyhow::Result<DeliveryContext> {
         let delivery = &config.delivery;
         Ok(DeliveryContext {
             hostname: config.hostname.clone(),
@@ -79,8 +83,15 @@ impl DeliveryContext {
     /// The next hop for a recipient domain: the first route naming it, else
     /// a `*` route, else its MX hosts.
     pub fn next_hop(&self, domain: &str) -> NextHop {
-        let exact = self.routes.iter().position(|route| route.domains.iter().any(|d| d == domain));
-        let wildcard = || self.routes.iter().position(|route| route.domains.iter().any(|d| d == "*"));
+        let exact = self
+            .routes
+            .iter()
+            .position(|route| route.domains.iter().any(|d| d == domain));
+        let wildcard = || {
+            self.routes
+                .iter()
+                .position(|route| route.domains.iter().any(|d| d == "*"))
+        };
         match exact.or_else(wildcard) {
             Some(index) => NextHop::Route(index),
             None => NextHop::Mx(domain.to_owned()),
@@ -89,7 +100,12 @@ impl DeliveryContext {
 }
 
 /// Starts the dispatchers, the lane workers and the idle-connection sweeper.
-pub fn spawn(context: Arc<DeliveryContext>, lanes: &LanesSettings, tracker: &TaskTracker, shutdown: CancellationToken) {
+pub fn spawn(
+    context: Arc<DeliveryContext>,
+    lanes: &LanesSettings,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
     for lane in Lane::ALL {
         tracker.spawn(dispatch(context.clone(), lane, shutdown.clone()));
         for _ in 0..lanes.get(lane).concurrency {
@@ -150,7 +166,12 @@ fn lane_index(lane: Lane) -> usize {
 }
 
 /// Loads a due message and submits one job per destination.
-async fn start_pass(context: &Arc<DeliveryContext>, lane: Lane, id: QueueId, permit: OwnedSemaphorePermit) {
+async fn start_pass(
+    context: &Arc<DeliveryContext>,
+    lane: Lane,
+    id: QueueId,
+    permit: OwnedSemaphorePermit,
+) {
     let envelope = match context.spool.envelope(id) {
         Ok(Some(bytes)) => match Envelope::decode(&bytes) {
             Ok(envelope) => envelope,
@@ -169,7 +190,11 @@ async fn start_pass(context: &Arc<DeliveryContext>, lane: Lane, id: QueueId, per
         }
         Err(error) => {
             tracing::error!(queue_id = %id, "{id}: cannot read envelope: {error}");
-            context.queue.reschedule(id, lane, tokio::time::Instant::now() + Duration::from_secs(60));
+            context.queue.reschedule(
+                id,
+                lane,
+                tokio::time::Instant::now() + Duration::from_secs(60),
+            );
             return;
         }
     };
@@ -189,7 +214,11 @@ async fn start_pass(context: &Arc<DeliveryContext>, lane: Lane, id: QueueId, per
             .map(|(_, domain)| domain.to_ascii_lowercase())
             .unwrap_or_default();
         let hop = context.next_hop(&domain);
-        groups.entry(format!("{hop:?}")).or_insert_with(|| (hop, Vec::new())).1.push(index);
+        groups
+            .entry(format!("{hop:?}"))
+            .or_insert_with(|| (hop, Vec::new()))
+            .1
+            .push(index);
     }
     if groups.is_empty() {
         match context.spool.remove(id).await {
@@ -201,14 +230,23 @@ async fn start_pass(context: &Arc<DeliveryContext>, lane: Lane, id: QueueId, per
         }
         return;
     }
-    if groups.values().any(|(hop, _)| context.destinations.queued(hop) >= MAX_QUEUED_PER_DESTINATION) {
-        context.queue.reschedule(id, lane, tokio::time::Instant::now() + POSTPONE);
+    if groups
+        .values()
+        .any(|(hop, _)| context.destinations.queued(hop) >= MAX_QUEUED_PER_DESTINATION)
+    {
+        context
+            .queue
+            .reschedule(id, lane, tokio::time::Instant::now() + POSTPONE);
         return;
     }
 
     let pass = Arc::new(Pass::new(id, envelope, groups.len(), permit));
     for (hop, recipients) in groups.into_values() {
-        let job = Job { pass: pass.clone(), hop, recipients };
+        let job = Job {
+            pass: pass.clone(),
+            hop,
+            recipients,
+        };
         if let Err((job, reason)) = context.destinations.submit(job) {
             // Dead destination: deferred at once, no lane slot used.
             let results = job.all(Disposition::Deferred, reason, None);

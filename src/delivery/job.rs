@@ -32,12 +32,20 @@ impl Job {
 
     /// Every recipient of the job gets the same result (DNS failure, dead
     /// destination, no host reachable).
-    pub fn all(&self, disposition: Disposition, reply: RemoteReply, relay: Option<String>) -> Vec<RecipientResult> {
+    pub fn all(
+        &self,
+        disposition: Disposition,
+        reply: RemoteReply,
+        relay: Option<String>,
+    ) -> Vec<RecipientResult> {
         self.recipients
             .iter()
             .map(|&index| RecipientResult {
                 index,
-                outcome: RecipientOutcome { disposition, reply: reply.clone() },
+                outcome: RecipientOutcome {
+                    disposition,
+                    reply: reply.clone(),
+                },
                 relay: relay.clone(),
                 next_hop_offers_dsn: false,
             })
@@ -58,7 +66,11 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
     let targets = match resolve(context, &job.hop).await {
         Ok(targets) => targets,
         Err(error) => {
-            let disposition = if error.is_permanent() { Disposition::Bounced } else { Disposition::Deferred };
+            let disposition = if error.is_permanent() {
+                Disposition::Bounced
+            } else {
+                Disposition::Deferred
+            };
             let reply = RemoteReply::local(error.enhanced_status(), &error.to_string());
             return job.all(disposition, reply, None);
         }
@@ -88,10 +100,17 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
             }
         };
         let relay = Some(relay_name(connection.target()));
-        let batch: Vec<usize> = pending.iter().copied().take(MAX_RECIPIENTS_PER_TRANSACTION).collect();
+        let batch: Vec<usize> = pending
+            .iter()
+            .copied()
+            .take(MAX_RECIPIENTS_PER_TRANSACTION)
+            .collect();
         let attempt = transaction(context, job, &mut connection, &batch).await;
         let lost_before_anything = !attempt.connection_usable
-            && attempt.outcomes.iter().all(|o| o.disposition == Disposition::Deferred && o.reply.code == 0);
+            && attempt
+                .outcomes
+                .iter()
+                .all(|o| o.disposition == Disposition::Deferred && o.reply.code == 0);
         if lost_before_anything && !fresh_connection_tried {
             // A reused connection the server had closed: try a fresh one.
             continue;
@@ -122,18 +141,29 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
             break;
         }
     }
-    let leftover = RemoteReply::local("4.5.3", "too many recipients; retrying in a later transaction");
+    let leftover = RemoteReply::local(
+        "4.5.3",
+        "too many recipients; retrying in a later transaction",
+    );
     results.extend(job.all_of(&pending, Disposition::Deferred, leftover));
     results
 }
 
 impl Job {
-    fn all_of(&self, indices: &[usize], disposition: Disposition, reply: RemoteReply) -> Vec<RecipientResult> {
+    fn all_of(
+        &self,
+        indices: &[usize],
+        disposition: Disposition,
+        reply: RemoteReply,
+    ) -> Vec<RecipientResult> {
         indices
             .iter()
             .map(|&index| RecipientResult {
                 index,
-                outcome: RecipientOutcome { disposition, reply: reply.clone() },
+                outcome: RecipientOutcome {
+                    disposition,
+                    reply: reply.clone(),
+                },
                 relay: None,
                 next_hop_offers_dsn: false,
             })
@@ -142,7 +172,12 @@ impl Job {
 }
 
 fn relay_name(target: &Target) -> String {
-    format!("{}[{}]:{}", target.host, target.address.ip(), target.address.port())
+    format!(
+        "{}[{}]:{}",
+        target.host,
+        target.address.ip(),
+        target.address.port()
+    )
 }
 
 async fn resolve(context: &DeliveryContext, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
@@ -199,7 +234,10 @@ fn connection_policy(
                 RemoteReply::local("4.7.0", "smarthost password file unreadable")
             })?;
             let credentials = match (&route.username, password) {
-                (Some(username), Some(password)) => Some(Credentials { username: username.clone(), password }),
+                (Some(username), Some(password)) => Some(Credentials {
+                    username: username.clone(),
+                    password,
+                }),
                 _ => None,
             };
             Ok((tls, credentials))
@@ -220,17 +258,28 @@ async fn connect(
     let mut last = RemoteReply::local("4.4.4", "no mail exchanger to try");
     let mut all_unreachable = true;
     for target in targets {
-        match Connection::open(target, &context.client_settings, tls, credentials, &context.tls_configs).await {
+        match Connection::open(
+            target,
+            &context.client_settings,
+            tls,
+            credentials,
+            &context.tls_configs,
+        )
+        .await
+        {
             Ok(connection) => return Ok(connection),
             Err(error) => {
                 tracing::info!(
                     queue_id = %job.pass.id,
-                    "{}: connect to {}: {}",
+                    "{}: cannot use {}: {}",
                     job.pass.id,
                     relay_name(target),
                     error.reply()
                 );
-                if !matches!(error.kind, ConnectErrorKind::Connect | ConnectErrorKind::Timeout) {
+                if !matches!(
+                    error.kind,
+                    ConnectErrorKind::Connect | ConnectErrorKind::Timeout
+                ) {
                     all_unreachable = false;
                 }
                 last = error.reply();
@@ -280,7 +329,10 @@ async fn transaction(
             return Attempt {
                 outcomes: batch
                     .iter()
-                    .map(|_| RecipientOutcome { disposition: Disposition::Deferred, reply: reply.clone() })
+                    .map(|_| RecipientOutcome {
+                        disposition: Disposition::Deferred,
+                        reply: reply.clone(),
+                    })
                     .collect(),
                 connection_usable: true,
             };

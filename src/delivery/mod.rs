@@ -1,4 +1,11 @@
-//! Delivery: the outbound SMTP client (and, as they land, lanes,
-//! destinations, outcomes and bounces).
+//! Delivery: the engine (lanes, destinations, passes), the outbound SMTP
+//! client, and delivery status notifications.
 
+mod body;
 pub mod client;
+pub mod destination;
+pub mod dsn;
+pub mod engine;
+pub mod job;
+pub mod pass;
+pub mod report;

@@ -46,7 +46,12 @@ pub struct Pass {
 }
 
 impl Pass {
-    pub fn new(id: QueueId, envelope: Envelope, jobs: usize, in_flight: OwnedSemaphorePermit) -> Pass {
+    pub fn new(
+        id: QueueId,
+        envelope: Envelope,
+        jobs: usize,
+        in_flight: OwnedSemaphorePermit,
+    ) -> Pass {
         Pass {
             id,
             lane: envelope.lane,
@@ -66,7 +71,7 @@ impl Pass {
 
     /// Records one job's results; the last job finalises the pass.
     pub async fn record(&self, context: &DeliveryContext, results: Vec<RecipientResult>) {
-        let delivered = self.apply_results(context, results);
+        let delivered = self.apply_results(results);
         if !delivered.is_empty() {
             let bytes = {
                 let mut persisted = lock(&self.persisted);
@@ -86,18 +91,25 @@ impl Pass {
 
     /// Updates recipient states and logs one line per recipient. Returns the
     /// indices delivered.
-    fn apply_results(&self, context: &DeliveryContext, results: Vec<RecipientResult>) -> Vec<usize> {
+    fn apply_results(&self, results: Vec<RecipientResult>) -> Vec<usize> {
         let mut envelope = lock(&self.envelope);
         let mut notes = lock(&self.notes);
         let mut delivered = Vec::new();
-        let delay = self.started.duration_since(envelope.arrival()).unwrap_or_default();
+        let delay = self
+            .started
+            .duration_since(envelope.arrival())
+            .unwrap_or_default();
         for result in results {
-            let Some(recipient) = envelope.recipients.get_mut(result.index) else { continue };
+            let Some(recipient) = envelope.recipients.get_mut(result.index) else {
+                continue;
+            };
             let reply = result.outcome.reply;
             let (status, word) = match result.outcome.disposition {
                 Disposition::Delivered => (RecipientStatus::Delivered, "sent"),
                 Disposition::Bounced => (RecipientStatus::Bounced, "bounced"),
-                Disposition::Deferred | Disposition::RetryNow => (RecipientStatus::Deferred, "deferred"),
+                Disposition::Deferred | Disposition::RetryNow => {
+                    (RecipientStatus::Deferred, "deferred")
+                }
             };
             tracing::info!(
                 queue_id = %self.id,
@@ -114,11 +126,21 @@ impl Pass {
                 RecipientStatus::Delivered => {
                     delivered.push(result.index);
                     if recipient.notify.success && !result.next_hop_offers_dsn {
-                        notes.push(Note::new(result.index, NoteKind::Relayed, reply, result.relay));
+                        notes.push(Note::new(
+                            result.index,
+                            NoteKind::Relayed,
+                            reply,
+                            result.relay,
+                        ));
                     }
                 }
                 RecipientStatus::Bounced => {
-                    notes.push(Note::new(result.index, NoteKind::Failed, reply, result.relay));
+                    notes.push(Note::new(
+                        result.index,
+                        NoteKind::Failed,
+                        reply,
+                        result.relay,
+                    ));
                 }
                 _ => {}
             }
@@ -140,7 +162,10 @@ impl Pass {
         if !open.is_empty() && context.policy.is_expired(age) {
             for &index in &open {
                 let recipient = &mut envelope.recipients[index];
-                let last = recipient.last_reply.clone().unwrap_or_else(|| "no attempt succeeded".to_owned());
+                let last = recipient
+                    .last_reply
+                    .clone()
+                    .unwrap_or_else(|| "no attempt succeeded".to_owned());
                 tracing::info!(
                     queue_id = %self.id,
                     "{}: to=<{}>, delay={:.0}, dsn=4.4.7, status=expired (gave up after {}; last: {last})",
@@ -150,7 +175,10 @@ impl Pass {
                     humantime::format_duration(Duration::from_secs(age.as_secs())),
                 );
                 recipient.status = RecipientStatus::Bounced;
-                let reply = RemoteReply::local("4.4.7", &format!("delivery time expired; last reply: {last}"));
+                let reply = RemoteReply::local(
+                    "4.4.7",
+                    &format!("delivery time expired; last reply: {last}"),
+                );
                 notes.push(Note::new(index, NoteKind::Failed, reply, None));
             }
         } else if !open.is_empty()
@@ -160,8 +188,16 @@ impl Pass {
         {
             for &index in &open {
                 if envelope.recipients[index].notify.delay {
-                    let last = envelope.recipients[index].last_reply.clone().unwrap_or_default();
-                    notes.push(Note::new(index, NoteKind::Delayed, RemoteReply::local("4.4.7", &last), None));
+                    let last = envelope.recipients[index]
+                        .last_reply
+                        .clone()
+                        .unwrap_or_default();
+                    notes.push(Note::new(
+                        index,
+                        NoteKind::Delayed,
+                        RemoteReply::local("4.4.7", &last),
+                        None,
+                    ));
                 }
             }
             envelope.delay_warned = true;
@@ -178,11 +214,18 @@ impl Pass {
         changes.push(if complete {
             Change::Remove { id: self.id }
         } else {
-            Change::UpdateEnvelope { id: self.id, envelope: envelope.encode() }
+            Change::UpdateEnvelope {
+                id: self.id,
+                envelope: envelope.encode(),
+            }
         });
         let mut queued_reports = Vec::new();
         for (id, report_envelope, body) in reports {
-            changes.push(Change::Insert { id, envelope: report_envelope.encode(), body });
+            changes.push(Change::Insert {
+                id,
+                envelope: report_envelope.encode(),
+                body,
+            });
             queued_reports.push((id, report_envelope));
         }
         match context.spool.apply(changes).await {
@@ -195,19 +238,29 @@ impl Pass {
                     tracing::info!(queue_id = %self.id, "{}: removed", self.id);
                     context.queue.remove(self.id);
                 } else {
-                    context.queue.reschedule(self.id, self.lane, tokio::time::Instant::now() + retry_in);
+                    context.queue.reschedule(
+                        self.id,
+                        self.lane,
+                        tokio::time::Instant::now() + retry_in,
+                    );
                 }
             }
             Err(error) => {
                 // Nothing of this pass was stored: try again later; at worst
                 // a delivered recipient is delivered twice (DESIGN §3.2).
                 tracing::error!(queue_id = %self.id, "{}: cannot record the delivery pass: {error}", self.id);
-                context.queue.reschedule(self.id, self.lane, tokio::time::Instant::now() + Duration::from_secs(60));
+                context.queue.reschedule(
+                    self.id,
+                    self.lane,
+                    tokio::time::Instant::now() + Duration::from_secs(60),
+                );
             }
         }
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

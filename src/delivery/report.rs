@@ -37,7 +37,13 @@ pub struct Note {
 
 impl Note {
     pub fn new(index: usize, kind: NoteKind, reply: RemoteReply, relay: Option<String>) -> Note {
-        Note { index, kind, reply, relay, at: SystemTime::now() }
+        Note {
+            index,
+            kind,
+            reply,
+            relay,
+            at: SystemTime::now(),
+        }
     }
 }
 
@@ -64,7 +70,9 @@ pub fn build(
     for kind in [NoteKind::Failed, NoteKind::Delayed, NoteKind::Relayed] {
         let selected: Vec<&Note> = notes
             .iter()
-            .filter(|note| note.kind == kind && wants(&envelope.recipients[note.index].notify, kind))
+            .filter(|note| {
+                note.kind == kind && wants(&envelope.recipients[note.index].notify, kind)
+            })
             .collect();
         if selected.is_empty() {
             continue;
@@ -141,7 +149,8 @@ fn reported(context: &DeliveryContext, envelope: &Envelope, note: &Note) -> Repo
         diagnostic: (note.reply.code != 0).then(|| note.reply.to_string()),
         remote_mta,
         last_attempt: Some(note.at),
-        will_retry_until: (note.kind == NoteKind::Delayed).then(|| envelope.arrival() + context.policy.max_age),
+        will_retry_until: (note.kind == NoteKind::Delayed)
+            .then(|| envelope.arrival() + context.policy.max_age),
     }
 }
 
@@ -159,7 +168,9 @@ fn read_original(context: &DeliveryContext, id: QueueId, ret: Option<Ret>) -> Ve
                 tracing::warn!(queue_id = %id, "{id}: cannot read the original for its DSN: {error}");
             }
         }
-        Err(error) => tracing::warn!(queue_id = %id, "{id}: cannot read the original for its DSN: {error}"),
+        Err(error) => {
+            tracing::warn!(queue_id = %id, "{id}: cannot read the original for its DSN: {error}")
+        }
     }
     if ret != Some(Ret::Full)
         && let Some(end) = memchr::memmem::find(&original, b"\r\n\r\n")

@@ -1,6 +1,7 @@
 //! Test harness: the real `relayq` binary on a temporary spool and an
 //! ephemeral loopback port, and a small blocking SMTP client.
 #![allow(dead_code)] // Each test file uses a different part of the harness.
+pub mod delivery;
 pub mod dns_server;
 
 pub mod fake_mx;
@@ -27,12 +28,19 @@ pub struct TestRelay {
     pub addresses: Vec<SocketAddr>,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Extra environment for the relay process (e.g. SSL_CERT_FILE).
+    env: Vec<(String, String)>,
 }
 
 impl TestRelay {
     /// Starts relayq with a config on a fresh spool; `extra` is appended to
     /// the TOML (it may add sections such as `[smtp]` keys).
     pub fn start(extra: &str) -> TestRelay {
+        TestRelay::start_with_env(extra, &[])
+    }
+
+    /// As `start`, with extra environment variables for the relay.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> TestRelay {
         let directory = tempfile::tempdir().expect("temp dir");
         let config_path = directory.path().join("relayq.toml");
         let spool = directory.path().join("spool");
@@ -45,6 +53,10 @@ impl TestRelay {
             addresses: Vec::new(),
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         relay.launch();
         relay
@@ -63,6 +75,7 @@ impl TestRelay {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
