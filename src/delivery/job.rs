@@ -71,7 +71,7 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
             } else {
                 Disposition::Deferred
             };
-            let reply = RemoteReply::local(error.enhanced_status(), &error.to_string());
+            let reply = RemoteReply::local(error.enhanced_status(), error.to_string());
             return job.all(disposition, reply, None);
         }
     };

@@ -177,7 +177,7 @@ impl Pass {
                 recipient.status = RecipientStatus::Bounced;
                 let reply = RemoteReply::local(
                     "4.4.7",
-                    &format!("delivery time expired; last reply: {last}"),
+                    format!("delivery time expired; last reply: {last}"),
                 );
                 notes.push(Note::new(index, NoteKind::Failed, reply, None));
             }
@@ -195,7 +195,7 @@ impl Pass {
                     notes.push(Note::new(
                         index,
                         NoteKind::Delayed,
-                        RemoteReply::local("4.4.7", &last),
+                        RemoteReply::local("4.4.7", last),
                         None,
                     ));
                 }
