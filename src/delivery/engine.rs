@@ -99,17 +99,35 @@ impl DeliveryContext {
     }
 }
 
+/// How long deliveries in flight may go on after shutdown begins. Then they
+/// are dropped: their recipients keep their state in the spool and are tried
+/// again after the restart (at worst a duplicate, DESIGN §3.2).
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
+
 /// Starts the dispatchers, the lane workers and the idle-connection sweeper.
+/// On `shutdown` they stop taking work; deliveries in flight get
+/// `DELIVERY_GRACE` to finish.
 pub fn spawn(
     context: Arc<DeliveryContext>,
     lanes: &LanesSettings,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let abort = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        let abort = abort.clone();
+        // Not tracked: shutdown must not wait for this timer itself.
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DELIVERY_GRACE).await;
+            abort.cancel();
+        });
+    }
     for lane in Lane::ALL {
         tracker.spawn(dispatch(context.clone(), lane, shutdown.clone()));
         for _ in 0..lanes.get(lane).concurrency {
-            tracker.spawn(work(context.clone(), lane, shutdown.clone()));
+            tracker.spawn(work(context.clone(), lane, shutdown.clone(), abort.clone()));
         }
     }
     tracker.spawn(sweep(context, shutdown));
@@ -133,14 +151,22 @@ async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: Cancellat
     }
 }
 
-async fn work(context: Arc<DeliveryContext>, lane: Lane, shutdown: CancellationToken) {
+async fn work(
+    context: Arc<DeliveryContext>,
+    lane: Lane,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
     loop {
         let job = tokio::select! {
             job = context.destinations.take(lane) => job,
             _ = shutdown.cancelled() => return,
         };
         let hop = job.hop.clone();
-        job::run(&context, job).await;
+        tokio::select! {
+            _ = job::run(&context, job) => {}
+            _ = abort.cancelled() => return,
+        }
         context.destinations.finished(&hop);
     }
 }

@@ -39,6 +39,8 @@ struct Node {
 #[derive(Debug, Default, Clone)]
 pub struct Zone {
     nodes: HashMap<String, Node>,
+    /// Answer SERVFAIL (not NXDOMAIN) for names not listed.
+    servfail_unknown: bool,
 }
 
 impl Zone {
@@ -75,6 +77,12 @@ impl Zone {
     /// Queries for this name are answered only after `by`.
     pub fn delay(mut self, name: &str, by: Duration) -> Self {
         self.node(name).delay = Some(by);
+        self
+    }
+
+    /// Names not listed get SERVFAIL: mail to them is deferred, not bounced.
+    pub fn servfail_unknown(mut self) -> Self {
+        self.servfail_unknown = true;
         self
     }
 
@@ -194,6 +202,9 @@ impl ZoneHandler {
             soa: vec![soa_record()],
         };
         let Some(node) = self.zone.nodes.get(&key(&name.to_ascii())) else {
+            if self.zone.servfail_unknown {
+                return reply(ResponseCode::ServFail, Vec::new());
+            }
             return negative(ResponseCode::NXDomain);
         };
         if node.servfail {

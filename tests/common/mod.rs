@@ -30,6 +30,8 @@ pub struct TestRelay {
     logs: Arc<Mutex<Vec<String>>>,
     /// Extra environment for the relay process (e.g. SSL_CERT_FILE).
     env: Vec<(String, String)>,
+    /// The default DNS server, when the test did not configure one.
+    _dns: Option<dns_server::TestDns>,
 }
 
 impl TestRelay {
@@ -44,7 +46,12 @@ impl TestRelay {
         let directory = tempfile::tempdir().expect("temp dir");
         let config_path = directory.path().join("relayq.toml");
         let spool = directory.path().join("spool");
-        let config = test_config(&spool, extra);
+        // Tests never reach a real resolver: without a `[dns]` section of
+        // their own, the relay asks a local server that answers SERVFAIL, so
+        // mail of intake-only tests is deferred and stays in the spool.
+        let dns = (!extra.contains("[dns]"))
+            .then(|| dns_server::TestDns::start(dns_server::Zone::default().servfail_unknown()));
+        let config = test_config(&spool, extra, dns.as_ref().map(|dns| dns.address));
         std::fs::write(&config_path, config).expect("write config");
         let mut relay = TestRelay {
             directory,
@@ -57,6 +64,7 @@ impl TestRelay {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            _dns: dns,
         };
         relay.launch();
         relay
@@ -203,7 +211,7 @@ impl Drop for TestRelay {
 
 /// The harness's config: `extra` may contain its own `[spool]` section (the
 /// spool path is added to it) and its own `[[listener]]`s.
-fn test_config(spool: &Path, extra: &str) -> String {
+fn test_config(spool: &Path, extra: &str, dns: Option<SocketAddr>) -> String {
     let spool_line = format!("path = \"{}\"\n", spool.display());
     let mut config = String::from("hostname = \"relay.test.example\"\n");
     let extra = if extra.contains("[spool]\n") {
@@ -212,6 +220,9 @@ fn test_config(spool: &Path, extra: &str) -> String {
         config.push_str(&format!("[spool]\n{spool_line}"));
         extra.to_owned()
     };
+    if let Some(dns) = dns {
+        config.push_str(&format!("[dns]\nnameservers = [\"{dns}\"]\n"));
+    }
     if !extra.contains("[[listener]]") {
         config.push_str("[[listener]]\naddress = \"127.0.0.1:0\"\n");
     }
