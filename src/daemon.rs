@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::delivery::{self, engine::DeliveryContext};
+use crate::events::Events;
 use crate::queue::Queue;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
@@ -55,7 +56,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let queue = Arc::new(queue);
     let tracker = TaskTracker::new();
-    let delivery = DeliveryContext::new(&config, spool.clone(), queue.clone())
+    let events = Events::new();
+    let delivery = DeliveryContext::new(&config, spool.clone(), queue.clone(), events.clone())
         .context("cannot set up delivery")?;
     let delivery_shutdown = CancellationToken::new();
     delivery::engine::spawn(
@@ -78,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         queue: queue.clone(),
         free_space: FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space),
         shutdown: shutdown.clone(),
+        events: events.clone(),
     });
 
     let limit_connections = Arc::new(Semaphore::new(config.smtp.max_connections));

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
+pub mod events;
 pub mod logging;
 pub mod queue;
 pub mod smtp;

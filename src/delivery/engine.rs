@@ -17,6 +17,7 @@ use super::job::{self, Job};
 use super::pass::Pass;
 use crate::config::{Config, LanesSettings, Route, TlsPolicy};
 use crate::dns::MxResolver;
+use crate::events::Events;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{Envelope, Lane, Queue};
 use crate::tls::TlsConfigs;
@@ -44,6 +45,7 @@ pub struct DeliveryContext {
     pub delivery_port: u16,
     pub tls_policy: TlsPolicy,
     pub routes: Vec<Route>,
+    pub events: Events,
     in_flight: [Arc<Semaphore>; 2],
 }
 
@@ -52,6 +54,7 @@ impl DeliveryContext {
         config: &Config,
         spool: Spool,
         queue: Arc<Queue>,
+        events: Events,
     ) -> anyhow::Result<DeliveryContext> {
         let delivery = &config.delivery;
         Ok(DeliveryContext {
@@ -73,6 +76,7 @@ impl DeliveryContext {
             delivery_port: delivery.port,
             tls_policy: delivery.tls,
             routes: config.routes.clone(),
+            events,
             in_flight: [
                 Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),
                 Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),

@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::client::{Disposition, RecipientOutcome, RemoteReply};
 use super::engine::DeliveryContext;
 use super::report::{self, Note, NoteKind};
+use crate::events::{Event, EventKind, Events};
 use crate::queue::envelope::{RecipientStatus, unix_ms};
 use crate::queue::retry::jitter_unit;
 use crate::queue::{Envelope, Lane};
@@ -71,7 +72,7 @@ impl Pass {
 
     /// Records one job's results; the last job finalises the pass.
     pub async fn record(&self, context: &DeliveryContext, results: Vec<RecipientResult>) {
-        let delivered = self.apply_results(results);
+        let delivered = self.apply_results(&context.events, results);
         if !delivered.is_empty() {
             let bytes = {
                 let mut persisted = lock(&self.persisted);
@@ -91,7 +92,7 @@ impl Pass {
 
     /// Updates recipient states and logs one line per recipient. Returns the
     /// indices delivered.
-    fn apply_results(&self, results: Vec<RecipientResult>) -> Vec<usize> {
+    fn apply_results(&self, events: &Events, results: Vec<RecipientResult>) -> Vec<usize> {
         let mut envelope = lock(&self.envelope);
         let mut notes = lock(&self.notes);
         let mut delivered = Vec::new();
@@ -104,13 +105,22 @@ impl Pass {
                 continue;
             };
             let reply = result.outcome.reply;
-            let (status, word) = match result.outcome.disposition {
-                Disposition::Delivered => (RecipientStatus::Delivered, "sent"),
-                Disposition::Bounced => (RecipientStatus::Bounced, "bounced"),
+            let (status, word, kind) = match result.outcome.disposition {
+                Disposition::Delivered => {
+                    (RecipientStatus::Delivered, "sent", EventKind::Delivered)
+                }
+                Disposition::Bounced => (RecipientStatus::Bounced, "bounced", EventKind::Bounced),
                 Disposition::Deferred | Disposition::RetryNow => {
-                    (RecipientStatus::Deferred, "deferred")
+                    (RecipientStatus::Deferred, "deferred", EventKind::Deferred)
                 }
             };
+            let mut event = Event::new(kind, self.id, self.lane);
+            event.recipient = Some(recipient.address.clone());
+            event.relay = result.relay.clone();
+            event.status = Some(reply.status.clone());
+            event.reply = Some(reply.to_string());
+            event.delay = Some(delay.as_secs_f64());
+            events.publish(event);
             tracing::info!(
                 queue_id = %self.id,
                 "{}: to=<{}>, relay={}, delay={:.1}, dsn={}, status={word} ({reply})",
@@ -174,6 +184,12 @@ impl Pass {
                     age.as_secs_f64(),
                     humantime::format_duration(Duration::from_secs(age.as_secs())),
                 );
+                let mut event = Event::new(EventKind::Expired, self.id, self.lane);
+                event.recipient = Some(recipient.address.clone());
+                event.status = Some("4.4.7".to_owned());
+                event.reply = Some(last.clone());
+                event.delay = Some(age.as_secs_f64());
+                context.events.publish(event);
                 recipient.status = RecipientStatus::Bounced;
                 let reply = RemoteReply::local(
                     "4.4.7",
@@ -237,6 +253,9 @@ impl Pass {
                 if complete {
                     tracing::info!(queue_id = %self.id, "{}: removed", self.id);
                     context.queue.remove(self.id);
+                    context
+                        .events
+                        .publish(Event::new(EventKind::Removed, self.id, self.lane));
                 } else {
                     context.queue.reschedule(
                         self.id,

@@ -254,6 +254,14 @@ path = "$RQ_DIR/spool"
 address = "127.0.0.1:$RQ_PORT"
 [smtp]
 max_connections = 2000
+# Like the Postfix instance, relay everything to the smtp-sink; no DNS.
+[[route]]
+domains = ["*"]
+host = "127.0.0.1"
+port = $SINK_PORT
+tls = "none"
+[dns]
+nameservers = ["127.0.0.1:9"]
 EOF
     "$RELAYQ_BIN" serve --config "$RQ_DIR/relayq.toml" >"$RQ_DIR/relayq.log" 2>&1 &
     RQ_PID=$!

@@ -109,7 +109,7 @@ def main():
     w("  conn=reuse: smtp-source -d, messages follow each other on the same session (no RSET).")
     w("  size = payload bytes (-l), ~150 bytes of headers extra; MB/s counts payload, 10^6 bytes.")
     w("  Receivers: smtp-sink = discards (ceiling); postfix = own instance, fsync per queue file,")
-    w("  relays to the sink; relayq = fresh spool per case, nothing delivered (no delivery engine).")
+    w("  relays to the sink; relayq = fresh spool per case, relays to the sink through a route.")
     w("  Client and server share the machine's CPUs. other% = CPU used during the case by processes other")
     w("  than receiver and client, in % of all CPUs (max over runs); high values mean a noisy measurement.")
     w("")

@@ -12,6 +12,7 @@ use super::super::data::{DataReader, LineEndings};
 use super::super::message::{MessageBuilder, TraceHeaders};
 use super::super::reply::{self, Reply};
 use super::{Next, Session};
+use crate::events::{Event, EventKind};
 use crate::queue::Lane;
 use crate::queue::envelope::{ENVELOPE_VERSION, Envelope, unix_ms};
 use crate::timefmt;
@@ -233,6 +234,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.client_ip(),
                 );
                 self.shared.queue.insert(id, &envelope);
+                let mut event = Event::new(EventKind::Accepted, id, lane);
+                event.sender = Some(envelope.reverse_path.clone());
+                event.recipients = Some(envelope.recipients.len());
+                event.size = Some(envelope.size);
+                event.client = envelope.client_address;
+                self.shared.events.publish(event);
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
             }
             Err(error) => {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::{self, Command, ParseContext};
 use super::reply::{self, Reply};
+use crate::events::Events;
 use crate::queue::{Lane, Queue};
 use crate::storage::FreeSpace;
 use content::BdatState;
@@ -47,6 +48,7 @@ pub struct SessionShared {
     pub spool: Spool,
     pub queue: Arc<Queue>,
     pub free_space: FreeSpace,
+    pub events: Events,
     pub shutdown: CancellationToken,
 }
 

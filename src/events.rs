@@ -1,0 +1,153 @@
+//! Queue events, published as they happen: `queue tail` follows them and
+//! metrics count them. Publishing never blocks: a subscriber that falls
+//! behind loses the oldest events (and is told how many), the queue does not
+//! slow down for it.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use relayq_spool::QueueId;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::queue::Lane;
+
+/// Events kept for slow subscribers before the oldest are dropped.
+const BACKLOG: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Accepted,
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+    Held,
+    Released,
+    Deleted,
+    Retried,
+    Removed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Bounced => "bounced",
+            EventKind::Expired => "expired",
+            EventKind::Held => "held",
+            EventKind::Released => "released",
+            EventKind::Deleted => "deleted",
+            EventKind::Retried => "retried",
+            EventKind::Removed => "removed",
+        }
+    }
+}
+
+/// One event. Fields that do not apply are `None`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// RFC 3339.
+    pub time: String,
+    pub event: EventKind,
+    pub id: String,
+    pub lane: Lane,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<IpAddr>,
+    /// Seconds from arrival to this event (delivery and bounce events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<f64>,
+}
+
+impl Event {
+    pub fn new(event: EventKind, id: QueueId, lane: Lane) -> Event {
+        Event {
+            time: crate::timefmt::rfc3339(SystemTime::now()),
+            event,
+            id: id.to_string(),
+            lane,
+            sender: None,
+            recipient: None,
+            recipients: None,
+            size: None,
+            relay: None,
+            status: None,
+            reply: None,
+            client: None,
+            delay: None,
+        }
+    }
+
+    /// One line for `queue tail` without `--json`.
+    pub fn to_text(&self) -> String {
+        let mut line = format!(
+            "{} {} {:<9} lane={}",
+            self.time,
+            self.id,
+            self.event.as_str(),
+            self.lane
+        );
+        let mut field = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                line.push_str(&format!(" {name}={value}"));
+            }
+        };
+        field("from", self.sender.as_ref().map(|s| format!("<{s}>")));
+        field("to", self.recipient.as_ref().map(|r| format!("<{r}>")));
+        field("nrcpt", self.recipients.map(|n| n.to_string()));
+        field("size", self.size.map(|n| n.to_string()));
+        field("relay", self.relay.clone());
+        field("delay", self.delay.map(|d| format!("{d:.1}")));
+        field("dsn", self.status.clone());
+        if let Some(reply) = &self.reply {
+            line.push_str(&format!(" ({reply})"));
+        }
+        line
+    }
+}
+
+/// The publishing side, cloned into every component that reports events.
+#[derive(Clone)]
+pub struct Events {
+    sender: broadcast::Sender<Event>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}
+
+impl Events {
+    pub fn new() -> Events {
+        Events {
+            sender: broadcast::channel(BACKLOG).0,
+        }
+    }
+
+    /// Publishes an event; with no subscriber it is simply dropped.
+    pub fn publish(&self, event: Event) {
+        let _ = self.sender.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.sender.subscribe()
+    }
+}
