@@ -257,6 +257,7 @@ impl Pass {
                         .events
                         .publish(Event::new(EventKind::Removed, self.id, self.lane));
                 } else {
+                    context.queue.set_attempts(self.id, envelope.attempts);
                     context.queue.reschedule(
                         self.id,
                         self.lane,

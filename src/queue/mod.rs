@@ -35,6 +35,45 @@ pub enum Phase {
 pub struct Entry {
     pub lane: Lane,
     pub phase: Phase,
+    /// Arrival, in milliseconds since the Unix epoch (for ages).
+    pub arrival_ms: u64,
+    /// Delivery attempts so far: a waiting message with attempts is
+    /// "deferred", without is "ready".
+    pub attempts: u32,
+}
+
+/// The state names of DESIGN §6 (`queue list`, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Ready,
+    Active,
+    Deferred,
+    Held,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [State::Ready, State::Active, State::Deferred, State::Held];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::Active => "active",
+            State::Deferred => "deferred",
+            State::Held => "held",
+        }
+    }
+}
+
+impl Entry {
+    pub fn state(&self) -> State {
+        match self.phase {
+            Phase::Active => State::Active,
+            Phase::Held => State::Held,
+            Phase::Waiting { .. } if self.attempts > 0 => State::Deferred,
+            Phase::Waiting { .. } => State::Ready,
+        }
+    }
 }
 
 /// What startup recovery found.
@@ -115,12 +154,38 @@ impl Queue {
                 due: instant_for(envelope.next_attempt_ms),
             }
         };
-        self.set(id, envelope.lane, phase);
+        self.set(
+            id,
+            envelope.lane,
+            phase,
+            envelope.arrival_ms,
+            envelope.attempts,
+        );
     }
 
     /// After a pass that left recipients to retry: wait until `due`.
     pub fn reschedule(&self, id: QueueId, lane: Lane, due: Instant) {
-        self.set(id, lane, Phase::Waiting { due });
+        let (arrival_ms, attempts) = self
+            .get(id)
+            .map(|entry| (entry.arrival_ms, entry.attempts))
+            .unwrap_or((envelope::unix_ms(SystemTime::now()), 0));
+        self.set(id, lane, Phase::Waiting { due }, arrival_ms, attempts);
+    }
+
+    /// Records that a pass ended with `attempts` attempts in total.
+    pub fn set_attempts(&self, id: QueueId, attempts: u32) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            entry.attempts = attempts;
+        }
+    }
+
+    /// Every queued message with its entry, in queue id order.
+    pub fn snapshot(&self) -> Vec<(QueueId, Entry)> {
+        self.lock()
+            .entries
+            .iter()
+            .map(|(id, entry)| (*id, *entry))
+            .collect()
     }
 
     pub fn remove(&self, id: QueueId) -> Option<Entry> {
@@ -183,9 +248,15 @@ impl Queue {
         }
     }
 
-    fn set(&self, id: QueueId, lane: Lane, phase: Phase) {
+    fn set(&self, id: QueueId, lane: Lane, phase: Phase, arrival_ms: u64, attempts: u32) {
         let mut state = self.lock();
-        if let Some(previous) = state.entries.insert(id, Entry { lane, phase })
+        let entry = Entry {
+            lane,
+            phase,
+            arrival_ms,
+            attempts,
+        };
+        if let Some(previous) = state.entries.insert(id, entry)
             && let Phase::Waiting { due } = previous.phase
         {
             state.waiting[index(previous.lane)].remove(&(due, id));
@@ -256,7 +327,7 @@ mod tests {
         let queue = Queue::default();
         queue.reschedule(id(1), Lane::High, Instant::now());
         queue.remove(id(1));
-        queue.set(id(2), Lane::High, Phase::Held);
+        queue.set(id(2), Lane::High, Phase::Held, 0, 0);
         queue.reschedule(id(3), Lane::High, Instant::now() + Duration::from_secs(1));
         assert_eq!(queue.next_due(Lane::High).await, id(3));
         assert_eq!(queue.len(), 2);
