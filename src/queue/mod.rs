@@ -88,7 +88,7 @@ pub struct Recovery {
 }
 
 #[derive(Default)]
-struct State {
+struct Schedule {
     entries: BTreeMap<QueueId, Entry>,
     /// Per lane (index `lane as usize`): waiting messages by due time.
     waiting: [BTreeSet<(Instant, QueueId)>; 2],
@@ -96,7 +96,7 @@ struct State {
 
 #[derive(Default)]
 pub struct Queue {
-    state: Mutex<State>,
+    state: Mutex<Schedule>,
     /// Wakes a lane's dispatcher when an earlier due time appears.
     wake: [Notify; 2],
 }
@@ -272,7 +272,7 @@ impl Queue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
         // Every operation leaves the maps consistent before it can panic, so
         // a poisoned lock still guards valid data.
         self.state
