@@ -252,3 +252,13 @@ fn connection_cap_makes_new_clients_wait() {
         "greeted once a slot is free"
     );
 }
+
+#[test]
+fn low_disk_space_refuses_new_mail_with_4xx() {
+    // More free space than any disk has: the guard must refuse at connect.
+    let relay = TestRelay::start("[spool]\nmin_free_space = 1000000000000000000\n");
+    let mut client = relay.client();
+    let greeting = client.read();
+    assert_eq!(status(&greeting), (421, "4.3.1".into()), "{greeting:?}");
+    assert!(client.try_read().is_none(), "closed after 421");
+}

@@ -73,7 +73,11 @@ impl Pass {
     /// Records one job's results; the last job finalises the pass.
     pub async fn record(&self, context: &DeliveryContext, results: Vec<RecipientResult>) {
         let delivered = self.apply_results(&context.events, results);
-        if !delivered.is_empty() {
+        // The last job's results are committed by `finalize` right away; an
+        // earlier job's deliveries are committed now, so that a crash before
+        // the pass ends does not send them again.
+        let last_job = self.jobs_remaining.load(Ordering::Acquire) == 1;
+        if !delivered.is_empty() && !last_job {
             let bytes = {
                 let mut persisted = lock(&self.persisted);
                 for index in &delivered {
