@@ -8,9 +8,11 @@
 //! deferred. Names are made absolute here, and the resolver is built with no
 //! search list at all, so neither layer alone can reintroduce the bug.
 
+mod lookup;
+mod names;
 mod order;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,16 +21,16 @@ use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError as ResponseError, NetError, NoRecords};
-use hickory_resolver::proto::op::{Query, ResponseCode};
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::{Hosts, TokioResolver};
 use tokio::time::Instant;
 
 use crate::config::{DnsSettings, IpVersion};
 
+use self::lookup::{Answer, HostLookup, mx_of};
+use self::names::{absolute_name, domain_literal, host_text};
 pub use self::order::MAX_TARGETS;
-use self::order::{Exchange, HostAddresses, ResolvedHost, SplitMix64};
+use self::order::{HostAddresses, ResolvedHost, SplitMix64};
 
 /// One address to deliver to, in the order returned by
 /// [`MxResolver::mail_targets`].
@@ -116,22 +118,6 @@ struct Inner {
     hosts: Hosts,
     ip_version: IpVersion,
     total: Duration,
-}
-
-/// What one query said, short of a temporary failure.
-enum Answer<T> {
-    Records(Vec<T>),
-    /// NOERROR with no records of the type asked for.
-    NoData,
-    NxDomain,
-}
-
-/// What became of looking up one host's addresses.
-enum HostLookup {
-    Found(HostAddresses),
-    NoSuchHost,
-    NoAddresses,
-    Temporary(String),
 }
 
 impl MxResolver {
@@ -226,47 +212,9 @@ impl MxResolver {
             )));
         };
 
-        let mut resolved: Vec<ResolvedHost> = Vec::new();
-        let mut found = 0;
-        let mut first_problem: Option<String> = None;
-        for (index, (preference, host)) in exchanges.iter().enumerate() {
-            // Enough addresses: stop, but finish the preference level first,
-            // since prefer_ipv4/prefer_ipv6 reorder within a level.
-            let new_level = index == 0 || exchanges[index - 1].0 != *preference;
-            if found >= MAX_TARGETS && new_level {
-                break;
-            }
-            let mx_host = host_text(host);
-            let lookup = match tokio::time::timeout_at(deadline, self.resolve_host(host)).await {
-                Ok(lookup) => lookup,
-                Err(_) => {
-                    first_problem.get_or_insert(format!(
-                        "timeout resolving the MX hosts of {readable} (stopped at {mx_host})"
-                    ));
-                    break;
-                }
-            };
-            match lookup {
-                HostLookup::Found(addresses) => {
-                    found += addresses.ipv4.len() + addresses.ipv6.len();
-                    resolved.push(ResolvedHost {
-                        host: mx_host,
-                        preference: *preference,
-                        addresses,
-                    });
-                }
-                HostLookup::NoSuchHost => {
-                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host does not exist");
-                }
-                HostLookup::NoAddresses => {
-                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host has no usable address");
-                }
-                HostLookup::Temporary(reason) => {
-                    first_problem.get_or_insert(reason);
-                }
-            }
-        }
-
+        let (resolved, first_problem) = self
+            .resolve_exchanges(&readable, &exchanges, deadline)
+            .await;
         let targets = order::order_targets(&resolved, self.inner.ip_version);
         if targets.is_empty() {
             let hosts: Vec<String> = exchanges.iter().map(|(_, host)| host_text(host)).collect();
@@ -326,6 +274,59 @@ impl MxResolver {
         Ok(targets.into_iter().map(|target| target.address).collect())
     }
 
+    /// The addresses of MX hosts in order, until [`MAX_TARGETS`] are known or
+    /// time is up, and the first temporary failure met on the way. Hosts
+    /// that do not exist or have no address are skipped.
+    async fn resolve_exchanges(
+        &self,
+        readable: &str,
+        exchanges: &[(u16, Name)],
+        deadline: Instant,
+    ) -> (Vec<ResolvedHost>, Option<String>) {
+        let mut resolved: Vec<ResolvedHost> = Vec::new();
+        let mut found = 0;
+        let mut first_problem: Option<String> = None;
+        for (index, (preference, host)) in exchanges.iter().enumerate() {
+            // Enough addresses: stop, but finish the preference level first,
+            // since prefer_ipv4/prefer_ipv6 reorder within a level.
+            let new_level = index == 0 || exchanges[index - 1].0 != *preference;
+            if found >= MAX_TARGETS && new_level {
+                break;
+            }
+            let mx_host = host_text(host);
+            let lookup = match tokio::time::timeout_at(deadline, self.resolve_host(host)).await {
+                Ok(lookup) => lookup,
+                Err(_) => {
+                    first_problem.get_or_insert(format!(
+                        "timeout resolving the MX hosts of {readable} (stopped at {mx_host})"
+                    ));
+                    break;
+                }
+            };
+            match lookup {
+                HostLookup::Found(addresses) => {
+                    found += addresses.ipv4.len() + addresses.ipv6.len();
+                    resolved.push(ResolvedHost {
+                        host: mx_host,
+                        preference: *preference,
+                        addresses,
+                    });
+                }
+                HostLookup::NoSuchHost => {
+                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host does not exist");
+                }
+                HostLookup::NoAddresses => {
+                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host has no usable address");
+                }
+                HostLookup::Temporary(reason) => {
+                    first_problem.get_or_insert(reason);
+                }
+            }
+        }
+
+        (resolved, first_problem)
+    }
+
     async fn implicit_mx(
         &self,
         name: &Name,
@@ -358,109 +359,6 @@ impl MxResolver {
             )));
         }
         Ok(targets)
-    }
-
-    /// A and/or AAAA of `name`, as `ip_version` needs, asked concurrently.
-    /// One family's answer is enough even if the other failed.
-    async fn resolve_host(&self, name: &Name) -> HostLookup {
-        let want_ipv4 = self.inner.ip_version != IpVersion::Ipv6;
-        let want_ipv6 = self.inner.ip_version != IpVersion::Ipv4;
-        let (ipv4, ipv6) = tokio::join!(
-            async {
-                if want_ipv4 {
-                    Some(self.query(name, RecordType::A, ipv4_of).await)
-                } else {
-                    None
-                }
-            },
-            async {
-                if want_ipv6 {
-                    Some(self.query(name, RecordType::AAAA, ipv6_of).await)
-                } else {
-                    None
-                }
-            },
-        );
-        let mut addresses = HostAddresses::default();
-        let mut problem = None;
-        let mut all_nxdomain = true;
-        for (answer, list) in [(ipv4, &mut addresses.ipv4), (ipv6, &mut addresses.ipv6)] {
-            match answer {
-                None | Some(Ok(Answer::NxDomain)) => {}
-                Some(Ok(Answer::Records(found))) => {
-                    all_nxdomain = false;
-                    *list = found;
-                }
-                Some(Ok(Answer::NoData)) => all_nxdomain = false,
-                Some(Err(reason)) => {
-                    all_nxdomain = false;
-                    problem.get_or_insert(reason);
-                }
-            }
-        }
-        match (addresses.is_empty(), problem) {
-            (false, _) => HostLookup::Found(addresses),
-            (true, Some(reason)) => HostLookup::Temporary(reason),
-            (true, None) if all_nxdomain => HostLookup::NoSuchHost,
-            (true, None) => HostLookup::NoAddresses,
-        }
-    }
-
-    fn static_host(&self, name: &Name) -> Option<HostAddresses> {
-        let hosts = &self.inner.hosts;
-        let addresses = |record_type| -> Vec<IpAddr> {
-            hosts
-                .lookup_static_host(&Query::query(name.clone(), record_type))
-                .map(|lookup| {
-                    lookup
-                        .answers()
-                        .iter()
-                        .filter_map(|r| r.data.ip_addr())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let found = HostAddresses {
-            ipv4: addresses(RecordType::A),
-            ipv6: addresses(RecordType::AAAA),
-        };
-        (!found.is_empty()).then_some(found)
-    }
-
-    /// One query; `Err` is a readable reason to defer.
-    async fn query<T>(
-        &self,
-        name: &Name,
-        record_type: RecordType,
-        extract: fn(&RData) -> Option<T>,
-    ) -> Result<Answer<T>, String> {
-        match self.inner.resolver.lookup(name.clone(), record_type).await {
-            Ok(lookup) => {
-                // Answers may include the CNAMEs that led to the records.
-                let records: Vec<T> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| extract(&r.data))
-                    .collect();
-                Ok(match records.is_empty() {
-                    true => Answer::NoData,
-                    false => Answer::Records(records),
-                })
-            }
-            Err(NetError::Dns(ResponseError::NoRecordsFound(NoRecords {
-                response_code: ResponseCode::NXDomain,
-                ..
-            }))) => Ok(Answer::NxDomain),
-            Err(NetError::Dns(ResponseError::NoRecordsFound(NoRecords {
-                response_code: ResponseCode::NoError,
-                ..
-            }))) => Ok(Answer::NoData),
-            Err(error) => Err(format!(
-                "{} looking up {record_type} for {}",
-                failure_text(&error),
-                host_text(name)
-            )),
-        }
     }
 }
 
@@ -512,68 +410,6 @@ fn name_server(address: &SocketAddr) -> NameServerConfig {
     NameServerConfig::new(address.ip(), true, vec![udp, tcp])
 }
 
-/// `domain` as an absolute name (trailing dot, IDN as punycode).
-fn absolute_name(domain: &str) -> Result<Name, DnsError> {
-    let invalid = || DnsError::NoSuchDomain(format!("{domain:?} is not a valid domain name"));
-    let relative = domain.strip_suffix('.').unwrap_or(domain);
-    if relative.is_empty() {
-        return Err(invalid());
-    }
-    let mut name = Name::from_utf8(relative)
-        .or_else(|_| Name::from_ascii(relative))
-        .map_err(|_| invalid())?;
-    name.set_fqdn(true);
-    Ok(name)
-}
-
-/// RFC 5321 §4.1.3 address literal: `Ok(None)` when `domain` is not one.
-fn domain_literal(domain: &str) -> Result<Option<IpAddr>, DnsError> {
-    let Some(inner) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) else {
-        return Ok(None);
-    };
-    let invalid = || DnsError::NoSuchDomain(format!("{domain} is not a valid address literal"));
-    let address = match inner.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-            IpAddr::V6(inner[5..].parse::<Ipv6Addr>().map_err(|_| invalid())?)
-        }
-        _ => IpAddr::V4(inner.parse::<Ipv4Addr>().map_err(|_| invalid())?),
-    };
-    Ok(Some(address))
-}
-
-fn mx_of(data: &RData) -> Option<Exchange<Name>> {
-    match data {
-        RData::MX(mx) => Some(Exchange {
-            preference: mx.preference,
-            host: (!mx.exchange.is_root()).then(|| mx.exchange.clone()),
-        }),
-        _ => None,
-    }
-}
-
-fn ipv4_of(data: &RData) -> Option<IpAddr> {
-    match data {
-        RData::A(a) => Some(IpAddr::V4(a.0)),
-        _ => None,
-    }
-}
-
-fn ipv6_of(data: &RData) -> Option<IpAddr> {
-    match data {
-        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-        _ => None,
-    }
-}
-
-/// Lowercase ASCII, no trailing dot: how names appear in logs and targets.
-fn host_text(name: &Name) -> String {
-    let text = name.to_lowercase().to_ascii();
-    match text.strip_suffix('.') {
-        Some(relative) => relative.to_owned(),
-        None => text,
-    }
-}
-
 fn family_text(ip_version: IpVersion) -> &'static str {
     match ip_version {
         IpVersion::Ipv4 => "IPv4 address",
@@ -582,60 +418,9 @@ fn family_text(ip_version: IpVersion) -> &'static str {
     }
 }
 
-fn failure_text(error: &NetError) -> String {
-    let code = match error {
-        NetError::Timeout => return "timeout".to_owned(),
-        NetError::NoConnections => return "no name server reachable".to_owned(),
-        NetError::Io(io) => return format!("network error ({io})"),
-        NetError::Dns(ResponseError::ResponseCode(code)) => *code,
-        NetError::Dns(ResponseError::NoRecordsFound(no_records)) => no_records.response_code,
-        other => return other.to_string(),
-    };
-    match code {
-        ResponseCode::ServFail => "SERVFAIL".to_owned(),
-        ResponseCode::Refused => "REFUSED".to_owned(),
-        ResponseCode::FormErr => "FORMERR".to_owned(),
-        ResponseCode::NotImp => "NOTIMP".to_owned(),
-        other => format!("DNS error {} ({other})", u16::from(other)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_made_absolute() {
-        let name = absolute_name("Example.COM").unwrap();
-        assert!(name.is_fqdn());
-        assert_eq!(host_text(&name), "example.com");
-        assert!(absolute_name("example.com.").unwrap().is_fqdn());
-        assert_eq!(
-            host_text(&absolute_name("bücher.example").unwrap()),
-            "xn--bcher-kva.example"
-        );
-        for bad in ["", ".", "a..b"] {
-            assert!(
-                matches!(absolute_name(bad), Err(DnsError::NoSuchDomain(_))),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn address_literals() {
-        let literal = |text| domain_literal(text).unwrap();
-        assert_eq!(literal("[127.0.0.1]"), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(literal("[IPv6:::1]"), Some("::1".parse().unwrap()));
-        assert_eq!(
-            literal("[ipv6:2001:db8::1]"),
-            Some("2001:db8::1".parse().unwrap())
-        );
-        assert_eq!(literal("example.com"), None);
-        for bad in ["[::1]", "[300.0.0.1]", "[IPv6:127.0.0.1.5]", "[x]"] {
-            assert!(domain_literal(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn resolver_never_searches() {
@@ -660,12 +445,5 @@ mod tests {
             assert_eq!(error.enhanced_status(), status);
             assert_eq!(error.is_permanent(), permanent);
         }
-    }
-
-    #[test]
-    fn failures_read_well() {
-        let servfail = NetError::Dns(ResponseError::ResponseCode(ResponseCode::ServFail));
-        assert_eq!(failure_text(&servfail), "SERVFAIL");
-        assert_eq!(failure_text(&NetError::Timeout), "timeout");
     }
 }

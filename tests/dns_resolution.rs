@@ -171,9 +171,12 @@ async fn servfail_defers() {
     assert!(!error.is_permanent());
 }
 
-/// The bug this module exists to prevent: with `search corp.test` and a high
-/// ndots, a resolver that retries under the search list turns this SERVFAIL
-/// into NXDOMAIN for `servfail.example.corp.test` and bounces the mail.
+/// The bug this module exists to prevent: a resolver that retries a name
+/// under the resolv.conf search list returns the last answer it got. With
+/// `search corp.test` and ndots 1, `servfail.example` is asked as is first
+/// (SERVFAIL), then as `servfail.example.corp.test` (NXDOMAIN), and the mail
+/// would bounce. With ndots 5 the order flips, and the short name `relay`
+/// would silently become `relay.corp.test`.
 #[tokio::test]
 async fn search_domains_never_turn_servfail_into_nxdomain() {
     let dns = TestDns::start(
@@ -182,20 +185,29 @@ async fn search_domains_never_turn_servfail_into_nxdomain() {
             .nxdomain("servfail.example.corp.test")
             .a("relay.corp.test", "127.0.0.51"),
     );
-    let resolver =
-        MxResolver::with_search(&[dns.address], &["corp.test"], 5, IpVersion::Any).unwrap();
+    for ndots in [1, 5] {
+        let resolver =
+            MxResolver::with_search(&[dns.address], &["corp.test"], ndots, IpVersion::Any).unwrap();
 
-    let error = resolver.mail_targets("servfail.example").await.unwrap_err();
-    assert!(matches!(error, DnsError::Temporary(_)), "{error:?}");
-    let error = resolver
-        .host_addresses("servfail.example")
-        .await
-        .unwrap_err();
-    assert!(matches!(error, DnsError::Temporary(_)), "{error:?}");
-    // Nor does a short name pick up the search domain.
-    let error = resolver.host_addresses("relay").await.unwrap_err();
-    assert!(matches!(error, DnsError::NoSuchDomain(_)), "{error:?}");
-
+        let error = resolver.mail_targets("servfail.example").await.unwrap_err();
+        assert!(
+            matches!(error, DnsError::Temporary(_)),
+            "ndots {ndots}: {error:?}"
+        );
+        let error = resolver
+            .host_addresses("servfail.example")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, DnsError::Temporary(_)),
+            "ndots {ndots}: {error:?}"
+        );
+        let error = resolver.host_addresses("relay").await.unwrap_err();
+        assert!(
+            matches!(error, DnsError::NoSuchDomain(_)),
+            "ndots {ndots}: {error:?}"
+        );
+    }
     let queries = dns.queries();
     assert!(
         queries.iter().all(|query| !query.contains("corp.test")),
