@@ -194,7 +194,16 @@ async fn resolve(context: &DeliveryContext, hop: &NextHop) -> Result<Vec<Target>
         }
         NextHop::Route(index) => {
             let route = &context.routes[*index];
-            let addresses = context.resolver.host_addresses(&route.host).await?;
+            // A route host that does not resolve is a configuration problem,
+            // not the recipient's: defer, never bounce.
+            let addresses =
+                context
+                    .resolver
+                    .host_addresses(&route.host)
+                    .await
+                    .map_err(|error| {
+                        DnsError::Temporary(format!("route host {}: {error}", route.host))
+                    })?;
             Ok(addresses
                 .into_iter()
                 .take(5)
