@@ -233,6 +233,25 @@ mod tests {
     }
 
     #[test]
+    fn queue_gauges_count_states_and_age_the_oldest() {
+        use relayq_spool::QueueId;
+        let queue = Queue::default();
+        let due = tokio::time::Instant::now();
+        for n in 1..=3 {
+            queue.reschedule(QueueId(n), Lane::Low, due);
+        }
+        queue.set_attempts(QueueId(2), 1);
+        queue.set_attempts(QueueId(3), 4);
+        let arrival = queue.get(QueueId(1)).unwrap().arrival_ms;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(arrival + 2500);
+        let text = render(&Metrics::new(), &queue, now);
+        assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"ready\"} 1\n"));
+        assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"deferred\"} 2\n"));
+        assert!(text.contains("relayq_queue_messages{lane=\"high\",state=\"ready\"} 0\n"));
+        assert!(text.contains("relayq_queue_oldest_age_seconds{lane=\"low\"} 2.5\n"));
+    }
+
+    #[test]
     fn recorded_values_appear_with_their_labels() {
         let metrics = Metrics::new();
         metrics.message_accepted(Lane::Low, Duration::from_millis(3), 2);
