@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::delivery::{self, engine::DeliveryContext};
 use crate::events::Events;
+use crate::metrics::{self, Metrics};
 use crate::queue::Queue;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
@@ -57,8 +58,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let queue = Arc::new(queue);
     let tracker = TaskTracker::new();
     let events = Events::new();
-    let delivery = DeliveryContext::new(&config, spool.clone(), queue.clone(), events.clone())
-        .context("cannot set up delivery")?;
+    let metrics = Arc::new(Metrics::new());
+    let delivery = DeliveryContext::new(
+        &config,
+        spool.clone(),
+        queue.clone(),
+        events.clone(),
+        metrics.clone(),
+    )
+    .context("cannot set up delivery")?;
     let delivery_shutdown = CancellationToken::new();
     delivery::engine::spawn(
         Arc::new(delivery),
@@ -67,6 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         delivery_shutdown.clone(),
     );
 
+    let free_space = FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space);
     let shared = Arc::new(SessionShared {
         hostname: config.hostname.clone(),
         origin: config.smtp.origin.clone(),
@@ -78,9 +87,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_errors: config.smtp.max_errors,
         spool: spool.clone(),
         queue: queue.clone(),
-        free_space: FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space),
+        free_space: free_space.clone(),
         shutdown: shutdown.clone(),
         events: events.clone(),
+        metrics: metrics.clone(),
     });
 
     let limit_connections = Arc::new(Semaphore::new(config.smtp.max_connections));
@@ -98,6 +108,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             tracker.clone(),
             shutdown.clone(),
         )));
+    }
+    metrics.set_listeners_up();
+    if let Some(address) = config.metrics.listen {
+        let socket = metrics::http::bind(address).await?;
+        tracing::info!(
+            "metrics on {} (GET /metrics, /healthz)",
+            socket.local_addr()?
+        );
+        let endpoint = Arc::new(metrics::http::Endpoint {
+            metrics: metrics.clone(),
+            queue: queue.clone(),
+            spool: spool.clone(),
+            free_space,
+            shutdown: shutdown.clone(),
+        });
+        tracker.spawn(metrics::http::serve(socket, endpoint, tracker.clone()));
     }
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",

@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod dns;
 pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod queue;
 pub mod smtp;
 pub mod storage;

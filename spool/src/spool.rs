@@ -269,6 +269,29 @@ impl Spool {
         self.inner.shared.stats.snapshot()
     }
 
+    /// Whether the spool can take writes now: not closed, the committer thread running, and
+    /// the database open (after a failed commit it is reopened; until that succeeds every
+    /// write fails). Never blocks: while a reopen holds the database, the answer is no.
+    pub fn is_healthy(&self) -> bool {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let committer_running = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|committer| !committer.is_finished());
+        committer_running
+            && self
+                .inner
+                .shared
+                .database
+                .try_read()
+                .is_ok_and(|database| database.is_some())
+    }
+
     /// Stops the committer once it has committed what was already queued, then closes the
     /// database (blocking). Later calls return [`SpoolError::Closed`].
     pub fn close(&self) {

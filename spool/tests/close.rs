@@ -65,3 +65,11 @@ async fn dropping_the_last_handle_closes_the_database() {
     let spool = common::open(dir.path());
     assert_eq!(spool.scan().unwrap(), vec![(id, b"env".to_vec())]);
 }
+
+#[test]
+fn healthy_while_open_not_after_close() {
+    let (_dir, spool) = common::temp_spool();
+    assert!(spool.is_healthy());
+    spool.close();
+    assert!(!spool.is_healthy());
+}

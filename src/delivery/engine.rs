@@ -18,6 +18,7 @@ use super::pass::Pass;
 use crate::config::{Config, LanesSettings, Route, TlsPolicy};
 use crate::dns::MxResolver;
 use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{Envelope, Lane, Queue};
 use crate::tls::TlsConfigs;
@@ -46,6 +47,7 @@ pub struct DeliveryContext {
     pub tls_policy: TlsPolicy,
     pub routes: Vec<Route>,
     pub events: Events,
+    pub metrics: Arc<Metrics>,
     in_flight: [Arc<Semaphore>; 2],
 }
 
@@ -55,6 +57,7 @@ impl DeliveryContext {
         spool: Spool,
         queue: Arc<Queue>,
         events: Events,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<DeliveryContext> {
         let delivery = &config.delivery;
         Ok(DeliveryContext {
@@ -77,6 +80,7 @@ impl DeliveryContext {
             tls_policy: delivery.tls,
             routes: config.routes.clone(),
             events,
+            metrics,
             in_flight: [
                 Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),
                 Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),

@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::client::{Disposition, RecipientOutcome, RemoteReply};
 use super::engine::DeliveryContext;
 use super::report::{self, Note, NoteKind};
-use crate::events::{Event, EventKind, Events};
+use crate::events::{Event, EventKind};
 use crate::queue::envelope::{RecipientStatus, unix_ms};
 use crate::queue::retry::jitter_unit;
 use crate::queue::{Envelope, Lane};
@@ -72,7 +72,7 @@ impl Pass {
 
     /// Records one job's results; the last job finalises the pass.
     pub async fn record(&self, context: &DeliveryContext, results: Vec<RecipientResult>) {
-        let delivered = self.apply_results(&context.events, results);
+        let delivered = self.apply_results(context, results);
         // The last job's results are committed by `finalize` right away; an
         // earlier job's deliveries are committed now, so that a crash before
         // the pass ends does not send them again.
@@ -96,14 +96,16 @@ impl Pass {
 
     /// Updates recipient states and logs one line per recipient. Returns the
     /// indices delivered.
-    fn apply_results(&self, events: &Events, results: Vec<RecipientResult>) -> Vec<usize> {
+    fn apply_results(
+        &self,
+        context: &DeliveryContext,
+        results: Vec<RecipientResult>,
+    ) -> Vec<usize> {
         let mut envelope = lock(&self.envelope);
         let mut notes = lock(&self.notes);
         let mut delivered = Vec::new();
-        let delay = self
-            .started
-            .duration_since(envelope.arrival())
-            .unwrap_or_default();
+        let arrival = envelope.arrival();
+        let delay = self.started.duration_since(arrival).unwrap_or_default();
         for result in results {
             let Some(recipient) = envelope.recipients.get_mut(result.index) else {
                 continue;
@@ -124,7 +126,8 @@ impl Pass {
             event.status = Some(reply.status.clone());
             event.reply = Some(reply.to_string());
             event.delay = Some(delay.as_secs_f64());
-            events.publish(event);
+            context.events.publish(event);
+            context.metrics.recipient(self.lane, kind, arrival);
             tracing::info!(
                 queue_id = %self.id,
                 "{}: to=<{}>, relay={}, delay={:.1}, dsn={}, status={word} ({reply})",
@@ -174,6 +177,7 @@ impl Pass {
             .filter(|&index| !envelope.recipients[index].status.is_final())
             .collect();
         if !open.is_empty() && context.policy.is_expired(age) {
+            let arrival = envelope.arrival();
             for &index in &open {
                 let recipient = &mut envelope.recipients[index];
                 let last = recipient
@@ -194,6 +198,9 @@ impl Pass {
                 event.reply = Some(last.clone());
                 event.delay = Some(age.as_secs_f64());
                 context.events.publish(event);
+                context
+                    .metrics
+                    .recipient(self.lane, EventKind::Expired, arrival);
                 recipient.status = RecipientStatus::Bounced;
                 let reply = RemoteReply::local(
                     "4.4.7",

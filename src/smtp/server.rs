@@ -74,6 +74,7 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tracker.spawn(async move {
+            let _active = shared.metrics.smtp_connection();
             Session::new(stream, client, lane, shared).run().await;
             drop(permit);
         });

@@ -273,12 +273,34 @@ EOF
     kill -0 "$RQ_PID" 2>/dev/null || { echo "relayq: exited right after start: $(tail -5 "$RQ_DIR/relayq.log")" >>"$PROBLEMS"; RQ_PID=; return 1; }
 }
 
+# rq_drain N: wait until relayq has logged a final status (sent/bounced) for
+# N messages, i.e. relayed everything to the sink, like pf_drain. Bounded by
+# DRAIN_TIMEOUT, and gives up after 20 s without progress.
+rq_drain() {
+    local want=$1 i n=0 last=-1 still=0
+    for ((i = 0; i < DRAIN_TIMEOUT * 4; i++)); do
+        n=$(grep -acE 'status=(sent|bounced|expired)' "$RQ_DIR/relayq.log")
+        ((n >= want)) && return 0
+        if ((n == last)); then
+            still=$((still + 1))
+            ((still >= 80)) && break
+        else
+            still=0 last=$n
+        fi
+        kill -0 "$RQ_PID" 2>/dev/null || break
+        sleep 0.25
+    done
+    echo "relayq: only $n of $want messages relayed to the sink when the drain wait ended (deferred: $(grep -ac 'status=deferred' "$RQ_DIR/relayq.log"))" >>"$PROBLEMS"
+    return 1
+}
+
 # rq_stop LABEL [EXPECTED]: stop relayq, check its log, and compare the number
-# of messages it says stay queued with EXPECTED (messages acknowledged with
-# 250). Sets RQ_QUEUED (empty if the log line was not found) and RQ_SPOOL
+# of messages it accounts for (queued at shutdown + sent + bounced) with
+# EXPECTED (messages acknowledged with 250). Sets RQ_QUEUED, RQ_SENT, RQ_ACKED
+# (empty if the shutdown log line was not found) and RQ_SPOOL
 # ("apparent_bytes allocated_bytes"), then deletes the spool to bound disk use.
 rq_stop() {
-    RQ_QUEUED= RQ_SPOOL=
+    RQ_QUEUED= RQ_SPOOL= RQ_ACKED= RQ_SENT=
     [[ -n $RQ_PID ]] || return 0
     local label=$1 expected=${2:-} rc st
     if ! kill -0 "$RQ_PID" 2>/dev/null; then
@@ -299,11 +321,19 @@ rq_stop() {
             grep -aiE 'panic|\bERROR\b|\bWARN' "$RQ_DIR/relayq.log" | head -5 | cut -c1-300 | sed 's/^/    /'
         } >>"$PROBLEMS"
     fi
-    # relayq logs "stopped; N messages stay queued in the spool" on shutdown.
+    # relayq logs "stopped; N messages stay queued in the spool" on shutdown,
+    # and one "status=sent|bounced" line per recipient (1 per message here).
     RQ_QUEUED=$(grep -aoE '[0-9]+ messages stay queued' "$RQ_DIR/relayq.log" | tail -1 | cut -d' ' -f1)
-    if [[ -n $expected && -n $RQ_QUEUED && $RQ_QUEUED != "$expected" ]]; then
-        echo "relayq [$label]: $expected messages got 250 but relayq reports $RQ_QUEUED queued at shutdown" >>"$PROBLEMS"
+    local sent bounced
+    sent=$(grep -acE 'status=sent' "$RQ_DIR/relayq.log")
+    bounced=$(grep -acE 'status=(bounced|expired)' "$RQ_DIR/relayq.log")
+    RQ_SENT=$sent
+    RQ_ACKED=
+    [[ -n $RQ_QUEUED ]] && RQ_ACKED=$((RQ_QUEUED + sent + bounced))
+    if [[ -n $expected && -n $RQ_ACKED && $RQ_ACKED != "$expected" ]]; then
+        echo "relayq [$label]: $expected messages got 250, but relayq accounts for $RQ_ACKED ($RQ_QUEUED queued at shutdown + $sent sent + $bounced bounced)" >>"$PROBLEMS"
     fi
+    ((bounced > 0)) && echo "relayq [$label]: $bounced messages bounced (delivery to the sink should not fail): $(grep -aE 'status=(bounced|expired)' "$RQ_DIR/relayq.log" | head -1 | cut -c1-250)" >>"$PROBLEMS"
     RQ_SPOOL="$(du -sb "$RQ_DIR/spool" 2>/dev/null | cut -f1) $(du -s -B1 "$RQ_DIR/spool" 2>/dev/null | cut -f1)"
     if [[ $KEEP != 1 ]]; then rm -rf "$RQ_DIR/spool"; fi # 100 KB x 20k msgs = several GB
 }
@@ -394,15 +424,21 @@ run_case() {
         extra="$extra drain_s=$(fsub "$td1" "$td0")"
     elif [[ $rcv == relayq ]]; then
         kill -0 "$pid" 2>/dev/null || status=DIED
+        local td0 td1
+        td0=$(now)
+        [[ $status != DIED ]] && rq_drain "$count"
+        td1=$(now)
+        cpu_snap "$pid" "$WORK/$tag.cpu2"
+        cpu_all=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | awk '{print $1}')
         local expect=
         [[ $status == ok ]] && expect=$count
         rq_stop "$mode s=$sess l=$size run=$run" "$expect"
-        if [[ -n $RQ_QUEUED && $status != ok && $status != DIED ]]; then
-            count=$RQ_QUEUED # exact number acknowledged, better than smtp-source's counter
+        if [[ -n $RQ_ACKED && $status != ok && $status != DIED ]]; then
+            count=$RQ_ACKED # exact number acknowledged, better than smtp-source's counter
         fi
         local ab al
         read -r ab al <<<"$RQ_SPOOL"
-        extra="$extra queued=${RQ_QUEUED:-?} spool_bytes=${ab:-0} spool_alloc=${al:-0}"
+        extra="$extra drain_s=$(fsub "$td1" "$td0") queued=${RQ_QUEUED:-?} sent=${RQ_SENT:-?} spool_bytes=${ab:-0} spool_alloc=${al:-0}"
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$run" "$rcv" "$mode" "$sess" "$size" "$count" "$secs" "${cpu_in:-NA}" "${cpu_all:-NA}" "$status" "$extra" "$by" >>"$CASES"
@@ -418,7 +454,10 @@ latency() { # receiver port rate
         "$PY" "$HERE/report.py" --lat-line "$f" >&2
         if [[ $rcv == relayq ]]; then
             "$PY" "$HERE/report.py" --lat-problem "$f" >>"$PROBLEMS"
-            rq_stop "latency $rate/s" "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["ok"])' "$f")"
+            local ok
+            ok=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["ok"])' "$f")
+            rq_drain "$ok"
+            rq_stop "latency $rate/s" "$ok"
         fi
     else
         echo "latency probe $rcv $rate/s produced no output: $(tail -3 "$f.err")" >>"$PROBLEMS"
@@ -434,6 +473,20 @@ latency() { # receiver port rate
     echo "python: $("$PY" --version 2>&1)"
     echo "settings: MESSAGES=$MESSAGES SIZES='$SIZES' SESSIONS='$SESSIONS' MODES='$MODES' RUNS=$RUNS CASE_TIMEOUT=$CASE_TIMEOUT LAT_RATES='$LAT_RATES' LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE LAT_SIZE=$LAT_SIZE"
     echo "clk_tck: $(getconf CLK_TCK)"
+    # Context for every fsync-bound number below: latency of one 4 KB
+    # write + fdatasync in the temp dir, 200 times.
+    "$PY" - "$WORK" <<'PYEOF'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+lat = []
+for i in range(200):
+    os.pwrite(fd, os.urandom(4096), (i % 16) * 4096)
+    t = time.perf_counter(); os.fdatasync(fd); lat.append(time.perf_counter() - t)
+os.close(fd); os.unlink(path)
+lat.sort()
+print(f"fdatasync of 4 KB in the temp dir: p50 {lat[100]*1000:.2f} ms, p90 {lat[180]*1000:.2f} ms, max {lat[-1]*1000:.2f} ms (200 samples)")
+PYEOF
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$WORK/meta.txt"
 

@@ -30,6 +30,13 @@ Traffic goes only to the host given (default 127.0.0.1); the script refuses
 non-loopback addresses.
 
 Output: a human-readable summary, or one JSON object with --json.
+
+For accepted -> delivered latency (tests/bench/delivery.sh): --sent-log FILE
+adds an "X-Bench-Id: <run>.<seq>" header to every message and writes one line
+per acknowledged message to FILE: "<id> <final dot sent> <250 received>" (unix
+seconds, wall clock, comparable with timed_sink.py's arrival times).
+--domains N spreads recipients over N domains with --rcpt-fmt (default
+"r{seq}@d{dom}.test", dom = 1 + seq mod N).
 """
 
 import argparse
@@ -80,6 +87,12 @@ def build_message(size, sender, rcpt, seq):
     if rest >= 3:
         body += b"Y" * (rest - 2) + b"\r\n"
     return hdr + bytes(body) + b".\r\n"
+
+
+def rcpt_for(args, seq):
+    if not args.domains:
+        return args.rcpt
+    return args.rcpt_fmt.format(seq=seq, dom=1 + seq % args.domains)
 
 
 class SmtpError(Exception):
@@ -135,19 +148,22 @@ class Session:
         if code // 100 != 2:
             await self.cmd(b"HELO latency.bench.invalid\r\n", "helo")
 
-    async def transaction(self, msg):
+    async def transaction(self, msg, seq=0):
         """Returns ack seconds (final dot -> 250)."""
         a = self.args
         await self.cmd(f"MAIL FROM:<{a.sender}>\r\n".encode(), "mail")
-        await self.cmd(f"RCPT TO:<{a.rcpt}>\r\n".encode(), "rcpt")
+        await self.cmd(f"RCPT TO:<{rcpt_for(a, seq)}>\r\n".encode(), "rcpt")
         await self.cmd(b"DATA\r\n", "data", want=3)
         self.writer.write(msg)
         await self.writer.drain()
         t_dot = time.perf_counter()
+        w_dot = time.time()
         code, text = await self.reply("dot")
         t_ack = time.perf_counter()
         if code // 100 != 2:
             raise SmtpError("dot", code, text)
+        if a.sent_lines is not None:
+            a.sent_lines.append(f"{a.run_id}.{seq} {w_dot:.6f} {time.time():.6f}\n")
         return t_ack - t_dot
 
     async def close(self, polite=True):
@@ -208,7 +224,7 @@ async def run_new(args, msg_for, stats, sched):
         polite = True
         try:
             await s.open()
-            ack = await s.transaction(msg_for(seq))
+            ack = await s.transaction(msg_for(seq), seq)
             t1 = time.perf_counter()
             stats.t_last_ok = t1
             stats.ok += 1
@@ -248,7 +264,7 @@ async def run_pool(args, msg_for, stats, sched):
                     await s.open()
                 t0 = time.perf_counter()
                 stats.lag.append(t0 - t_sched)
-                ack = await s.transaction(msg_for(seq))
+                ack = await s.transaction(msg_for(seq), seq)
                 t1 = time.perf_counter()
                 stats.t_last_ok = t1
                 stats.ok += 1
@@ -293,7 +309,9 @@ async def main_async(args):
         hdr = (
             f"From: <{args.sender}>\r\nTo: <{args.rcpt}>\r\n"
             f"Subject: latency probe {seq}\r\n"
-            f"Message-ID: <lat.{seq}.{args.run_id}@bench.invalid>\r\n\r\n"
+            f"Message-ID: <lat.{seq}.{args.run_id}@bench.invalid>\r\n"
+            + (f"X-Bench-Id: {args.run_id}.{seq}\r\n" if args.sent_lines is not None else "")
+            + "\r\n"
         ).encode()
         return hdr + cache["body"][cache["split"]:]
 
@@ -382,6 +400,9 @@ def main():
     p.add_argument("--sender", default="latency@bench.example.com")
     p.add_argument("--rcpt", default="sink@bench.example.net")
     p.add_argument("--label", default="")
+    p.add_argument("--sent-log", help="write '<id> <dot sent> <250 received>' per acknowledged message")
+    p.add_argument("--domains", type=int, default=0, help="spread recipients over this many domains")
+    p.add_argument("--rcpt-fmt", default="r{seq}@d{dom}.test", help="recipient with --domains")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -393,8 +414,12 @@ def main():
     if not (0 < args.timeout <= 300):
         p.error("timeout must be in (0, 300]")
     args.run_id = time.time_ns()
+    args.sent_lines = [] if args.sent_log else None
 
     res = asyncio.run(main_async(args))
+    if args.sent_log:
+        with open(args.sent_log, "w") as f:
+            f.write("".join(args.sent_lines))
     res["label"] = args.label
     if args.json:
         print(json.dumps(res))

@@ -180,10 +180,10 @@ def main():
     w("")
 
     w(f"CPU time per message, ms (utime+stime from /proc, CLK_TCK={hz}; resolution {1000 / hz:.0f} ms per case total)")
-    w("  relayq: its process (all threads), during the case.")
-    w("  postfix: master + all its children (live ones, and exited ones via cutime/cstime);")
-    w("    'intake' = while smtp-source ran; 'all' = until the queue was empty again, i.e. including")
-    w("    qmgr/smtp delivery to the sink and postlogd logging (Postfix's normal per-message work).")
+    w("  relayq: its process (all threads). postfix: master + all its children (live ones, and exited")
+    w("    ones via cutime/cstime). Both relay everything to the smtp-sink while and after they accept:")
+    w("    'intake' = CPU while smtp-source ran (includes whatever delivery overlapped);")
+    w("    'all' = until everything was relayed to the sink (queue empty): accept + deliver + logging.")
     w("  client = smtp-source's own CPU per message, for scale.")
     hdr = f"{'receiver':10} {'conn':5} {'sess':>4} {'size':>7} {'intake':>8} {'all':>8} {'client':>7}  breakdown (ticks, by process name)"
     w(hdr)
@@ -201,8 +201,9 @@ def main():
     rq = [x for x in rows if x["rcv"] == "relayq"]
     if rq:
         w("")
-        w("relayq spool after each case: messages relayq reports queued at shutdown, and the spool's size")
-        w("(apparent bytes of its files / bytes allocated on disk), per message:")
+        w("relayq after each case: messages still queued at shutdown + relayed to the sink (must equal")
+        w("the 250s), relay drain time after the client finished, and the spool's size at shutdown")
+        w("(apparent bytes of its files / bytes allocated on disk; the file does not shrink):")
         for x in sorted(rq, key=lambda x: (0 if x["mode"] == "new" else 1, x["sess"], x["size"], x["run"])):
             kv = dict(e.split("=", 1) for e in x["extra"].split() if "=" in e)
             n = x["count"]
@@ -212,8 +213,8 @@ def main():
                 ab = al = 0
             per = f"{ab / n:,.0f} / {al / n:,.0f} B/msg" if n else "-"
             w(
-                f"  {x['mode']:5} s={x['sess']:<3} {human_size(x['size']):>7} run {x['run']}: queued={kv.get('queued', '?'):>6} "
-                f"(acked {n}), spool {ab / 1e6:,.1f} / {al / 1e6:,.1f} MB, {per}"
+                f"  {x['mode']:5} s={x['sess']:<3} {human_size(x['size']):>7} run {x['run']}: acked {n}, queued={kv.get('queued', '?')} "
+                f"sent={kv.get('sent', '?')}, drain {kv.get('drain_s', '?')} s, spool {ab / 1e6:,.1f} / {al / 1e6:,.1f} MB, {per}"
             )
     w("")
 

@@ -2,7 +2,7 @@
 //! `250` true (DESIGN §3 invariant 1: the reply is sent only after the spool's
 //! fsync returned).
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Buf;
 use relayq_spool::QueueId;
@@ -217,6 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             next_attempt_ms: None,
             delay_warned: false,
         };
+        let storing = Instant::now();
         match self
             .shared
             .spool
@@ -224,6 +225,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .await
         {
             Ok(stored) => {
+                let metrics = &self.shared.metrics;
+                metrics.message_accepted(lane, storing.elapsed(), stored.batch_size);
                 tracing::info!(
                     queue_id = %id,
                     "{id}: accepted from=<{}>, nrcpt={}, size={}, lane={lane}, batch={}, client=[{}]",

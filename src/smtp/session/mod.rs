@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::command::{self, Command, ParseContext};
 use super::reply::{self, Reply};
 use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::queue::{Lane, Queue};
 use crate::storage::FreeSpace;
 use content::BdatState;
@@ -49,6 +50,7 @@ pub struct SessionShared {
     pub queue: Arc<Queue>,
     pub free_space: FreeSpace,
     pub events: Events,
+    pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
 

@@ -1,0 +1,237 @@
+//! Prometheus metrics (DESIGN §6): counters and histograms fed where things
+//! happen, queue gauges computed from the queue at scrape time, and the
+//! `/metrics` + `/healthz` HTTP endpoint (`http`).
+//!
+//! One [`Metrics`] is built by the daemon and handed to the sessions, the
+//! delivery engine and the endpoint (no global registry, DESIGN §3.4).
+//! Recording is lock-free: relaxed atomic adds, no I/O, no await, so it may
+//! sit on the SMTP and delivery hot paths.
+
+mod histogram;
+pub mod http;
+mod text;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crate::events::EventKind;
+use crate::queue::{Lane, Queue};
+use histogram::Histogram;
+
+pub use text::render;
+
+/// What became of one recipient in one delivery attempt
+/// (`relayq_recipients_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Delivered,
+        Outcome::Deferred,
+        Outcome::Bounced,
+        Outcome::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Deferred => "deferred",
+            Outcome::Bounced => "bounced",
+            Outcome::Expired => "expired",
+        }
+    }
+
+    /// The outcome an event reports, if it reports one.
+    pub fn of_event(event: EventKind) -> Option<Outcome> {
+        match event {
+            EventKind::Delivered => Some(Outcome::Delivered),
+            EventKind::Deferred => Some(Outcome::Deferred),
+            EventKind::Bounced => Some(Outcome::Bounced),
+            EventKind::Expired => Some(Outcome::Expired),
+            _ => None,
+        }
+    }
+
+    /// Final outcomes end a recipient's time in the queue.
+    fn is_final(self) -> bool {
+        self != Outcome::Deferred
+    }
+}
+
+/// The daemon's metrics. Queue gauges are not stored here: they are read
+/// from the [`Queue`] when scraped, so they can never drift from it.
+pub struct Metrics {
+    /// `relayq_messages_accepted_total`, per lane (index `lane_index`).
+    accepted: [AtomicU64; 2],
+    /// `relayq_recipients_total`, per lane and outcome (`Outcome::ALL` order).
+    recipients: [[AtomicU64; 4]; 2],
+    connections_active: AtomicI64,
+    commit_seconds: Histogram,
+    commit_batch_size: Histogram,
+    /// `relayq_delivery_seconds`, per lane.
+    delivery_seconds: [Histogram; 2],
+    /// Every SMTP listener is bound and accepting.
+    listeners_up: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            accepted: Default::default(),
+            recipients: Default::default(),
+            connections_active: AtomicI64::new(0),
+            commit_seconds: Histogram::new(histogram::COMMIT_SECONDS),
+            commit_batch_size: Histogram::new(histogram::BATCH_SIZE),
+            delivery_seconds: [
+                Histogram::new(histogram::DELIVERY_SECONDS),
+                Histogram::new(histogram::DELIVERY_SECONDS),
+            ],
+            listeners_up: AtomicBool::new(false),
+        }
+    }
+
+    /// A message is on disk and its `250` is being sent: `commit` is how
+    /// long the session waited for the spool, `batch_size` how many requests
+    /// shared that commit.
+    pub fn message_accepted(&self, lane: Lane, commit: Duration, batch_size: usize) {
+        self.accepted[lane_index(lane)].fetch_add(1, Ordering::Relaxed);
+        self.commit_seconds.observe(commit.as_secs_f64());
+        self.commit_batch_size.observe(batch_size as f64);
+    }
+
+    /// One recipient's outcome in a delivery attempt, reported as the event
+    /// `event` (events that are not outcomes are ignored). Final outcomes
+    /// also observe the time since `arrival` in `relayq_delivery_seconds`.
+    pub fn recipient(&self, lane: Lane, event: EventKind, arrival: SystemTime) {
+        let Some(outcome) = Outcome::of_event(event) else {
+            return;
+        };
+        let lane = lane_index(lane);
+        self.recipients[lane][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if outcome.is_final() {
+            let waited = SystemTime::now()
+                .duration_since(arrival)
+                .unwrap_or_default();
+            self.delivery_seconds[lane].observe(waited.as_secs_f64());
+        }
+    }
+
+    /// Counts an SMTP connection as active until the guard is dropped.
+    pub fn smtp_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self.clone(),
+        }
+    }
+
+    /// All SMTP listeners are bound (for `/healthz`).
+    pub fn set_listeners_up(&self) {
+        self.listeners_up.store(true, Ordering::Relaxed);
+    }
+
+    pub fn listeners_up(&self) -> bool {
+        self.listeners_up.load(Ordering::Relaxed)
+    }
+}
+
+/// Held for the life of one SMTP session (`relayq_smtp_connections_active`).
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .connections_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::High => 0,
+        Lane::Low => 1,
+    }
+}
+
+/// Per lane and state, the number of queued messages; per lane, the arrival
+/// (ms since the epoch) of the oldest.
+struct QueueGauges {
+    messages: [[u64; 4]; 2],
+    oldest_arrival_ms: [Option<u64>; 2],
+}
+
+impl QueueGauges {
+    fn read(queue: &Queue) -> QueueGauges {
+        let mut gauges = QueueGauges {
+            messages: [[0; 4]; 2],
+            oldest_arrival_ms: [None; 2],
+        };
+        for (_, entry) in queue.snapshot() {
+            let lane = lane_index(entry.lane);
+            gauges.messages[lane][entry.state() as usize] += 1;
+            let oldest = &mut gauges.oldest_arrival_ms[lane];
+            *oldest = Some(oldest.map_or(entry.arrival_ms, |ms| ms.min(entry.arrival_ms)));
+        }
+        gauges
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_outcome_indices_follow_their_all_order() {
+        for (index, state) in crate::queue::State::ALL.into_iter().enumerate() {
+            assert_eq!(state as usize, index);
+        }
+        for (index, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, index);
+        }
+        for (index, lane) in Lane::ALL.into_iter().enumerate() {
+            assert_eq!(lane_index(lane), index);
+        }
+    }
+
+    #[test]
+    fn connection_guard_counts_while_held() {
+        let metrics = Arc::new(Metrics::new());
+        let first = metrics.smtp_connection();
+        let second = metrics.smtp_connection();
+        assert_eq!(metrics.connections_active.load(Ordering::Relaxed), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(metrics.connections_active.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn deferrals_count_but_do_not_end_the_delivery_time() {
+        let metrics = Metrics::new();
+        let arrival = SystemTime::now() - Duration::from_secs(3);
+        metrics.recipient(Lane::Low, EventKind::Deferred, arrival);
+        metrics.recipient(Lane::Low, EventKind::Expired, arrival);
+        metrics.recipient(Lane::Low, EventKind::Removed, arrival);
+        let counts: Vec<u64> = metrics.recipients[1]
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts, vec![0, 1, 0, 1]);
+        let delivery = metrics.delivery_seconds[1].snapshot();
+        assert_eq!(delivery.count, 1);
+        assert!(delivery.sum >= 3.0);
+    }
+}

@@ -1,0 +1,268 @@
+//! The Prometheus text exposition format, version 0.0.4: one `# HELP` and
+//! `# TYPE` per family, then its samples. Every labelled series is written
+//! even when zero, so dashboards see a series from the first scrape.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use super::histogram::HistogramSnapshot;
+use super::{Metrics, Outcome, QueueGauges, lane_index};
+use crate::queue::envelope::unix_ms;
+use crate::queue::{Lane, Queue, State};
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric, with the queue gauges read from `queue` as of `now`.
+pub fn render(metrics: &Metrics, queue: &Queue, now: SystemTime) -> String {
+    let gauges = QueueGauges::read(queue);
+    let now_ms = unix_ms(now);
+    let mut out = String::with_capacity(4096);
+
+    family(
+        &mut out,
+        "relayq_build_info",
+        "gauge",
+        "Always 1; the version label names the running build.",
+    );
+    sample(
+        &mut out,
+        "relayq_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+
+    family(
+        &mut out,
+        "relayq_queue_messages",
+        "gauge",
+        "Queued messages by lane and state.",
+    );
+    for lane in Lane::ALL {
+        for state in State::ALL {
+            let count = gauges.messages[lane_index(lane)][state as usize];
+            sample(
+                &mut out,
+                "relayq_queue_messages",
+                &[("lane", lane.as_str()), ("state", state.as_str())],
+                count,
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "relayq_queue_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest queued message by lane; 0 when the lane is empty.",
+    );
+    for lane in Lane::ALL {
+        let age_ms = gauges.oldest_arrival_ms[lane_index(lane)]
+            .map_or(0, |arrival| now_ms.saturating_sub(arrival));
+        sample(
+            &mut out,
+            "relayq_queue_oldest_age_seconds",
+            &[("lane", lane.as_str())],
+            age_ms as f64 / 1000.0,
+        );
+    }
+
+    family(
+        &mut out,
+        "relayq_messages_accepted_total",
+        "counter",
+        "Messages acknowledged with 250 after the spool commit, by lane.",
+    );
+    for lane in Lane::ALL {
+        sample(
+            &mut out,
+            "relayq_messages_accepted_total",
+            &[("lane", lane.as_str())],
+            metrics.accepted[lane_index(lane)].load(Ordering::Relaxed),
+        );
+    }
+
+    family(
+        &mut out,
+        "relayq_recipients_total",
+        "counter",
+        "Recipient outcomes of delivery attempts, by lane and outcome.",
+    );
+    for lane in Lane::ALL {
+        for outcome in Outcome::ALL {
+            sample(
+                &mut out,
+                "relayq_recipients_total",
+                &[("lane", lane.as_str()), ("outcome", outcome.as_str())],
+                metrics.recipients[lane_index(lane)][outcome as usize].load(Ordering::Relaxed),
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "relayq_smtp_connections_active",
+        "gauge",
+        "Open inbound SMTP sessions.",
+    );
+    sample(
+        &mut out,
+        "relayq_smtp_connections_active",
+        &[],
+        metrics.connections_active.load(Ordering::Relaxed),
+    );
+
+    family(
+        &mut out,
+        "relayq_spool_commit_seconds",
+        "histogram",
+        "Time a session waited for the spool commit holding its message.",
+    );
+    histogram(
+        &mut out,
+        "relayq_spool_commit_seconds",
+        &[],
+        &metrics.commit_seconds.snapshot(),
+    );
+
+    family(
+        &mut out,
+        "relayq_spool_commit_batch_size",
+        "histogram",
+        "Requests in the spool commit that stored each accepted message.",
+    );
+    histogram(
+        &mut out,
+        "relayq_spool_commit_batch_size",
+        &[],
+        &metrics.commit_batch_size.snapshot(),
+    );
+
+    family(
+        &mut out,
+        "relayq_delivery_seconds",
+        "histogram",
+        "Time from acceptance to a final outcome (delivered, bounced, expired) per recipient.",
+    );
+    for lane in Lane::ALL {
+        histogram(
+            &mut out,
+            "relayq_delivery_seconds",
+            &[("lane", lane.as_str())],
+            &metrics.delivery_seconds[lane_index(lane)].snapshot(),
+        );
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample line. Label values here are fixed ASCII words (lanes, states,
+/// outcomes, the crate version), so they need no escaping.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (index, (label, value)) in labels.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{label}=\"{value}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], values: &HistogramSnapshot) {
+    let bucket_name = format!("{name}_bucket");
+    let bounds = values
+        .bounds
+        .iter()
+        .map(|bound| bound.to_string())
+        .chain(std::iter::once("+Inf".to_owned()));
+    for (bound, count) in bounds.zip(&values.cumulative) {
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &bound));
+        sample(out, &bucket_name, &with_le, count);
+    }
+    sample(out, &format!("{name}_sum"), labels, values.sum);
+    sample(out, &format!("{name}_count"), labels, values.count);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::events::EventKind;
+
+    #[test]
+    fn empty_registry_writes_every_series() {
+        let text = render(&Metrics::new(), &Queue::default(), SystemTime::now());
+        let queue_series = text
+            .lines()
+            .filter(|line| line.starts_with("relayq_queue_messages{"))
+            .count();
+        assert_eq!(queue_series, 8);
+        assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"held\"} 0\n"));
+        assert!(text.contains("relayq_queue_oldest_age_seconds{lane=\"high\"} 0\n"));
+        assert!(text.contains("relayq_recipients_total{lane=\"high\",outcome=\"expired\"} 0\n"));
+        assert!(text.contains("relayq_smtp_connections_active 0\n"));
+        assert!(text.contains("relayq_spool_commit_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("relayq_delivery_seconds_count{lane=\"low\"} 0\n"));
+        // Every sample belongs to a family declared above it.
+        let mut declared = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(
+                    declared
+                        .iter()
+                        .any(|family| name.starts_with(family.as_str())),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn queue_gauges_count_states_and_age_the_oldest() {
+        use relayq_spool::QueueId;
+        let queue = Queue::default();
+        let due = tokio::time::Instant::now();
+        for n in 1..=3 {
+            queue.reschedule(QueueId(n), Lane::Low, due);
+        }
+        queue.set_attempts(QueueId(2), 1);
+        queue.set_attempts(QueueId(3), 4);
+        let arrival = queue.get(QueueId(1)).unwrap().arrival_ms;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(arrival + 2500);
+        let text = render(&Metrics::new(), &queue, now);
+        assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"ready\"} 1\n"));
+        assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"deferred\"} 2\n"));
+        assert!(text.contains("relayq_queue_messages{lane=\"high\",state=\"ready\"} 0\n"));
+        assert!(text.contains("relayq_queue_oldest_age_seconds{lane=\"low\"} 2.5\n"));
+    }
+
+    #[test]
+    fn recorded_values_appear_with_their_labels() {
+        let metrics = Metrics::new();
+        metrics.message_accepted(Lane::Low, Duration::from_millis(3), 2);
+        metrics.recipient(Lane::Low, EventKind::Bounced, SystemTime::now());
+        let text = render(&metrics, &Queue::default(), SystemTime::now());
+        assert!(text.contains("relayq_messages_accepted_total{lane=\"low\"} 1\n"));
+        assert!(text.contains("relayq_recipients_total{lane=\"low\",outcome=\"bounced\"} 1\n"));
+        assert!(text.contains("relayq_spool_commit_batch_size_bucket{le=\"1\"} 0\n"));
+        assert!(text.contains("relayq_spool_commit_batch_size_bucket{le=\"2\"} 1\n"));
+        assert!(text.contains("relayq_spool_commit_batch_size_sum 2\n"));
+        assert!(text.contains("relayq_spool_commit_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("relayq_delivery_seconds_bucket{lane=\"low\",le=\"0.1\"} 1\n"));
+    }
+}
