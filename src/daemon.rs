@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::delivery::{self, engine::DeliveryContext};
 use crate::events::Events;
+use crate::maildrop;
 use crate::metrics::{self, Metrics};
 use crate::queue::Queue;
 use crate::smtp::server;
@@ -125,6 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         });
         tracker.spawn(metrics::http::serve(socket, endpoint, tracker.clone()));
     }
+    start_maildrop_import(&config, &shared, &tracker, &shutdown);
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",
         config.hostname,
@@ -161,6 +163,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("spool close task failed")?;
     tracing::info!("stopped; {remaining} messages stay queued in the spool");
     Ok(())
+}
+
+/// Creates the maildrop if needed and imports what `sendmail` left there,
+/// now and while running. A maildrop that cannot be created is logged, not
+/// fatal: SMTP intake works without it.
+fn start_maildrop_import(
+    config: &Config,
+    shared: &Arc<SessionShared>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let directory = config.control.maildrop.clone();
+    if let Err(error) = maildrop::prepare_directory(&directory) {
+        tracing::error!("maildrop {}: cannot create: {error}", directory.display());
+    }
+    let settings = maildrop::ImportSettings {
+        directory,
+        lane: config.listeners[0].lane,
+        max_message_size: config.spool.max_message_size,
+    };
+    maildrop::spawn(settings, shared.clone(), tracker, shutdown.clone());
 }
 
 async fn wait_for_signal() {

@@ -4,15 +4,18 @@
 //! in these modules so integration tests can drive the real components.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
 pub mod events;
 pub mod logging;
+pub mod maildrop;
 pub mod metrics;
 pub mod queue;
 pub mod smtp;
 pub mod storage;
+pub mod submission;
 pub mod timefmt;
 pub mod tls;

@@ -1,16 +1,22 @@
 //! The `relayq` command: `serve` runs the daemon, `check-config` validates a
-//! configuration file.
+//! configuration file, `sendmail` submits a message (also when invoked as
+//! `sendmail`; `mailq` lists the queue).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use relayq::cli::sendmail;
 use relayq::config::Config;
 
 /// sysexits.h EX_USAGE / EX_CONFIG-style exit for bad configuration.
 const EXIT_USAGE: u8 = 64;
 /// sysexits.h EX_SOFTWARE: the daemon failed at run time.
 const EXIT_SOFTWARE: u8 = 70;
+
+/// sysexits.h EX_UNAVAILABLE: a service the command needs is missing.
+const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Configuration used by `serve` when no `--config` is given and it exists.
 const SYSTEM_CONFIG: &str = "/etc/relayq/relayq.toml";
@@ -40,13 +46,76 @@ enum Commands {
         /// The file to check.
         file: PathBuf,
     },
+    /// Read a message on stdin and submit it, like sendmail: -t, -i, -f FROM,
+    /// -F NAME, -N NOTIFY, -C CONFIG, recipients. Exit 0 once accepted or in
+    /// the maildrop, 65 malformed or refused, 75 neither.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail's own flags and the recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As `sendmail` or `mailq` (symlinks), the arguments are sendmail's,
+    // which clap cannot parse (`-oi`, `-FCronDaemon`, `-odi`).
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_default();
+    let invoked_as = Path::new(&program)
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    match invoked_as.as_str() {
+        "sendmail" => return run_sendmail(args.collect()),
+        "mailq" => {
+            let mut mailq = vec![OsString::from("-bp")];
+            mailq.extend(args);
+            return run_sendmail(mailq);
+        }
+        _ => {}
+    }
+    dispatch(Cli::parse())
+}
+
+fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Commands::Serve { config } => serve(config),
         Commands::CheckConfig { file } => check_config(&file),
+        Commands::Sendmail { args } => run_sendmail(args),
+    }
+}
+
+fn run_sendmail(args: Vec<OsString>) -> ExitCode {
+    let args: Result<Vec<String>, _> = args.into_iter().map(OsString::into_string).collect();
+    let Ok(args) = args else {
+        eprintln!("sendmail: arguments must be UTF-8");
+        return ExitCode::from(sendmail::EXIT_USAGE);
+    };
+    match sendmail::run(args) {
+        sendmail::Action::Exit(code) => ExitCode::from(code),
+        sendmail::Action::ListQueue { config } => list_queue(config),
+    }
+}
+
+/// `sendmail -bp` and `mailq`: `relayq queue list`, when this build has it.
+fn list_queue(config: Option<PathBuf>) -> ExitCode {
+    let mut argv = vec![
+        OsString::from("relayq"),
+        OsString::from("queue"),
+        OsString::from("list"),
+    ];
+    if let Some(config) = config {
+        argv.push(OsString::from("--config"));
+        argv.push(config.into_os_string());
+    }
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => dispatch(cli),
+        Err(_) => {
+            eprintln!("mailq: this relayq has no `queue list` command yet");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }
 
