@@ -4,7 +4,9 @@
 //! in these modules so integration tests can drive the real components.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;

@@ -1,5 +1,5 @@
 //! The `relayq` command: `serve` runs the daemon, `check-config` validates a
-//! configuration file.
+//! configuration file, `queue` (or `mailq`) talks to the running daemon.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,13 +40,33 @@ enum Commands {
         /// The file to check.
         file: PathBuf,
     },
+    /// Inspect and operate the queue of the running daemon (also `mailq`).
+    Queue(relayq::cli::queue::QueueArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut arguments = std::env::args_os();
+    let arguments: Vec<_> = if relayq::cli::invoked_as_mailq(arguments.next().as_deref()) {
+        relayq::cli::mailq_arguments(arguments)
+    } else {
+        std::env::args_os().collect()
+    };
+    // Usage errors exit 64 (sysexits EX_USAGE), not clap's 2.
+    let cli = match Cli::try_parse_from(arguments) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Commands::Serve { config } => serve(config),
         Commands::CheckConfig { file } => check_config(&file),
+        Commands::Queue(args) => relayq::cli::queue::run(args),
     }
 }
 
