@@ -392,3 +392,53 @@ fn usage_errors_and_no_daemon() {
     assert_eq!(run(&["hold", "not-an-id"]).status.code(), Some(64));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(64));
 }
+
+#[test]
+fn tail_reconnects_when_the_daemon_restarts() {
+    let mut relay = TestRelay::start("");
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .args(["queue", "tail", "--config"])
+        .arg(&relay.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tail");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let lines = lines.clone();
+        let stdout = tail.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+    let mut seen = |relay: &TestRelay| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let id = submit(
+                relay,
+                "app@sender.test",
+                &["user@dest.test"],
+                "Subject: t\r\n\r\n",
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let found = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|line| line.contains(&id) && line.contains("accepted"));
+            if found {
+                return;
+            }
+            assert!(Instant::now() < deadline, "tail never showed {id}");
+        }
+    };
+    seen(&relay);
+    relay.stop();
+    relay.launch();
+    seen(&relay);
+    assert!(tail.try_wait().unwrap().is_none(), "tail kept running");
+    let _ = tail.kill();
+    let _ = tail.wait();
+}

@@ -61,7 +61,7 @@ pub fn list(messages: &[MessageView]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<15} {:>8} {:>20}  {}",
+            "{:<15} {:>8} {:>19}  {}",
             format!("{}{flag}", message.id),
             message.size,
             arrival_text(&message.arrival),
