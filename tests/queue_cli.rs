@@ -413,7 +413,7 @@ fn tail_reconnects_when_the_daemon_restarts() {
             }
         });
     }
-    let mut seen = |relay: &TestRelay| {
+    let seen = |relay: &TestRelay| {
         let deadline = Instant::now() + WAIT;
         loop {
             let id = submit(
