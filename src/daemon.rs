@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::control;
 use crate::delivery::{self, engine::DeliveryContext};
 use crate::events::Events;
 use crate::maildrop;
@@ -60,17 +61,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tracker = TaskTracker::new();
     let events = Events::new();
     let metrics = Arc::new(Metrics::new());
-    let delivery = DeliveryContext::new(
-        &config,
-        spool.clone(),
-        queue.clone(),
-        events.clone(),
-        metrics.clone(),
-    )
-    .context("cannot set up delivery")?;
+    let control_socket = control::bind(&config.control.socket)?;
+    let delivery = Arc::new(
+        DeliveryContext::new(
+            &config,
+            spool.clone(),
+            queue.clone(),
+            events.clone(),
+            metrics.clone(),
+        )
+        .context("cannot set up delivery")?,
+    );
     let delivery_shutdown = CancellationToken::new();
     delivery::engine::spawn(
-        Arc::new(delivery),
+        delivery.clone(),
         &config.lanes,
         &tracker,
         delivery_shutdown.clone(),
@@ -127,6 +131,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracker.spawn(metrics::http::serve(socket, endpoint, tracker.clone()));
     }
     start_maildrop_import(&config, &shared, &tracker, &shutdown);
+    // The control API (`relayq queue …`); its socket is removed at shutdown.
+    tracing::info!("control socket {}", config.control.socket.display());
+    control::spawn(control_socket, delivery.clone(), &tracker, shutdown.clone());
+
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",
         config.hostname,

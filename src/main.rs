@@ -1,6 +1,6 @@
 //! The `relayq` command: `serve` runs the daemon, `check-config` validates a
-//! configuration file, `sendmail` submits a message (also when invoked as
-//! `sendmail`; `mailq` lists the queue).
+//! configuration file, `queue` (or `mailq`) talks to the running daemon,
+//! `sendmail` submits a message (also when invoked as `sendmail`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_SOFTWARE: u8 = 70;
 
 /// sysexits.h EX_UNAVAILABLE: a service the command needs is missing.
-const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Configuration used by `serve` when no `--config` is given and it exists.
 const SYSTEM_CONFIG: &str = "/etc/relayq/relayq.toml";
@@ -55,28 +54,46 @@ enum Commands {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<OsString>,
     },
+    /// Inspect and operate the queue of the running daemon (also `mailq`).
+    Queue(relayq::cli::queue::QueueArgs),
 }
 
 fn main() -> ExitCode {
-    // As `sendmail` or `mailq` (symlinks), the arguments are sendmail's,
-    // which clap cannot parse (`-oi`, `-FCronDaemon`, `-odi`).
-    let mut args = std::env::args_os();
-    let program = args.next().unwrap_or_default();
+    // As `sendmail` (symlink), the arguments are sendmail's, which clap
+    // cannot parse (`-oi`, `-FCronDaemon`, `-odi`); as `mailq`, it is
+    // `queue list`.
+    let mut arguments = std::env::args_os();
+    let program = arguments.next().unwrap_or_default();
     let invoked_as = Path::new(&program)
         .file_name()
         .and_then(|name| name.to_str())
         .unwrap_or_default()
         .to_owned();
-    match invoked_as.as_str() {
-        "sendmail" => return run_sendmail(args.collect()),
-        "mailq" => {
-            let mut mailq = vec![OsString::from("-bp")];
-            mailq.extend(args);
-            return run_sendmail(mailq);
-        }
-        _ => {}
+    if invoked_as == "sendmail" {
+        return run_sendmail(arguments.collect());
     }
-    dispatch(Cli::parse())
+    let arguments: Vec<_> = if relayq::cli::invoked_as_mailq(Some(program.as_os_str())) {
+        relayq::cli::mailq_arguments(arguments)
+    } else {
+        std::env::args_os().collect()
+    };
+    parse_and_dispatch(arguments)
+}
+
+/// Usage errors exit 64 (sysexits EX_USAGE), not clap's 2.
+fn parse_and_dispatch(arguments: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(arguments) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    dispatch(cli)
 }
 
 fn dispatch(cli: Cli) -> ExitCode {
@@ -84,6 +101,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         Commands::Serve { config } => serve(config),
         Commands::CheckConfig { file } => check_config(&file),
         Commands::Sendmail { args } => run_sendmail(args),
+        Commands::Queue(args) => relayq::cli::queue::run(args),
     }
 }
 
@@ -99,7 +117,7 @@ fn run_sendmail(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-/// `sendmail -bp` and `mailq`: `relayq queue list`, when this build has it.
+/// `sendmail -bp`: `relayq queue list`.
 fn list_queue(config: Option<PathBuf>) -> ExitCode {
     let mut argv = vec![
         OsString::from("relayq"),
@@ -110,13 +128,7 @@ fn list_queue(config: Option<PathBuf>) -> ExitCode {
         argv.push(OsString::from("--config"));
         argv.push(config.into_os_string());
     }
-    match Cli::try_parse_from(argv) {
-        Ok(cli) => dispatch(cli),
-        Err(_) => {
-            eprintln!("mailq: this relayq has no `queue list` command yet");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-    }
+    parse_and_dispatch(argv)
 }
 
 fn check_config(file: &Path) -> ExitCode {

@@ -7,6 +7,7 @@
 
 pub mod envelope;
 mod lane;
+pub mod operations;
 pub mod retry;
 
 use std::collections::{BTreeMap, BTreeSet};

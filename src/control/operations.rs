@@ -1,0 +1,238 @@
+//! Operator operations on queued messages: retry, hold, release, delete and
+//! bounce. Each claims the message from the schedule first
+//! (`Queue::claim`), so it never races a delivery pass: a message whose
+//! pass is in flight is skipped ("delivery in progress") and can be asked
+//! again when the pass ends. Each change is one spool commit; the schedule
+//! follows only once it is stored.
+
+use std::time::SystemTime;
+
+use relayq_spool::{Change, QueueId};
+
+use super::view::{OperationReport, Skipped};
+use crate::delivery::client::RemoteReply;
+use crate::delivery::engine::DeliveryContext;
+use crate::delivery::report::{self, Note, NoteKind};
+use crate::events::{Event, EventKind};
+use crate::queue::envelope::RecipientStatus;
+use crate::queue::operations::ClaimError;
+use crate::queue::{Entry, Envelope, State};
+
+/// The enhanced status and text of an administrator's bounce.
+const BOUNCE_STATUS: &str = "5.0.0";
+const BOUNCE_TEXT: &str = "bounced by administrator";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Retry,
+    Hold,
+    Release,
+    Delete,
+    Bounce,
+}
+
+impl Operation {
+    pub fn parse(name: &str) -> Option<Operation> {
+        Some(match name {
+            "retry" => Operation::Retry,
+            "hold" => Operation::Hold,
+            "release" => Operation::Release,
+            "delete" => Operation::Delete,
+            "bounce" => Operation::Bounce,
+            _ => return None,
+        })
+    }
+
+    /// Why this operation does not apply to a message in `state`, if so.
+    fn refusal(self, state: State) -> Option<&'static str> {
+        match (self, state) {
+            (_, State::Active) => Some("delivery in progress"),
+            (Operation::Retry, State::Held) => Some("held (release it instead)"),
+            (Operation::Retry, State::Ready) => Some("already due"),
+            (Operation::Hold, State::Held) => Some("already held"),
+            (Operation::Release, State::Ready | State::Deferred) => Some("not held"),
+            _ => None,
+        }
+    }
+}
+
+/// Applies `operation` to each of `ids` in turn.
+pub async fn run(
+    context: &DeliveryContext,
+    operation: Operation,
+    ids: Vec<QueueId>,
+) -> OperationReport {
+    let mut report = OperationReport::default();
+    for id in ids {
+        match apply(context, operation, id).await {
+            Ok(()) => report.done.push(id.to_string()),
+            Err(Outcome::NotFound) => report.not_found.push(id.to_string()),
+            Err(Outcome::Skipped(reason)) => report.skipped.push(Skipped {
+                id: id.to_string(),
+                reason,
+            }),
+        }
+    }
+    report
+}
+
+enum Outcome {
+    NotFound,
+    Skipped(String),
+}
+
+async fn apply(
+    context: &DeliveryContext,
+    operation: Operation,
+    id: QueueId,
+) -> Result<(), Outcome> {
+    let queue = &context.queue;
+    let entry = queue.get(id).ok_or(Outcome::NotFound)?;
+    if let Some(reason) = operation.refusal(entry.state()) {
+        return Err(Outcome::Skipped(reason.to_owned()));
+    }
+    let entry = queue.claim(id).map_err(|error| match error {
+        ClaimError::NotFound => Outcome::NotFound,
+        ClaimError::InProgress => Outcome::Skipped("delivery in progress".to_owned()),
+    })?;
+    // The state may have changed between the look and the claim.
+    if let Some(reason) = operation.refusal(entry.state()) {
+        queue.unclaim(id, entry);
+        return Err(Outcome::Skipped(reason.to_owned()));
+    }
+    let result = commit(context, operation, id, &entry).await;
+    if result.is_err() {
+        queue.unclaim(id, entry);
+    }
+    result
+}
+
+/// Does the work for a claimed message; on `Err` nothing was stored.
+async fn commit(
+    context: &DeliveryContext,
+    operation: Operation,
+    id: QueueId,
+    entry: &Entry,
+) -> Result<(), Outcome> {
+    let failed = |what: &str, error: &dyn std::fmt::Display| {
+        tracing::error!(queue_id = %id, "{id}: cannot {what}: {error}");
+        Outcome::Skipped(format!("cannot {what}: {error}"))
+    };
+    let mut envelope = match context.spool.envelope(id) {
+        Ok(Some(bytes)) => Envelope::decode(&bytes).map_err(|e| failed("read the envelope", &e))?,
+        Ok(None) => {
+            context.queue.remove(id);
+            return Err(Outcome::NotFound);
+        }
+        Err(error) => return Err(failed("read the envelope", &error)),
+    };
+    let lane = entry.lane;
+    match operation {
+        Operation::Retry | Operation::Release => {
+            envelope.held = false;
+            envelope.next_attempt_ms = None;
+            context
+                .spool
+                .update_envelope(id, envelope.encode())
+                .await
+                .map_err(|e| failed("update the envelope", &e))?;
+            context.queue.insert(id, &envelope);
+            let (kind, word) = if operation == Operation::Retry {
+                (EventKind::Retried, "retry requested by administrator")
+            } else {
+                (EventKind::Released, "released by administrator")
+            };
+            tracing::info!(queue_id = %id, "{id}: {word}");
+            context.events.publish(Event::new(kind, id, lane));
+        }
+        Operation::Hold => {
+            envelope.held = true;
+            context
+                .spool
+                .update_envelope(id, envelope.encode())
+                .await
+                .map_err(|e| failed("update the envelope", &e))?;
+            context.queue.insert(id, &envelope);
+            tracing::info!(queue_id = %id, "{id}: held by administrator");
+            context
+                .events
+                .publish(Event::new(EventKind::Held, id, lane));
+        }
+        Operation::Delete => {
+            context
+                .spool
+                .remove(id)
+                .await
+                .map_err(|e| failed("remove the message", &e))?;
+            context.queue.remove(id);
+            tracing::info!(queue_id = %id, "{id}: deleted by administrator (no bounce)");
+            context
+                .events
+                .publish(Event::new(EventKind::Deleted, id, lane));
+        }
+        Operation::Bounce => bounce(context, id, envelope).await?,
+    }
+    Ok(())
+}
+
+/// Gives up on every open recipient: one DSN, committed with the removal.
+async fn bounce(
+    context: &DeliveryContext,
+    id: QueueId,
+    mut envelope: Envelope,
+) -> Result<(), Outcome> {
+    let now = SystemTime::now();
+    let reply = RemoteReply::local(BOUNCE_STATUS, BOUNCE_TEXT);
+    let mut notes = Vec::new();
+    let mut bounced = Vec::new();
+    for (index, recipient) in envelope.recipients.iter_mut().enumerate() {
+        if recipient.status.is_final() {
+            continue;
+        }
+        recipient.status = RecipientStatus::Bounced;
+        recipient.last_reply = Some(reply.to_string());
+        notes.push(Note::new(index, NoteKind::Failed, reply.clone(), None));
+        bounced.push(recipient.address.clone());
+    }
+    let reports = report::build(context, id, &envelope, &notes, now);
+    let mut changes = vec![Change::Remove { id }];
+    let mut queued_reports = Vec::new();
+    for (report_id, report_envelope, body) in reports {
+        changes.push(Change::Insert {
+            id: report_id,
+            envelope: report_envelope.encode(),
+            body,
+        });
+        queued_reports.push((report_id, report_envelope));
+    }
+    if let Err(error) = context.spool.apply(changes).await {
+        tracing::error!(queue_id = %id, "{id}: cannot bounce: {error}");
+        return Err(Outcome::Skipped(format!("cannot bounce: {error}")));
+    }
+    let delay = now
+        .duration_since(envelope.arrival())
+        .unwrap_or_default()
+        .as_secs_f64();
+    for address in bounced {
+        tracing::info!(
+            queue_id = %id,
+            "{id}: to=<{address}>, delay={delay:.1}, dsn={BOUNCE_STATUS}, status=bounced ({BOUNCE_TEXT})"
+        );
+        let mut event = Event::new(EventKind::Bounced, id, envelope.lane);
+        event.recipient = Some(address);
+        event.status = Some(BOUNCE_STATUS.to_owned());
+        event.reply = Some(BOUNCE_TEXT.to_owned());
+        event.delay = Some(delay);
+        context.events.publish(event);
+    }
+    for (report_id, report_envelope) in &queued_reports {
+        tracing::info!(queue_id = %report_id, "{report_id}: delivery status notification for {id} queued");
+        context.queue.insert(*report_id, report_envelope);
+    }
+    context.queue.remove(id);
+    tracing::info!(queue_id = %id, "{id}: removed");
+    context
+        .events
+        .publish(Event::new(EventKind::Removed, id, envelope.lane));
+    Ok(())
+}
