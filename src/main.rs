@@ -15,8 +15,6 @@ const EXIT_USAGE: u8 = 64;
 /// sysexits.h EX_SOFTWARE: the daemon failed at run time.
 const EXIT_SOFTWARE: u8 = 70;
 
-/// sysexits.h EX_UNAVAILABLE: a service the command needs is missing.
-
 /// Configuration used by `serve` when no `--config` is given and it exists.
 const SYSTEM_CONFIG: &str = "/etc/relayq/relayq.toml";
 
