@@ -62,7 +62,14 @@ fn concurrent_sessions_share_commits() {
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "queue ids are unique");
 
-    relay.wait_for_log(&format!("{}: accepted", ids.last().unwrap()));
+    // Every accepted message has its log line; wait for all of them (the
+    // log reaches the test through a pipe, after the 250s).
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while relay.log_lines(": accepted from=").len() < ids.len()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let batches: Vec<usize> = relay
         .log_lines(": accepted from=")
         .iter()

@@ -12,12 +12,13 @@
 #   SIZE=2048              payload bytes (smtp-source -l; headers extra)
 #   SESSIONS=20            concurrent SMTP sessions filling the queue
 #   LAT_RATE=500           offered msg/s for the accepted->delivered probe
-#   LAT_DURATION=20        seconds (QUICK=1: 5); LAT_MODE=new|pool
+#   LAT_DURATION=20        seconds (QUICK=1: 5); LAT_MODE=pool|new (pool: SESSIONS
+#                          persistent sessions; new: a connection per message)
 #   CASES="drain e2e latency"
 #   SYSTEMS="relayq postfix"
 #   FILL_TIMEOUT=900 DRAIN_TIMEOUT=900 STALL=60  bounds (seconds); a drain
 #                          that makes no progress for STALL seconds stops
-#   IDLE_WAIT=20 IDLE_PCT=40  wait (bounded) for a quieter machine before a case
+#   IDLE_WAIT=10 IDLE_PCT=40  wait (bounded) for a quieter machine before a case
 #   SINK_PORT=2611 PF_PORT=2612 RQ_PORT=2613 TSINK_PORT=2614 DNS_PORT=2653
 #   BUILD=1  RELAYQ_BIN=target/release/relayq  KEEP=0  RESULTS_DIR=tests/bench/results
 #
@@ -42,13 +43,13 @@ SIZE=${SIZE:-2048}
 SESSIONS=${SESSIONS:-20}
 LAT_RATE=${LAT_RATE:-500}
 LAT_DURATION=${LAT_DURATION:-20}
-LAT_MODE=${LAT_MODE:-new}
+LAT_MODE=${LAT_MODE:-pool}
 CASES=${CASES:-"drain e2e latency"}
 SYSTEMS=${SYSTEMS:-"relayq postfix"}
 FILL_TIMEOUT=${FILL_TIMEOUT:-900}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-900}
 STALL=${STALL:-60}
-IDLE_WAIT=${IDLE_WAIT:-20}
+IDLE_WAIT=${IDLE_WAIT:-10}
 IDLE_PCT=${IDLE_PCT:-40}
 SINK_PORT=${SINK_PORT:-2611}
 PF_PORT=${PF_PORT:-2612}
@@ -434,7 +435,7 @@ drain_relayq() {
     local off=0 want=${RQ_QUEUED:-$n}
     t_start=$(now)
     rq_start || return 1
-    read -r cnt t_first t_done st < <(follow "$RQ_LOG" ': removed$' "$want" 0 "$DRAIN_TIMEOUT" "$STALL" "$RQ_PID")
+    read -r cnt t_first t_done st < <(follow "$RQ_LOG" ': removed( queue_id=|$)' "$want" 0 "$DRAIN_TIMEOUT" "$STALL" "$RQ_PID")
     c1=$(rq_cpu "$RQ_PID")
     R[rq_drain_ours]=$c1
     R[rq_drain_other]=$(other_pct "$c1")
@@ -481,7 +482,7 @@ drain_postfix() {
     t_start=$(now)
     postsuper -c "$PF_DIR/etc" -H ALL >"$WORK/postsuper.log" 2>&1
     postqueue -c "$PF_DIR/etc" -f >>"$WORK/postsuper.log" 2>&1
-    read -r cnt t_first t_done st < <(follow "$PF_DIR/maillog" ': removed$' "$h" "$off" "$DRAIN_TIMEOUT" "$STALL" "$PF_MASTER")
+    read -r cnt t_first t_done st < <(follow "$PF_DIR/maillog" ': removed( queue_id=|$)' "$h" "$off" "$DRAIN_TIMEOUT" "$STALL" "$PF_MASTER")
     cpu_total "$PF_MASTER" "$WORK/pf-drain.1"
     child_ticks
     local tool=$((CHILD_TICKS - c0)) tree
@@ -509,7 +510,7 @@ e2e_relayq() {
     c0=$(rq_cpu "$RQ_PID")
     t_start=$(now)
     # the follower runs in the background while smtp-source fills
-    "$PY" "$WORK/follow.py" "$RQ_LOG" ': removed$' "$n" 0 "$((FILL_TIMEOUT + DRAIN_TIMEOUT))" "$((FILL_TIMEOUT))" "$RQ_PID" >"$WORK/e2e-rq.follow" &
+    "$PY" "$WORK/follow.py" "$RQ_LOG" ': removed( queue_id=|$)' "$n" 0 "$((FILL_TIMEOUT + DRAIN_TIMEOUT))" "$((FILL_TIMEOUT))" "$RQ_PID" >"$WORK/e2e-rq.follow" &
     local fpid=$!
     fill "$RQ_PORT" "$n" rq-e2e
     CUR_PID=$fpid; wait "$fpid"; CUR_PID=
@@ -535,7 +536,7 @@ e2e_postfix() {
     off=$(fsize "$PF_DIR/maillog")
     cpu_total "$PF_MASTER" "$WORK/pf-e2e.0"
     t_start=$(now)
-    "$PY" "$WORK/follow.py" "$PF_DIR/maillog" ': removed$' "$n" "$off" "$((FILL_TIMEOUT + DRAIN_TIMEOUT))" "$FILL_TIMEOUT" "$PF_MASTER" >"$WORK/e2e-pf.follow" &
+    "$PY" "$WORK/follow.py" "$PF_DIR/maillog" ': removed( queue_id=|$)' "$n" "$off" "$((FILL_TIMEOUT + DRAIN_TIMEOUT))" "$FILL_TIMEOUT" "$PF_MASTER" >"$WORK/e2e-pf.follow" &
     fpid=$!
     fill "$PF_PORT" "$n" pf-e2e
     CUR_PID=$fpid; wait "$fpid"; CUR_PID=
@@ -576,7 +577,15 @@ latency_case() {
     sleep 1.2 # one more flush period
     tsink_stop
     R[${sys}_lat]=$("$PY" "$HERE/timed_sink.py" report --sent "$sent" --arrivals "$arr")
-    R[${sys}_lat_ack]=$("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["ack_ms"]; l=r["lag_ms"]; print(f"ok={r[\"ok\"]} non2xx={r[\"non2xx\"]} errors={r[\"errors\"]} achieved={r[\"achieved_rate\"]:.0f}/s ack p50={a[\"p50\"]:.1f} p99={a[\"p99\"]:.1f} ms, generator lag p99={l[\"p99\"]:.1f} ms")' "$WORK/lat-$sys.json" 2>/dev/null)
+    R[${sys}_lat_ack]=$("$PY" - "$WORK/lat-$sys.json" <<'PYEOF' 2>/dev/null
+import json, sys
+r = json.load(open(sys.argv[1]))
+a, t, l = r["ack_ms"], r["txn_ms"], r["lag_ms"]
+print("ok=%d non2xx=%d errors=%d skipped=%d achieved=%.0f/s; ack p50=%.1f p99=%.1f ms; txn p50=%.1f p99=%.1f ms; generator lag p99=%.1f ms%s" % (
+    r["ok"], r["non2xx"], r["errors"], r["skipped"], r["achieved_rate"], a["p50"], a["p99"], t["p50"], t["p99"], l["p99"],
+    (" " + str(r["errors_by"])) if r["errors"] else ""))
+PYEOF
+)
     log "  $sys: ${R[${sys}_lat]}"
 }
 
@@ -668,7 +677,7 @@ OUT=$WORK/report.txt
         echo
     fi
     if case_on latency; then
-        echo "3. Accepted -> delivered latency: open loop $LAT_RATE msg/s x ${LAT_DURATION}s, ${SIZE} B, $LAT_MODE connection per message,"
+        echo "3. Accepted -> delivered latency: open loop $LAT_RATE msg/s x ${LAT_DURATION}s, ${SIZE} B, latency.py --mode $LAT_MODE ($SESSIONS sessions in pool mode),"
         echo "   recipients over $DOMAINS domains; delay = arrival at timed_sink.py (final dot read) - client's final dot written"
         for s in relayq postfix; do
             sys_on $s || continue
