@@ -27,6 +27,10 @@ struct Setup {
 }
 
 fn setup(retry_initial: &str) -> Setup {
+    setup_with(retry_initial, "1d")
+}
+
+fn setup_with(retry_initial: &str, max_age: &str) -> Setup {
     let attempts = Arc::new(AtomicUsize::new(0));
     let counter = attempts.clone();
     let deferring = Script {
@@ -48,7 +52,7 @@ fn setup(retry_initial: &str) -> Setup {
     let relay = TestRelay::start(&format!(
         "[delivery]\nport = {port}\nconnect_timeout = \"2s\"\n\
          [dns]\nnameservers = [\"{}\"]\n\
-         [retry]\ninitial = \"{retry_initial}\"\nfactor = 1.0\nmax = \"{retry_initial}\"\nmax_age = \"1d\"\n",
+         [retry]\ninitial = \"{retry_initial}\"\nfactor = 1.0\nmax = \"{retry_initial}\"\nmax_age = \"{max_age}\"\n",
         dns.address
     ));
     let sender_mx = servers.pop().unwrap();
@@ -296,6 +300,29 @@ fn hold_stops_attempts_until_release() {
     wait_until("the released message is attempted", || {
         setup.attempts.load(Ordering::SeqCst) > held_at
     });
+}
+
+#[test]
+fn time_on_hold_does_not_count_toward_expiry() {
+    let setup = setup_with("1h", "3s");
+    let relay = &setup.relay;
+    let id = submit_deferred(&setup);
+    assert_eq!(ok(relay, &["hold", &id]), format!("{id}: held\n"));
+    let held_at = setup.attempts.load(Ordering::SeqCst);
+    // Longer than max_age: a message that was not held would expire at its
+    // next deferral.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(ok(relay, &["release", &id]), format!("{id}: released\n"));
+    wait_until("the released message is attempted and deferred again", || {
+        setup.attempts.load(Ordering::SeqCst) > held_at
+            && state_of(relay, &id).as_deref() == Some("deferred")
+    });
+    let shown = json(relay, &["show", &id]);
+    assert_eq!(shown["recipients"][0]["status"], "deferred", "{shown}");
+    assert!(
+        setup.sender_mx.messages().is_empty(),
+        "no expiry DSN for a message that spent its age on hold"
+    );
 }
 
 #[test]

@@ -129,7 +129,7 @@ async fn commit(
     let lane = entry.lane;
     match operation {
         Operation::Retry | Operation::Release => {
-            envelope.held = false;
+            envelope.release(SystemTime::now());
             envelope.next_attempt_ms = None;
             context
                 .spool
@@ -146,7 +146,7 @@ async fn commit(
             context.events.publish(Event::new(kind, id, lane));
         }
         Operation::Hold => {
-            envelope.held = true;
+            envelope.hold(SystemTime::now());
             context
                 .spool
                 .update_envelope(id, envelope.encode())

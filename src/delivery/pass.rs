@@ -171,12 +171,14 @@ impl Pass {
         let mut envelope = lock(&self.envelope).clone();
         let mut notes = std::mem::take(&mut *lock(&self.notes));
         let age = now.duration_since(envelope.arrival()).unwrap_or_default();
+        // Time on hold counts neither toward expiry nor the delay warning.
+        let counted_age = envelope.queued_age(now);
         envelope.attempts += 1;
 
         let open: Vec<usize> = (0..envelope.recipients.len())
             .filter(|&index| !envelope.recipients[index].status.is_final())
             .collect();
-        if !open.is_empty() && context.policy.is_expired(age) {
+        if !open.is_empty() && context.policy.is_expired(counted_age) {
             let arrival = envelope.arrival();
             for &index in &open {
                 let recipient = &mut envelope.recipients[index];
@@ -210,7 +212,7 @@ impl Pass {
             }
         } else if !open.is_empty()
             && let Some(warning) = context.policy.delay_warning
-            && age >= warning
+            && counted_age >= warning
             && !envelope.delay_warned
         {
             for &index in &open {

@@ -122,6 +122,8 @@ pub fn build(
             envid: None,
             mt_priority: envelope.mt_priority,
             held: false,
+            held_since_ms: None,
+            held_ms: 0,
             attempts: 0,
             next_attempt_ms: None,
             delay_warned: false,

@@ -41,6 +41,13 @@ pub struct Envelope {
     /// Held by an operator: no delivery attempts until released.
     #[serde(default)]
     pub held: bool,
+    /// When the current hold began (ms since the Unix epoch).
+    #[serde(default)]
+    pub held_since_ms: Option<u64>,
+    /// Time spent held in earlier holds, in milliseconds: it does not count
+    /// toward `retry.max_age` or the delay warning.
+    #[serde(default)]
+    pub held_ms: u64,
     /// Delivery attempts made so far.
     #[serde(default)]
     pub attempts: u32,
@@ -133,6 +140,33 @@ impl Envelope {
         UNIX_EPOCH + Duration::from_millis(self.arrival_ms)
     }
 
+    /// Puts the message on hold at `now`.
+    pub fn hold(&mut self, now: SystemTime) {
+        if !self.held {
+            self.held = true;
+            self.held_since_ms = Some(unix_ms(now));
+        }
+    }
+
+    /// Releases a hold at `now`, banking the time it lasted.
+    pub fn release(&mut self, now: SystemTime) {
+        if let Some(since) = self.held_since_ms.take() {
+            self.held_ms += unix_ms(now).saturating_sub(since);
+        }
+        self.held = false;
+    }
+
+    /// Time in the queue at `now` that counts toward expiry: the age since
+    /// arrival minus the time spent held.
+    pub fn queued_age(&self, now: SystemTime) -> Duration {
+        let mut held = self.held_ms;
+        if let Some(since) = self.held_since_ms {
+            held += unix_ms(now).saturating_sub(since);
+        }
+        let age = now.duration_since(self.arrival()).unwrap_or_default();
+        age.saturating_sub(Duration::from_millis(held))
+    }
+
     /// All recipients delivered or bounced: the message can leave the spool.
     pub fn is_complete(&self) -> bool {
         self.recipients
@@ -177,6 +211,8 @@ mod tests {
             envid: Some("x".into()),
             mt_priority: Some(-2),
             held: false,
+            held_since_ms: None,
+            held_ms: 0,
             attempts: 0,
             next_attempt_ms: None,
             delay_warned: false,
@@ -187,6 +223,24 @@ mod tests {
     fn roundtrip() {
         let envelope = sample();
         assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn time_on_hold_does_not_count_toward_expiry() {
+        let mut envelope = sample();
+        let arrival = envelope.arrival();
+        let at = |secs| arrival + Duration::from_secs(secs);
+        envelope.hold(at(100));
+        assert_eq!(envelope.queued_age(at(400)), Duration::from_secs(100));
+        envelope.release(at(1000));
+        assert_eq!(envelope.queued_age(at(1050)), Duration::from_secs(150));
+        envelope.hold(at(2000));
+        envelope.hold(at(2500));
+        envelope.release(at(3000));
+        assert_eq!(envelope.queued_age(at(3000)), Duration::from_secs(1100));
+        assert!(!envelope.held);
+        let decoded = Envelope::decode(&envelope.encode()).unwrap();
+        assert_eq!(decoded.queued_age(at(3000)), Duration::from_secs(1100));
     }
 
     #[test]

@@ -213,6 +213,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             envid: mail.envid,
             mt_priority: mail.mt_priority,
             held: false,
+            held_since_ms: None,
+            held_ms: 0,
             attempts: 0,
             next_attempt_ms: None,
             delay_warned: false,
