@@ -63,25 +63,10 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
     if let Some(reason) = context.destinations.is_dead(&job.hop) {
         return job.all(Disposition::Deferred, reason, None);
     }
-    let targets = match resolve(context, &job.hop).await {
-        Ok(targets) => targets,
-        Err(error) => {
-            let disposition = if error.is_permanent() {
-                Disposition::Bounced
-            } else {
-                Disposition::Deferred
-            };
-            let reply = RemoteReply::local(error.enhanced_status(), error.to_string());
-            return job.all(disposition, reply, None);
-        }
-    };
-    let (tls, credentials) = match connection_policy(context, &job.hop) {
-        Ok(policy) => policy,
-        Err(reply) => return job.all(Disposition::Deferred, reply, None),
-    };
-
     let mut pending: Vec<usize> = job.recipients.clone();
     let mut results = Vec::new();
+    // A pooled connection needs no DNS: the next hop is looked up only when
+    // a new connection is opened.
     let mut reused = context.destinations.take_idle(&job.hop);
     let mut fresh_connection_tried = false;
     while !pending.is_empty() {
@@ -90,10 +75,10 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
             None if fresh_connection_tried => break,
             None => {
                 fresh_connection_tried = true;
-                match connect(context, job, &targets, tls, credentials.as_ref()).await {
+                match open(context, job).await {
                     Ok(connection) => connection,
-                    Err(reply) => {
-                        results.extend(job.all_of(&pending, Disposition::Deferred, reply));
+                    Err((disposition, reply)) => {
+                        results.extend(job.all_of(&pending, disposition, reply));
                         return results;
                     }
                 }
@@ -169,6 +154,29 @@ impl Job {
             })
             .collect()
     }
+}
+
+/// Looks the next hop up and connects to the first host that answers.
+async fn open(
+    context: &DeliveryContext,
+    job: &Job,
+) -> Result<Connection, (Disposition, RemoteReply)> {
+    let targets = resolve(context, &job.hop).await.map_err(|error| {
+        let disposition = if error.is_permanent() {
+            Disposition::Bounced
+        } else {
+            Disposition::Deferred
+        };
+        (
+            disposition,
+            RemoteReply::local(error.enhanced_status(), error.to_string()),
+        )
+    })?;
+    let (tls, credentials) = connection_policy(context, &job.hop)
+        .map_err(|reply| (Disposition::Deferred, reply))?;
+    connect(context, job, &targets, tls, credentials.as_ref())
+        .await
+        .map_err(|reply| (Disposition::Deferred, reply))
 }
 
 fn relay_name(target: &Target) -> String {

@@ -24,7 +24,9 @@
 #
 # Network: only 127.0.0.1. relayq never uses the system resolver here: its
 # [dns] nameservers is the dnsmasq started by this script on 127.0.0.1:DNS_PORT,
-# which answers MX dN.test -> mx.bench.test -> 127.0.0.1 and nothing else.
+# which answers MX dN.test -> mx.bench.test -> 127.0.0.1 and nothing else,
+# with a TTL of one hour (dnsmasq's default for its own records is 0, which
+# would make every delivery pass ask again, unlike any real MX).
 # Every wait is bounded; everything started here is stopped on exit (trap).
 
 set -uo pipefail
@@ -213,7 +215,7 @@ dns_start() {
     local args=() i
     for ((i = 1; i <= DOMAINS; i++)); do args+=("--mx-host=d$i.test,mx.bench.test,10"); done
     dnsmasq --no-daemon --port="$DNS_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
-        --no-dhcp-interface=lo --pid-file= --cache-size=1000 --host-record=mx.bench.test,127.0.0.1 "${args[@]}" \
+        --no-dhcp-interface=lo --pid-file= --cache-size=1000 --local-ttl=3600 --host-record=mx.bench.test,127.0.0.1 "${args[@]}" \
         >"$WORK/dnsmasq.log" 2>&1 &
     DNS_PID=$!
     sleep 0.5
