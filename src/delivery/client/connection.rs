@@ -27,9 +27,6 @@ pub struct Connection {
     pub(super) capabilities: Capabilities,
     tls: Option<TlsInfo>,
     pub(super) completed_transactions: u32,
-    /// A MAIL was sent and the transaction has not ended (no reply to the
-    /// final dot yet, no RSET): the server may hold envelope state.
-    pub(super) in_transaction: bool,
 }
 
 /// How long QUIT waits for its 221 (and the close for its close_notify).
@@ -88,14 +85,9 @@ impl Connection {
         self.completed_transactions
     }
 
-    /// Makes the session ready for the next transaction: RSET when one was
-    /// left open (refused recipients, refused DATA). After the reply to the
-    /// final dot the server has already cleared its state (RFC 5321 §4.1.1.4),
-    /// so nothing is sent. An error means the connection must not be reused.
+    /// RSET before reusing the connection for the next message; an error
+    /// means the connection must not be reused.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
-        if !self.in_transaction {
-            return Ok(());
-        }
         let limit = self.settings.command_timeout;
         self.transport
             .send(b"RSET\r\n", limit, "sending RSET")
@@ -105,7 +97,6 @@ impl Connection {
             .read_reply(limit, "waiting for reply to RSET")
             .await?;
         if reply.is_positive() {
-            self.in_transaction = false;
             Ok(())
         } else {
             Err(ClientError::Rejected(reply))
@@ -231,7 +222,6 @@ async fn open_once(
         capabilities,
         tls: tls_info,
         completed_transactions: 0,
-        in_transaction: false,
     })
 }
 

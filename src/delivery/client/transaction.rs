@@ -114,7 +114,6 @@ impl Connection {
             return Ok(true);
         }
         let mail = mail_command(message, &self.capabilities);
-        self.in_transaction = true;
 
         let data_reply = if self.capabilities.offers(EXT_PIPELINING) {
             match self
@@ -163,7 +162,6 @@ impl Connection {
             }
         };
         self.completed_transactions += 1;
-        self.in_transaction = false;
         let disposition = if final_reply.is_positive() {
             Disposition::Delivered
         } else {
