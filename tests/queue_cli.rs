@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::delivery::{start_mx, submit, zone_with_sender_mx};
 use common::dns_server::TestDns;
-use common::fake_mx::{FakeMx, Script};
+use common::fake_mx::{FakeMx, Script, Stage};
 use common::{TestRelay, WAIT};
 
 /// A relay whose destination `dest.test` defers every RCPT, and whose
@@ -27,10 +27,12 @@ struct Setup {
 }
 
 fn setup(retry_initial: &str) -> Setup {
-    setup_with(retry_initial, "1d")
+    setup_with(retry_initial, "1d", Duration::ZERO)
 }
 
-fn setup_with(retry_initial: &str, max_age: &str) -> Setup {
+/// `rcpt_delay`: how long the MX waits before its reply to RCPT, so that
+/// a delivery pass stays in flight that long.
+fn setup_with(retry_initial: &str, max_age: &str, rcpt_delay: Duration) -> Setup {
     let attempts = Arc::new(AtomicUsize::new(0));
     let counter = attempts.clone();
     let deferring = Script {
@@ -38,6 +40,7 @@ fn setup_with(retry_initial: &str, max_age: &str) -> Setup {
             counter.fetch_add(1, Ordering::SeqCst);
             "451 4.7.1 try again later".to_owned()
         }),
+        delay_before: vec![(Stage::Rcpt, rcpt_delay)],
         ..Script::default()
     };
     let (port, mut servers) = start_mx(vec![
@@ -274,15 +277,16 @@ fn hold_stops_attempts_until_release() {
     let setup = setup("1s");
     let relay = &setup.relay;
     let id = submit_deferred(&setup);
-    // With retry.initial = 1s a pass may be in flight: then hold answers
-    // "skipped (delivery in progress)" and is asked again.
-    wait_until("the hold is done", || {
-        let report = ok(relay, &["hold", &id]);
-        assert!(
-            report == format!("{id}: held\n") || report.contains("delivery in progress"),
-            "{report}"
-        );
-        report.ends_with(": held\n")
+    // With retry.initial = 1s a pass may be in flight: then the hold is
+    // left with it and applied when it ends.
+    let report = ok(relay, &["hold", &id]);
+    assert!(
+        report == format!("{id}: held\n")
+            || report == format!("{id}: delivery in progress; held when it ends\n"),
+        "{report}"
+    );
+    wait_until("the message is held", || {
+        state_of(relay, &id).as_deref() == Some("held")
     });
     assert_eq!(state_of(relay, &id).as_deref(), Some("held"));
     assert!(ok(relay, &["list"]).contains(&format!("{id}!")));
@@ -304,7 +308,7 @@ fn hold_stops_attempts_until_release() {
 
 #[test]
 fn time_on_hold_does_not_count_toward_expiry() {
-    let setup = setup_with("1h", "3s");
+    let setup = setup_with("1h", "3s", Duration::ZERO);
     let relay = &setup.relay;
     let id = submit_deferred(&setup);
     assert_eq!(ok(relay, &["hold", &id]), format!("{id}: held\n"));
@@ -313,10 +317,13 @@ fn time_on_hold_does_not_count_toward_expiry() {
     // next deferral.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(ok(relay, &["release", &id]), format!("{id}: released\n"));
-    wait_until("the released message is attempted and deferred again", || {
-        setup.attempts.load(Ordering::SeqCst) > held_at
-            && state_of(relay, &id).as_deref() == Some("deferred")
-    });
+    wait_until(
+        "the released message is attempted and deferred again",
+        || {
+            setup.attempts.load(Ordering::SeqCst) > held_at
+                && state_of(relay, &id).as_deref() == Some("deferred")
+        },
+    );
     let shown = json(relay, &["show", &id]);
     assert_eq!(shown["recipients"][0]["status"], "deferred", "{shown}");
     assert!(
@@ -384,6 +391,74 @@ fn delete_removes_without_bounce_and_bounce_sends_a_dsn() {
         "no DSN for the deleted message"
     );
     assert_eq!(state_of(relay, &bounced), None);
+}
+
+#[test]
+fn hold_delete_and_bounce_wait_for_the_delivery_in_progress() {
+    let setup = setup_with("1h", "1d", Duration::from_secs(3));
+    let relay = &setup.relay;
+    let submit_active = || {
+        let id = submit(
+            relay,
+            "app@sender.test",
+            &["user@dest.test"],
+            "Subject: slow\r\n\r\nhello\r\n",
+        );
+        wait_until("its delivery pass is in flight", || {
+            state_of(relay, &id).as_deref() == Some("active")
+        });
+        id
+    };
+    let held = submit_active();
+    let deleted = submit_active();
+    let bounced = submit_active();
+
+    assert_eq!(
+        ok(relay, &["hold", &held]),
+        format!("{held}: delivery in progress; held when it ends\n")
+    );
+    let report = json(relay, &["delete", &deleted]);
+    assert_eq!(report["pending"][0]["id"], deleted.as_str(), "{report}");
+    assert_eq!(report["done"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        ok(relay, &["bounce", &bounced]),
+        format!("{bounced}: delivery in progress; bounced when it ends\n")
+    );
+
+    wait_until("the passes ended and the operations were applied", || {
+        state_of(relay, &held).as_deref() == Some("held")
+            && state_of(relay, &deleted).is_none()
+            && state_of(relay, &bounced).is_none()
+    });
+    let dsns = setup.sender_mx.wait_for_messages(1, WAIT);
+    let dsn = String::from_utf8_lossy(&dsns[0].data);
+    assert!(dsn.contains(&bounced), "{dsn}");
+    assert!(dsn.contains("Status: 5.0.0"), "{dsn}");
+    let attempts = setup.attempts.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        setup.sender_mx.messages().len(),
+        1,
+        "no DSN for the deleted message"
+    );
+    assert_eq!(
+        setup.attempts.load(Ordering::SeqCst),
+        attempts,
+        "held: no attempt"
+    );
+    let logs = relay.logs_text();
+    assert!(
+        logs.contains(&format!("{held}: held by administrator")),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("{deleted}: deleted by administrator (no bounce)")),
+        "{logs}"
+    );
+    assert_eq!(
+        ok(relay, &["release", &held]),
+        format!("{held}: released\n")
+    );
 }
 
 #[test]

@@ -203,6 +203,9 @@ pub fn report(done_word: &str, report: &OperationReport) -> String {
     for id in &report.done {
         let _ = writeln!(out, "{id}: {done_word}");
     }
+    for pending in &report.pending {
+        let _ = writeln!(out, "{}: {}", pending.id, pending.reason);
+    }
     for skipped in &report.skipped {
         let _ = writeln!(out, "{}: skipped ({})", skipped.id, skipped.reason);
     }

@@ -1,11 +1,13 @@
 //! Operator operations on queued messages: retry, hold, release, delete and
 //! bounce. Each claims the message from the schedule first
-//! (`Queue::claim`), so it never races a delivery pass: a message whose
-//! pass is in flight is skipped ("delivery in progress") and can be asked
-//! again when the pass ends. Each change is one spool commit; the schedule
-//! follows only once it is stored.
+//! (`Queue::claim`), so it never races a delivery pass. Hold, delete and
+//! bounce of a message whose pass is in flight are left with the pass,
+//! which applies them in the commit that records its results (as Postfix's
+//! queue manager does once a delivery agent is done); retry and release do
+//! not apply to it. Each change is one spool commit; the schedule follows
+//! only once it is stored.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use relayq_spool::{Change, QueueId};
 
@@ -16,11 +18,17 @@ use crate::delivery::report::{self, Note, NoteKind};
 use crate::events::{Event, EventKind};
 use crate::queue::envelope::RecipientStatus;
 use crate::queue::operations::ClaimError;
-use crate::queue::{Entry, Envelope, State};
+use crate::queue::{Entry, Envelope, Lane, PendingOperation, State};
 
 /// The enhanced status and text of an administrator's bounce.
-const BOUNCE_STATUS: &str = "5.0.0";
-const BOUNCE_TEXT: &str = "bounced by administrator";
+pub const BOUNCE_STATUS: &str = "5.0.0";
+pub const BOUNCE_TEXT: &str = "bounced by administrator";
+
+/// While a pass records its results (one commit) an operation can neither
+/// claim the message nor be left with the pass: it asks again this often,
+/// at most `BUSY_TRIES` times.
+const BUSY_WAIT: Duration = Duration::from_millis(20);
+const BUSY_TRIES: usize = 250;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -41,6 +49,16 @@ impl Operation {
             "bounce" => Operation::Bounce,
             _ => return None,
         })
+    }
+
+    /// What a pass in flight does with this operation when it ends.
+    fn pending(self) -> Option<(PendingOperation, &'static str)> {
+        match self {
+            Operation::Hold => Some((PendingOperation::Hold, "held")),
+            Operation::Delete => Some((PendingOperation::Delete, "deleted")),
+            Operation::Bounce => Some((PendingOperation::Bounce, "bounced")),
+            Operation::Retry | Operation::Release => None,
+        }
     }
 
     /// Why this operation does not apply to a message in `state`, if so.
@@ -67,6 +85,10 @@ pub async fn run(
         match apply(context, operation, id).await {
             Ok(()) => report.done.push(id.to_string()),
             Err(Outcome::NotFound) => report.not_found.push(id.to_string()),
+            Err(Outcome::Pending(reason)) => report.pending.push(Skipped {
+                id: id.to_string(),
+                reason,
+            }),
             Err(Outcome::Skipped(reason)) => report.skipped.push(Skipped {
                 id: id.to_string(),
                 reason,
@@ -79,6 +101,8 @@ pub async fn run(
 enum Outcome {
     NotFound,
     Skipped(String),
+    /// Left with the pass in flight, which applies it when it ends.
+    Pending(String),
 }
 
 async fn apply(
@@ -87,24 +111,62 @@ async fn apply(
     id: QueueId,
 ) -> Result<(), Outcome> {
     let queue = &context.queue;
-    let entry = queue.get(id).ok_or(Outcome::NotFound)?;
-    if let Some(reason) = operation.refusal(entry.state()) {
-        return Err(Outcome::Skipped(reason.to_owned()));
+    for _ in 0..BUSY_TRIES {
+        let entry = queue.get(id).ok_or(Outcome::NotFound)?;
+        if entry.state() == State::Active {
+            let Some((pending, word)) = operation.pending() else {
+                return Err(Outcome::Skipped("delivery in progress".to_owned()));
+            };
+            if queue.add_pending(id, pending) {
+                tracing::info!(queue_id = %id, "{id}: to be {word} when the delivery in progress ends");
+                return Err(Outcome::Pending(format!(
+                    "delivery in progress; {word} when it ends"
+                )));
+            }
+            tokio::time::sleep(BUSY_WAIT).await;
+            continue;
+        }
+        if let Some(reason) = operation.refusal(entry.state()) {
+            return Err(Outcome::Skipped(reason.to_owned()));
+        }
+        let entry = match queue.claim(id) {
+            Ok(entry) => entry,
+            Err(ClaimError::NotFound) => return Err(Outcome::NotFound),
+            // A pass started since the look: look again.
+            Err(ClaimError::InProgress) => continue,
+        };
+        // The state may have changed between the look and the claim.
+        if let Some(reason) = operation.refusal(entry.state()) {
+            queue.unclaim(id, entry);
+            return Err(Outcome::Skipped(reason.to_owned()));
+        }
+        let result = commit(context, operation, id, &entry).await;
+        if result.is_err() {
+            queue.unclaim(id, entry);
+        }
+        return result;
     }
-    let entry = queue.claim(id).map_err(|error| match error {
-        ClaimError::NotFound => Outcome::NotFound,
-        ClaimError::InProgress => Outcome::Skipped("delivery in progress".to_owned()),
-    })?;
-    // The state may have changed between the look and the claim.
-    if let Some(reason) = operation.refusal(entry.state()) {
-        queue.unclaim(id, entry);
-        return Err(Outcome::Skipped(reason.to_owned()));
-    }
-    let result = commit(context, operation, id, &entry).await;
-    if result.is_err() {
-        queue.unclaim(id, entry);
-    }
-    result
+    Err(Outcome::Skipped("delivery in progress".to_owned()))
+}
+
+/// Logs and publishes an administrator's bounce of one recipient.
+pub fn announce_bounce(
+    context: &DeliveryContext,
+    id: QueueId,
+    lane: Lane,
+    address: String,
+    delay: f64,
+) {
+    tracing::info!(
+        queue_id = %id,
+        "{id}: to=<{address}>, delay={delay:.1}, dsn={BOUNCE_STATUS}, status=bounced ({BOUNCE_TEXT})"
+    );
+    let mut event = Event::new(EventKind::Bounced, id, lane);
+    event.recipient = Some(address);
+    event.status = Some(BOUNCE_STATUS.to_owned());
+    event.reply = Some(BOUNCE_TEXT.to_owned());
+    event.delay = Some(delay);
+    context.events.publish(event);
 }
 
 /// Does the work for a claimed message; on `Err` nothing was stored.
@@ -214,16 +276,7 @@ async fn bounce(
         .unwrap_or_default()
         .as_secs_f64();
     for address in bounced {
-        tracing::info!(
-            queue_id = %id,
-            "{id}: to=<{address}>, delay={delay:.1}, dsn={BOUNCE_STATUS}, status=bounced ({BOUNCE_TEXT})"
-        );
-        let mut event = Event::new(EventKind::Bounced, id, envelope.lane);
-        event.recipient = Some(address);
-        event.status = Some(BOUNCE_STATUS.to_owned());
-        event.reply = Some(BOUNCE_TEXT.to_owned());
-        event.delay = Some(delay);
-        context.events.publish(event);
+        announce_bounce(context, id, envelope.lane, address, delay);
     }
     for (report_id, report_envelope) in &queued_reports {
         tracing::info!(queue_id = %report_id, "{report_id}: delivery status notification for {id} queued");

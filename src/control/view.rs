@@ -54,6 +54,9 @@ pub struct OperationReport {
     pub done: Vec<String>,
     pub not_found: Vec<String>,
     pub skipped: Vec<Skipped>,
+    /// Left with the delivery pass in flight, applied when it ends.
+    #[serde(default)]
+    pub pending: Vec<Skipped>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

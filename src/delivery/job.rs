@@ -172,8 +172,8 @@ async fn open(
             RemoteReply::local(error.enhanced_status(), error.to_string()),
         )
     })?;
-    let (tls, credentials) = connection_policy(context, &job.hop)
-        .map_err(|reply| (Disposition::Deferred, reply))?;
+    let (tls, credentials) =
+        connection_policy(context, &job.hop).map_err(|reply| (Disposition::Deferred, reply))?;
     connect(context, job, &targets, tls, credentials.as_ref())
         .await
         .map_err(|reply| (Disposition::Deferred, reply))

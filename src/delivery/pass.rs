@@ -14,10 +14,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::client::{Disposition, RecipientOutcome, RemoteReply};
 use super::engine::DeliveryContext;
 use super::report::{self, Note, NoteKind};
+use crate::control::operations::{BOUNCE_STATUS, BOUNCE_TEXT, announce_bounce};
 use crate::events::{Event, EventKind};
 use crate::queue::envelope::{RecipientStatus, unix_ms};
 use crate::queue::retry::jitter_unit;
-use crate::queue::{Envelope, Lane};
+use crate::queue::{Envelope, Lane, PendingOperation};
 
 /// What one job found for one recipient.
 pub struct RecipientResult {
@@ -232,7 +233,33 @@ impl Pass {
             envelope.delay_warned = true;
         }
 
-        let complete = envelope.is_complete();
+        // An operator's hold, delete or bounce that waited for this pass.
+        let pending = context.queue.take_pending(self.id);
+        match pending {
+            Some(PendingOperation::Bounce) => {
+                let reply = RemoteReply::local(BOUNCE_STATUS, BOUNCE_TEXT);
+                for (index, recipient) in envelope.recipients.iter_mut().enumerate() {
+                    if recipient.status.is_final() {
+                        continue;
+                    }
+                    recipient.status = RecipientStatus::Bounced;
+                    recipient.last_reply = Some(reply.to_string());
+                    notes.push(Note::new(index, NoteKind::Failed, reply.clone(), None));
+                    announce_bounce(
+                        context,
+                        self.id,
+                        self.lane,
+                        recipient.address.clone(),
+                        age.as_secs_f64(),
+                    );
+                }
+            }
+            Some(PendingOperation::Hold) => envelope.hold(now),
+            Some(PendingOperation::Delete) | None => {}
+        }
+        let deleted = pending == Some(PendingOperation::Delete);
+
+        let complete = deleted || envelope.is_complete();
         let retry_in = context.policy.delay(envelope.attempts, jitter_unit());
         if !complete {
             envelope.next_attempt_ms = Some(unix_ms(now + retry_in));
@@ -263,12 +290,24 @@ impl Pass {
                     tracing::info!(queue_id = %id, "{id}: delivery status notification for {} queued", self.id);
                     context.queue.insert(*id, report_envelope);
                 }
+                if deleted {
+                    tracing::info!(queue_id = %self.id, "{}: deleted by administrator (no bounce)", self.id);
+                    context
+                        .events
+                        .publish(Event::new(EventKind::Deleted, self.id, self.lane));
+                }
                 if complete {
                     tracing::info!(queue_id = %self.id, "{}: removed", self.id);
                     context.queue.remove(self.id);
                     context
                         .events
                         .publish(Event::new(EventKind::Removed, self.id, self.lane));
+                } else if envelope.held {
+                    tracing::info!(queue_id = %self.id, "{}: held by administrator", self.id);
+                    context.queue.insert(self.id, &envelope);
+                    context
+                        .events
+                        .publish(Event::new(EventKind::Held, self.id, self.lane));
                 } else {
                     context.queue.set_attempts(self.id, envelope.attempts);
                     context.queue.reschedule(
@@ -282,6 +321,9 @@ impl Pass {
                 // Nothing of this pass was stored: try again later; at worst
                 // a delivered recipient is delivered twice (DESIGN §3.2).
                 tracing::error!(queue_id = %self.id, "{}: cannot record the delivery pass: {error}", self.id);
+                if let Some(operation) = pending {
+                    tracing::error!(queue_id = %self.id, "{}: the administrator's {operation:?} was not applied; ask again", self.id);
+                }
                 context.queue.reschedule(
                     self.id,
                     self.lane,

@@ -10,7 +10,7 @@ mod lane;
 pub mod operations;
 pub mod retry;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 pub use envelope::Envelope;
 pub use lane::Lane;
+pub use operations::PendingOperation;
 
 /// Where a queued message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,11 @@ struct Schedule {
     entries: BTreeMap<QueueId, Entry>,
     /// Per lane (index `lane as usize`): waiting messages by due time.
     waiting: [BTreeSet<(Instant, QueueId)>; 2],
+    /// Operator operations waiting for a message's pass to end.
+    pending: HashMap<QueueId, PendingOperation>,
+    /// Messages whose pass is recording its results: too late for a
+    /// pending operation until they leave the pass.
+    finalizing: HashSet<QueueId>,
 }
 
 #[derive(Default)]
@@ -191,6 +197,8 @@ impl Queue {
 
     pub fn remove(&self, id: QueueId) -> Option<Entry> {
         let mut state = self.lock();
+        state.pending.remove(&id);
+        state.finalizing.remove(&id);
         let entry = state.entries.remove(&id)?;
         if let Phase::Waiting { due } = entry.phase {
             state.waiting[index(entry.lane)].remove(&(due, id));
@@ -251,6 +259,7 @@ impl Queue {
 
     fn set(&self, id: QueueId, lane: Lane, phase: Phase, arrival_ms: u64, attempts: u32) {
         let mut state = self.lock();
+        state.finalizing.remove(&id);
         let entry = Entry {
             lane,
             phase,
