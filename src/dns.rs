@@ -49,8 +49,8 @@ pub struct MailTarget {
 /// reason, such as "SERVFAIL looking up MX for example.com".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
-    /// NXDOMAIN for the domain (or, for an implicit MX, no such name): bounce
-    /// 5.1.2.
+    /// NXDOMAIN for the domain, or a domain with no MX and no address at
+    /// all (for a host name: no such host): bounce 5.1.2.
     #[error("{0}")]
     NoSuchDomain(String),
     /// RFC 7505 null MX (`MX 0 .`): the domain accepts no mail; bounce 5.1.10
@@ -341,6 +341,14 @@ impl MxResolver {
             HostLookup::NoSuchHost => {
                 return Err(DnsError::NoSuchDomain(format!(
                     "{readable}: no such domain"
+                )));
+            }
+            // The name exists but has no MX, no A and no AAAA: not a mail
+            // domain (RFC 5321 §5.1). With one family configured the other
+            // was not asked, so that stays a deferral.
+            HostLookup::NoAddresses if self.inner.ip_version.both_families() => {
+                return Err(DnsError::NoSuchDomain(format!(
+                    "{readable} has no MX, A or AAAA records: not a mail domain"
                 )));
             }
             HostLookup::NoAddresses => HostAddresses::default(),

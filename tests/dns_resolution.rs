@@ -107,6 +107,26 @@ async fn no_mx_means_the_domain_itself_ipv4() {
 }
 
 #[tokio::test]
+async fn no_mx_and_no_address_is_not_a_mail_domain() {
+    let dns = TestDns::start(Zone::default().empty("bare.example"));
+    for ip_version in [IpVersion::Any, IpVersion::PreferIpv4] {
+        let error = resolver(&dns, ip_version)
+            .mail_targets("bare.example")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, DnsError::NoSuchDomain(_)), "{error:?}");
+        assert_eq!(error.enhanced_status(), "5.1.2");
+        assert!(error.to_string().contains("not a mail domain"), "{error}");
+    }
+    // Only one family asked: the other may exist, so retry later.
+    let error = resolver(&dns, IpVersion::Ipv4)
+        .mail_targets("bare.example")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DnsError::Temporary(_)), "{error:?}");
+}
+
+#[tokio::test]
 async fn no_mx_means_the_domain_itself_ipv6() {
     let dns = TestDns::start(Zone::default().aaaa("six.example", "::1"));
     let targets = resolver(&dns, IpVersion::Any)

@@ -130,6 +130,13 @@ keyword_enum! {
     }
 }
 
+impl IpVersion {
+    /// Whether both address families are looked up and used.
+    pub fn both_families(self) -> bool {
+        !matches!(self, IpVersion::Ipv4 | IpVersion::Ipv6)
+    }
+}
+
 keyword_enum! {
     /// `route.tls`: how the connection to a smarthost is secured.
     pub enum RouteTls {

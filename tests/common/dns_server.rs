@@ -81,6 +81,12 @@ impl Zone {
     }
 
     /// Names not listed get SERVFAIL: mail to them is deferred, not bounced.
+    /// A name that exists with no records of any type asked (NODATA).
+    pub fn empty(mut self, name: &str) -> Self {
+        self.node(name);
+        self
+    }
+
     pub fn servfail_unknown(mut self) -> Self {
         self.servfail_unknown = true;
         self
