@@ -20,6 +20,7 @@ use crate::queue::Queue;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
 use crate::storage::FreeSpace;
+use crate::systemd::Notifier;
 
 /// How long in-flight sessions may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -146,7 +147,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .unwrap_or_else(|| "built-in defaults".to_owned()),
     );
 
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=accepting mail; {} messages queued at start",
+        recovery.high + recovery.low
+    ));
+    if let Some(interval) = notifier.watchdog_interval() {
+        tokio::spawn(watchdog(
+            notifier.clone(),
+            interval,
+            spool.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     shutdown.cancelled().await;
+    notifier.notify("STOPPING=1\nSTATUS=stopping: finishing sessions and deliveries");
     for listener in listeners {
         let _ = listener.await;
     }
@@ -171,6 +187,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("spool close task failed")?;
     tracing::info!("stopped; {remaining} messages stay queued in the spool");
     Ok(())
+}
+
+/// Pings systemd's watchdog while the spool is healthy (it can commit).
+async fn watchdog(
+    notifier: Arc<Notifier>,
+    interval: Duration,
+    spool: Spool,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if spool.is_healthy() {
+            notifier.notify("WATCHDOG=1");
+        } else {
+            tracing::warn!("spool unhealthy: not pinging the systemd watchdog");
+        }
+    }
 }
 
 /// Creates the maildrop if needed and imports what `sendmail` left there,

@@ -18,5 +18,6 @@ pub mod queue;
 pub mod smtp;
 pub mod storage;
 pub mod submission;
+pub mod systemd;
 pub mod timefmt;
 pub mod tls;
