@@ -85,17 +85,21 @@ pub(super) async fn send_body<R: AsyncRead + Unpin>(
     const STAGE: &str = "writing message data";
     let mut stuffer = DotStuffer::new();
     let mut input = vec![0; CHUNK];
-    let mut output = Vec::with_capacity(CHUNK + CHUNK / 8);
+    // At most CHUNK bytes wait here (plus their stuffing); the last of the
+    // content goes out in one write with the terminator, so a small message
+    // is one write.
+    let mut output = Vec::with_capacity(2 * CHUNK + CHUNK / 4);
     loop {
         let read = body.read(&mut input).await.map_err(ClientError::Body)?;
         if read == 0 {
             break;
         }
-        output.clear();
         stuffer.stuff(&input[..read], &mut output);
-        transport.send(&output, limit, STAGE).await?;
+        if output.len() >= CHUNK {
+            transport.send(&output, limit, STAGE).await?;
+            output.clear();
+        }
     }
-    output.clear();
     stuffer.finish(&mut output);
     transport.send(&output, limit, STAGE).await
 }

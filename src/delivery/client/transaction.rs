@@ -183,8 +183,12 @@ impl Connection {
         outcomes: &mut Outcomes,
     ) -> Result<Option<RemoteReply>, ClientError> {
         let command_limit = self.settings.command_timeout;
-        let length = mail.len() + rcpt_lines.iter().map(String::len).sum::<usize>() + 6;
+        let rset = std::mem::take(&mut self.rset_pending);
+        let length = mail.len() + rcpt_lines.iter().map(String::len).sum::<usize>() + 12;
         let mut batch = String::with_capacity(length);
+        if rset {
+            batch.push_str("RSET\r\n");
+        }
         batch.push_str(mail);
         for line in rcpt_lines {
             batch.push_str(line);
@@ -198,6 +202,20 @@ impl Connection {
             )
             .await?;
 
+        if rset {
+            let reply = self
+                .transport
+                .read_reply(command_limit, "waiting for reply to RSET")
+                .await?;
+            if reply.code == 421 {
+                // The server closes the session: MAIL and the rest were not
+                // read. Nothing was attempted; a new connection may do.
+                return Err(ClientError::ConnectionLost {
+                    stage: "waiting for reply to RSET",
+                    detail: reply.to_string(),
+                });
+            }
+        }
         let mail_reply = self
             .transport
             .read_reply(command_limit, "waiting for reply to MAIL FROM")
