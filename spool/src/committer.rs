@@ -3,14 +3,15 @@
 //! Callers send a [`Request`] and wait for its answer. The committer blocks for the first
 //! request, takes every other one already waiting (up to the batch caps), writes them all in
 //! one transaction, commits once (one fsync), and answers all of them. A lone request is
-//! committed at once, with no timer; under load the batches grow by themselves.
+//! committed at once, with no timer; under load the batches grow by themselves. After
+//! [`compaction::IDLE`] without a request it may compact the database (see `compaction`).
 //!
 //! The channel has no capacity limit of its own: each caller has at most one request in it
 //! and waits for the answer, so it is bounded by the number of callers (sessions, delivery
 //! workers), which the daemon bounds.
 
 use std::io;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, PoisonError};
 use std::thread::{self, JoinHandle};
 
@@ -18,6 +19,7 @@ use redb::ReadableDatabase;
 
 use crate::batch::{self, Slot};
 use crate::change::Work;
+use crate::compaction::{self, Compactor};
 use crate::database::{self, BODIES};
 use crate::spool::Shared;
 use crate::{QueueId, SpoolError};
@@ -68,6 +70,7 @@ fn run(shared: &Shared, inbox: &Receiver<Message>) {
     // A request taken from the channel that did not fit the previous batch.
     let mut carried: Option<Request> = None;
     let mut draining = false;
+    let mut compactor = Compactor::default();
     loop {
         let first = match carried.take() {
             Some(request) => request,
@@ -75,7 +78,14 @@ fn run(shared: &Shared, inbox: &Receiver<Message>) {
                 let next = if draining {
                     inbox.try_recv().ok()
                 } else {
-                    inbox.recv().ok()
+                    match inbox.recv_timeout(compaction::IDLE) {
+                        Ok(message) => Some(message),
+                        Err(RecvTimeoutError::Timeout) => {
+                            compactor.run_if_worth_it(shared);
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    }
                 };
                 match next {
                     Some(Message::Request(request)) => request,

@@ -19,6 +19,7 @@ mod batch;
 mod body;
 mod change;
 mod committer;
+mod compaction;
 mod database;
 mod error;
 mod id;
