@@ -39,6 +39,16 @@ pub enum Operation {
     Bounce,
 }
 
+impl From<PendingOperation> for Operation {
+    fn from(pending: PendingOperation) -> Operation {
+        match pending {
+            PendingOperation::Hold => Operation::Hold,
+            PendingOperation::Delete => Operation::Delete,
+            PendingOperation::Bounce => Operation::Bounce,
+        }
+    }
+}
+
 impl Operation {
     pub fn parse(name: &str) -> Option<Operation> {
         Some(match name {
@@ -143,6 +153,13 @@ async fn apply(
         let result = commit(context, operation, id, &entry).await;
         if result.is_err() {
             queue.unclaim(id, entry);
+        }
+        // Another operator asked for the message while this one held it.
+        if let Some(pending) = queue.drop_pending(id) {
+            let later = Operation::from(pending);
+            if let Err(Outcome::Skipped(reason)) = Box::pin(apply(context, later, id)).await {
+                tracing::info!(queue_id = %id, "{id}: {later:?} requested meanwhile was skipped: {reason}");
+            }
         }
         return result;
     }

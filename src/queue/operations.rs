@@ -52,6 +52,13 @@ impl Queue {
         state.pending.remove(&id)
     }
 
+    /// Removes and returns an operation that was left while another
+    /// operator operation held the message (not a pass), so that operation
+    /// can apply it once it is done.
+    pub fn drop_pending(&self, id: QueueId) -> Option<PendingOperation> {
+        self.lock().pending.remove(&id)
+    }
+
     /// Takes a waiting or held message out of the schedule for an operator
     /// operation: it shows as active, and no dispatcher can pick it up,
     /// until the operation puts it back (`insert`) or removes it. Returns
@@ -136,6 +143,12 @@ mod tests {
         );
         queue.reschedule(QueueId(1), Lane::High, Instant::now());
         assert_eq!(queue.next_due(Lane::High).await, QueueId(1));
+        assert!(queue.add_pending(QueueId(1), PendingOperation::Bounce));
+        assert_eq!(
+            queue.drop_pending(QueueId(1)),
+            Some(PendingOperation::Bounce)
+        );
+        assert_eq!(queue.drop_pending(QueueId(1)), None);
         assert!(queue.add_pending(QueueId(1), PendingOperation::Bounce));
         queue.remove(QueueId(1));
         assert_eq!(queue.take_pending(QueueId(1)), None);
