@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,6 +107,28 @@ fn state_of(relay: &TestRelay, id: &str) -> Option<String> {
         .map(|message| message["state"].as_str().unwrap().to_owned())
 }
 
+/// `relayq queue tail ARGS`, its output lines collected as they come.
+fn spawn_tail(relay: &TestRelay, args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .args(["queue", "tail"])
+        .args(args)
+        .arg("--config")
+        .arg(&relay.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tail");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let collected = lines.clone();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    (tail, lines)
+}
+
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
@@ -139,23 +161,7 @@ fn list_show_stats_and_tail() {
     let relay = &setup.relay;
     assert_eq!(ok(relay, &["list"]), "Mail queue is empty\n");
 
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .args(["queue", "tail", "--json", "--config"])
-        .arg(&relay.config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tail");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let lines = lines.clone();
-        let stdout = tail.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
+    let (mut tail, lines) = spawn_tail(relay, &["--json"]);
     // The tail is subscribed once it has seen an event; wait for the
     // subscription with a probe message that is deleted again.
     let probe = loop {
@@ -498,23 +504,7 @@ fn usage_errors_and_no_daemon() {
 #[test]
 fn tail_reconnects_when_the_daemon_restarts() {
     let mut relay = TestRelay::start("");
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .args(["queue", "tail", "--config"])
-        .arg(&relay.config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tail");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let lines = lines.clone();
-        let stdout = tail.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
+    let (mut tail, lines) = spawn_tail(&relay, &[]);
     let seen = |relay: &TestRelay| {
         let deadline = Instant::now() + WAIT;
         loop {

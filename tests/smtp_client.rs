@@ -55,6 +55,19 @@ async fn open(mx: &FakeMx, tls: TlsMode) -> Connection {
         .expect("session opens")
 }
 
+/// A plaintext session with `settings` (shorter timeouts).
+async fn open_with(mx: &FakeMx, settings: &ClientSettings) -> Connection {
+    Connection::open(
+        &target(mx),
+        settings,
+        TlsMode::Disabled,
+        None,
+        system_trust(),
+    )
+    .await
+    .expect("session opens")
+}
+
 fn recipients(addresses: &[&str]) -> Vec<OutboundRecipient> {
     addresses
         .iter()
@@ -373,15 +386,7 @@ async fn no_reply_to_data_defers_within_the_timeout() {
         data_timeout: Duration::from_millis(300),
         ..settings()
     };
-    let mut connection = Connection::open(
-        &target(&mx),
-        &settings,
-        TlsMode::Disabled,
-        None,
-        system_trust(),
-    )
-    .await
-    .unwrap();
+    let mut connection = open_with(&mx, &settings).await;
     let started = Instant::now();
     let attempt = send(&mut connection, &["a@x.test", "b@x.test"], b"hi\r\n").await;
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -401,15 +406,7 @@ async fn no_reply_to_final_dot_defers() {
         final_timeout: Duration::from_millis(300),
         ..settings()
     };
-    let mut connection = Connection::open(
-        &target(&mx),
-        &settings,
-        TlsMode::Disabled,
-        None,
-        system_trust(),
-    )
-    .await
-    .unwrap();
+    let mut connection = open_with(&mx, &settings).await;
     let started = Instant::now();
     let attempt = send(&mut connection, &["a@x.test"], b"hi\r\n").await;
     assert!(started.elapsed() < Duration::from_secs(3));

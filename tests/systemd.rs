@@ -28,14 +28,20 @@ fn read_until(socket: &UnixDatagram, wanted: &str) -> Vec<String> {
     panic!("no {wanted:?} among the notifications {seen:?}");
 }
 
-#[test]
-fn ready_watchdog_and_stopping_are_notified() {
+/// A datagram socket in a temporary directory, as systemd's NOTIFY_SOCKET.
+fn notify_socket() -> (tempfile::TempDir, UnixDatagram) {
     let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
+    let socket = UnixDatagram::bind(directory.path().join("notify")).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
+    (directory, socket)
+}
+
+#[test]
+fn ready_watchdog_and_stopping_are_notified() {
+    let (directory, socket) = notify_socket();
+    let path = directory.path().join("notify");
     let mut relay = TestRelay::start_with_env(
         "",
         &[
@@ -62,12 +68,8 @@ fn ready_watchdog_and_stopping_are_notified() {
 
 #[test]
 fn a_watchdog_meant_for_another_process_is_not_pinged() {
-    let directory = tempfile::tempdir().unwrap();
+    let (directory, socket) = notify_socket();
     let path = directory.path().join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
     let _relay = TestRelay::start_with_env(
         "",
         &[

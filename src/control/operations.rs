@@ -21,8 +21,14 @@ use crate::queue::operations::ClaimError;
 use crate::queue::{Entry, Envelope, Lane, PendingOperation, State};
 
 /// The enhanced status and text of an administrator's bounce.
-pub const BOUNCE_STATUS: &str = "5.0.0";
-pub const BOUNCE_TEXT: &str = "bounced by administrator";
+const BOUNCE_STATUS: &str = "5.0.0";
+const BOUNCE_TEXT: &str = "bounced by administrator";
+
+/// The log words of the other operations.
+const RETRIED: &str = "retry requested by administrator";
+const RELEASED: &str = "released by administrator";
+pub const HELD: &str = "held by administrator";
+pub const DELETED: &str = "deleted by administrator (no bounce)";
 
 /// While a pass records its results (one commit) an operation can neither
 /// claim the message nor be left with the pass: it asks again this often,
@@ -206,37 +212,11 @@ async fn commit(
         Err(error) => return Err(failed("read the envelope", &error)),
     };
     let lane = entry.lane;
-    match operation {
-        Operation::Retry | Operation::Release => {
-            envelope.release(SystemTime::now());
-            envelope.next_attempt_ms = None;
-            context
-                .spool
-                .update_envelope(id, envelope.encode())
-                .await
-                .map_err(|e| failed("update the envelope", &e))?;
-            context.queue.insert(id, &envelope);
-            let (kind, word) = if operation == Operation::Retry {
-                (EventKind::Retried, "retry requested by administrator")
-            } else {
-                (EventKind::Released, "released by administrator")
-            };
-            tracing::info!(queue_id = %id, "{id}: {word}");
-            context.events.publish(Event::new(kind, id, lane));
-        }
-        Operation::Hold => {
-            envelope.hold(SystemTime::now());
-            context
-                .spool
-                .update_envelope(id, envelope.encode())
-                .await
-                .map_err(|e| failed("update the envelope", &e))?;
-            context.queue.insert(id, &envelope);
-            tracing::info!(queue_id = %id, "{id}: held by administrator");
-            context
-                .events
-                .publish(Event::new(EventKind::Held, id, lane));
-        }
+    let now = SystemTime::now();
+    let (kind, word) = match operation {
+        Operation::Retry => (EventKind::Retried, RETRIED),
+        Operation::Release => (EventKind::Released, RELEASED),
+        Operation::Hold => (EventKind::Held, HELD),
         Operation::Delete => {
             context
                 .spool
@@ -244,25 +224,39 @@ async fn commit(
                 .await
                 .map_err(|e| failed("remove the message", &e))?;
             context.queue.remove(id);
-            tracing::info!(queue_id = %id, "{id}: deleted by administrator (no bounce)");
-            context
-                .events
-                .publish(Event::new(EventKind::Deleted, id, lane));
+            announce(context, id, lane, EventKind::Deleted, DELETED);
+            return Ok(());
         }
-        Operation::Bounce => bounce(context, id, envelope).await?,
+        Operation::Bounce => return bounce(context, id, envelope).await,
+    };
+    if operation == Operation::Hold {
+        envelope.hold(now);
+    } else {
+        envelope.release(now);
+        envelope.next_attempt_ms = None;
     }
+    context
+        .spool
+        .update_envelope(id, envelope.encode())
+        .await
+        .map_err(|e| failed("update the envelope", &e))?;
+    context.queue.insert(id, &envelope);
+    announce(context, id, lane, kind, word);
     Ok(())
 }
 
-/// Gives up on every open recipient: one DSN, committed with the removal.
-async fn bounce(
-    context: &DeliveryContext,
-    id: QueueId,
-    mut envelope: Envelope,
-) -> Result<(), Outcome> {
-    let now = SystemTime::now();
+/// Logs what the administrator did to message `id` (once it is committed)
+/// and tells `queue tail`.
+pub fn announce(context: &DeliveryContext, id: QueueId, lane: Lane, kind: EventKind, word: &str) {
+    tracing::info!(queue_id = %id, "{id}: {word}");
+    context.events.publish(Event::new(kind, id, lane));
+}
+
+/// Marks every open recipient of `envelope` bounced by the administrator,
+/// with a note for its DSN; returns their addresses, to announce once the
+/// change is committed ([`announce_bounce`]).
+pub fn bounce_open_recipients(envelope: &mut Envelope, notes: &mut Vec<Note>) -> Vec<String> {
     let reply = RemoteReply::local(BOUNCE_STATUS, BOUNCE_TEXT);
-    let mut notes = Vec::new();
     let mut bounced = Vec::new();
     for (index, recipient) in envelope.recipients.iter_mut().enumerate() {
         if recipient.status.is_final() {
@@ -273,17 +267,21 @@ async fn bounce(
         notes.push(Note::new(index, NoteKind::Failed, reply.clone(), None));
         bounced.push(recipient.address.clone());
     }
+    bounced
+}
+
+/// Gives up on every open recipient: one DSN, committed with the removal.
+async fn bounce(
+    context: &DeliveryContext,
+    id: QueueId,
+    mut envelope: Envelope,
+) -> Result<(), Outcome> {
+    let now = SystemTime::now();
+    let mut notes = Vec::new();
+    let bounced = bounce_open_recipients(&mut envelope, &mut notes);
     let reports = report::build(context, id, &envelope, &notes, now);
     let mut changes = vec![Change::Remove { id }];
-    let mut queued_reports = Vec::new();
-    for (report_id, report_envelope, body) in reports {
-        changes.push(Change::Insert {
-            id: report_id,
-            envelope: report_envelope.encode(),
-            body,
-        });
-        queued_reports.push((report_id, report_envelope));
-    }
+    let queued_reports = report::insertions(reports, &mut changes);
     if let Err(error) = context.spool.apply(changes).await {
         tracing::error!(queue_id = %id, "{id}: cannot bounce: {error}");
         return Err(Outcome::Skipped(format!("cannot bounce: {error}")));
@@ -295,14 +293,7 @@ async fn bounce(
     for address in bounced {
         announce_bounce(context, id, envelope.lane, address, delay);
     }
-    for (report_id, report_envelope) in &queued_reports {
-        tracing::info!(queue_id = %report_id, "{report_id}: delivery status notification for {id} queued");
-        context.queue.insert(*report_id, report_envelope);
-    }
-    context.queue.remove(id);
-    tracing::info!(queue_id = %id, "{id}: removed");
-    context
-        .events
-        .publish(Event::new(EventKind::Removed, id, envelope.lane));
+    report::queue(context, id, &queued_reports);
+    context.removed(id, envelope.lane);
     Ok(())
 }

@@ -17,7 +17,7 @@ use super::job::{self, Job};
 use super::pass::Pass;
 use crate::config::{Config, LanesSettings, Route, TlsPolicy};
 use crate::dns::MxResolver;
-use crate::events::Events;
+use crate::events::{Event, EventKind, Events};
 use crate::metrics::Metrics;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{Envelope, Lane, Queue};
@@ -52,6 +52,15 @@ pub struct DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// After the commit that removed message `id` from the spool: out of the
+    /// schedule, logged, and told to `queue tail`.
+    pub fn removed(&self, id: QueueId, lane: Lane) {
+        tracing::info!(queue_id = %id, "{id}: removed");
+        self.queue.remove(id);
+        self.events
+            .publish(Event::new(EventKind::Removed, id, lane));
+    }
+
     pub fn new(
         config: &Config,
         spool: Spool,
@@ -256,10 +265,7 @@ async fn start_pass(
     }
     if groups.is_empty() {
         match context.spool.remove(id).await {
-            Ok(()) => {
-                tracing::info!(queue_id = %id, "{id}: removed");
-                context.queue.remove(id);
-            }
+            Ok(()) => context.removed(id, lane),
             Err(error) => tracing::error!(queue_id = %id, "{id}: cannot remove: {error}"),
         }
         return;
@@ -283,7 +289,7 @@ async fn start_pass(
         };
         if let Err((job, reason)) = context.destinations.submit(job) {
             // Dead destination: deferred at once, no lane slot used.
-            let results = job.all(Disposition::Deferred, reason, None);
+            let results = job.all(Disposition::Deferred, reason);
             let context = context.clone();
             tokio::spawn(async move { job.pass.record(&context, results).await });
         }

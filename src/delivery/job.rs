@@ -30,15 +30,20 @@ impl Job {
         self.pass.lane
     }
 
-    /// Every recipient of the job gets the same result (DNS failure, dead
-    /// destination, no host reachable).
-    pub fn all(
+    /// Every recipient of the job gets the same result (dead destination,
+    /// no host reachable).
+    pub fn all(&self, disposition: Disposition, reply: RemoteReply) -> Vec<RecipientResult> {
+        self.all_of(&self.recipients, disposition, reply)
+    }
+
+    /// The same result for each of `indices`, with no relay that answered.
+    fn all_of(
         &self,
+        indices: &[usize],
         disposition: Disposition,
         reply: RemoteReply,
-        relay: Option<String>,
     ) -> Vec<RecipientResult> {
-        self.recipients
+        indices
             .iter()
             .map(|&index| RecipientResult {
                 index,
@@ -46,7 +51,7 @@ impl Job {
                     disposition,
                     reply: reply.clone(),
                 },
-                relay: relay.clone(),
+                relay: None,
                 next_hop_offers_dsn: false,
             })
             .collect()
@@ -61,7 +66,7 @@ pub async fn run(context: &DeliveryContext, job: Job) {
 
 async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
     if let Some(reason) = context.destinations.is_dead(&job.hop) {
-        return job.all(Disposition::Deferred, reason, None);
+        return job.all(Disposition::Deferred, reason);
     }
     let mut pending: Vec<usize> = job.recipients.clone();
     let mut results = Vec::new();
@@ -132,28 +137,6 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
     );
     results.extend(job.all_of(&pending, Disposition::Deferred, leftover));
     results
-}
-
-impl Job {
-    fn all_of(
-        &self,
-        indices: &[usize],
-        disposition: Disposition,
-        reply: RemoteReply,
-    ) -> Vec<RecipientResult> {
-        indices
-            .iter()
-            .map(|&index| RecipientResult {
-                index,
-                outcome: RecipientOutcome {
-                    disposition,
-                    reply: reply.clone(),
-                },
-                relay: None,
-                next_hop_offers_dsn: false,
-            })
-            .collect()
-    }
 }
 
 /// Looks the next hop up and connects to the first host that answers.

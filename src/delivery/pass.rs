@@ -14,7 +14,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::client::{Disposition, RecipientOutcome, RemoteReply};
 use super::engine::DeliveryContext;
 use super::report::{self, Note, NoteKind};
-use crate::control::operations::{BOUNCE_STATUS, BOUNCE_TEXT, announce_bounce};
+use crate::control::operations::{
+    DELETED, HELD, announce, announce_bounce, bounce_open_recipients,
+};
 use crate::events::{Event, EventKind};
 use crate::queue::envelope::{RecipientStatus, unix_ms};
 use crate::queue::retry::jitter_unit;
@@ -235,24 +237,10 @@ impl Pass {
 
         // An operator's hold, delete or bounce that waited for this pass.
         let pending = context.queue.take_pending(self.id);
+        let mut bounced_by_administrator = Vec::new();
         match pending {
             Some(PendingOperation::Bounce) => {
-                let reply = RemoteReply::local(BOUNCE_STATUS, BOUNCE_TEXT);
-                for (index, recipient) in envelope.recipients.iter_mut().enumerate() {
-                    if recipient.status.is_final() {
-                        continue;
-                    }
-                    recipient.status = RecipientStatus::Bounced;
-                    recipient.last_reply = Some(reply.to_string());
-                    notes.push(Note::new(index, NoteKind::Failed, reply.clone(), None));
-                    announce_bounce(
-                        context,
-                        self.id,
-                        self.lane,
-                        recipient.address.clone(),
-                        age.as_secs_f64(),
-                    );
-                }
+                bounced_by_administrator = bounce_open_recipients(&mut envelope, &mut notes);
             }
             Some(PendingOperation::Hold) => envelope.hold(now),
             Some(PendingOperation::Delete) | None => {}
@@ -265,49 +253,30 @@ impl Pass {
             envelope.next_attempt_ms = Some(unix_ms(now + retry_in));
         }
 
-        let mut changes = Vec::new();
         let reports = report::build(context, self.id, &envelope, &notes, now);
-        changes.push(if complete {
+        let mut changes = vec![if complete {
             Change::Remove { id: self.id }
         } else {
             Change::UpdateEnvelope {
                 id: self.id,
                 envelope: envelope.encode(),
             }
-        });
-        let mut queued_reports = Vec::new();
-        for (id, report_envelope, body) in reports {
-            changes.push(Change::Insert {
-                id,
-                envelope: report_envelope.encode(),
-                body,
-            });
-            queued_reports.push((id, report_envelope));
-        }
+        }];
+        let queued_reports = report::insertions(reports, &mut changes);
         match context.spool.apply(changes).await {
             Ok(()) => {
-                for (id, report_envelope) in &queued_reports {
-                    tracing::info!(queue_id = %id, "{id}: delivery status notification for {} queued", self.id);
-                    context.queue.insert(*id, report_envelope);
+                for address in bounced_by_administrator {
+                    announce_bounce(context, self.id, self.lane, address, age.as_secs_f64());
                 }
+                report::queue(context, self.id, &queued_reports);
                 if deleted {
-                    tracing::info!(queue_id = %self.id, "{}: deleted by administrator (no bounce)", self.id);
-                    context
-                        .events
-                        .publish(Event::new(EventKind::Deleted, self.id, self.lane));
+                    announce(context, self.id, self.lane, EventKind::Deleted, DELETED);
                 }
                 if complete {
-                    tracing::info!(queue_id = %self.id, "{}: removed", self.id);
-                    context.queue.remove(self.id);
-                    context
-                        .events
-                        .publish(Event::new(EventKind::Removed, self.id, self.lane));
+                    context.removed(self.id, self.lane);
                 } else if envelope.held {
-                    tracing::info!(queue_id = %self.id, "{}: held by administrator", self.id);
                     context.queue.insert(self.id, &envelope);
-                    context
-                        .events
-                        .publish(Event::new(EventKind::Held, self.id, self.lane));
+                    announce(context, self.id, self.lane, EventKind::Held, HELD);
                 } else {
                     context.queue.set_attempts(self.id, envelope.attempts);
                     context.queue.reschedule(

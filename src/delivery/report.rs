@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::time::SystemTime;
 
-use relayq_spool::{Body, QueueId};
+use relayq_spool::{Body, Change, QueueId};
 
 use super::client::RemoteReply;
 use super::dsn::{self, Action, ReportedRecipient};
@@ -44,6 +44,34 @@ impl Note {
             relay,
             at: SystemTime::now(),
         }
+    }
+}
+
+/// Appends the spool insertions of `reports` to `changes`, to be committed
+/// with the change they report on; returns what joins the schedule once
+/// that commit is done ([`queue`]).
+pub fn insertions(
+    reports: Vec<(QueueId, Envelope, Body)>,
+    changes: &mut Vec<Change>,
+) -> Vec<(QueueId, Envelope)> {
+    reports
+        .into_iter()
+        .map(|(id, envelope, body)| {
+            changes.push(Change::Insert {
+                id,
+                envelope: envelope.encode(),
+                body,
+            });
+            (id, envelope)
+        })
+        .collect()
+}
+
+/// After the commit: the reports on message `about` join the schedule.
+pub fn queue(context: &DeliveryContext, about: QueueId, reports: &[(QueueId, Envelope)]) {
+    for (id, envelope) in reports {
+        tracing::info!(queue_id = %id, "{id}: delivery status notification for {about} queued");
+        context.queue.insert(*id, envelope);
     }
 }
 

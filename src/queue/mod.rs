@@ -10,7 +10,7 @@ mod lane;
 pub mod operations;
 pub mod retry;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -27,8 +27,11 @@ pub use operations::PendingOperation;
 pub enum Phase {
     /// Waiting for its due time (which may be now).
     Waiting { due: Instant },
-    /// A delivery pass is running.
+    /// A delivery pass is running (or an operator operation holds it).
     Active,
+    /// A delivery pass is recording its results: still active, but too late
+    /// to leave an operation with it.
+    Finishing,
     /// Held by an operator: never due until released.
     Held,
 }
@@ -70,7 +73,7 @@ impl State {
 impl Entry {
     pub fn state(&self) -> State {
         match self.phase {
-            Phase::Active => State::Active,
+            Phase::Active | Phase::Finishing => State::Active,
             Phase::Held => State::Held,
             Phase::Waiting { .. } if self.attempts > 0 => State::Deferred,
             Phase::Waiting { .. } => State::Ready,
@@ -96,9 +99,6 @@ struct Schedule {
     waiting: [BTreeSet<(Instant, QueueId)>; 2],
     /// Operator operations waiting for a message's pass to end.
     pending: HashMap<QueueId, PendingOperation>,
-    /// Messages whose pass is recording its results: too late for a
-    /// pending operation until they leave the pass.
-    finalizing: HashSet<QueueId>,
 }
 
 #[derive(Default)]
@@ -198,7 +198,6 @@ impl Queue {
     pub fn remove(&self, id: QueueId) -> Option<Entry> {
         let mut state = self.lock();
         state.pending.remove(&id);
-        state.finalizing.remove(&id);
         let entry = state.entries.remove(&id)?;
         if let Phase::Waiting { due } = entry.phase {
             state.waiting[index(entry.lane)].remove(&(due, id));
@@ -259,7 +258,6 @@ impl Queue {
 
     fn set(&self, id: QueueId, lane: Lane, phase: Phase, arrival_ms: u64, attempts: u32) {
         let mut state = self.lock();
-        state.finalizing.remove(&id);
         let entry = Entry {
             lane,
             phase,

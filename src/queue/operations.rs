@@ -36,11 +36,10 @@ impl Queue {
             .entries
             .get(&id)
             .is_some_and(|entry| entry.phase == Phase::Active);
-        if !in_pass || state.finalizing.contains(&id) {
-            return false;
+        if in_pass {
+            state.pending.insert(id, operation);
         }
-        state.pending.insert(id, operation);
-        true
+        in_pass
     }
 
     /// For a pass about to record its results: the operation left for it,
@@ -48,7 +47,9 @@ impl Queue {
     /// operation is accepted (`add_pending` answers false).
     pub fn take_pending(&self, id: QueueId) -> Option<PendingOperation> {
         let mut state = self.lock();
-        state.finalizing.insert(id);
+        if let Some(entry) = state.entries.get_mut(&id) {
+            entry.phase = Phase::Finishing;
+        }
         state.pending.remove(&id)
     }
 
@@ -71,7 +72,7 @@ impl Queue {
             .copied()
             .ok_or(ClaimError::NotFound)?;
         match entry.phase {
-            Phase::Active => return Err(ClaimError::InProgress),
+            Phase::Active | Phase::Finishing => return Err(ClaimError::InProgress),
             Phase::Waiting { due } => {
                 state.waiting[index(entry.lane)].remove(&(due, id));
             }

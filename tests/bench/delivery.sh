@@ -65,8 +65,8 @@ RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
 
 SENDER=bench@example.com
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
+# shellcheck source=tests/bench/common.sh
+. "$HERE/common.sh"
 case_on() { [[ " $CASES " == *" $1 "* ]]; }
 sys_on() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 now() { date +%s.%N; }
@@ -101,9 +101,6 @@ fi
 PY=$(command -v python3)
 id postfix >/dev/null 2>&1 || die "user 'postfix' missing"
 
-port_busy() { ss -Hln "sport = :$1" 2>/dev/null | grep -q .; }
-wait_port() { local i; for ((i = 0; i < $2 * 10; i++)); do port_busy "$1" && return 0; sleep 0.1; done; return 1; }
-wait_port_free() { local i; for ((i = 0; i < $2 * 10; i++)); do port_busy "$1" || return 0; sleep 0.1; done; return 1; }
 for p in $SINK_PORT $PF_PORT $RQ_PORT $TSINK_PORT $DNS_PORT; do port_busy "$p" && die "port $p is already in use"; done
 
 # ------------------------------------------------------------------ workspace
@@ -114,25 +111,6 @@ PROBLEMS=$WORK/problems.txt RES=$WORK/results.txt
 SINK_PID= TSINK_PID= DNS_PID= PF_DIR= PF_MASTER= RQ_PID= CUR_PID=
 problem() { echo "$*" >>"$PROBLEMS"; log "problem: $*"; }
 
-stop_pid() { # pid name seconds
-    local pid=$1 name=$2 secs=$3 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < secs * 10; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    log "$name (pid $pid) still running ${secs}s after SIGTERM: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null
-    return 1
-}
-pf_stop() {
-    [[ -n $PF_DIR ]] || return 0
-    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1
-    local i
-    for ((i = 0; i < 100; i++)); do kill -0 "$PF_MASTER" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$PF_MASTER" 2>/dev/null; then
-        pkill -KILL -P "$PF_MASTER" 2>/dev/null; kill -KILL "$PF_MASTER" 2>/dev/null
-    fi
-    PF_DIR= PF_MASTER=
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -147,27 +125,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
-run_bg() { "$@" & CUR_PID=$!; wait "$CUR_PID"; local rc=$?; CUR_PID=; return $rc; }
 
 # ------------------------------------------------------------ CPU accounting
 HZ=$(getconf CLK_TCK)
 cpu_total() { "$PY" "$HERE/proc_cpu.py" snap "$1" >"$2"; }
 cpu_diff() { "$PY" "$HERE/proc_cpu.py" diff "$1" "$2"; }
-stat_ticks() { awk '/^cpu /{b=$2+$3+$4+$7+$8+$9; t=b+$5+$6; print b, t; exit}' /proc/stat; }
-child_ticks() { # ticks of this shell's reaped children, into CHILD_TICKS (no subshell!)
-    times >"$WORK/.times"
-    CHILD_TICKS=$(awk -v hz="$HZ" 'NR==2{ s=0; for(i=1;i<=2;i++){ split($i,a,"m"); sub("s","",a[2]); s+=a[1]*60+a[2] } printf "%d", s*hz+0.5 }' "$WORK/.times")
-}
-quiet_wait() {
-    ((IDLE_WAIT > 0)) || return 0
-    local end=$((SECONDS + IDLE_WAIT)) b0 t0 b1 t1 pct
-    while :; do
-        read -r b0 t0 < <(stat_ticks); sleep 1; read -r b1 t1 < <(stat_ticks)
-        pct=$(((t1 - t0) > 0 ? 100 * (b1 - b0) / (t1 - t0) : 0))
-        ((pct < IDLE_PCT)) && return 0
-        ((SECONDS >= end)) && { log "  machine ${pct}% busy after ${IDLE_WAIT}s; measuring anyway"; return 0; }
-    done
-}
 # Machine-wide busy ticks around a phase, to report how much CPU *others* used.
 M0=; mark0() { read -r MB0 MT0 < <(stat_ticks); }
 other_pct() { # ours_ticks -> % of all CPUs used by other processes since mark0
@@ -242,62 +204,13 @@ tsink_start() { # $1 = arrivals file
 }
 tsink_stop() { stop_pid "$TSINK_PID" timed-sink 10; wait "$TSINK_PID" 2>/dev/null; TSINK_PID=; }
 
-pf_start() { # relayhost port
-    PF_DIR=$WORK/postfix
-    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
-    chown postfix "$PF_DIR/data"
-    printf '/^Subject:/ HOLD bench fill\n/^From:/ HOLD bench fill\n' >"$PF_DIR/etc/hold.regexp"
-    cat >"$PF_DIR/etc/main.cf" <<EOF
-# Postfix instance for the relayq delivery benchmark (generated; temporary).
-compatibility_level = 3.6
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-meta_directory = /etc/postfix
-shlib_directory = /usr/lib/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench-postfix.localdomain
-mydomain = localdomain
-myorigin = \$myhostname
-mydestination =
-local_transport = error:local delivery disabled
-local_recipient_maps =
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-# Every domain to the sink: one nexthop, [127.0.0.1]:port (no DNS at all).
-relayhost = [127.0.0.1]:$1
-smtp_dns_support_level = disabled
-maillog_file = $PF_DIR/maillog
-maillog_file_prefixes = /tmp, /var
-default_process_limit = 300
-max_use = 1000000
-max_idle = 3600
-# No arrival throttling: with mail on hold qmgr hands out no flow tokens.
+pf_start_held() { # relayhost port: pf_start, plus the hold check the drain case switches on
+    pf_start delivery "$1" "# No arrival throttling: with mail on hold qmgr hands out no flow tokens.
 in_flow_delay = 0
-header_checks =
-biff = no
-EOF
-    {
-        printf '127.0.0.1:%s\tinet\tn\t-\tn\t-\t-\tsmtpd\n' "$PF_PORT"
-        awk 'BEGIN{OFS="\t"} /^#/ || /^[ \t]/ || /^$/ {next} $2=="inet"{next}
-             $1 ~ /^(maildrop|uucp|ifmail|bsmtp|scalemail-backend|mailman)$/ {next}
-             {$5="n"; print}' /etc/postfix/master.cf
-    } >"$PF_DIR/etc/master.cf"
-    postfix -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 || die "postfix check: $(tail -3 "$WORK/postfix-check.log")"
-    postfix -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 || die "postfix start: $(tail -5 "$WORK/postfix-start.log")"
-    PF_MASTER=$(tr -d ' ' <"$PF_DIR/queue/pid/master.pid")
-    wait_port "$PF_PORT" 15 || die "Postfix did not listen on $PF_PORT"
-    touch "$PF_DIR/maillog"
+header_checks ="
+    printf '/^Subject:/ HOLD bench fill\n/^From:/ HOLD bench fill\n' >"$PF_DIR/etc/hold.regexp"
 }
 pf_set() { postconf -c "$PF_DIR/etc" -e "$@" && postfix -c "$PF_DIR/etc" reload >/dev/null 2>&1; sleep 1; }
-pf_count() { find "$PF_DIR/queue/incoming" "$PF_DIR/queue/active" "$PF_DIR/queue/deferred" \
-    "$PF_DIR/queue/maildrop" "$PF_DIR/queue/hold" -type f 2>/dev/null | wc -l; }
 pf_hold_count() { find "$PF_DIR/queue/hold" -type f 2>/dev/null | wc -l; }
 
 rq_seq=0
@@ -496,7 +409,7 @@ drain_postfix() {
     R[pf_drain_cpu]=$(($(awk '{print $1}' <<<"$tree") + tool))
     R[pf_drain_by]="$(cut -s -d' ' -f2- <<<"$tree") postsuper+postqueue+follow=$tool"
     R[pf_drain_other]=$(other_pct "${R[pf_drain_cpu]}")
-    ((cnt >= h)) || problem "postfix drain: only $cnt of $h removed ($st); queue files left: $(pf_count)"
+    ((cnt >= h)) || problem "postfix drain: only $cnt of $h removed ($st); queue files left: $(pf_queue_count)"
     grep -aE 'status=(deferred|bounced)' "$PF_DIR/maillog" | head -2 | cut -c1-250 | sed 's/^/postfix: /' >>"$PROBLEMS"
 }
 
@@ -611,16 +524,16 @@ latency_postfix() {
 if case_on drain; then
     sys_on relayq && drain_relayq
     [[ -z $SINK_PID ]] && sink_start
-    if sys_on postfix; then pf_start "$SINK_PORT"; drain_postfix; fi
+    if sys_on postfix; then pf_start_held "$SINK_PORT"; drain_postfix; fi
 fi
 [[ -z $SINK_PID ]] && sink_start
 if case_on e2e; then
     sys_on relayq && e2e_relayq
-    if sys_on postfix; then [[ -n $PF_DIR ]] || pf_start "$SINK_PORT"; e2e_postfix; fi
+    if sys_on postfix; then [[ -n $PF_DIR ]] || pf_start_held "$SINK_PORT"; e2e_postfix; fi
 fi
 if case_on latency; then
     sys_on relayq && latency_relayq
-    if sys_on postfix; then [[ -n $PF_DIR ]] || pf_start "$SINK_PORT"; latency_postfix; fi
+    if sys_on postfix; then [[ -n $PF_DIR ]] || pf_start_held "$SINK_PORT"; latency_postfix; fi
 fi
 if [[ -n $PF_DIR ]]; then
     w=$(grep -acE 'warning|fatal|panic' "$PF_DIR/maillog")

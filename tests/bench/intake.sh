@@ -63,8 +63,8 @@ RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
 SENDER=bench@example.com
 RCPT=sink@example.net
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
+# shellcheck source=tests/bench/common.sh
+. "$HERE/common.sh"
 has() { [[ " $RECEIVERS " == *" $1 "* ]]; }
 now() { date +%s.%N; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
@@ -105,12 +105,6 @@ fi
 [[ $EUID == 0 ]] && SINK_USER=(-u postfix) || SINK_USER=()
 if [[ $EUID == 0 ]] && ! id postfix >/dev/null 2>&1; then die "user 'postfix' missing"; fi
 
-port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-wait_port() { # port seconds
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do port_busy "$1" && return 0; sleep 0.1; done
-    return 1
-}
 for p in $SINK_PORT $PF_PORT $RQ_PORT; do port_busy "$p" && die "port 127.0.0.1:$p is already in use"; done
 
 # ------------------------------------------------------------------ workspace
@@ -121,28 +115,6 @@ LATF=$WORK/latency.jsonl
 PROBLEMS=$WORK/problems.txt
 : >"$CASES"; : >"$LATF"; : >"$PROBLEMS"
 SINK_PID= PF_DIR= PF_MASTER= RQ_PID= RQ_DIR= CUR_PID=
-
-stop_pid() { # pid name seconds: TERM, wait, KILL; returns 0 if it stopped on TERM
-    local pid=$1 name=$2 secs=$3 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null
-    for ((i = 0; i < secs * 10; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    log "$name (pid $pid) still running ${secs}s after SIGTERM: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null
-    return 1
-}
-
-pf_stop() {
-    [[ -n $PF_DIR ]] || return 0
-    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1
-    local i
-    for ((i = 0; i < 100; i++)); do kill -0 "$PF_MASTER" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$PF_MASTER" 2>/dev/null; then
-        log "Postfix master $PF_MASTER did not stop: SIGKILL to it and its children"
-        pkill -KILL -P "$PF_MASTER" 2>/dev/null; kill -KILL "$PF_MASTER" 2>/dev/null
-    fi
-    PF_DIR= PF_MASTER=
-}
 
 cleanup() {
     local rc=$?
@@ -159,7 +131,6 @@ trap 'log interrupted; exit 130' INT TERM
 
 # Run a command in the background and wait for it, so a signal to this script
 # reaches the trap at once and the trap can stop the command.
-run_bg() { "$@" & CUR_PID=$!; wait "$CUR_PID"; local rc=$?; CUR_PID=; return $rc; }
 
 # ------------------------------------------------------------------ receivers
 sink_start() {
@@ -167,63 +138,6 @@ sink_start() {
     smtp-sink "${SINK_USER[@]}" -m 1024 "127.0.0.1:$SINK_PORT" 1024 >"$WORK/sink.log" 2>&1 &
     SINK_PID=$!
     wait_port "$SINK_PORT" 10 || die "smtp-sink did not listen on $SINK_PORT: $(tail -3 "$WORK/sink.log")"
-}
-
-pf_start() {
-    PF_DIR=$WORK/postfix
-    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
-    chown postfix "$PF_DIR/data"
-    cat >"$PF_DIR/etc/main.cf" <<EOF
-# Postfix instance for the relayq intake benchmark (generated; temporary).
-compatibility_level = 3.6
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-meta_directory = /etc/postfix
-shlib_directory = /usr/lib/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench-postfix.localdomain
-mydomain = localdomain
-myorigin = \$myhostname
-mydestination =
-local_transport = error:local delivery disabled
-local_recipient_maps =
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-relayhost = [127.0.0.1]:$SINK_PORT
-smtp_dns_support_level = disabled
-maillog_file = $PF_DIR/maillog
-maillog_file_prefixes = /tmp, /var
-# Enough smtpd processes for 100 sessions plus headroom; keep them alive so
-# per-process CPU accounting sees few exits (exits are counted anyway).
-default_process_limit = 300
-max_use = 1000000
-max_idle = 3600
-biff = no
-EOF
-    # Debian's master.cf without the port-25 listener and without chroot
-    # (chroot would need copies of /etc files in the queue directory).
-    {
-        printf '127.0.0.1:%s\tinet\tn\t-\tn\t-\t-\tsmtpd\n' "$PF_PORT"
-        awk 'BEGIN{OFS="\t"} /^#/ || /^[ \t]/ || /^$/ {next} $2=="inet"{next}
-             $1 ~ /^(maildrop|uucp|ifmail|bsmtp|scalemail-backend|mailman)$/ {next}
-             {$5="n"; print}' /etc/postfix/master.cf
-    } >"$PF_DIR/etc/master.cf"
-    postfix -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 || die "postfix check: $(tail -3 "$WORK/postfix-check.log")"
-    postfix -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 || die "postfix start: $(tail -5 "$WORK/postfix-start.log"; tail -5 "$PF_DIR/maillog" 2>/dev/null)"
-    PF_MASTER=$(tr -d ' ' <"$PF_DIR/queue/pid/master.pid")
-    wait_port "$PF_PORT" 15 || die "Postfix did not listen on $PF_PORT"
-}
-
-pf_queue_count() {
-    find "$PF_DIR/queue/incoming" "$PF_DIR/queue/active" "$PF_DIR/queue/deferred" \
-        "$PF_DIR/queue/maildrop" "$PF_DIR/queue/hold" -type f 2>/dev/null | wc -l
 }
 
 pf_drain() { # wait until Postfix has delivered everything to the sink
@@ -342,32 +256,6 @@ rq_stop() {
 cpu_snap() { "$PY" "$HERE/proc_cpu.py" snap "$1" >"$2"; }
 cpu_diff() { "$PY" "$HERE/proc_cpu.py" diff "$1" "$2"; }
 HZ=$(getconf CLK_TCK)
-# machine-wide CPU ticks from /proc/stat: "busy total"
-stat_ticks() { awk '/^cpu /{b=$2+$3+$4+$7+$8+$9; t=b+$5+$6; print b, t; exit}' /proc/stat; }
-# CPU ticks of this shell's reaped children (bash 'times', second line), into
-# CHILD_TICKS. Must not run in a subshell: call it directly, not in $(...).
-child_ticks() {
-    times >"$WORK/.times"
-    CHILD_TICKS=$(awk -v hz="$HZ" 'NR==2{ s=0; for(i=1;i<=2;i++){ split($i,a,"m"); sub("s","",a[2]); s+=a[1]*60+a[2] } printf "%d", s*hz+0.5 }' "$WORK/.times")
-}
-busy_pct_1s() {
-    local b0 t0 b1 t1
-    read -r b0 t0 < <(stat_ticks); sleep 1; read -r b1 t1 < <(stat_ticks)
-    awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN{ printf "%d", (t > 0 ? 100*b/t : 0) }'
-}
-quiet_wait() {
-    ((IDLE_WAIT > 0)) || return 0
-    local end=$((SECONDS + IDLE_WAIT)) pct
-    while :; do
-        pct=$(busy_pct_1s)
-        ((pct < IDLE_PCT)) && return 0
-        if ((SECONDS >= end)); then
-            log "  machine still ${pct}% busy (other processes) after ${IDLE_WAIT}s; measuring anyway"
-            return 0
-        fi
-    done
-}
-
 # run_case run receiver port pid mode sessions size
 run_case() {
     local run=$1 rcv=$2 port=$3 pid=$4 mode=$5 sess=$6 size=$7
@@ -513,7 +401,7 @@ fi
 # ----------------------------------------------------------------------- main
 # The sink always runs: it is the relayhost of the Postfix instance.
 sink_start
-if has postfix; then pf_start; fi
+if has postfix; then pf_start intake "$SINK_PORT"; fi
 
 log "work dir $WORK; $MESSAGES msgs/case; sizes $SIZES; sessions $SESSIONS; modes $MODES; runs $RUNS"
 for ((run = 1; run <= RUNS; run++)); do

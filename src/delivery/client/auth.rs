@@ -41,17 +41,7 @@ pub(super) async fn authenticate(
             .send(command.as_bytes(), limit, STAGE_SEND)
             .await
             .map_err(session)?;
-        let reply = transport
-            .read_reply(limit, STAGE_READ)
-            .await
-            .map_err(session)?;
-        return if reply.is_positive() {
-            Ok(())
-        } else {
-            Err(refused(reply))
-        };
-    }
-    if offered.auth_mechanisms & AUTH_LOGIN != 0 {
+    } else if offered.auth_mechanisms & AUTH_LOGIN != 0 {
         transport
             .send(b"AUTH LOGIN\r\n", limit, STAGE_SEND)
             .await
@@ -70,18 +60,19 @@ pub(super) async fn authenticate(
                 .await
                 .map_err(session)?;
         }
-        let reply = transport
-            .read_reply(limit, STAGE_READ)
-            .await
-            .map_err(session)?;
-        return if reply.is_positive() {
-            Ok(())
-        } else {
-            Err(refused(reply))
-        };
+    } else {
+        return Err(ConnectError::new(
+            ConnectErrorKind::Auth,
+            format!("{target} offers neither AUTH PLAIN nor AUTH LOGIN"),
+        ));
     }
-    Err(ConnectError::new(
-        ConnectErrorKind::Auth,
-        format!("{target} offers neither AUTH PLAIN nor AUTH LOGIN"),
-    ))
+    let reply = transport
+        .read_reply(limit, STAGE_READ)
+        .await
+        .map_err(session)?;
+    if reply.is_positive() {
+        Ok(())
+    } else {
+        Err(refused(reply))
+    }
 }
