@@ -1,4 +1,4 @@
-//! Per-destination queues (DESIGN §5 "Destinations"): a concurrency cap per
+//! Per-destination queues (ARCHITECTURE.md, "Delivery"): a concurrency cap per
 //! next hop, lane ready lists, idle connections kept for reuse, and the dead
 //! destination memory.
 //!

@@ -1,4 +1,4 @@
-//! The two delivery lanes and how a message is assigned to one (DESIGN §5).
+//! The two delivery lanes and how a message is assigned to one.
 
 use std::fmt;
 use std::ops::{Index, IndexMut};
@@ -18,7 +18,7 @@ pub enum Lane {
 }
 
 impl Lane {
-    /// DESIGN §5, first rule that decides wins: MT-PRIORITY (< 0 low, > 0
+    /// The first rule that decides wins: MT-PRIORITY (< 0 low, > 0
     /// high), then a bulk `Precedence:` header (low), then the listener's lane.
     pub fn select(mt_priority: Option<i8>, bulk_precedence: bool, listener_lane: Lane) -> Lane {
         match mt_priority {

@@ -49,7 +49,7 @@ pub struct Entry {
     pub attempts: u32,
 }
 
-/// The state names of DESIGN §6 (`queue list`, metrics).
+/// The state names `queue list` and the metrics show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {

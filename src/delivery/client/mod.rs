@@ -48,7 +48,7 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// The timeouts RFC 5321 §4.5.3.2 recommends (DESIGN §5), with a data
+    /// The timeouts RFC 5321 §4.5.3.2 recommends, with a data
     /// block timeout of 3 minutes also used for the DATA reply.
     pub fn new(helo_name: impl Into<String>) -> ClientSettings {
         ClientSettings {

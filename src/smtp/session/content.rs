@@ -1,6 +1,6 @@
 //! Message content: DATA and BDAT reception, then the commit that makes the
-//! `250` true (DESIGN §3 invariant 1: the reply is sent only after the spool's
-//! fsync returned).
+//! `250` true (ARCHITECTURE.md, "durable before 250": the reply is sent only
+//! after the spool's fsync returned).
 
 use std::time::{Instant, SystemTime};
 
