@@ -3,7 +3,7 @@
 
 mod body;
 pub mod client;
-pub mod destination;
-pub mod engine;
-pub mod job;
-pub mod pass;
+pub(crate) mod destination;
+pub(crate) mod engine;
+pub(crate) mod job;
+pub(crate) mod pass;

@@ -34,9 +34,7 @@ const TEXT_WIDTH: usize = 76;
 pub enum Action {
     Failed,
     Delayed,
-    Delivered,
     Relayed,
-    Expanded,
 }
 
 impl Action {
@@ -44,9 +42,7 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
-            Action::Delivered => "delivered",
             Action::Relayed => "relayed",
-            Action::Expanded => "expanded",
         }
     }
 
@@ -55,7 +51,7 @@ impl Action {
         match self {
             Action::Failed => "5.0.0",
             Action::Delayed => "4.0.0",
-            Action::Delivered | Action::Relayed | Action::Expanded => "2.0.0",
+            Action::Relayed => "2.0.0",
         }
     }
 
@@ -63,9 +59,7 @@ impl Action {
         match self {
             Action::Failed => "could not be delivered",
             Action::Delayed => "not delivered yet, still trying",
-            Action::Delivered => "delivered",
             Action::Relayed => "relayed to a system that does not send delivery reports",
-            Action::Expanded => "delivered, and expanded to further recipients",
         }
     }
 }

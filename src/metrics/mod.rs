@@ -19,8 +19,6 @@ use crate::events::EventKind;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
 
-pub use text::render;
-
 /// What became of one recipient in one delivery attempt
 /// (`relayq_recipients_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,11 @@
 //! the clock; the wall-clock due time lives in the envelope.
 
 pub mod envelope;
-pub mod handle;
+pub(crate) mod handle;
 mod lane;
-pub mod operations;
-pub mod retry;
-pub mod transition;
+pub(crate) mod operations;
+pub(crate) mod retry;
+pub(crate) mod transition;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;

@@ -61,11 +61,6 @@ impl MessageBuilder {
         }
     }
 
-    /// True once the content went over the limit; the rest is discarded.
-    pub fn is_oversized(&self) -> bool {
-        self.writer.is_none()
-    }
-
     /// Appends content (already unstuffed and CRLF-normalised).
     pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
         if self.writer.is_none() {
