@@ -13,7 +13,8 @@ pub(crate) mod retry;
 pub(crate) mod transition;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use relayq_spool::{QueueId, Spool, SpoolError};
@@ -101,6 +102,9 @@ struct Schedule {
     waiting: PerLane<BTreeSet<(Instant, QueueId)>>,
     /// Operator operations waiting for a message's pass to end.
     pending: HashMap<QueueId, PendingOperation>,
+    /// Per lane: the number of entries, whatever their phase. Kept by `set`
+    /// and `remove` so that counting a lane never scans the entries.
+    queued: PerLane<usize>,
 }
 
 #[derive(Default)]
@@ -108,6 +112,36 @@ pub struct Queue {
     state: Mutex<Schedule>,
     /// Wakes a lane's dispatcher when an earlier due time appears.
     wake: PerLane<Notify>,
+    /// Per lane: queued messages plus the [`Reservation`]s intake holds for
+    /// messages it is storing. Every change is one atomic operation, so
+    /// intake reads it and reserves room without taking the schedule's lock,
+    /// and a reservation can never be granted past a lane's cap.
+    occupancy: PerLane<AtomicUsize>,
+}
+
+/// Room for one message in a lane, taken by intake before it stores the
+/// message (`lanes.*.max_queued`). [`Queue::insert_reserved`] turns it into
+/// the queued message; dropped unused (the store failed), it frees the room.
+#[must_use = "dropping a reservation frees the room it holds"]
+pub struct Reservation {
+    queue: Arc<Queue>,
+    lane: Lane,
+    /// Still counted in the lane's occupancy on its own behalf.
+    holds_room: bool,
+}
+
+impl Reservation {
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.holds_room {
+            self.queue.occupancy[self.lane].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Converts a wall-clock due time (ms since the epoch) to a scheduler instant.
@@ -149,6 +183,16 @@ impl Queue {
 
     /// Adds (or replaces) a message, due as its envelope says.
     pub fn insert(&self, id: QueueId, envelope: &Envelope) {
+        self.insert_with(id, envelope, None);
+    }
+
+    /// Adds a message intake stored under `reservation`: the room it held
+    /// becomes the message's, so the lane's occupancy does not change.
+    pub fn insert_reserved(&self, id: QueueId, envelope: &Envelope, reservation: Reservation) {
+        self.insert_with(id, envelope, Some(reservation));
+    }
+
+    fn insert_with(&self, id: QueueId, envelope: &Envelope, reservation: Option<Reservation>) {
         let phase = if envelope.held {
             Phase::Held
         } else {
@@ -156,13 +200,13 @@ impl Queue {
                 due: instant_for(envelope.next_attempt_ms),
             }
         };
-        self.set(
-            id,
-            envelope.lane,
+        let entry = Entry {
+            lane: envelope.lane,
             phase,
-            envelope.arrival_ms,
-            envelope.attempts,
-        );
+            arrival_ms: envelope.arrival_ms,
+            attempts: envelope.attempts,
+        };
+        self.set_entry(id, entry, reservation);
     }
 
     /// After a pass that left recipients to retry: wait until `due`.
@@ -197,6 +241,8 @@ impl Queue {
         if let Phase::Waiting { due } = entry.phase {
             state.waiting[entry.lane].remove(&(due, id));
         }
+        state.queued[entry.lane] -= 1;
+        self.occupancy[entry.lane].fetch_sub(1, Ordering::AcqRel);
         Some(entry)
     }
 
@@ -212,13 +258,31 @@ impl Queue {
         self.lock().entries.is_empty()
     }
 
-    /// Number of queued messages in `lane`.
+    /// Number of queued messages in `lane`, in every state.
     pub fn count(&self, lane: Lane) -> usize {
-        self.lock()
-            .entries
-            .values()
-            .filter(|entry| entry.lane == lane)
-            .count()
+        self.lock().queued[lane]
+    }
+
+    /// Queued messages in `lane` plus the reservations intake holds for it.
+    /// Lock-free: intake may call it for every MAIL command.
+    pub fn occupancy(&self, lane: Lane) -> usize {
+        self.occupancy[lane].load(Ordering::Acquire)
+    }
+
+    /// Reserves room for one message in `lane` unless its occupancy has
+    /// reached `limit`. Lock-free; concurrent callers never overfill the
+    /// lane between them (the check and the increment are one operation).
+    pub fn try_reserve(self: &Arc<Self>, lane: Lane, limit: usize) -> Option<Reservation> {
+        self.occupancy[lane]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |occupied| {
+                (occupied < limit).then_some(occupied + 1)
+            })
+            .ok()?;
+        Some(Reservation {
+            queue: self.clone(),
+            lane,
+            holds_room: true,
+        })
     }
 
     /// Waits until a message of `lane` is due, marks it active and returns
@@ -252,17 +316,44 @@ impl Queue {
     }
 
     fn set(&self, id: QueueId, lane: Lane, phase: Phase, arrival_ms: u64, attempts: u32) {
-        let mut state = self.lock();
         let entry = Entry {
             lane,
             phase,
             arrival_ms,
             attempts,
         };
-        if let Some(previous) = state.entries.insert(id, entry)
-            && let Phase::Waiting { due } = previous.phase
-        {
-            state.waiting[previous.lane].remove(&(due, id));
+        self.set_entry(id, entry, None);
+    }
+
+    /// Adds or replaces `id`'s entry and keeps the lane counts. A
+    /// reservation in the entry's lane pays for a new entry; any other is
+    /// simply released when dropped here.
+    fn set_entry(&self, id: QueueId, entry: Entry, reservation: Option<Reservation>) {
+        let Entry { lane, phase, .. } = entry;
+        let mut state = self.lock();
+        match state.entries.insert(id, entry) {
+            None => {
+                state.queued[lane] += 1;
+                match reservation {
+                    Some(mut reservation) if reservation.lane == lane => {
+                        reservation.holds_room = false;
+                    }
+                    _ => {
+                        self.occupancy[lane].fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+            Some(previous) => {
+                if let Phase::Waiting { due } = previous.phase {
+                    state.waiting[previous.lane].remove(&(due, id));
+                }
+                if previous.lane != lane {
+                    state.queued[previous.lane] -= 1;
+                    state.queued[lane] += 1;
+                    self.occupancy[previous.lane].fetch_sub(1, Ordering::AcqRel);
+                    self.occupancy[lane].fetch_add(1, Ordering::AcqRel);
+                }
+            }
         }
         if let Phase::Waiting { due } = phase {
             let waiting = &mut state.waiting[lane];
@@ -334,5 +425,98 @@ mod tests {
         queue.reschedule(id(3), Lane::High, Instant::now() + Duration::from_secs(1));
         assert_eq!(queue.next_due(Lane::High).await, id(3));
         assert_eq!(queue.len(), 2);
+    }
+
+    fn envelope(lane: Lane) -> Envelope {
+        let recipients = vec![envelope::Recipient::new("user@example.org".into())];
+        Envelope::new(String::new(), recipients, lane, SystemTime::now(), 100)
+    }
+
+    fn counts(queue: &Queue) -> [(usize, usize); 2] {
+        Lane::ALL.map(|lane| (queue.count(lane), queue.occupancy(lane)))
+    }
+
+    #[test]
+    fn lane_counts_follow_inserts_replacements_and_removals() {
+        let queue = Queue::default();
+        queue.insert(id(1), &envelope(Lane::High));
+        queue.insert(id(2), &envelope(Lane::Low));
+        queue.insert(id(3), &envelope(Lane::Low));
+        assert_eq!(counts(&queue), [(1, 1), (2, 2)]);
+        // A replacement is not a new message; held and active ones count too.
+        queue.insert(id(2), &envelope(Lane::Low));
+        queue.set(id(3), Lane::Low, Phase::Held, 0, 1);
+        queue.set(id(1), Lane::High, Phase::Active, 0, 1);
+        assert_eq!(counts(&queue), [(1, 1), (2, 2)]);
+        // An entry that changes lane moves its count with it.
+        queue.insert(id(2), &envelope(Lane::High));
+        assert_eq!(counts(&queue), [(2, 2), (1, 1)]);
+        assert_eq!(
+            queue.remove(id(2)).map(|entry| entry.lane),
+            Some(Lane::High)
+        );
+        assert_eq!(queue.remove(id(2)), None);
+        queue.remove(id(3));
+        assert_eq!(counts(&queue), [(1, 1), (0, 0)]);
+    }
+
+    #[test]
+    fn reservations_never_overfill_a_lane() {
+        let queue = std::sync::Arc::new(Queue::default());
+        queue.insert(id(1), &envelope(Lane::Low));
+        let first = queue.try_reserve(Lane::Low, 3).expect("room for a second");
+        let second = queue.try_reserve(Lane::Low, 3).expect("room for a third");
+        assert!(queue.try_reserve(Lane::Low, 3).is_none());
+        assert_eq!(counts(&queue)[1], (1, 3));
+        // The other lane is unaffected by this one's cap.
+        assert!(queue.try_reserve(Lane::High, 1).is_some());
+        assert_eq!(queue.occupancy(Lane::High), 0);
+
+        // A failed store drops its reservation: the room is free again.
+        drop(first);
+        assert_eq!(counts(&queue)[1], (1, 2));
+        // A stored message takes over its reservation's room.
+        queue.insert_reserved(id(2), &envelope(Lane::Low), second);
+        assert_eq!(counts(&queue)[1], (2, 2));
+        let third = queue.try_reserve(Lane::Low, 3).expect("room for a third");
+        queue.insert_reserved(id(3), &envelope(Lane::Low), third);
+        assert_eq!(counts(&queue)[1], (3, 3));
+        assert!(queue.try_reserve(Lane::Low, 3).is_none());
+        // Mail leaving the queue frees room.
+        queue.remove(id(1));
+        assert!(queue.try_reserve(Lane::Low, 3).is_some());
+    }
+
+    #[test]
+    fn concurrent_reservations_stop_at_the_cap() {
+        let queue = std::sync::Arc::new(Queue::default());
+        let granted: Vec<Vec<Reservation>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let queue = queue.clone();
+                    scope.spawn(move || {
+                        (0..1000)
+                            .filter_map(|_| queue.try_reserve(Lane::High, 100))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap())
+                .collect()
+        });
+        assert_eq!(granted.iter().map(Vec::len).sum::<usize>(), 100);
+        assert_eq!(queue.occupancy(Lane::High), 100);
+        drop(granted);
+        assert_eq!(queue.occupancy(Lane::High), 0);
+    }
+
+    #[test]
+    fn a_reservation_for_another_lane_does_not_pay_for_the_message() {
+        let queue = std::sync::Arc::new(Queue::default());
+        let reservation = queue.try_reserve(Lane::High, 10).unwrap();
+        queue.insert_reserved(id(1), &envelope(Lane::Low), reservation);
+        assert_eq!(counts(&queue), [(0, 0), (1, 1)]);
     }
 }
