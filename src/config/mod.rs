@@ -115,6 +115,9 @@ impl LanesSettings {
 pub struct LaneSettings {
     /// Delivery slots of this lane; never lent to the other lane. At least 1.
     pub concurrency: usize,
+    /// Most messages queued in this lane, in every state; new mail for a
+    /// full lane is refused with `452 4.3.1`. `None`: no cap. At least 1.
+    pub max_queued: Option<usize>,
 }
 
 /// `[delivery]`: the sending side.

@@ -71,6 +71,8 @@ pub(super) struct RawLanes {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawLane {
     pub concurrency: Option<usize>,
+    /// Signed, so that a negative value gets the same reason as zero.
+    pub max_queued: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

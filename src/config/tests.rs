@@ -63,6 +63,8 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(config.lanes.high.concurrency, 64);
     assert_eq!(config.lanes.low.concurrency, 8);
     assert_eq!(config.lanes.get(Lane::Low).concurrency, 8);
+    assert_eq!(config.lanes.high.max_queued, None);
+    assert_eq!(config.lanes.low.max_queued, None);
     let delivery = &config.delivery;
     assert_eq!(delivery.port, 25);
     assert_eq!(delivery.destination_concurrency, 20);
@@ -435,6 +437,18 @@ fn values_are_range_checked() {
         "relayq.toml: lanes.low.concurrency: must be at least 1"
     );
     assert_eq!(
+        error("[lanes.low]\nmax_queued = 0\n"),
+        "relayq.toml: lanes.low.max_queued: must be a positive integer (a number of messages), got 0"
+    );
+    assert_eq!(
+        error("[lanes.high]\nmax_queued = -5\n"),
+        "relayq.toml: lanes.high.max_queued: must be a positive integer (a number of messages), got -5"
+    );
+    assert!(
+        error("[lanes.high]\nmax_queued = \"lots\"\n")
+            .starts_with("relayq.toml: lanes.high.max_queued: invalid type: string")
+    );
+    assert_eq!(
         error("[retry]\nfactor = 0.5\n"),
         "relayq.toml: retry.factor: must be at least 1.0, got 0.5"
     );
@@ -522,4 +536,18 @@ fn error_without_key_prints_file_and_reason() {
         error.to_string(),
         "/etc/relayq/relayq.toml: cannot read: Permission denied"
     );
+}
+
+#[test]
+fn lane_caps_are_optional_and_per_lane() {
+    let config = parse("[lanes.low]\nmax_queued = 50000\n").unwrap();
+    assert_eq!(config.lanes.low.max_queued, Some(50_000));
+    assert_eq!(config.lanes.high.max_queued, None);
+    assert_eq!(config.lanes.low.concurrency, 8);
+
+    // The example's commented-out caps are valid as written.
+    let uncommented = EXAMPLE.replace("# max_queued = ", "max_queued = ");
+    let config = parse(&uncommented).unwrap();
+    assert_eq!(config.lanes.high.max_queued, Some(100_000));
+    assert_eq!(config.lanes.low.max_queued, Some(100_000));
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawDuration, RawListener, RawRetry, RawRoute};
+use super::raw::{RawConfig, RawDuration, RawLane, RawListener, RawRetry, RawRoute};
 use super::values::{
     check_domain_name, check_host, check_log_filter, check_mailbox, nameserver, network,
     socket_address,
@@ -154,20 +154,8 @@ pub(super) fn config(
     };
 
     let lanes = LanesSettings {
-        high: LaneSettings {
-            concurrency: at_least_one(
-                raw.lanes.high.concurrency,
-                DEFAULT_HIGH_CONCURRENCY,
-                "lanes.high.concurrency",
-            )?,
-        },
-        low: LaneSettings {
-            concurrency: at_least_one(
-                raw.lanes.low.concurrency,
-                DEFAULT_LOW_CONCURRENCY,
-                "lanes.low.concurrency",
-            )?,
-        },
+        high: lane(raw.lanes.high, DEFAULT_HIGH_CONCURRENCY, "lanes.high")?,
+        low: lane(raw.lanes.low, DEFAULT_LOW_CONCURRENCY, "lanes.low")?,
     };
 
     let delivery = DeliverySettings {
@@ -465,6 +453,28 @@ fn route(index: usize, raw: RawRoute, earlier: &[Route]) -> Result<Route, Invali
         verify_certificate: raw.verify_certificate.unwrap_or(raw.username.is_some()),
         username: raw.username,
         password_file: raw.password_file,
+    })
+}
+
+fn lane(raw: RawLane, default_concurrency: usize, key: &str) -> Result<LaneSettings, Invalid> {
+    let concurrency = at_least_one(
+        raw.concurrency,
+        default_concurrency,
+        &format!("{key}.concurrency"),
+    )?;
+    let max_queued = match raw.max_queued {
+        None => None,
+        Some(count) if count >= 1 => Some(usize::try_from(count).unwrap_or(usize::MAX)),
+        Some(count) => {
+            return Err(Invalid::new(
+                format!("{key}.max_queued"),
+                format!("must be a positive integer (a number of messages), got {count}"),
+            ));
+        }
+    };
+    Ok(LaneSettings {
+        concurrency,
+        max_queued,
     })
 }
 
