@@ -63,6 +63,27 @@ impl Outcome {
     }
 }
 
+/// Why new mail was refused with a 4xx before it was stored
+/// (`relayq_messages_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The lane reached `lanes.*.max_queued`.
+    LaneFull,
+    /// The spool's file system is below `spool.min_free_space`.
+    Disk,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 2] = [RefusalReason::LaneFull, RefusalReason::Disk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::LaneFull => "lane_full",
+            RefusalReason::Disk => "disk",
+        }
+    }
+}
+
 /// The daemon's metrics. Queue gauges are not stored here: they are read
 /// from the [`Queue`] when scraped, so they can never drift from it.
 pub struct Metrics {
@@ -70,6 +91,9 @@ pub struct Metrics {
     accepted: [AtomicU64; 2],
     /// `relayq_recipients_total`, per lane and outcome (`Outcome::ALL` order).
     recipients: [[AtomicU64; 4]; 2],
+    /// `relayq_messages_refused_total`, per lane and reason
+    /// (`RefusalReason::ALL` order).
+    refused: [[AtomicU64; 2]; 2],
     connections_active: AtomicI64,
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
@@ -90,6 +114,7 @@ impl Metrics {
         Metrics {
             accepted: Default::default(),
             recipients: Default::default(),
+            refused: Default::default(),
             connections_active: AtomicI64::new(0),
             commit_seconds: Histogram::new(histogram::COMMIT_SECONDS),
             commit_batch_size: Histogram::new(histogram::BATCH_SIZE),
@@ -108,6 +133,12 @@ impl Metrics {
         self.accepted[lane_index(lane)].fetch_add(1, Ordering::Relaxed);
         self.commit_seconds.observe(commit.as_secs_f64());
         self.commit_batch_size.observe(batch_size as f64);
+    }
+
+    /// New mail for `lane` was refused with a 4xx for `reason` before
+    /// anything was stored (at connect, at MAIL or after the data).
+    pub fn message_refused(&self, lane: Lane, reason: RefusalReason) {
+        self.refused[lane_index(lane)][reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// One recipient's outcome in a delivery attempt, reported as the event
@@ -199,6 +230,9 @@ mod tests {
         }
         for (index, outcome) in Outcome::ALL.into_iter().enumerate() {
             assert_eq!(outcome as usize, index);
+        }
+        for (index, reason) in RefusalReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index);
         }
         for (index, lane) in Lane::ALL.into_iter().enumerate() {
             assert_eq!(lane_index(lane), index);

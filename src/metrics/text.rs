@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::histogram::HistogramSnapshot;
-use super::{Metrics, Outcome, QueueGauges, lane_index};
+use super::{Metrics, Outcome, QueueGauges, RefusalReason, lane_index};
 use crate::queue::envelope::unix_ms;
 use crate::queue::{Lane, Queue, State};
 
@@ -81,6 +81,23 @@ pub fn render(metrics: &Metrics, queue: &Queue, now: SystemTime) -> String {
             &[("lane", lane.as_str())],
             metrics.accepted[lane_index(lane)].load(Ordering::Relaxed),
         );
+    }
+
+    family(
+        &mut out,
+        "relayq_messages_refused_total",
+        "counter",
+        "New mail refused with a 4xx before it was stored, by lane and reason.",
+    );
+    for lane in Lane::ALL {
+        for reason in RefusalReason::ALL {
+            sample(
+                &mut out,
+                "relayq_messages_refused_total",
+                &[("lane", lane.as_str()), ("reason", reason.as_str())],
+                metrics.refused[lane_index(lane)][reason as usize].load(Ordering::Relaxed),
+            );
+        }
     }
 
     family(
@@ -264,5 +281,25 @@ mod tests {
         assert!(text.contains("relayq_spool_commit_batch_size_sum 2\n"));
         assert!(text.contains("relayq_spool_commit_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("relayq_delivery_seconds_bucket{lane=\"low\",le=\"0.1\"} 1\n"));
+    }
+
+    #[test]
+    fn refusals_are_counted_by_lane_and_reason() {
+        let metrics = Metrics::new();
+        metrics.message_refused(Lane::Low, RefusalReason::LaneFull);
+        metrics.message_refused(Lane::Low, RefusalReason::LaneFull);
+        metrics.message_refused(Lane::High, RefusalReason::Disk);
+        let text = render(&metrics, &Queue::default(), SystemTime::now());
+        for (lane, reason, count) in [
+            ("low", "lane_full", 2),
+            ("low", "disk", 0),
+            ("high", "lane_full", 0),
+            ("high", "disk", 1),
+        ] {
+            let line = format!(
+                "relayq_messages_refused_total{{lane=\"{lane}\",reason=\"{reason}\"}} {count}\n"
+            );
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
     }
 }
