@@ -16,9 +16,10 @@ use crate::delivery::{self, engine::DeliveryContext};
 use crate::events::Events;
 use crate::maildrop;
 use crate::metrics::{self, Metrics};
-use crate::queue::Queue;
 use crate::queue::handle::QueueHandle;
 use crate::queue::retry::RetryPolicy;
+use crate::queue::{PerLane, Queue};
+use crate::smtp::admission::LaneAdmission;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
 use crate::storage::FreeSpace;
@@ -98,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         spool: spool.clone(),
         queue: queue.clone(),
         free_space: free_space.clone(),
+        admission: LaneAdmission::new(PerLane::from_fn(|lane| config.lanes.get(lane).max_queued)),
         shutdown: shutdown.clone(),
         events: events.clone(),
         metrics: metrics.clone(),

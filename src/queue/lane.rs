@@ -29,6 +29,18 @@ impl Lane {
         }
     }
 
+    /// The lanes a message can still end in when its MAIL command arrives,
+    /// most likely first. Only the header section, after the data, is not
+    /// known yet: it can move mail without a deciding MT-PRIORITY from a
+    /// high listener to the low lane, never the other way.
+    pub fn candidates_at_mail(mt_priority: Option<i8>, listener_lane: Lane) -> &'static [Lane] {
+        match Lane::select(mt_priority, false, listener_lane) {
+            Lane::Low => &[Lane::Low],
+            Lane::High if mt_priority.is_some_and(|priority| priority > 0) => &[Lane::High],
+            Lane::High => &[Lane::High, Lane::Low],
+        }
+    }
+
     pub const ALL: [Lane; 2] = [Lane::High, Lane::Low];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +111,32 @@ mod tests {
         assert_eq!(Lane::select(None, true, Lane::High), Lane::Low);
         assert_eq!(Lane::select(None, false, Lane::Low), Lane::Low);
         assert_eq!(Lane::select(None, false, Lane::High), Lane::High);
+    }
+
+    #[test]
+    fn only_what_the_headers_cannot_change_is_known_at_mail() {
+        assert_eq!(Lane::candidates_at_mail(Some(-3), Lane::High), [Lane::Low]);
+        assert_eq!(Lane::candidates_at_mail(Some(3), Lane::Low), [Lane::High]);
+        assert_eq!(Lane::candidates_at_mail(Some(3), Lane::High), [Lane::High]);
+        assert_eq!(Lane::candidates_at_mail(None, Lane::Low), [Lane::Low]);
+        assert_eq!(Lane::candidates_at_mail(Some(0), Lane::Low), [Lane::Low]);
+        assert_eq!(
+            Lane::candidates_at_mail(None, Lane::High),
+            [Lane::High, Lane::Low]
+        );
+        assert_eq!(
+            Lane::candidates_at_mail(Some(0), Lane::High),
+            [Lane::High, Lane::Low]
+        );
+        // Whatever the headers say, the final lane is one of the candidates.
+        for priority in [None, Some(-1), Some(0), Some(1)] {
+            for listener in Lane::ALL {
+                for bulk in [false, true] {
+                    let lane = Lane::select(priority, bulk, listener);
+                    assert!(Lane::candidates_at_mail(priority, listener).contains(&lane));
+                }
+            }
+        }
     }
 
     #[test]

@@ -130,12 +130,6 @@ pub struct Reservation {
     holds_room: bool,
 }
 
-impl Reservation {
-    pub fn lane(&self) -> Lane {
-        self.lane
-    }
-}
-
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.holds_room {

@@ -2,6 +2,7 @@
 //! framing and message assembly.
 
 pub(crate) mod address;
+pub(crate) mod admission;
 pub mod command;
 pub mod data;
 pub(crate) mod message;

@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::admission::LaneFull;
+
 /// One reply. Every 2xx, 4xx and 5xx reply carries an enhanced status code;
 /// the greeting and 354 do not (RFC 2034 §3), and have an empty `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +86,17 @@ pub fn spool_unavailable() -> Reply {
 
 pub fn insufficient_storage_at_mail() -> Reply {
     Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+}
+
+/// RFC 5321 §4.2.2: 452 is "insufficient system storage", the reply a
+/// client retries later; the text names the lane so an operator reading a
+/// producer's log sees which cap was hit.
+pub fn lane_full(full: LaneFull) -> Reply {
+    Reply::new(
+        452,
+        "4.3.1",
+        format!("{} lane full, try again later", full.lane),
+    )
 }
 
 pub fn insufficient_storage_at_connect() -> Reply {

@@ -198,6 +198,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             assembled.facts.bulk_precedence,
             self.listener_lane,
         );
+        // The lane is final now: reserve room in it before storing, so that
+        // sessions committing at the same time cannot overfill it. A refused
+        // message is dropped here, its body file with it: nothing is stored.
+        let admission = &self.shared.admission;
+        let reservation = match admission.reserve(&self.shared.queue, lane) {
+            Ok(reservation) => reservation,
+            Err(full) => {
+                admission.refused(full, &self.shared.metrics);
+                self.reply(reply::lane_full(full));
+                return;
+            }
+        };
         let mut envelope = Envelope::new(
             transaction.reverse_path,
             transaction.recipients,
@@ -231,7 +243,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     stored.batch_size,
                     self.client_ip(),
                 );
-                self.shared.queue.insert(id, &envelope);
+                match reservation {
+                    Some(reservation) => {
+                        self.shared
+                            .queue
+                            .insert_reserved(id, &envelope, reservation)
+                    }
+                    None => self.shared.queue.insert(id, &envelope),
+                }
                 let mut event = Event::new(EventKind::Accepted, id, lane);
                 event.sender = Some(envelope.reverse_path.clone());
                 event.recipients = Some(envelope.recipients.len());

@@ -18,10 +18,11 @@ use relayq_spool::Spool;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::LaneAdmission;
 use super::command::{self, Command, ParseContext};
 use super::reply::{self, Reply};
 use crate::events::Events;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefusalReason};
 use crate::queue::{Lane, Queue};
 use crate::storage::FreeSpace;
 use content::BdatState;
@@ -49,6 +50,8 @@ pub struct SessionShared {
     pub spool: Spool,
     pub queue: Arc<Queue>,
     pub free_space: FreeSpace,
+    /// The lanes' caps (`lanes.*.max_queued`), checked at MAIL and after the data.
+    pub admission: LaneAdmission,
     pub events: Events,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
@@ -112,6 +115,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn serve(&mut self) -> std::io::Result<()> {
         if !self.shared.free_space.is_sufficient() {
+            let metrics = &self.shared.metrics;
+            metrics.message_refused(self.listener_lane, RefusalReason::Disk);
             self.reply(reply::insufficient_storage_at_connect());
             return self.flush().await;
         }

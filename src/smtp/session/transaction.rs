@@ -5,6 +5,8 @@ use super::super::address::Mailbox;
 use super::super::command::{MailCommand, RcptCommand};
 use super::super::reply::{self, Reply, write_multiline};
 use super::Session;
+use crate::metrics::RefusalReason;
+use crate::queue::Lane;
 use crate::queue::envelope::{Recipient, RecipientStatus};
 
 /// A mail transaction in progress (RFC 5321 §3.3).
@@ -56,8 +58,23 @@ impl<S> Session<S> {
             self.reply_error(reply::message_too_big());
             return;
         }
+        // Refusals for lack of room name the lane the message would most
+        // likely have taken; the final lane is known only after the data.
+        let candidates = Lane::candidates_at_mail(mail.mt_priority, self.listener_lane);
         if !self.shared.free_space.is_sufficient() {
+            let metrics = &self.shared.metrics;
+            metrics.message_refused(candidates[0], RefusalReason::Disk);
             self.reply_error(reply::insufficient_storage_at_mail());
+            return;
+        }
+        let admission = &self.shared.admission;
+        if let Err(full) =
+            admission.check_at_mail(&self.shared.queue, mail.mt_priority, self.listener_lane)
+        {
+            admission.refused(full, &self.shared.metrics);
+            // Not the client's error: a producer that is told to slow down
+            // must not lose its session to `smtp.max_errors` for it.
+            self.reply(reply::lane_full(full));
             return;
         }
         let reverse_path = match &mail.reverse_path {
