@@ -21,3 +21,4 @@ pub mod submission;
 pub mod systemd;
 pub mod timefmt;
 pub mod tls;
+pub mod wire;
