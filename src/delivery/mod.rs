@@ -4,8 +4,6 @@
 mod body;
 pub mod client;
 pub mod destination;
-pub mod dsn;
 pub mod engine;
 pub mod job;
 pub mod pass;
-pub mod report;

@@ -15,7 +15,7 @@ const MAX_HEADER_SECTION: usize = 64 * 1024;
 /// What the header section said, for lane selection and the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
-    /// `Precedence: bulk | list | junk` (DESIGN §5: such mail takes the low lane).
+    /// `Precedence: bulk | list | junk` (such mail takes the low lane).
     pub bulk_precedence: bool,
 }
 

@@ -3,7 +3,7 @@
 //! text received from elsewhere. Pure: bytes in, values or bytes out, no I/O.
 //!
 //! Users: the outbound client (`delivery::client`), the local submission
-//! client (`submission`), DSN building (`delivery::dsn`), and the test
+//! client (`submission`), DSN building (`dsn`), and the test
 //! harness. Code map: `reply` frames and parses (multi-line) replies with
 //! their enhanced status codes; `ehlo` reads the extensions an EHLO reply
 //! offers; `dot` dot-stuffs content, whole or chunk by chunk; `text` turns

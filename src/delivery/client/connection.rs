@@ -30,6 +30,8 @@ pub struct Connection {
     /// An RSET is owed before the next transaction: with PIPELINING it goes
     /// in the same write as that transaction's MAIL, RCPT and DATA.
     pub(super) rset_pending: bool,
+    /// The server has answered the current transaction's MAIL FROM.
+    pub(super) mail_answered: bool,
 }
 
 /// How long QUIT waits for its 221 (and the close for its close_notify).
@@ -239,6 +241,7 @@ async fn open_once(
         tls: tls_info,
         completed_transactions: 0,
         rset_pending: false,
+        mail_answered: false,
     })
 }
 
