@@ -23,3 +23,4 @@ pub(crate) mod submission;
 pub(crate) mod systemd;
 pub(crate) mod timefmt;
 pub mod tls;
+pub mod wire;

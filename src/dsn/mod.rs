@@ -18,6 +18,7 @@ use memchr::memmem;
 
 use crate::queue::envelope::Ret;
 use crate::timefmt::rfc5322;
+use crate::wire::text::one_line;
 
 /// Max original content returned with RET=FULL; above it only headers are
 /// returned and the human part says so.
@@ -613,23 +614,6 @@ fn typed_address(address: &str) -> String {
 /// spaces are kept, a quoted local part may hold them.
 fn address_text(address: &str) -> String {
     address.trim().chars().filter(|c| !c.is_control()).collect()
-}
-
-/// Outside text as one header line's worth: control characters (CR and LF
-/// first) become spaces, runs of spaces collapse, the ends are trimmed. A
-/// multi-line SMTP reply becomes one line.
-fn one_line(text: &str) -> String {
-    let mut line = String::with_capacity(text.len());
-    for word in text
-        .split(|c: char| c.is_control() || c == ' ')
-        .filter(|w| !w.is_empty())
-    {
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
-    }
-    line
 }
 
 /// [`one_line`], with non-ASCII characters as `\x{HEX}` (RFC 6533's

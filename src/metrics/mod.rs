@@ -209,12 +209,13 @@ impl QueueGauges {
             messages: [[0; 4]; 2],
             oldest_arrival_ms: [None; 2],
         };
-        for (_, entry) in queue.snapshot() {
+        queue.visit(None, |_, entry, _| {
             let lane = lane_index(entry.lane);
             gauges.messages[lane][entry.state() as usize] += 1;
             let oldest = &mut gauges.oldest_arrival_ms[lane];
             *oldest = Some(oldest.map_or(entry.arrival_ms, |ms| ms.min(entry.arrival_ms)));
-        }
+            true
+        });
         gauges
     }
 }

@@ -251,14 +251,15 @@ mod tests {
 
     #[test]
     fn queue_gauges_count_states_and_age_the_oldest() {
+        use crate::queue::Envelope;
         use relayq_spool::QueueId;
         let queue = Queue::default();
-        let due = tokio::time::Instant::now();
-        for n in 1..=3 {
-            queue.reschedule(QueueId(n), Lane::Low, due);
+        for (n, attempts) in [(1, 0), (2, 1), (3, 4)] {
+            let mut envelope =
+                Envelope::new(String::new(), Vec::new(), Lane::Low, SystemTime::now(), 1);
+            envelope.attempts = attempts;
+            queue.insert(QueueId(n), &envelope);
         }
-        queue.set_attempts(QueueId(2), 1);
-        queue.set_attempts(QueueId(3), 4);
         let arrival = queue.get(QueueId(1)).unwrap().arrival_ms;
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(arrival + 2500);
         let text = render(&Metrics::new(), &queue, now);

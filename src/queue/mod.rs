@@ -5,6 +5,7 @@
 //! Time is `tokio::time::Instant`, so scheduling tests can pause and advance
 //! the clock; the wall-clock due time lives in the envelope.
 
+pub(crate) mod domains;
 pub mod envelope;
 pub(crate) mod handle;
 mod lane;
@@ -21,6 +22,7 @@ use relayq_spool::{QueueId, Spool, SpoolError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use domains::{DomainSets, SetId};
 pub use envelope::Envelope;
 pub use lane::{Lane, PerLane};
 pub use operations::PendingOperation;
@@ -39,6 +41,8 @@ pub enum Phase {
     Held,
 }
 
+/// What the schedule keeps of a message: enough to list, count and select
+/// it without reading its envelope, and small (48 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub lane: Lane,
@@ -48,10 +52,14 @@ pub struct Entry {
     /// Delivery attempts so far: a waiting message with attempts is
     /// "deferred", without is "ready".
     pub attempts: u32,
+    /// The domains of its open recipients (interned, see `domains`).
+    pub domains: SetId,
 }
 
 /// The state names `queue list` and the metrics show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Ready,
@@ -102,10 +110,18 @@ struct Schedule {
     waiting: PerLane<BTreeSet<(Instant, QueueId)>>,
     /// Operator operations waiting for a message's pass to end.
     pending: HashMap<QueueId, PendingOperation>,
-    /// Per lane: the number of entries, whatever their phase. Kept by `set`
-    /// and `remove` so that counting a lane never scans the entries.
+    domain_sets: DomainSets,
+    /// Per lane: the number of entries, whatever their phase. Kept by
+    /// `place` and `remove` so that counting a lane never scans the entries.
     queued: PerLane<usize>,
 }
+
+/// Entries visited per lock by [`Queue::visit`]: the lock is never held for
+/// long, whatever the length of the queue.
+const VISIT_CHUNK: usize = 4096;
+
+/// Envelopes read per spool read transaction when the schedule is rebuilt.
+const REBUILD_CHUNK: usize = 4096;
 
 #[derive(Default)]
 pub struct Queue {
@@ -147,30 +163,47 @@ pub fn instant_for(due_ms: Option<u64>) -> Instant {
 }
 
 impl Queue {
-    /// Rebuilds the queue from every message in the spool.
+    /// Rebuilds the queue from every message in the spool, reading the
+    /// envelopes in chunks on the blocking pool (memory does not grow with
+    /// the spool beyond the schedule itself).
     pub async fn rebuild(spool: &Spool) -> Result<(Queue, Recovery), SpoolError> {
         let queue = Queue::default();
         let mut recovery = Recovery::default();
-        for (id, bytes) in spool.scan()? {
-            let envelope = match Envelope::decode(&bytes) {
-                Ok(envelope) => envelope,
-                Err(error) => {
-                    tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
-                    spool.quarantine(id, &error.to_string())?;
-                    recovery.quarantined += 1;
+        let mut after = None;
+        loop {
+            let reader = spool.clone();
+            let chunk = tokio::task::spawn_blocking(move || reader.scan_from(after, REBUILD_CHUNK))
+                .await
+                .map_err(|error| SpoolError::Io(std::io::Error::other(error)))??;
+            let Some(&(last, _)) = chunk.last() else {
+                break;
+            };
+            after = Some(last);
+            let mut completed = Vec::new();
+            for (id, bytes) in chunk {
+                let envelope = match Envelope::decode(&bytes) {
+                    Ok(envelope) => envelope,
+                    Err(error) => {
+                        tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
+                        spool.quarantine(id, &error.to_string())?;
+                        recovery.quarantined += 1;
+                        continue;
+                    }
+                };
+                if envelope.is_complete() {
+                    completed.push(relayq_spool::Change::Remove { id });
                     continue;
                 }
-            };
-            if envelope.is_complete() {
-                spool.remove(id).await?;
-                recovery.completed += 1;
-                continue;
+                match envelope.lane {
+                    Lane::High => recovery.high += 1,
+                    Lane::Low => recovery.low += 1,
+                }
+                queue.insert(id, &envelope);
             }
-            match envelope.lane {
-                Lane::High => recovery.high += 1,
-                Lane::Low => recovery.low += 1,
+            recovery.completed += completed.len();
+            if !completed.is_empty() {
+                spool.apply(completed).await?;
             }
-            queue.insert(id, &envelope);
         }
         Ok((queue, recovery))
     }
@@ -194,38 +227,85 @@ impl Queue {
                 due: instant_for(envelope.next_attempt_ms),
             }
         };
+        let mut state = self.lock();
+        let domains = state.domain_sets.acquire_for(envelope);
         let entry = Entry {
             lane: envelope.lane,
             phase,
             arrival_ms: envelope.arrival_ms,
             attempts: envelope.attempts,
+            domains,
         };
-        self.set_entry(id, entry, reservation);
+        self.place_with(state, id, entry, reservation);
     }
 
-    /// After a pass that left recipients to retry: wait until `due`.
+    /// After a pass that could not be recorded, or a postponed one: wait
+    /// until `due`, with everything else as it was.
     pub fn reschedule(&self, id: QueueId, lane: Lane, due: Instant) {
-        let (arrival_ms, attempts) = self
-            .get(id)
-            .map(|entry| (entry.arrival_ms, entry.attempts))
-            .unwrap_or((envelope::unix_ms(SystemTime::now()), 0));
-        self.set(id, lane, Phase::Waiting { due }, arrival_ms, attempts);
+        let mut state = self.lock();
+        let entry = match state.entries.get(&id).copied() {
+            Some(entry) => {
+                state.domain_sets.retain(entry.domains);
+                Entry {
+                    lane,
+                    phase: Phase::Waiting { due },
+                    ..entry
+                }
+            }
+            None => Entry {
+                lane,
+                phase: Phase::Waiting { due },
+                arrival_ms: envelope::unix_ms(SystemTime::now()),
+                attempts: 0,
+                domains: DomainSets::EMPTY,
+            },
+        };
+        self.place(state, id, entry);
     }
 
-    /// Records that a pass ended with `attempts` attempts in total.
-    pub fn set_attempts(&self, id: QueueId, attempts: u32) {
-        if let Some(entry) = self.lock().entries.get_mut(&id) {
-            entry.attempts = attempts;
+    /// Calls `visit` for each queued message after `after` (all when
+    /// `None`), in queue id order, with the domain sets to resolve its
+    /// domains; stops when `visit` returns false. The lock is taken per
+    /// chunk of entries and never held across `visit` calls of two chunks,
+    /// so intake and delivery go on during a walk over a million entries;
+    /// an entry added or removed meanwhile may or may not be seen.
+    pub fn visit(
+        &self,
+        after: Option<QueueId>,
+        mut visit: impl FnMut(QueueId, &Entry, &DomainSets) -> bool,
+    ) {
+        let mut from = after;
+        loop {
+            let state = self.lock();
+            let range = match from {
+                Some(id) => state
+                    .entries
+                    .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+                None => state.entries.range(..),
+            };
+            let mut seen = 0;
+            for (id, entry) in range.take(VISIT_CHUNK) {
+                seen += 1;
+                from = Some(*id);
+                if !visit(*id, entry, &state.domain_sets) {
+                    return;
+                }
+            }
+            if seen < VISIT_CHUNK {
+                return;
+            }
         }
     }
 
-    /// Every queued message with its entry, in queue id order.
-    pub fn snapshot(&self) -> Vec<(QueueId, Entry)> {
-        self.lock()
+    /// The domains of message `id`'s open recipients, as the schedule knows
+    /// them.
+    pub fn domains(&self, id: QueueId) -> Vec<std::sync::Arc<str>> {
+        let state = self.lock();
+        state
             .entries
-            .iter()
-            .map(|(id, entry)| (*id, *entry))
-            .collect()
+            .get(&id)
+            .map(|entry| state.domain_sets.domains(entry.domains).to_vec())
+            .unwrap_or_default()
     }
 
     pub fn remove(&self, id: QueueId) -> Option<Entry> {
@@ -235,6 +315,7 @@ impl Queue {
         if let Phase::Waiting { due } = entry.phase {
             state.waiting[entry.lane].remove(&(due, id));
         }
+        state.domain_sets.release(entry.domains);
         state.queued[entry.lane] -= 1;
         self.occupancy[entry.lane].fetch_sub(1, Ordering::AcqRel);
         Some(entry)
@@ -309,22 +390,25 @@ impl Queue {
         }
     }
 
-    fn set(&self, id: QueueId, lane: Lane, phase: Phase, arrival_ms: u64, attempts: u32) {
-        let entry = Entry {
-            lane,
-            phase,
-            arrival_ms,
-            attempts,
-        };
-        self.set_entry(id, entry, None);
+    /// Puts `entry` in the schedule (replacing an earlier one) under the
+    /// held lock. `entry.domains` must carry a reference the schedule takes
+    /// over; the replaced entry's is released.
+    fn place(&self, state: std::sync::MutexGuard<'_, Schedule>, id: QueueId, entry: Entry) {
+        self.place_with(state, id, entry, None);
     }
 
-    /// Adds or replaces `id`'s entry and keeps the lane counts. A
-    /// reservation in the entry's lane pays for a new entry; any other is
-    /// simply released when dropped here.
-    fn set_entry(&self, id: QueueId, entry: Entry, reservation: Option<Reservation>) {
-        let Entry { lane, phase, .. } = entry;
-        let mut state = self.lock();
+    /// [`Queue::place`], keeping the lane counts: a new entry counts in its
+    /// lane, paid for by `reservation` when that is for the same lane (any
+    /// other reservation is simply released when dropped here); a replaced
+    /// entry that changes lane moves its count.
+    fn place_with(
+        &self,
+        mut state: std::sync::MutexGuard<'_, Schedule>,
+        id: QueueId,
+        entry: Entry,
+        reservation: Option<Reservation>,
+    ) {
+        let lane = entry.lane;
         match state.entries.insert(id, entry) {
             None => {
                 state.queued[lane] += 1;
@@ -341,6 +425,7 @@ impl Queue {
                 if let Phase::Waiting { due } = previous.phase {
                     state.waiting[previous.lane].remove(&(due, id));
                 }
+                state.domain_sets.release(previous.domains);
                 if previous.lane != lane {
                     state.queued[previous.lane] -= 1;
                     state.queued[lane] += 1;
@@ -349,13 +434,13 @@ impl Queue {
                 }
             }
         }
-        if let Phase::Waiting { due } = phase {
-            let waiting = &mut state.waiting[lane];
+        if let Phase::Waiting { due } = entry.phase {
+            let waiting = &mut state.waiting[entry.lane];
             let becomes_first = waiting.first().is_none_or(|&(first, _)| due < first);
             waiting.insert((due, id));
             drop(state);
             if becomes_first {
-                self.wake[lane].notify_one();
+                self.wake[entry.lane].notify_one();
             }
         }
     }
@@ -415,7 +500,14 @@ mod tests {
         let queue = Queue::default();
         queue.reschedule(id(1), Lane::High, Instant::now());
         queue.remove(id(1));
-        queue.set(id(2), Lane::High, Phase::Held, 0, 0);
+        let held = Entry {
+            lane: Lane::High,
+            phase: Phase::Held,
+            arrival_ms: 0,
+            attempts: 0,
+            domains: DomainSets::EMPTY,
+        };
+        queue.place(queue.lock(), id(2), held);
         queue.reschedule(id(3), Lane::High, Instant::now() + Duration::from_secs(1));
         assert_eq!(queue.next_due(Lane::High).await, id(3));
         assert_eq!(queue.len(), 2);
@@ -424,6 +516,16 @@ mod tests {
     fn envelope(lane: Lane) -> Envelope {
         let recipients = vec![envelope::Recipient::new("user@example.org".into())];
         Envelope::new(String::new(), recipients, lane, SystemTime::now(), 100)
+    }
+
+    fn entry(lane: Lane, phase: Phase) -> Entry {
+        Entry {
+            lane,
+            phase,
+            arrival_ms: 0,
+            attempts: 1,
+            domains: DomainSets::EMPTY,
+        }
     }
 
     fn counts(queue: &Queue) -> [(usize, usize); 2] {
@@ -439,8 +541,8 @@ mod tests {
         assert_eq!(counts(&queue), [(1, 1), (2, 2)]);
         // A replacement is not a new message; held and active ones count too.
         queue.insert(id(2), &envelope(Lane::Low));
-        queue.set(id(3), Lane::Low, Phase::Held, 0, 1);
-        queue.set(id(1), Lane::High, Phase::Active, 0, 1);
+        queue.place(queue.lock(), id(3), entry(Lane::Low, Phase::Held));
+        queue.place(queue.lock(), id(1), entry(Lane::High, Phase::Active));
         assert_eq!(counts(&queue), [(1, 1), (2, 2)]);
         // An entry that changes lane moves its count with it.
         queue.insert(id(2), &envelope(Lane::High));

@@ -5,9 +5,10 @@
 //! Code map: this file holds the public types; `connection` opens a session
 //! (greeting, EHLO/HELO, STARTTLS) and ends it; `auth` runs AUTH;
 //! `transaction` runs MAIL/RCPT/DATA; `params` builds the command lines
-//! (pure); `body` dot-stuffs the content (pure, plus the streaming loop);
-//! `reply` frames and parses replies (pure); `transport` is the socket with
-//! per-read/write timeouts.
+//! (pure); `body` streams the content, dot-stuffed by `wire::dot`; `reply`
+//! turns replies, framed and parsed by `wire::reply`, into [`RemoteReply`]s
+//! and dispositions (pure); `transport` is the socket with per-read/write
+//! timeouts. EHLO is read by `wire::ehlo`.
 //!
 //! Invariant: delivery outcomes are data (`Attempt`), never errors. Only
 //! opening a session fails with an error (`ConnectError`), because then no
