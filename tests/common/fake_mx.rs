@@ -74,6 +74,9 @@ pub struct Script {
     /// At this stage, send one reply line of `OVERLONG_REPLY` octets (the
     /// normal reply's code, then filler) instead of the normal reply.
     pub overlong_reply_at: Option<Stage>,
+    /// After this long without a command, say `421 4.4.2` and close, as
+    /// Postfix's smtpd does when its idle timeout expires.
+    pub idle_close: Option<Duration>,
 }
 
 impl Default for Script {
@@ -103,6 +106,7 @@ impl Default for Script {
             never_answer_data: false,
             reset_in_data: false,
             overlong_reply_at: None,
+            idle_close: None,
         }
     }
 }

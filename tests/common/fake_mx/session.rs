@@ -393,7 +393,18 @@ impl Session {
     /// The next command line without its CRLF, recorded; counts a command
     /// batch for every socket read that completes at least one line.
     async fn command_line(&mut self) -> Result<String, Hangup> {
-        let line = self.next_line(true).await?;
+        let line = match self.script.idle_close {
+            None => self.next_line(true).await?,
+            Some(limit) => match tokio::time::timeout(limit, self.next_line(true)).await {
+                Ok(line) => line?,
+                Err(_) => {
+                    let _ = self
+                        .reply("421 4.4.2 mx.test Error: timeout exceeded")
+                        .await;
+                    return Err(Hangup);
+                }
+            },
+        };
         let line = String::from_utf8_lossy(&line)
             .trim_end_matches(['\r', '\n'])
             .to_owned();
