@@ -316,6 +316,52 @@ fn dns_timeout_defers_and_recovers() {
     fault.still_serving();
 }
 
+/// A server that closes idle sessions says so first (Postfix: `421 4.4.2
+/// ... timeout exceeded`). When the relay takes such a connection from its
+/// pool, that 421 is not about the next message: nothing was attempted, so
+/// the message goes out on a fresh connection instead of being deferred.
+/// Without PIPELINING the relay sends RSET right after a transaction, so the
+/// 421 comes as the reply to the next MAIL; with it, the RSET travels with
+/// the next MAIL and the 421 answers the RSET.
+#[test]
+fn idle_421_on_a_pooled_connection_does_not_defer_the_next_message() {
+    let stepwise = Script {
+        extensions: vec!["8BITMIME".to_owned(), "ENHANCEDSTATUSCODES".to_owned()],
+        idle_close: Some(Duration::from_millis(300)),
+        ..Script::default()
+    };
+    idle_close_then_second_message("127.0.32.8", stepwise);
+}
+
+#[test]
+fn idle_421_on_a_pooled_pipelining_connection_does_not_defer_the_next_message() {
+    let pipelining = Script {
+        idle_close: Some(Duration::from_millis(300)),
+        ..Script::default()
+    };
+    idle_close_then_second_message("127.0.32.9", pipelining);
+}
+
+fn idle_close_then_second_message(ip: &str, script: Script) {
+    let fault = start(ip, script, zone(ip, "mx.dest.test"), "", &[]);
+    let first = fault.submit("first");
+    fault.relay.wait_for_log(&format!("{first}: removed"));
+    // The connection waits in the pool (for up to 5 s); the server has
+    // meanwhile said 421 and closed its end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = fault.submit("second");
+    let outcome = fault
+        .relay
+        .wait_for_log(&format!("{second}: to=<{RECIPIENT}>"));
+    assert!(
+        outcome.contains("status=sent"),
+        "the second message went out on a fresh connection: {outcome}"
+    );
+    assert_eq!(fault.mx.messages().len(), 2);
+    assert_eq!(fault.mx.sessions(), 2, "one session per message");
+    fault.slots_come_back();
+}
+
 /// The endpoint's address, from the "metrics on ADDR" log line.
 fn metrics_address(relay: &TestRelay) -> SocketAddr {
     let line = relay.wait_for_log("metrics on ");

@@ -30,6 +30,9 @@ pub struct Connection {
     /// An RSET is owed before the next transaction: with PIPELINING it goes
     /// in the same write as that transaction's MAIL, RCPT and DATA.
     pub(super) rset_pending: bool,
+    /// Reset for reuse at least once: the server may since have ended the
+    /// idle session (with a 421 still waiting in the input).
+    pub(super) reused: bool,
 }
 
 /// How long QUIT waits for its 221 (and the close for its close_notify).
@@ -95,6 +98,7 @@ impl Connection {
     /// server that dropped the idle connection meanwhile is then found out by
     /// that transaction, which the caller retries on a new connection.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
+        self.reused = true;
         if self.capabilities.offers(EXT_PIPELINING) {
             self.rset_pending = true;
             return Ok(());
@@ -239,6 +243,7 @@ async fn open_once(
         tls: tls_info,
         completed_transactions: 0,
         rset_pending: false,
+        reused: false,
     })
 }
 
