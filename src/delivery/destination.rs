@@ -131,8 +131,9 @@ impl Destinations {
             .unwrap_or(0)
     }
 
-    /// Per destination known now, the jobs running there; each holds at
-    /// most one connection, so this is the connections in use.
+    /// Per destination known now, the jobs running there: each holds one
+    /// place under the cap and at most one connection (open, or being
+    /// looked up and opened), so this is the connections in use.
     pub fn active_connections(&self) -> Vec<(NextHop, usize)> {
         self.lock()
             .iter()

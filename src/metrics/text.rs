@@ -138,7 +138,7 @@ pub fn render(
         &mut out,
         "relayq_destination_active_connections",
         "gauge",
-        "Connections a destination has in use for deliveries now (idle pooled ones not counted).",
+        "Deliveries running at a destination now, each on one connection it holds or is opening (idle pooled connections not counted).",
     );
     for (destination, active) in destinations {
         sample(
