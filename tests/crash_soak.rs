@@ -204,7 +204,8 @@ struct Report {
     /// Delivered but never acknowledged: the kill came between the commit
     /// and the `250` (or the session was cut); allowed.
     delivered_unacknowledged: usize,
-    /// Per kill, deliveries repeating one made before that kill.
+    /// Per kill, repeats of deliveries made before that kill and after the
+    /// one before it: deliveries that kill caught uncommitted.
     duplicates_per_kill: Vec<usize>,
     /// Repeats with no kill between them (must be none).
     unexplained_duplicates: usize,
@@ -233,11 +234,13 @@ impl Report {
         for indices in deliveries.values() {
             for pair in indices.windows(2) {
                 let (earlier, later) = (pair[0], pair[1]);
-                // The last kill before the repeat; the earlier delivery
-                // must have come before it.
-                let kill = kills.iter().rposition(|kill| kill.boundary <= later);
+                // The first kill after the earlier delivery: it stopped the
+                // relay before that delivery was committed. The repeat must
+                // come after it (a later kill may come between too, when the
+                // backlog delayed the retry).
+                let kill = kills.iter().position(|kill| earlier < kill.boundary);
                 match kill {
-                    Some(kill) if earlier < kills[kill].boundary => {
+                    Some(kill) if kills[kill].boundary <= later => {
                         duplicates_per_kill[kill] += 1;
                     }
                     _ => unexplained_duplicates += 1,
