@@ -48,7 +48,7 @@ pub struct Script {
     /// this certificate.
     pub tls: Option<TlsIdentity>,
     pub implicit_tls: bool,
-    /// Offer STARTTLS, answer 220, then send garbage instead of a handshake.
+    /// Offer STARTTLS, answer 220, then answer the ClientHello with garbage.
     pub broken_tls: bool,
     /// Answer EHLO with 502 (the client should fall back to HELO).
     pub reject_ehlo: bool,

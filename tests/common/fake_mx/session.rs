@@ -188,6 +188,10 @@ impl Session {
         }
         self.reply("220 2.0.0 Ready to start TLS").await?;
         if self.script.broken_tls {
+            // Garbage only once the ClientHello is here, so the client sees
+            // it as a failed handshake, never as data sent after the 220.
+            let mut hello = vec![0; 4096];
+            let _ = self.stream.read(&mut hello).await;
             let _ = self
                 .stream
                 .write_all(b"this is not a TLS handshake\r\n")
