@@ -131,6 +131,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let endpoint = Arc::new(metrics::http::Endpoint {
             metrics: metrics.clone(),
             queue: queue.clone(),
+            destinations: {
+                let delivery = delivery.clone();
+                Arc::new(move || delivery.active_connections())
+            },
             spool: spool.clone(),
             free_space,
             shutdown: shutdown.clone(),

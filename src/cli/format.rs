@@ -223,6 +223,13 @@ pub fn stats(stats: &StatsView) -> String {
     out
 }
 
+fn messages(count: usize) -> String {
+    match count {
+        1 => "1 message".to_owned(),
+        count => format!("{count} messages"),
+    }
+}
+
 /// One line per id: what was done, or why not; a bulk operation's report
 /// without ids: its counts.
 pub fn report(done_word: &str, report: &OperationReport) -> String {
@@ -232,19 +239,19 @@ pub fn report(done_word: &str, report: &OperationReport) -> String {
         report.done.len() + report.pending.len() + report.skipped.len() + report.not_found.len();
     let counted = counts.done + counts.pending + counts.skipped + counts.not_found;
     if listed < counted {
-        let _ = writeln!(out, "{done_word}: {} messages", counts.done);
+        let _ = writeln!(out, "{done_word}: {}", messages(counts.done));
         if counts.pending > 0 {
             let _ = writeln!(
                 out,
-                "delivery in progress: {} messages, done when it ends",
-                counts.pending
+                "delivery in progress: {}, {done_word} when it ends",
+                messages(counts.pending)
             );
         }
         if counts.skipped > 0 {
-            let _ = writeln!(out, "skipped: {} messages", counts.skipped);
+            let _ = writeln!(out, "skipped: {}", messages(counts.skipped));
         }
         if counts.not_found > 0 {
-            let _ = writeln!(out, "gone meanwhile: {} messages", counts.not_found);
+            let _ = writeln!(out, "gone meanwhile: {}", messages(counts.not_found));
         }
         if report.interrupted {
             out.push_str("stopped: the daemon is shutting down; the rest stays queued\n");
