@@ -1,6 +1,5 @@
 //! Test harness: the real `relayq` binary on a temporary spool and an
 //! ephemeral loopback port, and a small blocking SMTP client.
-#![allow(dead_code)] // Each test file uses a different part of the harness.
 pub mod delivery;
 pub mod dns_server;
 
@@ -148,10 +147,6 @@ impl TestRelay {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("no log line with {needle:?}; logs:\n{}", self.logs_text());
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL: no chance to flush or clean up.

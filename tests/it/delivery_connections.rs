@@ -1,14 +1,13 @@
 //! How relayq uses connections: PIPELINING, reuse for the next message, and
 //! the per-destination concurrency cap.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestRelay;
-use common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
-use common::dns_server::TestDns;
-use common::fake_mx::{Script, Stage};
+use crate::common;
+use crate::common::TestRelay;
+use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::{Script, Stage};
 
 const WITHIN: Duration = Duration::from_secs(20);
 

@@ -1,8 +1,7 @@
 //! Bodies above the threshold live in their own file, which the spool owns and cleans up.
 
-mod common;
-
-use common::{body, body_files, content, read_all, temp_spool};
+use crate::common;
+use crate::common::{body, body_files, content, read_all, temp_spool};
 use relayq_spool::{Spool, SpoolError, SpoolOptions};
 
 const LARGE: usize = 3 * 1024 * 1024 + 17;

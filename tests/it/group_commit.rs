@@ -1,9 +1,8 @@
 //! Group commit: concurrent sessions share commits (fewer commits than
 //! messages), and a lone session is committed at once, alone.
 
-mod common;
-
-use common::{SmtpClient, TestRelay, queued_id};
+use crate::common;
+use crate::common::{SmtpClient, TestRelay, queued_id};
 
 const SESSIONS: usize = 20;
 const MESSAGES_PER_SESSION: usize = 25;

@@ -1,9 +1,9 @@
 //! close() and dropping the last handle let the committer finish what is queued; what was
 //! acknowledged is stored, what was refused is not.
 
-mod common;
-
 use relayq_spool::{Body, SpoolError};
+
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn close_during_stores_loses_nothing_acknowledged() {

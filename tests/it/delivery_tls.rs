@@ -1,14 +1,13 @@
 //! TLS to next hops: opportunistic STARTTLS, `required`, and a smarthost
 //! route with AUTH over implicit TLS.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestRelay;
-use common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
-use common::dns_server::TestDns;
-use common::fake_mx::{Script, test_ca};
+use crate::common;
+use crate::common::TestRelay;
+use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::{Script, test_ca};
 
 const WITHIN: Duration = Duration::from_secs(15);
 

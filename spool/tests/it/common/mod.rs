@@ -1,7 +1,5 @@
 //! Helpers shared by the spool's integration tests: temporary spools and body plumbing.
 
-#![allow(dead_code, reason = "each test file uses a different subset")]
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 

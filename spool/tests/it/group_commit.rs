@@ -1,8 +1,8 @@
 //! Concurrent stores share commits; a lone store is committed alone, without waiting.
 
-mod common;
-
 use relayq_spool::Body;
+
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_stores_share_commits() {

@@ -1,10 +1,10 @@
 //! A record that does not verify is set aside in the quarantine table, never returned and
 //! never a panic; the rest of the spool carries on.
 
-mod common;
-
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use relayq_spool::{Body, QueueId, SpoolError};
+
+use crate::common;
 
 const ENVELOPES: TableDefinition<u64, &[u8]> = TableDefinition::new("envelopes");
 const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");

@@ -2,12 +2,10 @@
 //! fake MX servers on loopback: what arrives, byte for byte, and the
 //! outcome each recipient gets.
 
-mod common;
-
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::fake_mx::{FakeMx, Script, Stage, test_ca};
+use crate::common::fake_mx::{FakeMx, Script, Stage, test_ca};
 use relayq::delivery::client::{
     Attempt, ClientSettings, ConnectErrorKind, Connection, Credentials, Disposition,
     OutboundMessage, OutboundRecipient, Target, TlsMode,

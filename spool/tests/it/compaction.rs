@@ -1,11 +1,11 @@
 //! A file left large by a burst that has since been delivered shrinks once the committer
 //! has been idle for a while; the messages still queued survive it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use relayq_spool::{Body, Change};
+
+use crate::common;
 
 const BODY: usize = 100 * 1024;
 

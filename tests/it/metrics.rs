@@ -2,17 +2,16 @@
 //! queue exactly, counters for accepted mail and recipient outcomes, the
 //! active-connection gauge, histograms, `/healthz` and 404s.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestRelay;
-use common::delivery::{config, start_mx, submit, zone_with_sender_mx};
-use common::dns_server::TestDns;
-use common::fake_mx::Script;
+use crate::common;
+use crate::common::TestRelay;
+use crate::common::delivery::{config, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::Script;
 
 const WITHIN: Duration = Duration::from_secs(15);
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";

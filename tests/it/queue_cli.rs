@@ -2,18 +2,16 @@
 //! recipient (451): list, show, stats, tail, and the operations retry,
 //! hold, release, delete and bounce; exit 69 when no daemon runs.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::delivery::{start_mx, submit, zone_with_sender_mx};
-use common::dns_server::TestDns;
-use common::fake_mx::{FakeMx, Script, Stage};
-use common::{TestRelay, WAIT};
+use crate::common::delivery::{start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::{FakeMx, Script, Stage};
+use crate::common::{TestRelay, WAIT};
 
 /// A relay whose destination `dest.test` defers every RCPT, and whose
 /// senders' domain `sender.test` has an accepting MX (for bounces).

@@ -1,16 +1,15 @@
 //! MX delivery end to end: recipients grouped per domain, bodies byte for
 //! byte, MX preference and fallback, implicit MX, null MX and NXDOMAIN.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestRelay;
-use common::delivery::{
+use crate::common;
+use crate::common::TestRelay;
+use crate::common::delivery::{
     closed_port, config, expect_messages, start_mx, submit, zone_with_sender_mx,
 };
-use common::dns_server::TestDns;
-use common::fake_mx::Script;
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::Script;
 use mail_parser::{MessageParser, MimeHeaders};
 
 const WITHIN: Duration = Duration::from_secs(15);

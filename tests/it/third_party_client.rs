@@ -1,9 +1,7 @@
 //! A third-party client (lettre) submits through the real listener: its
 //! ESMTP handling (EHLO parsing, PIPELINING, dot-stuffing) must agree with ours.
 
-mod common;
-
-use common::TestRelay;
+use crate::common::TestRelay;
 use lettre::message::Mailbox;
 use lettre::{Message, SmtpTransport, Transport};
 

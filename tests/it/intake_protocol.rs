@@ -1,9 +1,8 @@
 //! SMTP intake over real TCP: commands, pipelining, DATA and BDAT, and the
 //! message stored byte for byte.
 
-mod common;
-
-use common::{TestRelay, dot_stuff, queued_id};
+use crate::common;
+use crate::common::{TestRelay, dot_stuff, queued_id};
 
 const CONTENT: &[u8] = b"From: app@example.com\r\nTo: user@example.org\r\n\
 Subject: test\r\nMessage-ID: <m1@example.com>\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n\r\n\

@@ -2,15 +2,13 @@
 //! delivered (a duplicate is allowed for what was in flight, a loss is not)
 //! and the spool ends empty.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::TestRelay;
-use common::delivery::{config, start_mx, submit, zone_with_sender_mx};
-use common::dns_server::TestDns;
-use common::fake_mx::{Script, Stage};
+use crate::common::TestRelay;
+use crate::common::delivery::{config, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::{Script, Stage};
 
 const MESSAGES: usize = 30;
 

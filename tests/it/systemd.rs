@@ -2,12 +2,10 @@
 //! relayq says READY=1 once it listens, pings the watchdog when
 //! `WATCHDOG_USEC` asks for it, and says STOPPING=1 on SIGTERM.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{TestRelay, WAIT};
+use crate::common::{TestRelay, WAIT};
 
 /// Reads notifications until one contains `wanted`; returns all read.
 fn read_until(socket: &UnixDatagram, wanted: &str) -> Vec<String> {

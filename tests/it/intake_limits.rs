@@ -1,10 +1,9 @@
 //! Every intake limit and every error reply, each with the reply a user sees.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestRelay, queued_id};
+use crate::common;
+use crate::common::{TestRelay, queued_id};
 
 fn status(response: &common::Response) -> (u16, String) {
     (

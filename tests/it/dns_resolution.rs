@@ -2,12 +2,10 @@
 //! implicit and null MX, which DNS failures bounce and which defer, and the
 //! order `delivery.ip_version` gives to addresses (DESIGN §5 "MX").
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::dns_server::{TestDns, Zone};
+use crate::common::dns_server::{TestDns, Zone};
 use relayq::config::IpVersion;
 use relayq::dns::{DnsError, LookupLimits, MailTarget, MxResolver};
 

@@ -2,14 +2,13 @@
 //! answers cannot delay transactional mail, and within one lane a slow
 //! domain at its cap does not hold the slots other domains need.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestRelay;
-use common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
-use common::dns_server::TestDns;
-use common::fake_mx::Script;
+use crate::common;
+use crate::common::TestRelay;
+use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::Script;
 
 /// "Promptly": far below the 60 s the stuck deliveries wait.
 const PROMPTLY: Duration = Duration::from_secs(10);

@@ -1,11 +1,11 @@
 //! Queue ids are unique and increasing, within a process and across restarts.
 
-mod common;
-
 use std::collections::HashSet;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use relayq_spool::{Body, QueueId};
+
+use crate::common;
 
 #[tokio::test]
 async fn ids_increase_across_reopen() {

@@ -1,8 +1,8 @@
 //! apply() commits several changes atomically, and a bad request fails only itself.
 
-mod common;
-
 use relayq_spool::{Body, Change, SpoolError};
+
+use crate::common;
 
 #[tokio::test]
 async fn insert_and_update_commit_together() {

@@ -1,15 +1,13 @@
 //! `relayq sendmail` and relayq invoked as `sendmail`: the command lines PHP
 //! and cron use, the maildrop while the daemon is down, and the exit codes.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{SpooledMessage, TestRelay, WAIT};
+use crate::common::{SpooledMessage, TestRelay, WAIT};
 
 /// The origin of the harness's relay (its hostname).
 const ORIGIN: &str = "relay.test.example";

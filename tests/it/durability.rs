@@ -1,14 +1,13 @@
 //! Invariant 1 and 2 under SIGKILL: every message that got a 250 survives a
 //! crash at any moment, and nothing half-written is visible after restart.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{SmtpClient, TestRelay};
+use crate::common;
+use crate::common::{SmtpClient, TestRelay};
 use relayq_spool::QueueId;
 
 const SESSIONS: usize = 12;

@@ -1,16 +1,15 @@
 //! Per-recipient outcomes: 4xx retried after backoff, 5xx bounced with a DSN,
 //! mixed results in one transaction, expiry, NOTIFY=NEVER, and mail from <>.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::TestRelay;
-use common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
-use common::dns_server::TestDns;
-use common::fake_mx::Script;
+use crate::common;
+use crate::common::TestRelay;
+use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::Script;
 
 const WITHIN: Duration = Duration::from_secs(15);
 

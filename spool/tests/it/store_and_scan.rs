@@ -1,8 +1,7 @@
 //! Stored messages come back from scan, envelope and read_body; updates and removals stick.
 
-mod common;
-
-use common::{body, content, read_all, temp_spool};
+use crate::common;
+use crate::common::{body, content, read_all, temp_spool};
 use relayq_spool::{Body, SpoolError};
 
 #[tokio::test]

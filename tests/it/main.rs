@@ -1,0 +1,27 @@
+//! relayq's integration tests, one binary: each module is one behaviour,
+//! driving the real `relayq` binary or its library over loopback with the
+//! harness in `common` (temporary spools, fake MX servers, an in-process DNS
+//! server). One binary links the harness once; its tests run on parallel
+//! threads, so none may rely on process-wide state (environment, current
+//! directory, fixed ports).
+
+mod common;
+
+mod check_config;
+mod delivery_connections;
+mod delivery_crash;
+mod delivery_mx;
+mod delivery_outcomes;
+mod delivery_tls;
+mod dns_resolution;
+mod durability;
+mod group_commit;
+mod intake_limits;
+mod intake_protocol;
+mod lanes;
+mod metrics;
+mod queue_cli;
+mod sendmail;
+mod smtp_client;
+mod systemd;
+mod third_party_client;
