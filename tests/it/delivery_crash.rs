@@ -3,6 +3,7 @@
 //! and the spool ends empty.
 
 use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::TestRelay;
@@ -75,16 +76,47 @@ fn sigkill_during_delivery_loses_nothing() {
         total - MESSAGES <= 2,
         "duplicates only for what was in flight (cap 2)"
     );
+    // A message leaves the queue only once its removal is committed to the
+    // spool, so an empty queue means an empty spool.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.log_lines(": removed").len() < MESSAGES - before.min(MESSAGES)
-        && Instant::now() < deadline
-    {
+    loop {
+        let queued = queued_messages(&relay);
+        if queued.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still queued 10 s after the last delivery: {queued:?}; log:\n{}",
+            relay.logs_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
     relay.stop();
     assert!(
         relay.spooled_messages().is_empty(),
         "the spool is empty at the end"
     );
+}
+
+/// The ids `relayq queue list` shows for the running relay.
+fn queued_messages(relay: &TestRelay) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .args(["queue", "list", "--json", "--config"])
+        .arg(&relay.config_path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run relayq queue list");
+    assert!(
+        output.status.success(),
+        "relayq queue list: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON output");
+    listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|message| message["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }

@@ -235,15 +235,16 @@ fn connection_cap_makes_new_clients_wait() {
     first.greet();
     let mut second = relay.client();
     second.greet();
-    // The third connection is queued by the kernel, not served.
+    // The relay logs when it finds no connection permit for a new client;
+    // from then on that client gets no greeting until a session ends.
     let third = std::net::TcpStream::connect(relay.address).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_millis(700)))
-        .unwrap();
+    relay.wait_for_log("connection limit (smtp.max_connections) reached");
+    third.set_nonblocking(true).unwrap();
     let mut buffer = [0u8; 64];
     let early = std::io::Read::read(&mut &third, &mut buffer);
     assert!(early.is_err(), "no greeting while at the cap: {early:?}");
     first.command("QUIT");
+    third.set_nonblocking(false).unwrap();
     third.set_read_timeout(Some(common::WAIT)).unwrap();
     let read = std::io::Read::read(&mut &third, &mut buffer).unwrap();
     assert!(
