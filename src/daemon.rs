@@ -1,5 +1,5 @@
 //! Wiring: the one place that builds components, spawns the long-lived tasks
-//! and runs shutdown (DESIGN §3 invariant 4).
+//! and runs shutdown (ARCHITECTURE.md, "one place builds components").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use crate::events::Events;
 use crate::maildrop;
 use crate::metrics::{self, Metrics};
 use crate::queue::Queue;
+use crate::queue::handle::QueueHandle;
+use crate::queue::retry::RetryPolicy;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
 use crate::storage::FreeSpace;
@@ -63,15 +65,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let events = Events::new();
     let metrics = Arc::new(Metrics::new());
     let control_socket = control::bind(&config.control.socket)?;
+    let handle = QueueHandle {
+        hostname: config.hostname.clone(),
+        spool: spool.clone(),
+        queue: queue.clone(),
+        events: events.clone(),
+        metrics: metrics.clone(),
+        policy: RetryPolicy::new(&config.retry),
+    };
     let delivery = Arc::new(
-        DeliveryContext::new(
-            &config,
-            spool.clone(),
-            queue.clone(),
-            events.clone(),
-            metrics.clone(),
-        )
-        .context("cannot set up delivery")?,
+        DeliveryContext::new(&config, handle.clone(), tracker.clone())
+            .context("cannot set up delivery")?,
     );
     let delivery_shutdown = CancellationToken::new();
     delivery::engine::spawn(
@@ -134,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     start_maildrop_import(&config, &shared, &tracker, &shutdown);
     // The control API (`relayq queue …`); its socket is removed at shutdown.
     tracing::info!("control socket {}", config.control.socket.display());
-    control::spawn(control_socket, delivery.clone(), &tracker, shutdown.clone());
+    control::spawn(control_socket, handle, &tracker, shutdown.clone());
 
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",

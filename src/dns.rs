@@ -1,5 +1,5 @@
 //! Where mail goes: MX and address lookups over hickory's resolver, and the
-//! classification of what DNS said into bounce or defer (DESIGN §5 "MX").
+//! classification of what DNS said into bounce or defer (ARCHITECTURE.md, "Delivery"; RFC 5321 §5.1, RFC 7505).
 //!
 //! Invariant: every query is for an absolute name. A resolv.conf `search`
 //! list would otherwise retry a name that SERVFAILs under the search

@@ -16,8 +16,13 @@
 
 use std::time::Duration;
 
+use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_SIZE, EXT_SMTP_UTF8};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
+
+use crate::wire::dot::dot_stuff_terminated;
+use crate::wire::ehlo::Capabilities;
+use crate::wire::reply::{Reply, parse_reply};
 
 /// The envelope of a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,19 +80,6 @@ impl Default for Timeouts {
     }
 }
 
-/// A reply: its code and its text (lines joined with a space).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Reply {
-    code: u16,
-    lines: Vec<String>,
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        format!("{} {}", self.code, self.lines.join(" "))
-    }
-}
-
 /// Submits `message` (CRLF lines, not dot-stuffed) over `stream` and ends
 /// the session with QUIT.
 pub async fn submit<S: AsyncRead + AsyncWrite + Unpin>(
@@ -117,15 +109,6 @@ struct Client<S> {
     timeouts: Timeouts,
 }
 
-/// What the server offered in its EHLO reply.
-#[derive(Debug, Default)]
-struct Extensions {
-    size: bool,
-    eight_bit_mime: bool,
-    smtputf8: bool,
-    dsn: bool,
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// `Err` for I/O failures and timeouts (a temporary outcome); replies
     /// that end the transaction come back as `Ok(outcome)`.
@@ -136,51 +119,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         message: &[u8],
     ) -> Result<Outcome, String> {
         let greeting = self.read_reply("waiting for the greeting").await?;
-        if greeting.code != 220 {
+        if greeting.code() != 220 {
             return Ok(refused("greeting", &greeting));
         }
         let ehlo = self.command(&format!("EHLO {helo}"), "EHLO").await?;
-        let extensions = if ehlo.code == 250 {
-            extensions(&ehlo)
+        // Our own intake's EHLO reply always parses; should it not, the
+        // message goes without extensions, as after HELO.
+        let offered = if ehlo.code() == 250 {
+            Capabilities::from_ehlo(ehlo.raw()).unwrap_or_default()
         } else {
             let helo_reply = self.command(&format!("HELO {helo}"), "HELO").await?;
-            if helo_reply.code != 250 {
+            if helo_reply.code() != 250 {
                 return Ok(refused("HELO", &helo_reply));
             }
-            Extensions::default()
+            Capabilities::default()
         };
 
         let mut mail = format!("MAIL FROM:<{}>", submission.sender);
-        if extensions.size {
+        if offered.offers(EXT_SIZE) {
             mail.push_str(&format!(" SIZE={}", message.len()));
         }
-        if extensions.eight_bit_mime && !message.is_ascii() {
+        if offered.offers(EXT_8BIT_MIME) && !message.is_ascii() {
             mail.push_str(" BODY=8BITMIME");
         }
         let international =
             !submission.sender.is_ascii() || submission.recipients.iter().any(|r| !r.is_ascii());
-        if extensions.smtputf8 && international {
+        if offered.offers(EXT_SMTP_UTF8) && international {
             mail.push_str(" SMTPUTF8");
         }
         let reply = self.command(&mail, "MAIL").await?;
-        if reply.code != 250 {
+        if reply.code() != 250 {
             return Ok(refused("MAIL", &reply));
         }
         for recipient in &submission.recipients {
             let mut rcpt = format!("RCPT TO:<{recipient}>");
-            if let (true, Some(notify)) = (extensions.dsn, &submission.notify) {
+            if let (true, Some(notify)) = (offered.offers(EXT_DSN), &submission.notify) {
                 rcpt.push_str(&format!(" NOTIFY={notify}"));
             }
             let reply = self.command(&rcpt, "RCPT").await?;
-            if !(250..=252).contains(&reply.code) {
+            if !(250..=252).contains(&reply.code()) {
                 return Ok(refused(&format!("RCPT <{recipient}>"), &reply));
             }
         }
         let reply = self.command("DATA", "DATA").await?;
-        if reply.code != 354 {
+        if reply.code() != 354 {
             return Ok(refused("DATA", &reply));
         }
-        let content = dot_stuff(message);
+        let content = dot_stuff_terminated(message);
         let limit = self.timeouts.final_reply;
         match timeout(limit, self.stream.write_all(&content)).await {
             Ok(Ok(())) => {}
@@ -190,8 +175,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let reply = self
             .read_reply_within(limit, "waiting for the reply to the end of data")
             .await?;
-        Ok(match reply.code {
-            250 => Outcome::Accepted(reply.lines.join(" ")),
+        Ok(match reply.code() {
+            250 => Outcome::Accepted(lines_joined(&reply)),
             _ => refused("end of data", &reply),
         })
     }
@@ -222,10 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         return Ok(reply);
                     }
                     Ok(None) => {}
-                    Err(detail) => return Err(format!("protocol error after {stage}: {detail}")),
-                }
-                if self.input.len() > MAX_REPLY {
-                    return Err(format!("reply to {stage} too long"));
+                    Err(error) => return Err(format!("protocol error after {stage}: {error}")),
                 }
                 let mut chunk = [0u8; 1024];
                 match self.stream.read(&mut chunk).await {
@@ -253,90 +235,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
-/// A reply longer than this is a protocol error (a reply line is at most
-/// 512 octets, RFC 5321 §4.5.3.1.5; EHLO has a few dozen lines).
-const MAX_REPLY: usize = 64 * 1024;
+/// The lines of a reply as sent, joined with a space.
+fn lines_joined(reply: &Reply) -> String {
+    reply.lines().collect::<Vec<_>>().join(" ")
+}
 
 fn refused(stage: &str, reply: &Reply) -> Outcome {
-    let text = format!("{stage}: {}", reply.text());
-    match reply.code {
+    let text = format!("{stage}: {} {}", reply.code(), lines_joined(reply));
+    match reply.code() {
         500..=599 => Outcome::Permanent(text),
         _ => Outcome::Temporary(text),
     }
-}
-
-fn extensions(ehlo: &Reply) -> Extensions {
-    let mut offered = Extensions::default();
-    for line in ehlo.lines.iter().skip(1) {
-        let keyword = line.split_whitespace().next().unwrap_or("");
-        match keyword.to_ascii_uppercase().as_str() {
-            "SIZE" => offered.size = true,
-            "8BITMIME" => offered.eight_bit_mime = true,
-            "SMTPUTF8" => offered.smtputf8 = true,
-            "DSN" => offered.dsn = true,
-            _ => {}
-        }
-    }
-    offered
-}
-
-/// Parses one complete reply at the start of `input`: the reply and the
-/// bytes it used, `None` when more input is needed.
-fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, String> {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    let mut code = None;
-    while let Some(newline) = input[start..].iter().position(|&byte| byte == b'\n') {
-        let end = start + newline + 1;
-        let line = &input[start..end];
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = String::from_utf8_lossy(line);
-        let this_code: u16 = line
-            .get(..3)
-            .filter(|digits| digits.bytes().all(|byte| byte.is_ascii_digit()))
-            .and_then(|digits| digits.parse().ok())
-            .ok_or_else(|| format!("malformed reply line {line:?}"))?;
-        if *code.get_or_insert(this_code) != this_code {
-            return Err(format!("reply codes differ within one reply: {line:?}"));
-        }
-        let separator = line.as_bytes().get(3).copied();
-        lines.push(line.get(4..).unwrap_or("").to_owned());
-        start = end;
-        match separator {
-            Some(b'-') => continue,
-            None | Some(b' ') => {
-                return Ok(Some((
-                    Reply {
-                        code: this_code,
-                        lines,
-                    },
-                    start,
-                )));
-            }
-            Some(_) => return Err(format!("malformed reply line {line:?}")),
-        }
-    }
-    Ok(None)
-}
-
-/// Dot-stuffs CRLF-lined content (RFC 5321 §4.5.2) and appends the end of
-/// data, after a CRLF of its own when the content does not end with one.
-fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &byte in message {
-        if at_line_start && byte == b'.' {
-            out.push(b'.');
-        }
-        out.push(byte);
-        at_line_start = byte == b'\n';
-    }
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 #[cfg(test)]
@@ -346,25 +255,33 @@ mod tests {
     #[test]
     fn parses_single_and_multiline_replies() {
         let (reply, used) = parse_reply(b"250 2.0.0 Ok\r\nnext").unwrap().unwrap();
-        assert_eq!((reply.code, used), (250, 14));
-        assert_eq!(reply.text(), "250 2.0.0 Ok");
+        assert_eq!((reply.code(), used), (250, 14));
+        assert_eq!(lines_joined(&reply), "2.0.0 Ok");
         let ehlo = b"250-relay\r\n250-SIZE 100\r\n250 DSN\r\n";
         let (reply, used) = parse_reply(ehlo).unwrap().unwrap();
         assert_eq!(used, ehlo.len());
-        let offered = extensions(&reply);
-        assert!(offered.size && offered.dsn && !offered.smtputf8);
+        assert_eq!(lines_joined(&reply), "relay SIZE 100 DSN");
+        let offered = Capabilities::from_ehlo(reply.raw()).unwrap();
+        assert!(offered.offers(EXT_SIZE) && offered.offers(EXT_DSN));
+        assert!(!offered.offers(EXT_SMTP_UTF8));
         assert_eq!(parse_reply(b"250-relay\r\n250 SI").unwrap(), None);
         assert!(parse_reply(b"hello\r\n").is_err());
     }
 
     #[test]
-    fn dot_stuffing_and_terminator() {
+    fn refusal_names_the_stage_and_the_reply() {
+        let (reply, _) = parse_reply(b"452-4.3.1 full\r\n452 4.3.1 try later\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            dot_stuff(b".\r\n..x\r\na.\r\n"),
-            b"..\r\n...x\r\na.\r\n.\r\n"
+            refused("MAIL", &reply),
+            Outcome::Temporary("MAIL: 452 4.3.1 full 4.3.1 try later".into())
         );
-        assert_eq!(dot_stuff(b"no newline"), b"no newline\r\n.\r\n");
-        assert_eq!(dot_stuff(b""), b".\r\n");
+        let (reply, _) = parse_reply(b"554 5.7.1 no\r\n").unwrap().unwrap();
+        assert_eq!(
+            refused("end of data", &reply),
+            Outcome::Permanent("end of data: 554 5.7.1 no".into())
+        );
     }
 
     #[tokio::test]

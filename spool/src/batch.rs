@@ -12,7 +12,7 @@ use crate::body::BodyDir;
 use crate::change::{Change, Work};
 use crate::database::{self, BODIES, ENVELOPES, META, META_LAST_ID, QUARANTINE};
 use crate::id::IdAllocator;
-use crate::record::{BodyRecord, decode_body, encode_envelope, encode_quarantine};
+use crate::record::{BodyRecord, decode_body, decode_envelope, encode_envelope, encode_quarantine};
 use crate::{QueueId, SpoolError};
 
 /// A request's work in the batch, and its rejection if it was not applied.
@@ -113,7 +113,7 @@ fn check(work: &Work, tables: &Tables<'_>) -> Result<(), SpoolError> {
                         }
                         touched.push((*id, true));
                     }
-                    Change::UpdateEnvelope { id, .. } => {
+                    Change::UpdateEnvelope { id, .. } | Change::EditEnvelope { id, .. } => {
                         if !exists(*id, &touched)? {
                             return Err(SpoolError::NotFound(*id));
                         }
@@ -171,6 +171,21 @@ fn apply(
                         tables
                             .envelopes
                             .insert(id.0, encode_envelope(envelope).as_slice())?;
+                    }
+                    Change::EditEnvelope { id, edit } => {
+                        let edited = match tables.envelopes.get(id.0)? {
+                            Some(stored) => match decode_envelope(stored.value()) {
+                                Ok(envelope) => edit.apply(envelope),
+                                // A damaged record is left for the reader to quarantine.
+                                Err(_) => None,
+                            },
+                            None => None,
+                        };
+                        if let Some(envelope) = edited {
+                            tables
+                                .envelopes
+                                .insert(id.0, encode_envelope(&envelope).as_slice())?;
+                        }
                     }
                     Change::Remove { id } => {
                         tables.envelopes.remove(id.0)?;
@@ -265,5 +280,50 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn an_edit_applies_to_the_envelope_as_stored_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies = BodyDir::new(dir.path().join("bodies"));
+        std::fs::create_dir_all(bodies.path()).unwrap();
+        let database = database::open(dir.path()).unwrap();
+        let ids = IdAllocator::new(0);
+        let append = |byte: u8| {
+            crate::change::EnvelopeEdit::new(move |stored: &[u8]| {
+                let mut edited = stored.to_vec();
+                edited.push(byte);
+                Some(edited)
+            })
+        };
+        let mut slots = vec![
+            insert(1),
+            slot(Work::Changes(vec![Change::EditEnvelope {
+                id: QueueId(1),
+                edit: append(7),
+            }])),
+            slot(Work::Changes(vec![Change::EditEnvelope {
+                id: QueueId(1),
+                edit: crate::change::EnvelopeEdit::new(|_| None),
+            }])),
+            slot(Work::Changes(vec![Change::EditEnvelope {
+                id: QueueId(1),
+                edit: append(8),
+            }])),
+            slot(Work::Changes(vec![Change::EditEnvelope {
+                id: QueueId(5),
+                edit: append(9),
+            }])),
+        ];
+        write(&database, &bodies, &ids, &mut slots).unwrap();
+        assert!(slots[..4].iter().all(|slot| slot.rejection.is_none()));
+        assert_eq!(
+            slots[4].rejection.as_ref().map(ToString::to_string),
+            Some(SpoolError::NotFound(QueueId(5)).to_string())
+        );
+        let txn = database.begin_read().unwrap();
+        let envelopes = txn.open_table(ENVELOPES).unwrap();
+        let stored = envelopes.get(1).unwrap().unwrap();
+        assert_eq!(decode_envelope(stored.value()).unwrap(), &[1, 7, 8]);
     }
 }

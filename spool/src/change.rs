@@ -15,8 +15,36 @@ pub enum Change {
     },
     /// Replace a stored message's envelope. Fails with `NotFound` if there is none.
     UpdateEnvelope { id: QueueId, envelope: Vec<u8> },
+    /// Rewrite a stored message's envelope from its bytes as stored when the commit applies
+    /// it (not as the caller last saw them), so edits that commute can land in any order.
+    /// `None` from the edit leaves the envelope as it is. Fails with `NotFound` if there is
+    /// none.
+    EditEnvelope { id: QueueId, edit: EnvelopeEdit },
     /// Delete a message, its body and its body file. Fails with `NotFound` if there is none.
     Remove { id: QueueId },
+}
+
+/// The function of a [`Change::EditEnvelope`]: stored envelope bytes in, new bytes out (or
+/// `None`: unchanged). It runs on the committer thread inside the write transaction, so it
+/// must be quick and must not block.
+pub struct EnvelopeEdit(Box<EditFn>);
+
+type EditFn = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send;
+
+impl EnvelopeEdit {
+    pub fn new(edit: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static) -> EnvelopeEdit {
+        EnvelopeEdit(Box::new(edit))
+    }
+
+    pub(crate) fn apply(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        (self.0)(stored)
+    }
+}
+
+impl std::fmt::Debug for EnvelopeEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvelopeEdit")
+    }
 }
 
 /// What one request asks of the committer.
@@ -39,7 +67,7 @@ impl Work {
                 .map(|change| match change {
                     Change::Insert { envelope, body, .. } => envelope.len() + body.inline_len(),
                     Change::UpdateEnvelope { envelope, .. } => envelope.len(),
-                    Change::Remove { .. } => 0,
+                    Change::EditEnvelope { .. } | Change::Remove { .. } => 0,
                 })
                 .sum(),
             Work::Quarantine { .. } => 0,

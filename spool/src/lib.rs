@@ -29,7 +29,7 @@ mod spool;
 mod stats;
 
 pub use body::{Body, BodyReader, BodyWriter};
-pub use change::Change;
+pub use change::{Change, EnvelopeEdit};
 pub use error::SpoolError;
 pub use id::{ParseQueueIdError, QueueId};
 pub use options::SpoolOptions;

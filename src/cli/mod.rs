@@ -2,8 +2,8 @@
 //! They find the daemon through the configuration, resolved as `serve`
 //! resolves it.
 
-pub mod client;
-pub mod format;
+pub(crate) mod client;
+pub(crate) mod format;
 pub mod queue;
 pub mod sendmail;
 

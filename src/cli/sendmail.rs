@@ -4,7 +4,7 @@
 //! It reads a message on stdin, submits it to the first listener over SMTP
 //! and, when the listener cannot be reached or answers 4xx, leaves it in the
 //! maildrop for the daemon to import (`crate::maildrop`). Exit codes
-//! (sysexits, DESIGN §6): 0 accepted or safely in the maildrop; 64 usage;
+//! (sysexits.h): 0 accepted or safely in the maildrop; 64 usage;
 //! 65 a malformed message or a 5xx refusal; 75 neither listener nor maildrop
 //! took it.
 //!

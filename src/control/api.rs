@@ -3,20 +3,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use relayq_spool::QueueId;
 use serde::Deserialize;
 
 use super::http::Request;
-use super::operations::{self, Operation};
+use super::operations;
 use super::view::{
     AGE_BUCKETS, DestinationAges, LaneCounts, MessageDetail, MessageView, StatsView, age_bucket,
     domain_of,
 };
-use crate::delivery::engine::DeliveryContext;
 use crate::queue::envelope::unix_ms;
+use crate::queue::handle::QueueHandle;
+use crate::queue::transition::Operation;
 use crate::queue::{Entry, Envelope, Lane, State};
 
 /// What a request gets back.
@@ -50,7 +50,7 @@ fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
     body
 }
 
-pub async fn handle(context: &Arc<DeliveryContext>, request: &Request, body: &[u8]) -> Reply {
+pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8]) -> Reply {
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["queue"]) => list(context, request).await,
@@ -59,7 +59,7 @@ pub async fn handle(context: &Arc<DeliveryContext>, request: &Request, body: &[u
         ("GET", ["events"]) => Reply::Events {
             text: request.param("format") == Some("text"),
         },
-        ("POST", ["queue", name]) => match Operation::parse(name) {
+        ("POST", ["queue", name]) => match operations::parse(name) {
             Some(operation) => operate(context, operation, body).await,
             None => Reply::error(404, "no such operation"),
         },
@@ -71,7 +71,7 @@ pub async fn handle(context: &Arc<DeliveryContext>, request: &Request, body: &[u
 }
 
 /// Every queued message with its entry and envelope, in id order.
-async fn load(context: &DeliveryContext) -> Result<Vec<(QueueId, Entry, Envelope)>, String> {
+async fn load(context: &QueueHandle) -> Result<Vec<(QueueId, Entry, Envelope)>, String> {
     let spool = context.spool.clone();
     let scanned = tokio::task::spawn_blocking(move || spool.scan())
         .await
@@ -97,7 +97,7 @@ fn open_at(envelope: &Envelope, domain: &str) -> bool {
         .any(|recipient| !recipient.status.is_final() && domain_of(&recipient.address) == domain)
 }
 
-async fn list(context: &DeliveryContext, request: &Request) -> Reply {
+async fn list(context: &QueueHandle, request: &Request) -> Reply {
     let lane = match request.param("lane").map(str::parse::<Lane>) {
         Some(Err(_)) => return Reply::error(400, "lane: high or low"),
         Some(Ok(lane)) => Some(lane),
@@ -138,7 +138,7 @@ async fn list(context: &DeliveryContext, request: &Request) -> Reply {
     Reply::ok(&views)
 }
 
-async fn show(context: &DeliveryContext, request: &Request, id: &str) -> Reply {
+async fn show(context: &QueueHandle, request: &Request, id: &str) -> Reply {
     let Ok(id) = id.parse::<QueueId>() else {
         return Reply::error(400, "not a queue id");
     };
@@ -186,7 +186,7 @@ async fn show(context: &DeliveryContext, request: &Request, id: &str) -> Reply {
     Reply::ok(&detail)
 }
 
-async fn stats(context: &DeliveryContext) -> Reply {
+async fn stats(context: &QueueHandle) -> Reply {
     let messages = match load(context).await {
         Ok(messages) => messages,
         Err(error) => return Reply::error(500, &format!("cannot read the spool: {error}")),
@@ -249,7 +249,7 @@ struct Selection {
     domain: Option<String>,
 }
 
-async fn operate(context: &Arc<DeliveryContext>, operation: Operation, body: &[u8]) -> Reply {
+async fn operate(context: &QueueHandle, operation: Operation, body: &[u8]) -> Reply {
     let selection: Selection = match serde_json::from_slice(body) {
         Ok(selection) => selection,
         Err(error) => return Reply::error(400, &format!("body: {error}")),

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::delivery::engine::DeliveryContext;
+use crate::queue::handle::QueueHandle;
 use api::Reply;
 
 /// Control connections served at once (event streams included).
@@ -83,7 +83,7 @@ pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
 /// Serves the control API until `shutdown`; then the socket file is removed.
 pub fn spawn(
     socket: ControlSocket,
-    context: Arc<DeliveryContext>,
+    context: QueueHandle,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -124,7 +124,7 @@ pub fn spawn(
 
 async fn serve_connection(
     mut stream: UnixStream,
-    context: &Arc<DeliveryContext>,
+    context: &QueueHandle,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let (request, body) =
@@ -202,7 +202,7 @@ async fn write_all(
 /// event rate gets `{"lagged": N}` for the N events it missed.
 async fn stream_events(
     mut stream: UnixStream,
-    context: &DeliveryContext,
+    context: &QueueHandle,
     shutdown: &CancellationToken,
     text: bool,
 ) -> std::io::Result<()> {

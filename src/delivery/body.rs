@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use relayq_spool::{QueueId, Spool, SpoolError};
+use relayq_spool::{BodyReader, QueueId, Spool, SpoolError};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
@@ -19,14 +19,25 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 
 pub type AsyncBody = Pin<Box<dyn AsyncRead + Send>>;
 
-/// Opens message `id`'s body for streaming. Blocking only for the open.
-pub fn open(spool: &Spool, id: QueueId) -> Result<AsyncBody, SpoolError> {
-    let mut reader = spool.read_body(id)?;
-    if reader.len() <= READ_WHOLE {
-        let mut bytes = Vec::with_capacity(reader.len() as usize);
-        reader.read_to_end(&mut bytes).map_err(SpoolError::Io)?;
-        return Ok(Box::pin(Cursor::new(bytes)));
-    }
+/// Opens message `id`'s body for streaming. The open (and the read of a
+/// small body) runs on the blocking pool, never on an async worker.
+pub async fn open(spool: &Spool, id: QueueId) -> Result<AsyncBody, SpoolError> {
+    let spool = spool.clone();
+    let opened = tokio::task::spawn_blocking(move || -> Result<Opened, SpoolError> {
+        let mut reader = spool.read_body(id)?;
+        if reader.len() <= READ_WHOLE {
+            let mut bytes = Vec::with_capacity(reader.len() as usize);
+            reader.read_to_end(&mut bytes).map_err(SpoolError::Io)?;
+            return Ok(Opened::Whole(bytes));
+        }
+        Ok(Opened::Large(reader))
+    })
+    .await
+    .map_err(|error| SpoolError::Io(io::Error::other(error)))??;
+    let mut reader = match opened {
+        Opened::Whole(bytes) => return Ok(Box::pin(Cursor::new(bytes))),
+        Opened::Large(reader) => reader,
+    };
     let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
         loop {
@@ -49,6 +60,11 @@ pub fn open(spool: &Spool, id: QueueId) -> Result<AsyncBody, SpoolError> {
         receiver,
         current: Bytes::new(),
     }))
+}
+
+enum Opened {
+    Whole(Vec<u8>),
+    Large(BodyReader),
 }
 
 struct ChannelReader {

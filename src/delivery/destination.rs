@@ -1,4 +1,4 @@
-//! Per-destination queues (DESIGN §5 "Destinations"): a concurrency cap per
+//! Per-destination queues (ARCHITECTURE.md, "Delivery"): a concurrency cap per
 //! next hop, lane ready lists, idle connections kept for reuse, and the dead
 //! destination memory.
 //!
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::client::{Connection, RemoteReply};
 use super::job::Job;
-use crate::queue::Lane;
+use crate::queue::{Lane, PerLane};
 
 /// Where mail goes next: a recipient domain's MX hosts, or a configured route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,19 +32,12 @@ pub const MAX_TRANSACTIONS_PER_CONNECTION: u32 = 100;
 /// Idle connections kept per destination.
 const MAX_IDLE_CONNECTIONS: usize = 8;
 
-fn index(lane: Lane) -> usize {
-    match lane {
-        Lane::High => 0,
-        Lane::Low => 1,
-    }
-}
-
 #[derive(Default)]
 struct Destination {
     active: usize,
     /// Ready tokens handed to each lane's list and not yet taken.
-    tokens: [usize; 2],
-    jobs: [VecDeque<Job>; 2],
+    tokens: PerLane<usize>,
+    jobs: PerLane<VecDeque<Job>>,
     idle: Vec<(Connection, Instant)>,
     dead_until: Option<Instant>,
     dead_reason: Option<RemoteReply>,
@@ -53,7 +46,7 @@ struct Destination {
 impl Destination {
     fn is_unused(&self) -> bool {
         self.active == 0
-            && self.jobs.iter().all(VecDeque::is_empty)
+            && self.jobs.iter().all(|(_, jobs)| jobs.is_empty())
             && self.idle.is_empty()
             && self.dead_until.is_none()
     }
@@ -69,7 +62,7 @@ pub struct Destinations {
     cap: usize,
     dead_for: Duration,
     table: Mutex<HashMap<NextHop, Destination>>,
-    ready: [ReadyList; 2],
+    ready: PerLane<ReadyList>,
 }
 
 impl Destinations {
@@ -101,7 +94,7 @@ impl Destinations {
             destination.dead_until = None;
             destination.dead_reason = None;
         }
-        destination.jobs[index(lane)].push_back(job);
+        destination.jobs[lane].push_back(job);
         let pushes = self.grant_tokens(destination);
         drop(table);
         self.push_ready(&hop, pushes);
@@ -112,14 +105,14 @@ impl Destinations {
     pub fn queued(&self, hop: &NextHop) -> usize {
         self.lock()
             .get(hop)
-            .map(|destination| destination.jobs.iter().map(VecDeque::len).sum())
+            .map(|destination| destination.jobs.iter().map(|(_, jobs)| jobs.len()).sum())
             .unwrap_or(0)
     }
 
     /// Waits for a job of `lane` that can start now and takes it; the caller
     /// must call `finished` when it is done.
     pub async fn take(&self, lane: Lane) -> Job {
-        let ready = &self.ready[index(lane)];
+        let ready = &self.ready[lane];
         loop {
             let notified = ready.notify.notified();
             let hop = ready
@@ -135,8 +128,8 @@ impl Destinations {
             let Some(destination) = table.get_mut(&hop) else {
                 continue;
             };
-            destination.tokens[index(lane)] = destination.tokens[index(lane)].saturating_sub(1);
-            if let Some(job) = destination.jobs[index(lane)].pop_front() {
+            destination.tokens[lane] = destination.tokens[lane].saturating_sub(1);
+            if let Some(job) = destination.jobs[lane].pop_front() {
                 destination.active += 1;
                 return job;
             }
@@ -160,22 +153,25 @@ impl Destinations {
 
     /// Hands out ready tokens while the destination is under its cap,
     /// high-lane jobs first. Returns how many to push per lane.
-    fn grant_tokens(&self, destination: &mut Destination) -> [usize; 2] {
-        let mut pushes = [0, 0];
+    fn grant_tokens(&self, destination: &mut Destination) -> PerLane<usize> {
+        let mut pushes = PerLane::default();
         loop {
-            let in_use = destination.active + destination.tokens[0] + destination.tokens[1];
+            let in_use =
+                destination.active + destination.tokens[Lane::High] + destination.tokens[Lane::Low];
             if in_use >= self.cap {
                 return pushes;
             }
-            let lane = (0..2).find(|&l| destination.jobs[l].len() > destination.tokens[l]);
+            let lane = Lane::ALL
+                .into_iter()
+                .find(|&lane| destination.jobs[lane].len() > destination.tokens[lane]);
             let Some(lane) = lane else { return pushes };
             destination.tokens[lane] += 1;
             pushes[lane] += 1;
         }
     }
 
-    fn push_ready(&self, hop: &NextHop, pushes: [usize; 2]) {
-        for (lane, count) in pushes.into_iter().enumerate() {
+    fn push_ready(&self, hop: &NextHop, pushes: PerLane<usize>) {
+        for (lane, &count) in pushes.iter() {
             if count == 0 {
                 continue;
             }

@@ -2,25 +2,24 @@
 //! jobs at their destinations) and a fixed number of workers (the lane's
 //! width) that run jobs which can start now.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relayq_spool::{QueueId, Spool};
+use relayq_spool::QueueId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{ClientSettings, Disposition};
+use super::client::ClientSettings;
 use super::destination::{Destinations, NextHop};
 use super::job::{self, Job};
 use super::pass::Pass;
 use crate::config::{Config, LanesSettings, Route, TlsPolicy};
 use crate::dns::MxResolver;
-use crate::events::{Event, EventKind, Events};
-use crate::metrics::Metrics;
-use crate::queue::retry::RetryPolicy;
-use crate::queue::{Envelope, Lane, Queue};
+use crate::queue::handle::{LoadError, QueueHandle};
+use crate::queue::transition::{self, Outcome};
+use crate::queue::{Lane, PerLane};
 use crate::tls::TlsConfigs;
 
 /// Passes in flight per lane: bounds the memory a huge due backlog takes.
@@ -35,44 +34,31 @@ const DEAD_DESTINATION_FOR: Duration = Duration::from_secs(60);
 
 /// Everything delivery needs, shared by the engine's tasks.
 pub struct DeliveryContext {
-    pub hostname: String,
-    pub spool: Spool,
-    pub queue: Arc<Queue>,
+    /// The spool, schedule, events and metrics, through which every change
+    /// of a message goes.
+    pub handle: QueueHandle,
     pub destinations: Destinations,
     pub resolver: MxResolver,
     pub tls_configs: TlsConfigs,
     pub client_settings: ClientSettings,
-    pub policy: RetryPolicy,
     pub delivery_port: u16,
     pub tls_policy: TlsPolicy,
     pub routes: Vec<Route>,
-    pub events: Events,
-    pub metrics: Arc<Metrics>,
-    in_flight: [Arc<Semaphore>; 2],
+    in_flight: PerLane<Arc<Semaphore>>,
+    /// Tasks that commit or talk to a server are tracked, so shutdown waits
+    /// for them.
+    tracker: TaskTracker,
 }
 
 impl DeliveryContext {
-    /// After the commit that removed message `id` from the spool: out of the
-    /// schedule, logged, and told to `queue tail`.
-    pub fn removed(&self, id: QueueId, lane: Lane) {
-        tracing::info!(queue_id = %id, "{id}: removed");
-        self.queue.remove(id);
-        self.events
-            .publish(Event::new(EventKind::Removed, id, lane));
-    }
-
     pub fn new(
         config: &Config,
-        spool: Spool,
-        queue: Arc<Queue>,
-        events: Events,
-        metrics: Arc<Metrics>,
+        handle: QueueHandle,
+        tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
         let delivery = &config.delivery;
         Ok(DeliveryContext {
-            hostname: config.hostname.clone(),
-            spool,
-            queue,
+            handle,
             destinations: Destinations::new(delivery.destination_concurrency, DEAD_DESTINATION_FOR),
             resolver: MxResolver::new(&config.dns, delivery.ip_version)?,
             tls_configs: TlsConfigs::load()?,
@@ -84,16 +70,11 @@ impl DeliveryContext {
                 data_timeout: delivery.data_timeout,
                 final_timeout: delivery.final_timeout,
             },
-            policy: RetryPolicy::new(&config.retry),
             delivery_port: delivery.port,
             tls_policy: delivery.tls,
             routes: config.routes.clone(),
-            events,
-            metrics,
-            in_flight: [
-                Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),
-                Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT)),
-            ],
+            in_flight: PerLane::from_fn(|_| Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT))),
+            tracker,
         })
     }
 
@@ -118,7 +99,8 @@ impl DeliveryContext {
 
 /// How long deliveries in flight may go on after shutdown begins. Then they
 /// are dropped: their recipients keep their state in the spool and are tried
-/// again after the restart (at worst a duplicate, DESIGN §3.2).
+/// again after the restart (at worst a duplicate: ARCHITECTURE.md,
+/// "at-least-once").
 pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts the dispatchers, the lane workers and the idle-connection sweeper.
@@ -151,7 +133,7 @@ pub fn spawn(
 }
 
 async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: CancellationToken) {
-    let in_flight = context.in_flight[lane_index(lane)].clone();
+    let in_flight = context.in_flight[lane].clone();
     loop {
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => match permit {
@@ -161,7 +143,7 @@ async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
         };
         let id = tokio::select! {
-            id = context.queue.next_due(lane) => id,
+            id = context.handle.queue.next_due(lane) => id,
             _ = shutdown.cancelled() => return,
         };
         start_pass(&context, lane, id, permit).await;
@@ -196,15 +178,8 @@ async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
         for connection in context.destinations.sweep() {
-            tokio::spawn(connection.quit());
+            context.tracker.spawn(connection.quit());
         }
-    }
-}
-
-fn lane_index(lane: Lane) -> usize {
-    match lane {
-        Lane::High => 0,
-        Lane::Low => 1,
     }
 }
 
@@ -215,25 +190,32 @@ async fn start_pass(
     id: QueueId,
     permit: OwnedSemaphorePermit,
 ) {
-    let envelope = match context.spool.envelope(id) {
-        Ok(Some(bytes)) => match Envelope::decode(&bytes) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
-                if let Err(error) = context.spool.quarantine(id, &error.to_string()) {
-                    tracing::error!(queue_id = %id, "{id}: cannot quarantine: {error}");
-                }
-                context.queue.remove(id);
-                return;
-            }
-        },
+    let handle = &context.handle;
+    let envelope = match handle.envelope(id).await {
+        Ok(Some(envelope)) => envelope,
         Ok(None) => {
-            context.queue.remove(id);
+            handle.queue.remove(id);
             return;
         }
-        Err(error) => {
-            tracing::error!(queue_id = %id, "{id}: cannot read envelope: {error}");
-            context.queue.reschedule(
+        Err(LoadError::Undecodable(error)) => {
+            tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
+            let spool = handle.spool.clone();
+            let reason = error.to_string();
+            match tokio::task::spawn_blocking(move || spool.quarantine(id, &reason)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(queue_id = %id, "{id}: cannot quarantine: {error}")
+                }
+                Err(error) => {
+                    tracing::error!(queue_id = %id, "{id}: cannot quarantine: {error}")
+                }
+            }
+            handle.queue.remove(id);
+            return;
+        }
+        Err(error @ LoadError::Unreadable(_)) => {
+            tracing::error!(queue_id = %id, "{id}: {error}");
+            handle.queue.reschedule(
                 id,
                 lane,
                 tokio::time::Instant::now() + Duration::from_secs(60),
@@ -242,11 +224,11 @@ async fn start_pass(
         }
     };
     if envelope.held {
-        context.queue.insert(id, &envelope);
+        handle.queue.insert(id, &envelope);
         return;
     }
 
-    let mut groups: BTreeMap<String, (NextHop, Vec<usize>)> = BTreeMap::new();
+    let mut groups: HashMap<NextHop, Vec<usize>> = HashMap::new();
     for (index, recipient) in envelope.recipients.iter().enumerate() {
         if recipient.status.is_final() {
             continue;
@@ -256,32 +238,32 @@ async fn start_pass(
             .rsplit_once('@')
             .map(|(_, domain)| domain.to_ascii_lowercase())
             .unwrap_or_default();
-        let hop = context.next_hop(&domain);
         groups
-            .entry(format!("{hop:?}"))
-            .or_insert_with(|| (hop, Vec::new()))
-            .1
+            .entry(context.next_hop(&domain))
+            .or_default()
             .push(index);
     }
     if groups.is_empty() {
-        match context.spool.remove(id).await {
-            Ok(()) => context.removed(id, lane),
-            Err(error) => tracing::error!(queue_id = %id, "{id}: cannot remove: {error}"),
+        // Every recipient is final (a crash after the last commit of a pass
+        // but before the removal): remove it.
+        let transition = transition::complete(id, envelope, std::time::SystemTime::now());
+        if let Err(error) = handle.apply(&transition).await {
+            tracing::error!(queue_id = %id, "{id}: cannot remove: {error}");
         }
         return;
     }
     if groups
-        .values()
-        .any(|(hop, _)| context.destinations.queued(hop) >= MAX_QUEUED_PER_DESTINATION)
+        .keys()
+        .any(|hop| context.destinations.queued(hop) >= MAX_QUEUED_PER_DESTINATION)
     {
-        context
+        handle
             .queue
             .reschedule(id, lane, tokio::time::Instant::now() + POSTPONE);
         return;
     }
 
     let pass = Arc::new(Pass::new(id, envelope, groups.len(), permit));
-    for (hop, recipients) in groups.into_values() {
+    for (hop, recipients) in groups {
         let job = Job {
             pass: pass.clone(),
             hop,
@@ -289,9 +271,12 @@ async fn start_pass(
         };
         if let Err((job, reason)) = context.destinations.submit(job) {
             // Dead destination: deferred at once, no lane slot used.
-            let results = job.all(Disposition::Deferred, reason);
+            let results = job.all(Outcome::Deferred, reason);
             let context = context.clone();
-            tokio::spawn(async move { job.pass.record(&context, results).await });
+            context
+                .tracker
+                .clone()
+                .spawn(async move { job.pass.record(&context.handle, results).await });
         }
     }
 }

@@ -10,10 +10,11 @@ use super::client::{
 };
 use super::destination::NextHop;
 use super::engine::DeliveryContext;
-use super::pass::{Pass, RecipientResult};
+use super::pass::Pass;
 use crate::config::{RouteTls, TlsPolicy};
 use crate::dns::DnsError;
 use crate::queue::Lane;
+use crate::queue::transition::{Outcome, RecipientResult};
 
 /// RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
 pub const MAX_RECIPIENTS_PER_TRANSACTION: usize = 100;
@@ -32,25 +33,23 @@ impl Job {
 
     /// Every recipient of the job gets the same result (dead destination,
     /// no host reachable).
-    pub fn all(&self, disposition: Disposition, reply: RemoteReply) -> Vec<RecipientResult> {
-        self.all_of(&self.recipients, disposition, reply)
+    pub fn all(&self, outcome: Outcome, reply: RemoteReply) -> Vec<RecipientResult> {
+        self.all_of(&self.recipients, outcome, reply)
     }
 
     /// The same result for each of `indices`, with no relay that answered.
     fn all_of(
         &self,
         indices: &[usize],
-        disposition: Disposition,
+        outcome: Outcome,
         reply: RemoteReply,
     ) -> Vec<RecipientResult> {
         indices
             .iter()
             .map(|&index| RecipientResult {
                 index,
-                outcome: RecipientOutcome {
-                    disposition,
-                    reply: reply.clone(),
-                },
+                outcome,
+                reply: reply.clone(),
                 relay: None,
                 next_hop_offers_dsn: false,
             })
@@ -58,15 +57,25 @@ impl Job {
     }
 }
 
+/// What the queue records of a client disposition: a recipient to send in a
+/// further transaction that never got one is deferred.
+fn outcome_of(disposition: Disposition) -> Outcome {
+    match disposition {
+        Disposition::Delivered => Outcome::Delivered,
+        Disposition::Bounced => Outcome::Bounced,
+        Disposition::Deferred | Disposition::RetryNow => Outcome::Deferred,
+    }
+}
+
 /// Runs the job to its end and reports to the pass.
 pub async fn run(context: &DeliveryContext, job: Job) {
     let results = deliver(context, &job).await;
-    job.pass.record(context, results).await;
+    job.pass.record(&context.handle, results).await;
 }
 
 async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
     if let Some(reason) = context.destinations.is_dead(&job.hop) {
-        return job.all(Disposition::Deferred, reason);
+        return job.all(Outcome::Deferred, reason);
     }
     let mut pending: Vec<usize> = job.recipients.clone();
     let mut results = Vec::new();
@@ -82,26 +91,21 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
                 fresh_connection_tried = true;
                 match open(context, job).await {
                     Ok(connection) => connection,
-                    Err((disposition, reply)) => {
-                        results.extend(job.all_of(&pending, disposition, reply));
+                    Err((outcome, reply)) => {
+                        results.extend(job.all_of(&pending, outcome, reply));
                         return results;
                     }
                 }
             }
         };
-        let relay = Some(relay_name(connection.target()));
+        let relay = Some(connection.target().clone());
         let batch: Vec<usize> = pending
             .iter()
             .copied()
             .take(MAX_RECIPIENTS_PER_TRANSACTION)
             .collect();
         let attempt = transaction(context, job, &mut connection, &batch).await;
-        let lost_before_anything = !attempt.connection_usable
-            && attempt
-                .outcomes
-                .iter()
-                .all(|o| o.disposition == Disposition::Deferred && o.reply.code == 0);
-        if lost_before_anything && !fresh_connection_tried {
+        if attempt.nothing_sent && !attempt.connection_usable && !fresh_connection_tried {
             // A reused connection the server had closed: try a fresh one.
             continue;
         }
@@ -112,7 +116,8 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
             } else {
                 results.push(RecipientResult {
                     index,
-                    outcome,
+                    outcome: outcome_of(outcome.disposition),
+                    reply: outcome.reply,
                     relay: relay.clone(),
                     next_hop_offers_dsn: connection.offers_dsn(),
                 });
@@ -135,40 +140,28 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
         "4.5.3",
         "too many recipients; retrying in a later transaction",
     );
-    results.extend(job.all_of(&pending, Disposition::Deferred, leftover));
+    results.extend(job.all_of(&pending, Outcome::Deferred, leftover));
     results
 }
 
 /// Looks the next hop up and connects to the first host that answers.
-async fn open(
-    context: &DeliveryContext,
-    job: &Job,
-) -> Result<Connection, (Disposition, RemoteReply)> {
+async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, (Outcome, RemoteReply)> {
     let targets = resolve(context, &job.hop).await.map_err(|error| {
-        let disposition = if error.is_permanent() {
-            Disposition::Bounced
+        let outcome = if error.is_permanent() {
+            Outcome::Bounced
         } else {
-            Disposition::Deferred
+            Outcome::Deferred
         };
         (
-            disposition,
+            outcome,
             RemoteReply::local(error.enhanced_status(), error.to_string()),
         )
     })?;
     let (tls, credentials) =
-        connection_policy(context, &job.hop).map_err(|reply| (Disposition::Deferred, reply))?;
+        connection_policy(context, &job.hop).map_err(|reply| (Outcome::Deferred, reply))?;
     connect(context, job, &targets, tls, credentials.as_ref())
         .await
-        .map_err(|reply| (Disposition::Deferred, reply))
-}
-
-fn relay_name(target: &Target) -> String {
-    format!(
-        "{}[{}]:{}",
-        target.host,
-        target.address.ip(),
-        target.address.port()
-    )
+        .map_err(|reply| (Outcome::Deferred, reply))
 }
 
 async fn resolve(context: &DeliveryContext, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
@@ -273,7 +266,7 @@ async fn connect(
                     queue_id = %job.pass.id,
                     "{}: cannot use {}: {}",
                     job.pass.id,
-                    relay_name(target),
+                    target,
                     error.reply()
                 );
                 if !matches!(
@@ -321,7 +314,7 @@ async fn transaction(
         envid: envelope.envid.as_deref(),
         mt_priority: envelope.mt_priority,
     };
-    let body = match super::body::open(&context.spool, job.pass.id) {
+    let body = match super::body::open(&context.handle.spool, job.pass.id).await {
         Ok(body) => body,
         Err(error) => {
             tracing::error!(queue_id = %job.pass.id, "{}: cannot read body: {error}", job.pass.id);
@@ -335,6 +328,7 @@ async fn transaction(
                     })
                     .collect(),
                 connection_usable: true,
+                nothing_sent: true,
             };
         }
     };

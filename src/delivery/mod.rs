@@ -3,9 +3,7 @@
 
 mod body;
 pub mod client;
-pub mod destination;
-pub mod dsn;
-pub mod engine;
-pub mod job;
-pub mod pass;
-pub mod report;
+pub(crate) mod destination;
+pub(crate) mod engine;
+pub(crate) mod job;
+pub(crate) mod pass;

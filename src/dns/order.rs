@@ -1,5 +1,5 @@
 //! The pure half of MX resolution: which MX hosts count, in what order, and
-//! which of their addresses are tried (DESIGN §5 "MX"). No I/O here.
+//! which of their addresses are tried (RFC 5321 §5.1). No I/O here.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -9,7 +9,7 @@ use crate::config::IpVersion;
 
 use super::MailTarget;
 
-/// At most this many addresses are tried for one destination (DESIGN §5).
+/// At most this many addresses are tried for one destination.
 pub const MAX_TARGETS: usize = 5;
 
 /// One MX record as the resolver returned it.

@@ -1,9 +1,9 @@
-//! Prometheus metrics (DESIGN §6): counters and histograms fed where things
+//! Prometheus metrics (README "Monitoring"): counters and histograms fed where things
 //! happen, queue gauges computed from the queue at scrape time, and the
 //! `/metrics` + `/healthz` HTTP endpoint (`http`).
 //!
 //! One [`Metrics`] is built by the daemon and handed to the sessions, the
-//! delivery engine and the endpoint (no global registry, DESIGN §3.4).
+//! delivery engine and the endpoint (no global registry: ARCHITECTURE.md, "Invariants").
 //! Recording is lock-free: relaxed atomic adds, no I/O, no await, so it may
 //! sit on the SMTP and delivery hot paths.
 
@@ -18,8 +18,6 @@ use std::time::{Duration, SystemTime};
 use crate::events::EventKind;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
-
-pub use text::render;
 
 /// What became of one recipient in one delivery attempt
 /// (`relayq_recipients_total{outcome}`).

@@ -99,6 +99,19 @@ pub enum RecipientStatus {
     Bounced,
 }
 
+impl Recipient {
+    /// A recipient not yet attempted, without DSN parameters.
+    pub fn new(address: String) -> Recipient {
+        Recipient {
+            address,
+            orcpt: None,
+            notify: Notify::default(),
+            status: RecipientStatus::Pending,
+            last_reply: None,
+        }
+    }
+}
+
 impl RecipientStatus {
     /// Final recipients are never attempted again.
     pub fn is_final(self) -> bool {
@@ -115,6 +128,38 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
+    /// A new message's envelope: not held, never attempted, due now, with
+    /// no DSN parameters and no client facts; set those fields as needed.
+    pub fn new(
+        reverse_path: String,
+        recipients: Vec<Recipient>,
+        lane: Lane,
+        arrival: SystemTime,
+        size: u64,
+    ) -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            reverse_path,
+            recipients,
+            lane,
+            arrival_ms: unix_ms(arrival),
+            size,
+            client_address: None,
+            helo: None,
+            eight_bit_mime: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            mt_priority: None,
+            held: false,
+            held_since_ms: None,
+            held_ms: 0,
+            attempts: 0,
+            next_attempt_ms: None,
+            delay_warned: false,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an envelope always serialises")
     }

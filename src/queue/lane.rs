@@ -1,9 +1,10 @@
-//! The two delivery lanes and how a message is assigned to one (DESIGN §5).
+//! The two delivery lanes and how a message is assigned to one.
 
 use std::fmt;
+use std::ops::{Index, IndexMut};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use std::str::FromStr;
 
 /// A delivery lane. Each lane has its own fixed number of delivery slots and
 /// never lends them to the other, so bulk mail cannot delay transactional mail.
@@ -17,7 +18,7 @@ pub enum Lane {
 }
 
 impl Lane {
-    /// DESIGN §5, first rule that decides wins: MT-PRIORITY (< 0 low, > 0
+    /// The first rule that decides wins: MT-PRIORITY (< 0 low, > 0
     /// high), then a bulk `Precedence:` header (low), then the listener's lane.
     pub fn select(mt_priority: Option<i8>, bulk_precedence: bool, listener_lane: Lane) -> Lane {
         match mt_priority {
@@ -56,6 +57,36 @@ impl FromStr for Lane {
     }
 }
 
+/// One value per lane, indexed by [`Lane`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PerLane<T>([T; 2]);
+
+impl<T> PerLane<T> {
+    /// A value for each lane, made by `make`.
+    pub fn from_fn(mut make: impl FnMut(Lane) -> T) -> PerLane<T> {
+        PerLane([make(Lane::High), make(Lane::Low)])
+    }
+
+    /// Each lane with its value, in [`Lane::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Lane, &T)> {
+        Lane::ALL.into_iter().zip(self.0.iter())
+    }
+}
+
+impl<T> Index<Lane> for PerLane<T> {
+    type Output = T;
+
+    fn index(&self, lane: Lane) -> &T {
+        &self.0[lane as usize]
+    }
+}
+
+impl<T> IndexMut<Lane> for PerLane<T> {
+    fn index_mut(&mut self, lane: Lane) -> &mut T {
+        &mut self.0[lane as usize]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +99,15 @@ mod tests {
         assert_eq!(Lane::select(None, true, Lane::High), Lane::Low);
         assert_eq!(Lane::select(None, false, Lane::Low), Lane::Low);
         assert_eq!(Lane::select(None, false, Lane::High), Lane::High);
+    }
+
+    #[test]
+    fn per_lane_values_are_kept_apart() {
+        let mut counts = PerLane::from_fn(|lane| if lane == Lane::High { 10 } else { 20 });
+        counts[Lane::Low] += 1;
+        assert_eq!(counts[Lane::High], 10);
+        assert_eq!(counts[Lane::Low], 21);
+        let listed: Vec<(Lane, i32)> = counts.iter().map(|(lane, n)| (lane, *n)).collect();
+        assert_eq!(listed, vec![(Lane::High, 10), (Lane::Low, 21)]);
     }
 }

@@ -6,9 +6,11 @@
 //! the clock; the wall-clock due time lives in the envelope.
 
 pub mod envelope;
+pub(crate) mod handle;
 mod lane;
-pub mod operations;
-pub mod retry;
+pub(crate) mod operations;
+pub(crate) mod retry;
+pub(crate) mod transition;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -19,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use envelope::Envelope;
-pub use lane::Lane;
+pub use lane::{Lane, PerLane};
 pub use operations::PendingOperation;
 
 /// Where a queued message is in its life.
@@ -47,7 +49,7 @@ pub struct Entry {
     pub attempts: u32,
 }
 
-/// The state names of DESIGN §6 (`queue list`, metrics).
+/// The state names `queue list` and the metrics show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -95,8 +97,8 @@ pub struct Recovery {
 #[derive(Default)]
 struct Schedule {
     entries: BTreeMap<QueueId, Entry>,
-    /// Per lane (index `lane as usize`): waiting messages by due time.
-    waiting: [BTreeSet<(Instant, QueueId)>; 2],
+    /// Per lane: waiting messages by due time.
+    waiting: PerLane<BTreeSet<(Instant, QueueId)>>,
     /// Operator operations waiting for a message's pass to end.
     pending: HashMap<QueueId, PendingOperation>,
 }
@@ -105,14 +107,7 @@ struct Schedule {
 pub struct Queue {
     state: Mutex<Schedule>,
     /// Wakes a lane's dispatcher when an earlier due time appears.
-    wake: [Notify; 2],
-}
-
-fn index(lane: Lane) -> usize {
-    match lane {
-        Lane::High => 0,
-        Lane::Low => 1,
-    }
+    wake: PerLane<Notify>,
 }
 
 /// Converts a wall-clock due time (ms since the epoch) to a scheduler instant.
@@ -200,7 +195,7 @@ impl Queue {
         state.pending.remove(&id);
         let entry = state.entries.remove(&id)?;
         if let Phase::Waiting { due } = entry.phase {
-            state.waiting[index(entry.lane)].remove(&(due, id));
+            state.waiting[entry.lane].remove(&(due, id));
         }
         Some(entry)
     }
@@ -230,12 +225,12 @@ impl Queue {
     /// it. Cancel-safe: a message is taken only when this returns.
     pub async fn next_due(&self, lane: Lane) -> QueueId {
         loop {
-            let notified = self.wake[index(lane)].notified();
+            let notified = self.wake[lane].notified();
             let next_due = {
                 let mut state = self.lock();
-                match state.waiting[index(lane)].first().copied() {
+                match state.waiting[lane].first().copied() {
                     Some((due, id)) if due <= Instant::now() => {
-                        state.waiting[index(lane)].remove(&(due, id));
+                        state.waiting[lane].remove(&(due, id));
                         if let Some(entry) = state.entries.get_mut(&id) {
                             entry.phase = Phase::Active;
                         }
@@ -267,15 +262,15 @@ impl Queue {
         if let Some(previous) = state.entries.insert(id, entry)
             && let Phase::Waiting { due } = previous.phase
         {
-            state.waiting[index(previous.lane)].remove(&(due, id));
+            state.waiting[previous.lane].remove(&(due, id));
         }
         if let Phase::Waiting { due } = phase {
-            let waiting = &mut state.waiting[index(lane)];
+            let waiting = &mut state.waiting[lane];
             let becomes_first = waiting.first().is_none_or(|&(first, _)| due < first);
             waiting.insert((due, id));
             drop(state);
             if becomes_first {
-                self.wake[index(lane)].notify_one();
+                self.wake[lane].notify_one();
             }
         }
     }

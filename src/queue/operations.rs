@@ -7,7 +7,7 @@
 
 use relayq_spool::QueueId;
 
-use super::{Entry, Phase, Queue, index};
+use super::{Entry, Phase, Queue};
 
 /// Why a message could not be claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Queue {
         match entry.phase {
             Phase::Active | Phase::Finishing => return Err(ClaimError::InProgress),
             Phase::Waiting { due } => {
-                state.waiting[index(entry.lane)].remove(&(due, id));
+                state.waiting[entry.lane].remove(&(due, id));
             }
             Phase::Held => {}
         }

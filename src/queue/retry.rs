@@ -1,4 +1,4 @@
-//! Retry policy (DESIGN §5): exponential backoff with jitter, and expiry.
+//! Retry policy (RFC 5321 §4.5.4.1): exponential backoff with jitter, and expiry.
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ const MAX_HEADER_SECTION: usize = 64 * 1024;
 /// What the header section said, for lane selection and the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
-    /// `Precedence: bulk | list | junk` (DESIGN §5: such mail takes the low lane).
+    /// `Precedence: bulk | list | junk` (such mail takes the low lane).
     pub bulk_precedence: bool,
 }
 
@@ -59,11 +59,6 @@ impl MessageBuilder {
             limit,
             facts: HeaderFacts::default(),
         }
-    }
-
-    /// True once the content went over the limit; the rest is discarded.
-    pub fn is_oversized(&self) -> bool {
-        self.writer.is_none()
     }
 
     /// Appends content (already unstuffed and CRLF-normalised).

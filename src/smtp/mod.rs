@@ -1,10 +1,10 @@
 //! SMTP intake: listener, session state machine, command parsing, content
 //! framing and message assembly.
 
-pub mod address;
+pub(crate) mod address;
 pub mod command;
 pub mod data;
-pub mod message;
-pub mod reply;
-pub mod server;
-pub mod session;
+pub(crate) mod message;
+pub(crate) mod reply;
+pub(crate) mod server;
+pub(crate) mod session;

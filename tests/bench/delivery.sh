@@ -605,7 +605,7 @@ OUT=$WORK/report.txt
     echo "CPU: relayq = utime+stime of its process (all threads, /proc/PID/stat); postfix = master + whole process tree incl."
     echo "reaped children (proc_cpu.py) + postsuper/postqueue; ${HZ} ticks/s. '(+fill)' adds the CPU of accepting the queue."
     echo "other% = CPU of other processes on the machine during the measured phase (shared machine: noisy when high)."
-    echo "target: relayq <= 0.25 ms CPU per 2 KB message accepted and delivered (Postfix ~3 ms, DESIGN §7)."
+    echo "target: relayq <= 0.25 ms CPU per 2 KB message accepted and delivered (Postfix ~3 ms)."
     echo
     echo "Problems seen:"
     if [[ -s $PROBLEMS ]]; then sed 's/^/  /' "$PROBLEMS"; else echo "  none"; fi

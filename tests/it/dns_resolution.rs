@@ -1,6 +1,6 @@
 //! MX resolution against an in-process DNS server: preference order,
 //! implicit and null MX, which DNS failures bounce and which defer, and the
-//! order `delivery.ip_version` gives to addresses (DESIGN §5 "MX").
+//! order `delivery.ip_version` gives to addresses (RFC 5321 §5.1).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Lane isolation (DESIGN §5): bulk mail stuck at a server that never
+//! Lane isolation: bulk mail stuck at a server that never
 //! answers cannot delay transactional mail, and within one lane a slow
 //! domain at its cap does not hold the slots other domains need.
 

@@ -5,9 +5,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
 use super::connection::session_error;
-use super::reply::Capabilities;
 use super::transport::Transport;
 use super::{ClientSettings, ConnectError, ConnectErrorKind, Credentials, RemoteReply, Target};
+use crate::wire::ehlo::Capabilities;
 
 /// AUTH PLAIN when offered, else AUTH LOGIN (RFC 4954). The caller has made
 /// sure the connection is encrypted. Nothing here logs or reports the

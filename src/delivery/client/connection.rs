@@ -11,13 +11,13 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::auth::authenticate;
-use super::reply::Capabilities;
 use super::transport::Transport;
 use super::{
     ClientError, ClientSettings, ConnectError, ConnectErrorKind, Credentials, RemoteReply, Target,
     TlsInfo, TlsMode,
 };
 use crate::tls::{TlsConfigs, server_name};
+use crate::wire::ehlo::Capabilities;
 
 /// An open SMTP session with one host, ready for transactions.
 pub struct Connection {
@@ -30,6 +30,8 @@ pub struct Connection {
     /// An RSET is owed before the next transaction: with PIPELINING it goes
     /// in the same write as that transaction's MAIL, RCPT and DATA.
     pub(super) rset_pending: bool,
+    /// The server has answered the current transaction's MAIL FROM.
+    pub(super) mail_answered: bool,
 }
 
 /// How long QUIT waits for its 221 (and the close for its close_notify).
@@ -239,6 +241,7 @@ async fn open_once(
         tls: tls_info,
         completed_transactions: 0,
         rset_pending: false,
+        mail_answered: false,
     })
 }
 
@@ -280,16 +283,17 @@ async fn hello(
         .read_raw_reply(limit, "waiting for reply to EHLO")
         .await
         .map_err(|error| session_error(target, error))?;
-    if reply.reply.is_positive() {
+    let remote = RemoteReply::from(&reply);
+    if remote.is_positive() {
         return Ok(
-            Capabilities::from_ehlo(&reply.raw).unwrap_or_else(|problem| {
+            Capabilities::from_ehlo(reply.raw()).unwrap_or_else(|problem| {
                 tracing::warn!(relay = %target, "{problem}; using no extensions");
                 Capabilities::default()
             }),
         );
     }
-    if !reply.reply.is_permanent() {
-        return Err(hello_refused(target, "EHLO", reply.reply));
+    if !remote.is_permanent() {
+        return Err(hello_refused(target, "EHLO", remote));
     }
     let helo = format!("HELO {}\r\n", settings.helo_name);
     transport

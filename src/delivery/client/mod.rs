@@ -5,9 +5,10 @@
 //! Code map: this file holds the public types; `connection` opens a session
 //! (greeting, EHLO/HELO, STARTTLS) and ends it; `auth` runs AUTH;
 //! `transaction` runs MAIL/RCPT/DATA; `params` builds the command lines
-//! (pure); `body` dot-stuffs the content (pure, plus the streaming loop);
-//! `reply` frames and parses replies (pure); `transport` is the socket with
-//! per-read/write timeouts.
+//! (pure); `body` streams the content, dot-stuffed by `wire::dot`; `reply`
+//! turns replies, framed and parsed by `wire::reply`, into [`RemoteReply`]s
+//! and dispositions (pure); `transport` is the socket with per-read/write
+//! timeouts. EHLO is read by `wire::ehlo`.
 //!
 //! Invariant: delivery outcomes are data (`Attempt`), never errors. Only
 //! opening a session fails with an error (`ConnectError`), because then no
@@ -22,11 +23,11 @@ mod transaction;
 mod transport;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::queue::envelope::{Notify, Ret};
 
+pub use crate::outcome::{RemoteReply, Target};
 pub use connection::Connection;
 
 /// What the client says and how long it waits. Each timeout bounds one
@@ -48,7 +49,7 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// The timeouts RFC 5321 §4.5.3.2 recommends (DESIGN §5), with a data
+    /// The timeouts RFC 5321 §4.5.3.2 recommends, with a data
     /// block timeout of 3 minutes also used for the DATA reply.
     pub fn new(helo_name: impl Into<String>) -> ClientSettings {
         ClientSettings {
@@ -93,27 +94,6 @@ impl fmt::Debug for Credentials {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .finish()
-    }
-}
-
-/// One host to connect to.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The host name: SNI, certificate verification and logs.
-    pub host: String,
-    pub address: SocketAddr,
-}
-
-impl fmt::Display for Target {
-    /// Postfix's `relay=` form: `mx.example.com[192.0.2.1]:25`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}[{}]:{}",
-            self.host,
-            self.address.ip(),
-            self.address.port()
-        )
     }
 }
 
@@ -162,6 +142,10 @@ pub struct Attempt {
     /// False when the connection must not carry another transaction (lost,
     /// timed out, 421, or a failed RSET).
     pub connection_usable: bool,
+    /// The server never answered this transaction's MAIL FROM, so nothing
+    /// of the message can have been delivered: a new connection may carry
+    /// it at once without risking a duplicate.
+    pub nothing_sent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,59 +162,6 @@ pub enum Disposition {
     /// 452 4.5.3 "too many recipients" (RFC 5321 §4.5.3.1.10): send this
     /// recipient in a further transaction right away.
     RetryNow,
-}
-
-/// A server's reply, or a local condition expressed the same way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteReply {
-    /// 0 when the condition is local (timeout, connection lost, size).
-    pub code: u16,
-    /// The enhanced status code as given, else derived from the code class
-    /// (`2.0.0`, `4.0.0`, `5.0.0`); for local conditions e.g. `4.4.2`.
-    pub status: String,
-    /// One line; the lines of a multi-line reply joined with a space.
-    pub text: String,
-}
-
-impl RemoteReply {
-    /// A condition detected on this side.
-    pub fn local(status: &str, text: impl Into<String>) -> RemoteReply {
-        RemoteReply {
-            code: 0,
-            status: status.to_owned(),
-            text: text.into(),
-        }
-    }
-
-    pub fn is_local(&self) -> bool {
-        self.code == 0
-    }
-
-    /// The class of the reply: 2, 4 or 5 (from the status when local).
-    pub fn class(&self) -> u8 {
-        if self.code == 0 {
-            self.status.bytes().next().map_or(4, |digit| digit - b'0')
-        } else {
-            (self.code / 100) as u8
-        }
-    }
-
-    pub fn is_positive(&self) -> bool {
-        self.class() == 2
-    }
-
-    pub fn is_permanent(&self) -> bool {
-        self.class() == 5
-    }
-}
-
-impl fmt::Display for RemoteReply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.code != 0 {
-            write!(f, "{} ", self.code)?;
-        }
-        write!(f, "{} {}", self.status, self.text)
-    }
 }
 
 /// Why no session could be opened with a host. The caller tries the next

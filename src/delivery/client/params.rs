@@ -4,9 +4,9 @@
 
 use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_MT_PRIORITY, EXT_SIZE, EXT_SMTP_UTF8};
 
-use super::reply::Capabilities;
 use super::{OutboundMessage, OutboundRecipient};
 use crate::queue::envelope::Ret;
+use crate::wire::ehlo::Capabilities;
 
 /// `MAIL FROM:<reverse-path> params CRLF`.
 pub(super) fn mail_command(message: &OutboundMessage<'_>, offered: &Capabilities) -> String {

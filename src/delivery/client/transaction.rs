@@ -39,9 +39,11 @@ impl Connection {
             return Attempt {
                 outcomes: vec![refusal; message.recipients.len()],
                 connection_usable: true,
+                nothing_sent: true,
             };
         }
         let mut outcomes = vec![None; message.recipients.len()];
+        self.mail_answered = false;
         let connection_usable = match self.transaction(message, body, &mut outcomes).await {
             Ok(usable) => usable,
             Err(error) => {
@@ -57,6 +59,7 @@ impl Connection {
                 .map(|outcome| outcome.unwrap_or_else(|| deferred(fallback.clone())))
                 .collect(),
             connection_usable,
+            nothing_sent: !self.mail_answered,
         }
     }
 
@@ -220,6 +223,7 @@ impl Connection {
             .transport
             .read_reply(command_limit, "waiting for reply to MAIL FROM")
             .await?;
+        self.mail_answered = true;
         if mail_reply.code == 421 {
             settle(outcomes, &mail_reply, Disposition::Deferred);
             return Ok(None);
@@ -267,6 +271,7 @@ impl Connection {
             .transport
             .read_reply(command_limit, "waiting for reply to MAIL FROM")
             .await?;
+        self.mail_answered = true;
         if !mail_reply.is_positive() {
             settle(outcomes, &mail_reply, failure_disposition(&mail_reply));
             return Ok(Envelope::Done(mail_reply.code != 421));

@@ -15,8 +15,8 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::reply::{complete_reply_length, parse_reply};
 use super::{ClientError, RemoteReply};
+use crate::wire::reply::{Reply, parse_reply};
 
 enum Stream {
     Plain(TcpStream),
@@ -27,12 +27,6 @@ pub(super) struct Transport {
     stream: Stream,
     /// Bytes received and not yet consumed as replies.
     input: Vec<u8>,
-}
-
-/// A reply together with its raw form (EHLO needs the raw lines).
-pub(super) struct RawReply {
-    pub reply: RemoteReply,
-    pub raw: Vec<u8>,
 }
 
 impl Transport {
@@ -109,22 +103,23 @@ impl Transport {
         limit: Duration,
         stage: &'static str,
     ) -> Result<RemoteReply, ClientError> {
-        Ok(self.read_raw_reply(limit, stage).await?.reply)
+        Ok(RemoteReply::from(&self.read_raw_reply(limit, stage).await?))
     }
 
+    /// Reads the next reply as parsed, its raw form included (EHLO needs
+    /// the raw lines).
     pub async fn read_raw_reply(
         &mut self,
         limit: Duration,
         stage: &'static str,
-    ) -> Result<RawReply, ClientError> {
+    ) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(length) =
-                complete_reply_length(&self.input).map_err(ClientError::Protocol)?
+            if let Some((reply, length)) = parse_reply(&self.input)
+                .map_err(|error| ClientError::Protocol(error.to_string()))?
             {
-                let raw: Vec<u8> = self.input.drain(..length).collect();
-                let reply = parse_reply(&raw);
-                return Ok(RawReply { reply, raw });
+                self.input.drain(..length);
+                return Ok(reply);
             }
             self.input.reserve(4096);
             match timeout_at(deadline, self.stream.read_buf(&mut self.input)).await {

@@ -1,6 +1,6 @@
 //! Message content: DATA and BDAT reception, then the commit that makes the
-//! `250` true (DESIGN §3 invariant 1: the reply is sent only after the spool's
-//! fsync returned).
+//! `250` true (ARCHITECTURE.md, "durable before 250": the reply is sent only
+//! after the spool's fsync returned).
 
 use std::time::{Instant, SystemTime};
 
@@ -14,7 +14,7 @@ use super::super::reply::{self, Reply};
 use super::{Next, Session};
 use crate::events::{Event, EventKind};
 use crate::queue::Lane;
-use crate::queue::envelope::{ENVELOPE_VERSION, Envelope, unix_ms};
+use crate::queue::envelope::Envelope;
 use crate::timefmt;
 
 /// A BDAT transfer in progress (RFC 3030): the message so far.
@@ -198,27 +198,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             assembled.facts.bulk_precedence,
             self.listener_lane,
         );
-        let envelope = Envelope {
-            version: ENVELOPE_VERSION,
-            reverse_path: transaction.reverse_path,
-            recipients: transaction.recipients,
+        let mut envelope = Envelope::new(
+            transaction.reverse_path,
+            transaction.recipients,
             lane,
-            arrival_ms: unix_ms(SystemTime::now()),
-            size: assembled.size,
-            client_address: Some(self.client_ip()),
-            helo: self.helo.clone(),
-            eight_bit_mime: mail.eight_bit_mime,
-            smtputf8: mail.smtputf8,
-            ret: mail.ret,
-            envid: mail.envid,
-            mt_priority: mail.mt_priority,
-            held: false,
-            held_since_ms: None,
-            held_ms: 0,
-            attempts: 0,
-            next_attempt_ms: None,
-            delay_warned: false,
-        };
+            SystemTime::now(),
+            assembled.size,
+        );
+        envelope.client_address = Some(self.client_ip());
+        envelope.helo = self.helo.clone();
+        envelope.eight_bit_mime = mail.eight_bit_mime;
+        envelope.smtputf8 = mail.smtputf8;
+        envelope.ret = mail.ret;
+        envelope.envid = mail.envid;
+        envelope.mt_priority = mail.mt_priority;
         let storing = Instant::now();
         match self
             .shared

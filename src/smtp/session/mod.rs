@@ -28,7 +28,7 @@ use content::BdatState;
 use transaction::Transaction;
 
 /// RFC 5321 allows 512 octets; DSN parameters push RCPT past that, so up to
-/// 2048 octets (without CRLF) are accepted (DESIGN §6).
+/// 2048 octets (without CRLF) are accepted.
 pub const MAX_COMMAND_LINE: usize = 2048;
 
 /// Read granularity; also the most input buffered beyond one command line.

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use relayq::queue::Envelope;
+pub use relayq::wire::dot::dot_stuff;
 use relayq_spool::{QueueId, Spool, SpoolOptions};
 
 /// How long any single wait in a test may take before it fails.
@@ -252,7 +253,8 @@ pub fn read_spool(path: &Path) -> Vec<SpooledMessage> {
 /// A blocking SMTP client that shows exactly what the server answers.
 pub struct SmtpClient {
     stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    /// Received bytes not yet read as replies.
+    input: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,28 +275,30 @@ impl SmtpClient {
         let stream = TcpStream::connect_timeout(&address, WAIT).expect("connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        SmtpClient { stream, reader }
+        SmtpClient {
+            stream,
+            input: Vec::new(),
+        }
     }
 
-    /// Reads one (possibly multi-line) reply; `None` at end of stream.
+    /// Reads one (possibly multi-line) reply; `None` at end of stream. Each
+    /// read waits at most `WAIT` (the socket's read timeout).
     pub fn try_read(&mut self) -> Option<Response> {
-        let mut lines = Vec::new();
         loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
+            let parsed = relayq::wire::reply::parse_reply(&self.input)
+                .unwrap_or_else(|error| panic!("bad reply: {error}"));
+            if let Some((reply, used)) = parsed {
+                self.input.drain(..used);
+                let lines = reply.lines().map(|line| line.into_owned()).collect();
+                return Some(Response {
+                    code: reply.code(),
+                    lines,
+                });
             }
-            let line = line.trim_end_matches(['\r', '\n']);
-            let code: u16 = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or_else(|| panic!("bad reply line {line:?}"));
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line.get(4..).unwrap_or("").to_owned());
-            if last {
-                return Some(Response { code, lines });
+            let mut chunk = [0; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(count) => self.input.extend_from_slice(&chunk[..count]),
             }
         }
     }
@@ -342,20 +346,6 @@ impl SmtpClient {
         self.send_raw(b".\r\n");
         self.read()
     }
-}
-
-/// Dot-stuffs `content` (CRLF lines) the way a client must (RFC 5321 §4.5.2).
-pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 16);
-    let mut at_line_start = true;
-    for &byte in content {
-        if at_line_start && byte == b'.' {
-            out.push(b'.');
-        }
-        out.push(byte);
-        at_line_start = byte == b'\n';
-    }
-    out
 }
 
 /// Extracts the queue id from `250 2.0.0 Ok: queued as ID`.

@@ -18,6 +18,7 @@ use memchr::memmem;
 
 use crate::queue::envelope::Ret;
 use crate::timefmt::rfc5322;
+use crate::wire::text::one_line;
 
 /// Max original content returned with RET=FULL; above it only headers are
 /// returned and the human part says so.
@@ -34,9 +35,7 @@ const TEXT_WIDTH: usize = 76;
 pub enum Action {
     Failed,
     Delayed,
-    Delivered,
     Relayed,
-    Expanded,
 }
 
 impl Action {
@@ -44,9 +43,7 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
-            Action::Delivered => "delivered",
             Action::Relayed => "relayed",
-            Action::Expanded => "expanded",
         }
     }
 
@@ -55,7 +52,7 @@ impl Action {
         match self {
             Action::Failed => "5.0.0",
             Action::Delayed => "4.0.0",
-            Action::Delivered | Action::Relayed | Action::Expanded => "2.0.0",
+            Action::Relayed => "2.0.0",
         }
     }
 
@@ -63,9 +60,7 @@ impl Action {
         match self {
             Action::Failed => "could not be delivered",
             Action::Delayed => "not delivered yet, still trying",
-            Action::Delivered => "delivered",
             Action::Relayed => "relayed to a system that does not send delivery reports",
-            Action::Expanded => "delivered, and expanded to further recipients",
         }
     }
 }
@@ -619,23 +614,6 @@ fn typed_address(address: &str) -> String {
 /// spaces are kept, a quoted local part may hold them.
 fn address_text(address: &str) -> String {
     address.trim().chars().filter(|c| !c.is_control()).collect()
-}
-
-/// Outside text as one header line's worth: control characters (CR and LF
-/// first) become spaces, runs of spaces collapse, the ends are trimmed. A
-/// multi-line SMTP reply becomes one line.
-fn one_line(text: &str) -> String {
-    let mut line = String::with_capacity(text.len());
-    for word in text
-        .split(|c: char| c.is_control() || c == ' ')
-        .filter(|w| !w.is_empty())
-    {
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
-    }
-    line
 }
 
 /// [`one_line`], with non-ASCII characters as `\x{HEX}` (RFC 6533's
