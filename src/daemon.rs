@@ -129,6 +129,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let endpoint = Arc::new(metrics::http::Endpoint {
             metrics: metrics.clone(),
             queue: queue.clone(),
+            destinations: {
+                let delivery = delivery.clone();
+                Arc::new(move || delivery.active_connections())
+            },
             spool: spool.clone(),
             free_space,
             shutdown: shutdown.clone(),
@@ -138,7 +142,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     start_maildrop_import(&config, &shared, &tracker, &shutdown);
     // The control API (`relayq queue …`); its socket is removed at shutdown.
     tracing::info!("control socket {}", config.control.socket.display());
-    control::spawn(control_socket, handle, &tracker, shutdown.clone());
+    let control_options = control::ControlOptions {
+        bulk_chunk: config.control.bulk_chunk,
+    };
+    control::spawn(
+        control_socket,
+        handle,
+        control_options,
+        &tracker,
+        shutdown.clone(),
+    );
 
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",

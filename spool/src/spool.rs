@@ -188,6 +188,64 @@ impl Spool {
         Ok(messages)
     }
 
+    /// Up to `limit` stored messages' ids and envelopes after `after` (from the first when
+    /// `None`), in id order (blocking): one short read transaction, so a walk over a large
+    /// spool never holds one for long. A record that does not verify is quarantined, as by
+    /// [`Spool::scan`].
+    pub fn scan_from(
+        &self,
+        after: Option<QueueId>,
+        limit: usize,
+    ) -> Result<Vec<(QueueId, Vec<u8>)>, SpoolError> {
+        let mut messages = Vec::new();
+        let mut corrupt = Vec::new();
+        self.read(|database| {
+            let txn = database.begin_read()?;
+            let table = txn.open_table(ENVELOPES)?;
+            let range = match after {
+                Some(id) => {
+                    table.range((std::ops::Bound::Excluded(id.0), std::ops::Bound::Unbounded))?
+                }
+                None => table.range::<u64>(..)?,
+            };
+            for entry in range.take(limit) {
+                let (key, value) = entry?;
+                let id = QueueId(key.value());
+                match decode_envelope(value.value()) {
+                    Ok(envelope) => messages.push((id, envelope.to_vec())),
+                    Err(error) => corrupt.push((id, format!("envelope: {error}"))),
+                }
+            }
+            Ok(())
+        })?;
+        for (id, reason) in corrupt {
+            tracing::error!(queue_id = %id, %reason, "spool record does not verify; quarantining it");
+            if let Err(error) = self.quarantine(id, &reason) {
+                tracing::error!(queue_id = %id, %error, "could not quarantine spool record");
+            }
+        }
+        Ok(messages)
+    }
+
+    /// The envelopes of `ids` (blocking), in one read transaction; `None` for an id that is
+    /// not stored or whose record does not verify (the single read, [`Spool::envelope`],
+    /// reports the latter).
+    pub fn envelopes(&self, ids: &[QueueId]) -> Result<Vec<Option<Vec<u8>>>, SpoolError> {
+        self.read(|database| {
+            let txn = database.begin_read()?;
+            let table = txn.open_table(ENVELOPES)?;
+            let mut envelopes = Vec::with_capacity(ids.len());
+            for id in ids {
+                let envelope = match table.get(id.0)? {
+                    Some(value) => decode_envelope(value.value()).ok().map(<[u8]>::to_vec),
+                    None => None,
+                };
+                envelopes.push(envelope);
+            }
+            Ok(envelopes)
+        })
+    }
+
     /// One message's envelope (blocking), or `None` if it is not stored.
     pub fn envelope(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
         self.read(|database| {

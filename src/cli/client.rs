@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::control::http;
 
-/// How long the daemon may take to answer one request.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the daemon may take to answer one request (or to send the next
+/// part of a streamed answer).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -129,36 +130,116 @@ pub fn request(
 pub fn stream_lines(
     socket: &Path,
     target: &str,
-    mut line: impl FnMut(&[u8]),
+    line: impl FnMut(&[u8]) -> bool,
 ) -> Result<(), ClientError> {
-    let mut stream = connect(socket)?;
-    send(&mut stream, "GET", target, None)?;
-    let mut reader = BufReader::new(stream);
-    let head = read_head(&mut reader)?;
-    if !(200..300).contains(&head.status) || !head.chunked {
-        return Err(ClientError::Refused {
-            status: head.status,
-            message: "the daemon did not open an event stream".to_owned(),
-        });
-    }
+    stream_request_lines(socket, "GET", target, None, None, line)
+}
+
+/// Sends one request whose answer is streamed (chunked) and calls `line`
+/// for each line of it until the stream ends or `line` returns false.
+pub fn stream_request_lines(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    body: Option<&[u8]>,
+    timeout: Option<Duration>,
+    mut line: impl FnMut(&[u8]) -> bool,
+) -> Result<(), ClientError> {
+    let mut body = open_stream(socket, method, target, body, timeout)?;
     let mut pending = Vec::new();
+    let mut buffer = [0u8; 8192];
     loop {
-        let mut size_line = String::new();
-        if reader.read_line(&mut size_line).map_err(protocol)? == 0 {
-            return Err(protocol("connection lost"));
-        }
-        let size = http::parse_chunk_size(&size_line).ok_or_else(|| protocol("bad chunk"))?;
-        if size == 0 {
+        let read = body.read(&mut buffer).map_err(protocol)?;
+        if read == 0 {
             return Ok(());
         }
-        let mut data = vec![0; size + 2];
-        reader.read_exact(&mut data).map_err(protocol)?;
-        data.truncate(size);
-        pending.extend_from_slice(&data);
+        pending.extend_from_slice(&buffer[..read]);
         while let Some(end) = memchr::memchr(b'\n', &pending) {
             let rest = pending.split_off(end + 1);
             let complete = std::mem::replace(&mut pending, rest);
-            line(&complete[..end]);
+            if !line(&complete[..end]) {
+                return Ok(());
+            }
         }
+    }
+}
+
+/// Sends one request and returns its streamed (chunked) body as a reader,
+/// after checking the status: an error answer is read whole and returned
+/// as `Refused`. `timeout` bounds each read (`None`: an event stream, which
+/// may be quiet for long).
+pub fn open_stream(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    body: Option<&[u8]>,
+    timeout: Option<Duration>,
+) -> Result<ChunkedBody, ClientError> {
+    let mut stream = connect(socket)?;
+    stream.set_read_timeout(timeout).map_err(protocol)?;
+    send(&mut stream, method, target, body)?;
+    let mut reader = BufReader::new(stream);
+    let head = read_head(&mut reader)?;
+    if !(200..300).contains(&head.status) || !head.chunked {
+        let mut content = Vec::new();
+        let limit = head.content_length.unwrap_or(http::MAX_HEAD) as u64;
+        reader
+            .take(limit)
+            .read_to_end(&mut content)
+            .map_err(protocol)?;
+        let message = serde_json::from_slice::<serde_json::Value>(&content)
+            .ok()
+            .and_then(|value| value.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "the daemon did not open a stream".to_owned());
+        return Err(ClientError::Refused {
+            status: head.status,
+            message,
+        });
+    }
+    Ok(ChunkedBody {
+        reader,
+        remaining: 0,
+        done: false,
+    })
+}
+
+/// The body of a chunked response, as a plain reader. A connection that
+/// breaks before the last chunk is an error, not an end.
+pub struct ChunkedBody {
+    reader: BufReader<UnixStream>,
+    /// Data octets left in the current chunk.
+    remaining: usize,
+    done: bool,
+}
+
+impl Read for ChunkedBody {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if self.done || buffer.is_empty() {
+            return Ok(0);
+        }
+        if self.remaining == 0 {
+            let mut size_line = String::new();
+            if self.reader.read_line(&mut size_line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let size = http::parse_chunk_size(&size_line)
+                .ok_or_else(|| std::io::Error::other("bad chunk"))?;
+            if size == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            self.remaining = size;
+        }
+        let wanted = buffer.len().min(self.remaining);
+        let read = self.reader.read(&mut buffer[..wanted])?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.remaining -= read;
+        if self.remaining == 0 {
+            let mut crlf = [0u8; 2];
+            self.reader.read_exact(&mut crlf)?;
+        }
+        Ok(read)
     }
 }

@@ -45,47 +45,73 @@ fn sender_text(sender: &str) -> &str {
 
 /// Postfix `mailq` style: per message the id (`*` active, `!` held), size,
 /// arrival and sender, then each open recipient, with the last reply of a
-/// deferred one in parentheses above it.
+/// deferred one in parentheses above it. The CLI prints it entry by entry
+/// as the list streams in (`list_header`, `list_entry`, `list_footer`).
+#[cfg(test)]
 pub fn list(messages: &[MessageView]) -> String {
     if messages.is_empty() {
-        return "Mail queue is empty\n".to_owned();
+        return list_empty().to_owned();
     }
-    let mut out = format!("{LIST_HEADER}\n");
+    let mut out = list_header();
     let mut bytes = 0u64;
     for message in messages {
         bytes += message.size;
-        let flag = match message.state.as_str() {
-            "active" => "*",
-            "held" => "!",
-            _ => "",
-        };
-        let _ = writeln!(
-            out,
-            "{:<15} {:>8} {:>19}  {}",
-            format!("{}{flag}", message.id),
-            message.size,
-            arrival_text(&message.arrival),
-            sender_text(&message.sender),
-        );
-        for recipient in &message.recipients {
-            if matches!(
-                recipient.status,
-                RecipientStatus::Delivered | RecipientStatus::Bounced
-            ) {
-                continue;
-            }
-            if recipient.status == RecipientStatus::Deferred
-                && let Some(reply) = &recipient.last_reply
-            {
-                let _ = writeln!(out, "{:RECIPIENT_INDENT$}({reply})", "");
-            }
-            let _ = writeln!(out, "{:RECIPIENT_INDENT$}{}", "", recipient.address);
-        }
-        out.push('\n');
+        out.push_str(&list_entry(message));
     }
-    let kbytes = bytes.div_ceil(1024);
-    let _ = writeln!(out, "-- {kbytes} Kbytes in {} Requests.", messages.len());
+    out.push_str(&list_footer(bytes, messages.len()));
     out
+}
+
+/// What `mailq` says of an empty queue.
+pub fn list_empty() -> &'static str {
+    "Mail queue is empty\n"
+}
+
+/// The column heads, before the first entry.
+pub fn list_header() -> String {
+    format!("{LIST_HEADER}\n")
+}
+
+/// One message's lines and the blank line after them.
+pub fn list_entry(message: &MessageView) -> String {
+    let mut out = String::new();
+    let flag = match message.state.as_str() {
+        "active" => "*",
+        "held" => "!",
+        _ => "",
+    };
+    let _ = writeln!(
+        out,
+        "{:<15} {:>8} {:>19}  {}",
+        format!("{}{flag}", message.id),
+        message.size,
+        arrival_text(&message.arrival),
+        sender_text(&message.sender),
+    );
+    for recipient in &message.recipients {
+        if matches!(
+            recipient.status,
+            RecipientStatus::Delivered | RecipientStatus::Bounced
+        ) {
+            continue;
+        }
+        if recipient.status == RecipientStatus::Deferred
+            && let Some(reply) = &recipient.last_reply
+        {
+            let _ = writeln!(out, "{:RECIPIENT_INDENT$}({reply})", "");
+        }
+        let _ = writeln!(out, "{:RECIPIENT_INDENT$}{}", "", recipient.address);
+    }
+    out.push('\n');
+    out
+}
+
+/// The total after the last entry.
+pub fn list_footer(bytes: u64, messages: usize) -> String {
+    format!(
+        "-- {} Kbytes in {messages} Requests.\n",
+        bytes.div_ceil(1024)
+    )
 }
 
 pub fn show(detail: &MessageDetail) -> String {
@@ -197,9 +223,41 @@ pub fn stats(stats: &StatsView) -> String {
     out
 }
 
-/// One line per id: what was done, or why not.
+fn messages(count: usize) -> String {
+    match count {
+        1 => "1 message".to_owned(),
+        count => format!("{count} messages"),
+    }
+}
+
+/// One line per id: what was done, or why not; a bulk operation's report
+/// without ids: its counts.
 pub fn report(done_word: &str, report: &OperationReport) -> String {
     let mut out = String::new();
+    let counts = &report.counts;
+    let listed =
+        report.done.len() + report.pending.len() + report.skipped.len() + report.not_found.len();
+    let counted = counts.done + counts.pending + counts.skipped + counts.not_found;
+    if listed < counted {
+        let _ = writeln!(out, "{done_word}: {}", messages(counts.done));
+        if counts.pending > 0 {
+            let _ = writeln!(
+                out,
+                "delivery in progress: {}, {done_word} when it ends",
+                messages(counts.pending)
+            );
+        }
+        if counts.skipped > 0 {
+            let _ = writeln!(out, "skipped: {}", messages(counts.skipped));
+        }
+        if counts.not_found > 0 {
+            let _ = writeln!(out, "gone meanwhile: {}", messages(counts.not_found));
+        }
+        if report.interrupted {
+            out.push_str("stopped: the daemon is shutting down; the rest stays queued\n");
+        }
+        return out;
+    }
     for id in &report.done {
         let _ = writeln!(out, "{id}: {done_word}");
     }
@@ -211,6 +269,9 @@ pub fn report(done_word: &str, report: &OperationReport) -> String {
     }
     for id in &report.not_found {
         let _ = writeln!(out, "{id}: not found in the queue");
+    }
+    if report.interrupted {
+        out.push_str("stopped: the daemon is shutting down; the rest stays queued\n");
     }
     if out.is_empty() {
         out.push_str("nothing to do\n");

@@ -2,7 +2,7 @@
 //! requests to the daemon's control API. Exit codes (sysexits): 0 done,
 //! 64 usage, 69 daemon not available, 77 no permission on the socket.
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -47,6 +47,9 @@ pub enum QueueCommand {
         /// Only messages older than this ("90s", "1h", "2d").
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Option<Duration>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Envelope, state, recipients and headers of one message.
     Show {
@@ -68,12 +71,11 @@ pub enum QueueCommand {
     /// Remove from the queue without a bounce.
     Delete(Selection),
     /// Give up now, with a bounce (DSN) to the sender.
-    Bounce {
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
+    Bounce(Selection),
 }
 
+/// Which messages an operation applies to: ids, or `--all` / `--domain D`
+/// narrowed by `--lane`, `--state` and `--older-than`.
 #[derive(Debug, Args)]
 pub struct Selection {
     /// Queue ids.
@@ -81,9 +83,21 @@ pub struct Selection {
     /// Every message in the queue (never implied).
     #[arg(long)]
     all: bool,
-    /// Messages with an open recipient at this domain (retry only).
+    /// Messages with an open recipient at this domain.
     #[arg(long)]
     domain: Option<String>,
+    /// With --all or --domain: only this lane (high, low).
+    #[arg(long)]
+    lane: Option<String>,
+    /// With --all or --domain: only this state (ready, active, deferred, held).
+    #[arg(long)]
+    state: Option<String>,
+    /// With --all or --domain: only messages older than this ("90s", "1h", "2d").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+    /// With --json: list the ids of a bulk operation, not only its counts.
+    #[arg(long)]
+    ids_in_report: bool,
 }
 
 /// Runs a `queue` command; prints its output and returns the exit code.
@@ -102,6 +116,7 @@ pub fn run(args: QueueArgs) -> ExitCode {
             state,
             domain,
             older_than,
+            limit,
         } => {
             let mut query = Vec::new();
             let mut add = |name: &str, value: Option<String>| {
@@ -116,14 +131,13 @@ pub fn run(args: QueueArgs) -> ExitCode {
                 "older_than",
                 older_than.map(|age| age.as_secs().to_string()),
             );
+            add("limit", limit.map(|limit| limit.to_string()));
             let target = if query.is_empty() {
                 "/queue".to_owned()
             } else {
                 format!("/queue?{}", query.join("&"))
             };
-            get::<Vec<MessageView>>(&socket, &target, args.json, |messages| {
-                format::list(messages)
-            })
+            list(&socket, &target, args.json)
         }
         QueueCommand::Show { id, body } => {
             let target = format!(
@@ -152,17 +166,9 @@ pub fn run(args: QueueArgs) -> ExitCode {
         QueueCommand::Delete(selection) => {
             operate(&socket, "delete", "deleted", selection, args.json)
         }
-        QueueCommand::Bounce { ids } => operate(
-            &socket,
-            "bounce",
-            "bounced",
-            Selection {
-                ids,
-                all: false,
-                domain: None,
-            },
-            args.json,
-        ),
+        QueueCommand::Bounce(selection) => {
+            operate(&socket, "bounce", "bounced", selection, args.json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,6 +223,92 @@ fn get<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
+/// `GET /queue`, printed as it arrives: the JSON array as the daemon sends
+/// it, or `mailq` text entry by entry. Output that can no longer be written
+/// (`relayq queue list | head`) ends the request, which stops the daemon's
+/// work.
+fn list(socket: &Path, target: &str, json: bool) -> Result<(), Failure> {
+    let mut body = client::open_stream(socket, "GET", target, None, Some(client::REPLY_TIMEOUT))?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let read = body
+                .read(&mut buffer)
+                .map_err(|error| ClientError::Protocol(error.to_string()))?;
+            if read == 0 {
+                let _ = stdout.flush();
+                return Ok(());
+            }
+            if stdout.write_all(&buffer[..read]).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let mut bytes = 0u64;
+    let mut count = 0usize;
+    let mut closed = false;
+    let parsed = each_in_array(&mut body, |message: MessageView| {
+        let mut text = String::new();
+        if count == 0 {
+            text.push_str(&format::list_header());
+        }
+        text.push_str(&format::list_entry(&message));
+        bytes += message.size;
+        count += 1;
+        closed = stdout.write_all(text.as_bytes()).is_err();
+        !closed
+    });
+    if closed {
+        return Ok(());
+    }
+    parsed.map_err(|error| ClientError::Protocol(format!("unexpected answer: {error}")))?;
+    let footer = if count == 0 {
+        format::list_empty().to_owned()
+    } else {
+        format::list_footer(bytes, count)
+    };
+    let _ = stdout.write_all(footer.as_bytes());
+    let _ = stdout.flush();
+    Ok(())
+}
+
+/// Reads a JSON array from `reader` one element at a time, calling `each`
+/// for each until it returns false.
+fn each_in_array<T: serde::de::DeserializeOwned>(
+    reader: impl Read,
+    each: impl FnMut(T) -> bool,
+) -> Result<(), serde_json::Error> {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+
+    struct Elements<T, F>(F, std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::de::DeserializeOwned, F: FnMut(T) -> bool> Visitor<'de> for Elements<T, F> {
+        type Value = ();
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("an array")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut sequence: A) -> Result<(), A::Error> {
+            while let Some(element) = sequence.next_element::<T>()? {
+                if !(self.0)(element) {
+                    // Nobody reads on: stop without reading the rest.
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_reader(reader);
+    match deserializer.deserialize_seq(Elements(each, std::marker::PhantomData)) {
+        // An early stop leaves the array unfinished: not an error.
+        Err(error) if error.is_eof() => Ok(()),
+        result => result,
+    }
+}
+
 fn operate(
     socket: &Path,
     operation: &str,
@@ -229,16 +321,14 @@ fn operate(
         + usize::from(selection.domain.is_some());
     if chosen != 1 {
         return Err(Failure::Usage(format!(
-            "{operation}: give queue ids{}",
-            match operation {
-                "retry" => ", --all or --domain D",
-                _ => " or --all",
-            }
+            "{operation}: give queue ids, --all or --domain D (--lane, --state and --older-than narrow the last two)"
         )));
     }
-    if selection.domain.is_some() && operation != "retry" {
+    let filtered =
+        selection.lane.is_some() || selection.state.is_some() || selection.older_than.is_some();
+    if filtered && !selection.ids.is_empty() {
         return Err(Failure::Usage(format!(
-            "{operation}: --domain is for retry only"
+            "{operation}: --lane, --state and --older-than go with --all or --domain, not with ids"
         )));
     }
     for id in &selection.ids {
@@ -246,24 +336,77 @@ fn operate(
             return Err(Failure::Usage(format!("not a queue id: {id}")));
         }
     }
-    let request = if selection.all {
-        serde_json::json!({ "all": true })
-    } else if let Some(domain) = selection.domain {
-        serde_json::json!({ "domain": domain })
-    } else {
-        serde_json::json!({ "ids": selection.ids })
-    };
-    let body = client::request(
+    if !selection.ids.is_empty() {
+        let request = serde_json::json!({ "ids": selection.ids });
+        let body = client::request(
+            socket,
+            "POST",
+            &format!("/queue/{operation}"),
+            Some(request.to_string().as_bytes()),
+        )?;
+        return print_report(&body, done_word, json);
+    }
+    let mut request = serde_json::json!({ "report_ids": selection.ids_in_report });
+    if selection.all {
+        request["all"] = true.into();
+    }
+    if let Some(domain) = &selection.domain {
+        request["domain"] = domain.as_str().into();
+    }
+    if let Some(lane) = &selection.lane {
+        request["lane"] = lane.as_str().into();
+    }
+    if let Some(state) = &selection.state {
+        request["state"] = state.as_str().into();
+    }
+    if let Some(age) = selection.older_than {
+        request["older_than"] = age.as_secs().into();
+    }
+    // Progress lines keep a long operation's connection alive; they are
+    // shown only on a terminal.
+    let show_progress = std::io::stderr().is_terminal();
+    let mut report = None;
+    client::stream_request_lines(
         socket,
         "POST",
-        &format!("/queue/{operation}"),
+        &format!("/queue/{operation}?progress=1"),
         Some(request.to_string().as_bytes()),
+        Some(client::REPLY_TIMEOUT),
+        |line| {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+                return true;
+            };
+            match value.get("progress") {
+                Some(progress) => {
+                    if show_progress {
+                        let done = progress.get("done").and_then(|n| n.as_u64()).unwrap_or(0);
+                        eprint!("\r{operation}: {done} messages so far");
+                    }
+                }
+                None => report = Some(line.to_vec()),
+            }
+            true
+        },
     )?;
+    if show_progress {
+        eprint!("\r\x1b[K");
+    }
+    let report = report.ok_or_else(|| {
+        ClientError::Protocol("the daemon ended the operation without a report".to_owned())
+    })?;
+    print_report(&report, done_word, json)
+}
+
+fn print_report(body: &[u8], done_word: &str, json: bool) -> Result<(), Failure> {
     if json {
-        print(&String::from_utf8_lossy(&body));
+        let mut text = String::from_utf8_lossy(body).into_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        print(&text);
         return Ok(());
     }
-    let report: OperationReport = serde_json::from_slice(&body)
+    let report: OperationReport = serde_json::from_slice(body)
         .map_err(|error| ClientError::Protocol(format!("unexpected answer: {error}")))?;
     print(&format::report(done_word, &report));
     Ok(())
@@ -290,6 +433,7 @@ fn tail(socket: &Path, json: bool) -> Result<(), Failure> {
                 let _ = stdout.write_all(b"\n");
                 let _ = stdout.flush();
             }
+            true
         });
         if live {
             connected_once = true;

@@ -202,6 +202,8 @@ pub struct ControlSettings {
     pub socket: PathBuf,
     /// Where `sendmail` leaves mail while the daemon is down.
     pub maildrop: PathBuf,
+    /// Messages per spool commit in a bulk operation (`queue delete --all`).
+    pub bulk_chunk: usize,
 }
 
 /// `[metrics]`.

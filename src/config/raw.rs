@@ -120,6 +120,7 @@ pub(super) struct RawRoute {
 pub(super) struct RawControl {
     pub socket: Option<PathBuf>,
     pub maildrop: Option<PathBuf>,
+    pub bulk_chunk: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

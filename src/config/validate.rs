@@ -236,6 +236,7 @@ pub(super) fn config(
             .control
             .maildrop
             .unwrap_or_else(|| spool.path.join("maildrop")),
+        bulk_chunk: at_least_one(raw.control.bulk_chunk, 2000, "control.bulk_chunk")?,
     };
     non_empty_path(&control.socket, "control.socket")?;
     non_empty_path(&control.maildrop, "control.maildrop")?;

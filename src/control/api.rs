@@ -1,23 +1,26 @@
 //! The control API's routes: requests in, JSON out. See README "Operating
-//! relayq" for the endpoints.
+//! relayq" for the endpoints. Lists and bulk operations are answered as
+//! streams (`Reply::List`, `Reply::Bulk`), served by the connection code in
+//! `mod.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use relayq_spool::QueueId;
 use serde::Deserialize;
 
 use super::http::Request;
-use super::operations;
+use super::operations::{self, Bulk};
+use super::select::Filter;
 use super::view::{
     AGE_BUCKETS, DestinationAges, LaneCounts, MessageDetail, MessageView, StatsView, age_bucket,
-    domain_of,
 };
 use crate::queue::envelope::unix_ms;
 use crate::queue::handle::QueueHandle;
 use crate::queue::transition::Operation;
-use crate::queue::{Entry, Envelope, Lane, State};
+use crate::queue::{Envelope, Lane, SetId};
 
 /// What a request gets back.
 pub enum Reply {
@@ -26,6 +29,14 @@ pub enum Reply {
     /// The live event stream (`GET /events`); `text` for `?format=text`
     /// (the lines of `queue tail`), else JSON lines.
     Events { text: bool },
+    /// `GET /queue`: a JSON array streamed as it is built.
+    List {
+        filter: Filter,
+        limit: Option<usize>,
+    },
+    /// A bulk operation, run in chunks; with `progress`, JSON lines of
+    /// progress before the report.
+    Bulk { bulk: Bulk, progress: bool },
 }
 
 impl Reply {
@@ -44,7 +55,7 @@ impl Reply {
     }
 }
 
-fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+pub fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
     let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     body.push(b'\n');
     body
@@ -53,14 +64,14 @@ fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
 pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8]) -> Reply {
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
-        ("GET", ["queue"]) => list(context, request).await,
+        ("GET", ["queue"]) => list(request),
         ("GET", ["queue", id]) => show(context, request, id).await,
-        ("GET", ["stats"]) => stats(context).await,
+        ("GET", ["stats"]) => stats(context),
         ("GET", ["events"]) => Reply::Events {
             text: request.param("format") == Some("text"),
         },
         ("POST", ["queue", name]) => match operations::parse(name) {
-            Some(operation) => operate(context, operation, body).await,
+            Some(operation) => operate(context, operation, request, body).await,
             None => Reply::error(404, "no such operation"),
         },
         (_, ["queue"] | ["queue", _] | ["stats"] | ["events"]) => {
@@ -70,72 +81,17 @@ pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8]) -> Re
     }
 }
 
-/// Every queued message with its entry and envelope, in id order.
-async fn load(context: &QueueHandle) -> Result<Vec<(QueueId, Entry, Envelope)>, String> {
-    let spool = context.spool.clone();
-    let scanned = tokio::task::spawn_blocking(move || spool.scan())
-        .await
-        .map_err(|error| error.to_string())?
-        .map_err(|error| error.to_string())?;
-    let mut envelopes: HashMap<QueueId, Envelope> = scanned
-        .into_iter()
-        .filter_map(|(id, bytes)| Some((id, Envelope::decode(&bytes).ok()?)))
-        .collect();
-    Ok(context
-        .queue
-        .snapshot()
-        .into_iter()
-        .filter_map(|(id, entry)| Some((id, entry, envelopes.remove(&id)?)))
-        .collect())
-}
-
-/// Messages with an open recipient at `domain`.
-fn open_at(envelope: &Envelope, domain: &str) -> bool {
-    envelope
-        .recipients
-        .iter()
-        .any(|recipient| !recipient.status.is_final() && domain_of(&recipient.address) == domain)
-}
-
-async fn list(context: &QueueHandle, request: &Request) -> Reply {
-    let lane = match request.param("lane").map(str::parse::<Lane>) {
-        Some(Err(_)) => return Reply::error(400, "lane: high or low"),
-        Some(Ok(lane)) => Some(lane),
+fn list(request: &Request) -> Reply {
+    let filter = match Filter::from_query(request) {
+        Ok(filter) => filter,
+        Err(error) => return Reply::error(400, &error),
+    };
+    let limit = match request.param("limit").map(str::parse::<usize>) {
+        Some(Ok(limit)) => Some(limit),
+        Some(Err(_)) => return Reply::error(400, "limit: a number of messages"),
         None => None,
     };
-    let state = match request.param("state") {
-        Some(name) => match State::ALL.iter().find(|state| state.as_str() == name) {
-            Some(state) => Some(*state),
-            None => return Reply::error(400, "state: ready, active, deferred or held"),
-        },
-        None => None,
-    };
-    let older_than = match request.param("older_than").map(str::parse::<u64>) {
-        Some(Err(_)) => return Reply::error(400, "older_than: seconds"),
-        Some(Ok(seconds)) => Some(seconds),
-        None => None,
-    };
-    let domain = request.param("domain").map(str::to_ascii_lowercase);
-    let messages = match load(context).await {
-        Ok(messages) => messages,
-        Err(error) => return Reply::error(500, &format!("cannot read the spool: {error}")),
-    };
-    let now_ms = unix_ms(SystemTime::now());
-    let views: Vec<MessageView> = messages
-        .iter()
-        .filter(|(_, entry, envelope)| {
-            lane.is_none_or(|lane| envelope.lane == lane)
-                && state.is_none_or(|state| entry.state() == state)
-                && older_than.is_none_or(|seconds| {
-                    now_ms.saturating_sub(envelope.arrival_ms) >= seconds * 1000
-                })
-                && domain
-                    .as_deref()
-                    .is_none_or(|domain| open_at(envelope, domain))
-        })
-        .map(|(id, entry, envelope)| MessageView::new(*id, entry, envelope))
-        .collect();
-    Reply::ok(&views)
+    Reply::List { filter, limit }
 }
 
 async fn show(context: &QueueHandle, request: &Request, id: &str) -> Reply {
@@ -186,11 +142,8 @@ async fn show(context: &QueueHandle, request: &Request, id: &str) -> Reply {
     Reply::ok(&detail)
 }
 
-async fn stats(context: &QueueHandle) -> Reply {
-    let messages = match load(context).await {
-        Ok(messages) => messages,
-        Err(error) => return Reply::error(500, &format!("cannot read the spool: {error}")),
-    };
+/// Counts by lane × state and by domain × age, from the schedule alone.
+fn stats(context: &QueueHandle) -> Reply {
     let mut lanes: Vec<LaneCounts> = Lane::ALL
         .iter()
         .map(|lane| LaneCounts {
@@ -198,33 +151,42 @@ async fn stats(context: &QueueHandle) -> Reply {
             ..LaneCounts::default()
         })
         .collect();
-    for (_, entry) in context.queue.snapshot() {
-        if let Some(counts) = lanes.iter_mut().find(|c| c.lane == entry.lane.as_str()) {
-            counts.add(entry.state());
-        }
-    }
     let now_ms = unix_ms(SystemTime::now());
-    let mut domains: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (_, _, envelope) in &messages {
-        let age_minutes = now_ms.saturating_sub(envelope.arrival_ms) / 60_000;
-        let mut seen: Vec<String> = envelope
-            .recipients
-            .iter()
-            .filter(|recipient| !recipient.status.is_final())
-            .map(|recipient| domain_of(&recipient.address))
-            .collect();
-        seen.sort();
-        seen.dedup();
-        for domain in seen {
-            domains
-                .entry(domain)
-                .or_insert_with(|| vec![0; AGE_BUCKETS.len() + 1])[age_bucket(age_minutes)] += 1;
+    // Per domain set, the messages by age bucket; expanded to domains once
+    // the walk is done (a set is shared by many messages).
+    let mut by_set: BTreeMap<SetId, Vec<usize>> = BTreeMap::new();
+    let mut set_domains: BTreeMap<SetId, Vec<Arc<str>>> = BTreeMap::new();
+    context.queue.visit(None, |_, entry, domains| {
+        let counts = match entry.lane {
+            Lane::High => &mut lanes[0],
+            Lane::Low => &mut lanes[1],
+        };
+        counts.add(entry.state());
+        let age_minutes = now_ms.saturating_sub(entry.arrival_ms) / 60_000;
+        let buckets = by_set
+            .entry(entry.domains)
+            .or_insert_with(|| vec![0; AGE_BUCKETS.len() + 1]);
+        buckets[age_bucket(age_minutes)] += 1;
+        set_domains
+            .entry(entry.domains)
+            .or_insert_with(|| domains.domains(entry.domains).to_vec());
+        true
+    });
+    let mut domains: BTreeMap<Arc<str>, Vec<usize>> = BTreeMap::new();
+    for (set, buckets) in by_set {
+        for domain in set_domains.get(&set).into_iter().flatten() {
+            let total = domains
+                .entry(domain.clone())
+                .or_insert_with(|| vec![0; AGE_BUCKETS.len() + 1]);
+            for (sum, count) in total.iter_mut().zip(&buckets) {
+                *sum += count;
+            }
         }
     }
     let mut destinations: Vec<DestinationAges> = domains
         .into_iter()
         .map(|(domain, buckets)| DestinationAges {
-            domain,
+            domain: domain.to_string(),
             total: buckets.iter().sum(),
             buckets,
         })
@@ -237,7 +199,8 @@ async fn stats(context: &QueueHandle) -> Reply {
     })
 }
 
-/// The selection of an operation: exactly one of the three.
+/// The selection of an operation: ids, or `all` / a `domain`, narrowed by
+/// the filters.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Selection {
@@ -247,63 +210,59 @@ struct Selection {
     all: bool,
     #[serde(default)]
     domain: Option<String>,
+    #[serde(default)]
+    lane: Option<Lane>,
+    #[serde(default)]
+    state: Option<crate::queue::State>,
+    /// Seconds since arrival.
+    #[serde(default)]
+    older_than: Option<u64>,
+    /// List the ids in the report of a bulk operation (its counts always).
+    #[serde(default)]
+    report_ids: bool,
 }
 
-async fn operate(context: &QueueHandle, operation: Operation, body: &[u8]) -> Reply {
+async fn operate(
+    context: &QueueHandle,
+    operation: Operation,
+    request: &Request,
+    body: &[u8],
+) -> Reply {
     let selection: Selection = match serde_json::from_slice(body) {
         Ok(selection) => selection,
         Err(error) => return Reply::error(400, &format!("body: {error}")),
     };
-    let chosen = usize::from(selection.ids.is_some())
-        + usize::from(selection.all)
-        + usize::from(selection.domain.is_some());
-    if chosen != 1 {
-        return Reply::error(400, "give exactly one of ids, all or domain");
-    }
-    if operation == Operation::Bounce && selection.ids.is_none() {
-        return Reply::error(400, "bounce takes ids only");
-    }
-    let explicit = selection.ids.is_some();
-    let ids: Vec<QueueId> = if let Some(ids) = selection.ids {
+    let filtered =
+        selection.lane.is_some() || selection.state.is_some() || selection.older_than.is_some();
+    if let Some(ids) = selection.ids {
+        if selection.all || selection.domain.is_some() || filtered {
+            return Reply::error(400, "give ids, or all or domain (with filters), not both");
+        }
         let mut parsed = Vec::with_capacity(ids.len());
         for id in ids {
-            match id.parse() {
+            match id.parse::<QueueId>() {
                 Ok(id) => parsed.push(id),
                 Err(_) => return Reply::error(400, &format!("not a queue id: {id}")),
             }
         }
-        parsed
-    } else if let Some(domain) = selection.domain {
-        let domain = domain.to_ascii_lowercase();
-        match load(context).await {
-            Ok(messages) => messages
-                .into_iter()
-                .filter(|(_, _, envelope)| open_at(envelope, &domain))
-                .map(|(id, _, _)| id)
-                .collect(),
-            Err(error) => return Reply::error(500, &format!("cannot read the spool: {error}")),
-        }
-    } else {
-        context
-            .queue
-            .snapshot()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    };
-    // A retry of `all` or a domain means its deferred messages: reporting
-    // every ready or held one as skipped would only be noise.
-    let ids = if operation == Operation::Retry && !explicit {
-        ids.into_iter()
-            .filter(|id| {
-                context
-                    .queue
-                    .get(*id)
-                    .is_some_and(|entry| entry.state() == State::Deferred)
-            })
-            .collect()
-    } else {
-        ids
-    };
-    Reply::ok(&operations::run(context, operation, ids).await)
+        return Reply::ok(&operations::run(context, operation, parsed).await);
+    }
+    if selection.all == selection.domain.is_some() {
+        return Reply::error(400, "give exactly one of ids, all or domain");
+    }
+    let filter = Filter {
+        lane: selection.lane,
+        state: selection.state,
+        domain: selection.domain,
+        older_than: selection.older_than,
+    }
+    .normalised();
+    Reply::Bulk {
+        bulk: Bulk {
+            operation,
+            filter,
+            report_ids: selection.report_ids,
+        },
+        progress: request.param("progress") == Some("1"),
+    }
 }

@@ -4,8 +4,14 @@
 //!
 //! - `http`: the request/response framing (pure);
 //! - `api`: the routes and their JSON;
-//! - `operations`: retry, hold, release, delete, bounce;
+//! - `select`: the filters of lists and bulk operations (pure);
+//! - `operations`: retry, hold, release, delete, bounce, one by one or in
+//!   chunks;
 //! - `view`: the JSON documents, shared with the CLI.
+//!
+//! `GET /queue` and bulk operations stream their answers (chunked): the
+//! daemon never holds a whole list of a large queue, and a client that goes
+//! away stops the work at the next write.
 //!
 //! Invariant: connections are bounded (`MAX_CONNECTIONS`, a permit taken
 //! before accept), request heads and bodies are capped, and reading a
@@ -14,6 +20,7 @@
 pub mod api;
 pub mod http;
 pub mod operations;
+pub mod select;
 pub mod view;
 
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -80,10 +87,22 @@ pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
     })
 }
 
+/// Messages per chunk of a streamed `GET /queue`: one spool read
+/// transaction and one write each.
+const LIST_CHUNK: usize = 256;
+
+/// What the control API serves besides the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlOptions {
+    /// Messages per commit of a bulk operation.
+    pub bulk_chunk: usize,
+}
+
 /// Serves the control API until `shutdown`; then the socket file is removed.
 pub fn spawn(
     socket: ControlSocket,
     context: QueueHandle,
+    options: ControlOptions,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -112,7 +131,7 @@ pub fn spawn(
             let context = context.clone();
             let shutdown = shutdown.clone();
             connections.spawn(async move {
-                if let Err(error) = serve_connection(stream, &context, &shutdown).await {
+                if let Err(error) = serve_connection(stream, &context, options, &shutdown).await {
                     tracing::debug!("control connection: {error}");
                 }
                 drop(permit);
@@ -125,6 +144,7 @@ pub fn spawn(
 async fn serve_connection(
     mut stream: UnixStream,
     context: &QueueHandle,
+    options: ControlOptions,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let (request, body) =
@@ -137,6 +157,10 @@ async fn serve_connection(
     let reply = api::handle(context, &request, &body).await;
     match reply {
         Reply::Events { text } => stream_events(stream, context, shutdown, text).await,
+        Reply::List { filter, limit } => stream_list(stream, context, &filter, limit).await,
+        Reply::Bulk { bulk, progress } => {
+            stream_bulk(stream, context, &bulk, progress, options, shutdown).await
+        }
         reply => write_reply(&mut stream, reply).await,
     }
 }
@@ -195,6 +219,112 @@ async fn write_all(
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
+}
+
+/// `GET /queue`: the messages `filter` selects, in queue id order, as one
+/// JSON array written in chunks. Each chunk is chosen from the schedule and
+/// its envelopes read in one short read transaction on the blocking pool,
+/// so memory stays that of one chunk whatever the queue's length. A write
+/// that fails (the client went away: `queue list | head`) ends the work.
+async fn stream_list(
+    mut stream: UnixStream,
+    context: &QueueHandle,
+    filter: &select::Filter,
+    limit: Option<usize>,
+) -> std::io::Result<()> {
+    write_all(&mut stream, &http::streaming_head("application/json")).await?;
+    write_all(&mut stream, &http::chunk(b"[")).await?;
+    let matcher = filter.at(std::time::SystemTime::now());
+    let mut remaining = limit.unwrap_or(usize::MAX);
+    let mut after = None;
+    let mut first = true;
+    while remaining > 0 {
+        let mut batch: Vec<(relayq_spool::QueueId, crate::queue::Entry)> = Vec::new();
+        let mut last = after;
+        let mut more = false;
+        let wanted = remaining.min(LIST_CHUNK);
+        context.queue.visit(after, |id, entry, domains| {
+            last = Some(id);
+            if matcher.matches(entry, domains) {
+                batch.push((id, *entry));
+            }
+            more = batch.len() >= wanted;
+            !more
+        });
+        after = last;
+        if !batch.is_empty() {
+            let ids: Vec<_> = batch.iter().map(|(id, _)| *id).collect();
+            let spool = context.spool.clone();
+            let envelopes = tokio::task::spawn_blocking(move || spool.envelopes(&ids))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            let mut out = Vec::with_capacity(batch.len() * 512);
+            for ((id, entry), bytes) in batch.iter().zip(envelopes) {
+                // Gone since the walk (delivered, deleted): not listed.
+                let Some(Ok(envelope)) = bytes.map(|bytes| crate::queue::Envelope::decode(&bytes))
+                else {
+                    continue;
+                };
+                if !first {
+                    out.extend_from_slice(b",\n");
+                }
+                first = false;
+                let view = view::MessageView::new(*id, entry, &envelope);
+                serde_json::to_writer(&mut out, &view).map_err(std::io::Error::other)?;
+                remaining = remaining.saturating_sub(1);
+            }
+            if !out.is_empty() {
+                write_all(&mut stream, &http::chunk(&out)).await?;
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    write_all(&mut stream, &http::chunk(b"]\n")).await?;
+    write_all(&mut stream, &http::chunk(b"")).await?;
+    stream.shutdown().await
+}
+
+/// A bulk operation: JSON lines, with `progress` one `{"progress": COUNTS}`
+/// per chunk, then the report. A client that goes away does not stop the
+/// operation (it was asked for); shutdown does, between two chunks.
+async fn stream_bulk(
+    mut stream: UnixStream,
+    context: &QueueHandle,
+    bulk: &operations::Bulk,
+    progress: bool,
+    options: ControlOptions,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    write_all(&mut stream, &http::streaming_head("application/x-ndjson")).await?;
+    let (progress_sender, mut progress_receiver) = watch::channel(view::OperationCounts::default());
+    let operation = operations::run_bulk(
+        context,
+        bulk,
+        options.bulk_chunk,
+        shutdown,
+        &progress_sender,
+    );
+    tokio::pin!(operation);
+    let mut connected = true;
+    let report = loop {
+        tokio::select! {
+            report = &mut operation => break report,
+            changed = progress_receiver.changed(), if progress && connected => {
+                if changed.is_err() {
+                    continue;
+                }
+                let counts = *progress_receiver.borrow_and_update();
+                let line = api::to_json(&serde_json::json!({ "progress": counts }));
+                connected = write_all(&mut stream, &http::chunk(&line)).await.is_ok();
+            }
+        }
+    };
+    write_all(&mut stream, &http::chunk(&api::to_json(&report))).await?;
+    write_all(&mut stream, &http::chunk(b"")).await?;
+    stream.shutdown().await
 }
 
 /// `GET /events`: one JSON object (with `?format=text`, one text line) per line, as events happen, until the

@@ -12,10 +12,14 @@ use std::time::{Duration, SystemTime};
 
 use relayq_spool::QueueId;
 
-use super::view::{OperationReport, Skipped};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::select::Filter;
+use super::view::{OperationCounts, OperationReport, Skipped};
 use crate::queue::handle::{LoadError, QueueHandle};
 use crate::queue::operations::ClaimError;
-use crate::queue::transition::{self, Operation};
+use crate::queue::transition::{self, Operation, Transition};
 use crate::queue::{Entry, PendingOperation, State};
 
 /// While a pass records its results (one commit) an operation can neither
@@ -62,20 +66,241 @@ fn refusal(operation: Operation, state: State) -> Option<&'static str> {
 pub async fn run(handle: &QueueHandle, operation: Operation, ids: Vec<QueueId>) -> OperationReport {
     let mut report = OperationReport::default();
     for id in ids {
-        match apply(handle, operation, id).await {
-            Ok(()) => report.done.push(id.to_string()),
-            Err(Outcome::NotFound) => report.not_found.push(id.to_string()),
-            Err(Outcome::Pending(reason)) => report.pending.push(Skipped {
-                id: id.to_string(),
-                reason,
-            }),
-            Err(Outcome::Skipped(reason)) => report.skipped.push(Skipped {
-                id: id.to_string(),
-                reason,
-            }),
-        }
+        let result = apply(handle, operation, id).await;
+        record(&mut report, id, result, true);
     }
     report
+}
+
+/// Adds one message's result to `report` (its id only when `ids`).
+fn record(report: &mut OperationReport, id: QueueId, result: Result<(), Outcome>, ids: bool) {
+    let counts = &mut report.counts;
+    match result {
+        Ok(()) => {
+            counts.done += 1;
+            if ids {
+                report.done.push(id.to_string());
+            }
+        }
+        Err(Outcome::NotFound) => {
+            counts.not_found += 1;
+            if ids {
+                report.not_found.push(id.to_string());
+            }
+        }
+        Err(Outcome::Pending(reason)) => {
+            counts.pending += 1;
+            if ids {
+                report.pending.push(Skipped {
+                    id: id.to_string(),
+                    reason,
+                });
+            }
+        }
+        Err(Outcome::Skipped(reason)) => {
+            counts.skipped += 1;
+            if ids {
+                report.skipped.push(Skipped {
+                    id: id.to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+/// An operation on every message a filter selects (`queue delete --all`,
+/// `queue hold --domain D --older-than 1d`, …).
+#[derive(Debug, Clone)]
+pub struct Bulk {
+    pub operation: Operation,
+    pub filter: Filter,
+    /// List the ids in the report, not only the counts.
+    pub report_ids: bool,
+}
+
+/// Whether a bulk `operation` is meant for a message in `state`: a bulk
+/// retry means the deferred messages, a bulk release the held ones;
+/// reporting every other one as skipped would only be noise.
+fn selects(operation: Operation, state: State) -> bool {
+    match operation {
+        Operation::Retry => state == State::Deferred,
+        Operation::Release => state == State::Held,
+        Operation::Hold => state != State::Held,
+        Operation::Delete | Operation::Bounce => true,
+    }
+}
+
+/// Runs a bulk operation in chunks of `chunk` messages: each chunk's
+/// messages are claimed, changed in one spool commit (with the DSNs of a
+/// bounce), then the schedule, events and metrics follow. `progress` is
+/// updated after each chunk. At `shutdown` it stops between two chunks:
+/// what was done is committed, the rest stays queued as it was.
+pub async fn run_bulk(
+    handle: &QueueHandle,
+    bulk: &Bulk,
+    chunk: usize,
+    shutdown: &CancellationToken,
+    progress: &watch::Sender<OperationCounts>,
+) -> OperationReport {
+    let chunk = chunk.max(1);
+    let mut report = OperationReport::default();
+    let matcher_time = SystemTime::now();
+    let matcher = bulk.filter.at(matcher_time);
+    let mut after = None;
+    loop {
+        if shutdown.is_cancelled() {
+            report.interrupted = true;
+            break;
+        }
+        let mut candidates = Vec::with_capacity(chunk);
+        let mut last = after;
+        let mut more = false;
+        handle.queue.visit(after, |id, entry, domains| {
+            last = Some(id);
+            if selects(bulk.operation, entry.state()) && matcher.matches(entry, domains) {
+                candidates.push(id);
+            }
+            more = candidates.len() >= chunk;
+            !more
+        });
+        after = last;
+        if !candidates.is_empty() {
+            let stop = run_chunk(handle, bulk, candidates, &mut report).await;
+            progress.send_replace(report.counts);
+            if stop {
+                break;
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    if report.interrupted {
+        tracing::info!(
+            "bulk {:?} stopped by shutdown after {} messages; the rest stays queued",
+            bulk.operation,
+            report.counts.done
+        );
+    }
+    report
+}
+
+/// One chunk of a bulk operation; true when the operation must stop (the
+/// spool refused the commit).
+async fn run_chunk(
+    handle: &QueueHandle,
+    bulk: &Bulk,
+    candidates: Vec<QueueId>,
+    report: &mut OperationReport,
+) -> bool {
+    let operation = bulk.operation;
+    let queue = &handle.queue;
+    let mut claimed: Vec<(QueueId, Entry)> = Vec::with_capacity(candidates.len());
+    for id in candidates {
+        let Some(entry) = queue.get(id) else {
+            record(report, id, Err(Outcome::NotFound), bulk.report_ids);
+            continue;
+        };
+        let outcome = if entry.state() == State::Active {
+            Some(leave_with_pass(handle, operation, id))
+        } else if let Some(reason) = refusal(operation, entry.state()) {
+            Some(Err(Outcome::Skipped(reason.to_owned())))
+        } else {
+            match queue.claim(id) {
+                Ok(entry) => {
+                    claimed.push((id, entry));
+                    None
+                }
+                Err(ClaimError::NotFound) => Some(Err(Outcome::NotFound)),
+                Err(ClaimError::InProgress) => Some(leave_with_pass(handle, operation, id)),
+            }
+        };
+        if let Some(outcome) = outcome {
+            record(report, id, outcome, bulk.report_ids);
+        }
+    }
+    if claimed.is_empty() {
+        return false;
+    }
+    let ids: Vec<QueueId> = claimed.iter().map(|(id, _)| *id).collect();
+    let spool = handle.spool.clone();
+    let read = tokio::task::spawn_blocking(move || spool.envelopes(&ids)).await;
+    let envelopes = match read {
+        Ok(Ok(envelopes)) => envelopes,
+        failed => {
+            let error = match failed {
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+                Ok(Ok(_)) => String::new(),
+            };
+            tracing::error!("bulk {operation:?}: cannot read envelopes: {error}");
+            for (id, entry) in claimed {
+                queue.unclaim(id, entry);
+                let reason = format!("cannot read the envelope: {error}");
+                record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
+            }
+            return true;
+        }
+    };
+    let now = SystemTime::now();
+    let mut transitions: Vec<Transition> = Vec::with_capacity(claimed.len());
+    let mut applied: Vec<(QueueId, Entry)> = Vec::with_capacity(claimed.len());
+    for ((id, entry), bytes) in claimed.into_iter().zip(envelopes) {
+        match bytes.map(|bytes| crate::queue::Envelope::decode(&bytes)) {
+            Some(Ok(envelope)) => {
+                transitions.push(transition::operator(id, envelope, operation, now));
+                applied.push((id, entry));
+            }
+            Some(Err(error)) => {
+                queue.unclaim(id, entry);
+                let reason = format!("cannot read the envelope: {error}");
+                record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
+            }
+            None => {
+                queue.remove(id);
+                record(report, id, Err(Outcome::NotFound), bulk.report_ids);
+            }
+        }
+    }
+    if let Err(error) = handle.apply_all(&transitions).await {
+        tracing::error!(
+            "bulk {operation:?}: cannot commit a chunk of {}: {error}",
+            applied.len()
+        );
+        for (id, entry) in applied {
+            queue.unclaim(id, entry);
+            let reason = format!("cannot commit: {error}");
+            record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
+        }
+        return true;
+    }
+    for (id, _) in applied {
+        record(report, id, Ok(()), bulk.report_ids);
+        // Another operator asked for the message while this chunk held it.
+        if let Some(pending) = queue.drop_pending(id) {
+            let later = Operation::from(pending);
+            if let Err(Outcome::Skipped(reason)) = apply(handle, later, id).await {
+                tracing::info!(queue_id = %id, "{id}: {later:?} requested meanwhile was skipped: {reason}");
+            }
+        }
+    }
+    false
+}
+
+/// For a message whose delivery pass is in flight: leaves a hold, delete
+/// or bounce with the pass; anything else is skipped.
+fn leave_with_pass(handle: &QueueHandle, operation: Operation, id: QueueId) -> Result<(), Outcome> {
+    let Some((pending, word)) = pending(operation) else {
+        return Err(Outcome::Skipped("delivery in progress".to_owned()));
+    };
+    if handle.queue.add_pending(id, pending) {
+        Err(Outcome::Pending(format!(
+            "delivery in progress; {word} when it ends"
+        )))
+    } else {
+        Err(Outcome::Skipped("delivery in progress".to_owned()))
+    }
 }
 
 enum Outcome {

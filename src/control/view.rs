@@ -48,7 +48,8 @@ pub struct MessageDetail {
     pub body: Option<String>,
 }
 
-/// What an operation did, per id.
+/// What an operation did, per id. A bulk operation lists ids only when
+/// asked (`report_ids`); its `counts` are always there.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OperationReport {
     pub done: Vec<String>,
@@ -57,6 +58,22 @@ pub struct OperationReport {
     /// Left with the delivery pass in flight, applied when it ends.
     #[serde(default)]
     pub pending: Vec<Skipped>,
+    #[serde(default)]
+    pub counts: OperationCounts,
+    /// A bulk operation that shutdown stopped between two chunks: what it
+    /// counts is done, the rest stays queued as it was.
+    #[serde(default)]
+    pub interrupted: bool,
+}
+
+/// How many messages an operation did, skipped, left with a pass or did
+/// not find.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationCounts {
+    pub done: usize,
+    pub not_found: usize,
+    pub skipped: usize,
+    pub pending: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,14 +135,6 @@ pub fn age_bucket(age_minutes: u64) -> usize {
         .iter()
         .position(|&limit| age_minutes < limit)
         .unwrap_or(AGE_BUCKETS.len())
-}
-
-/// The domain of an address, lowercased (empty without `@`).
-pub fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, domain)| domain.to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 impl MessageView {

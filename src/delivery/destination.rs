@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::client::{Connection, RemoteReply};
 use super::job::Job;
+use crate::config::Route;
 use crate::queue::{Lane, PerLane};
 
 /// Where mail goes next: a recipient domain's MX hosts, or a configured route.
@@ -23,6 +24,20 @@ use crate::queue::{Lane, PerLane};
 pub enum NextHop {
     Mx(String),
     Route(usize),
+}
+
+impl NextHop {
+    /// The destination's name in metrics: the recipient domain, or
+    /// `route:HOST` for a route (`routes` is the configuration's list).
+    pub fn label(&self, routes: &[Route]) -> String {
+        match self {
+            NextHop::Mx(domain) => domain.clone(),
+            NextHop::Route(index) => match routes.get(*index) {
+                Some(route) => format!("route:{}", route.host),
+                None => format!("route:{index}"),
+            },
+        }
+    }
 }
 
 /// How long a connection may sit idle before it is closed.
@@ -107,6 +122,16 @@ impl Destinations {
             .get(hop)
             .map(|destination| destination.jobs.iter().map(|(_, jobs)| jobs.len()).sum())
             .unwrap_or(0)
+    }
+
+    /// Per destination known now, the jobs running there: each holds one
+    /// place under the cap and at most one connection (open, or being
+    /// looked up and opened), so this is the connections in use.
+    pub fn active_connections(&self) -> Vec<(NextHop, usize)> {
+        self.lock()
+            .iter()
+            .map(|(hop, destination)| (hop.clone(), destination.active))
+            .collect()
     }
 
     /// Waits for a job of `lane` that can start now and takes it; the caller

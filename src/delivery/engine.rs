@@ -162,6 +162,8 @@ async fn work(
             _ = shutdown.cancelled() => return,
         };
         let hop = job.hop.clone();
+        // Dropped however the job ends, so the gauge cannot drift.
+        let _slot = context.handle.metrics.delivery_slot(lane);
         tokio::select! {
             _ = job::run(&context, job) => {}
             _ = abort.cancelled() => return,
@@ -278,5 +280,16 @@ async fn start_pass(
                 .clone()
                 .spawn(async move { job.pass.record(&context.handle, results).await });
         }
+    }
+}
+
+impl DeliveryContext {
+    /// Per destination (its metrics label), the connections in use now.
+    pub fn active_connections(&self) -> Vec<(String, u64)> {
+        self.destinations
+            .active_connections()
+            .into_iter()
+            .map(|(hop, active)| (hop.label(&self.routes), active as u64))
+            .collect()
     }
 }

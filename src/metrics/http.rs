@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use relayq_spool::Spool;
 
-use super::Metrics;
 use super::text::{CONTENT_TYPE, render};
+use super::{DestinationConnections, Metrics};
 use crate::queue::Queue;
 use crate::storage::FreeSpace;
 
@@ -32,6 +32,7 @@ const MAX_CONNECTIONS: usize = 16;
 pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     pub queue: Arc<Queue>,
+    pub destinations: DestinationConnections,
     pub spool: Spool,
     pub free_space: FreeSpace,
     pub shutdown: CancellationToken,
@@ -53,7 +54,12 @@ impl Endpoint {
         match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/metrics") => Response::ok(
                 CONTENT_TYPE,
-                render(&self.metrics, &self.queue, SystemTime::now()),
+                render(
+                    &self.metrics,
+                    &self.queue,
+                    &(self.destinations)(),
+                    SystemTime::now(),
+                ),
             ),
             ("GET", "/healthz") if self.is_healthy() => {
                 Response::ok("text/plain; charset=utf-8", "ok\n".to_owned())
@@ -239,6 +245,7 @@ mod tests {
         let endpoint = Endpoint {
             metrics: Arc::new(Metrics::new()),
             queue: Arc::new(Queue::default()),
+            destinations: Arc::new(Vec::new),
             spool,
             free_space: FreeSpace::new(dir.path().to_owned(), 0),
             shutdown: CancellationToken::new(),

@@ -19,6 +19,11 @@ use crate::events::EventKind;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
 
+/// Reads, at scrape time, the connections each destination has in use, as
+/// `(label, count)`: the delivery engine owns those counts, so they are
+/// asked for rather than mirrored here (like the queue gauges).
+pub type DestinationConnections = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+
 /// What became of one recipient in one delivery attempt
 /// (`relayq_recipients_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +76,8 @@ pub struct Metrics {
     /// `relayq_recipients_total`, per lane and outcome (`Outcome::ALL` order).
     recipients: [[AtomicU64; 4]; 2],
     connections_active: AtomicI64,
+    /// `relayq_delivery_slots_in_use`, per lane: lane workers running a job.
+    delivery_slots_in_use: [AtomicI64; 2],
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
     /// `relayq_delivery_seconds`, per lane.
@@ -91,6 +98,7 @@ impl Metrics {
             accepted: Default::default(),
             recipients: Default::default(),
             connections_active: AtomicI64::new(0),
+            delivery_slots_in_use: Default::default(),
             commit_seconds: Histogram::new(histogram::COMMIT_SECONDS),
             commit_batch_size: Histogram::new(histogram::BATCH_SIZE),
             delivery_seconds: [
@@ -135,6 +143,16 @@ impl Metrics {
         }
     }
 
+    /// Counts one of `lane`'s delivery slots as in use until the guard is
+    /// dropped, however the job ends (finished, or dropped at shutdown).
+    pub fn delivery_slot(self: &Arc<Self>, lane: Lane) -> DeliverySlotGuard {
+        self.delivery_slots_in_use[lane_index(lane)].fetch_add(1, Ordering::Relaxed);
+        DeliverySlotGuard {
+            metrics: self.clone(),
+            lane,
+        }
+    }
+
     /// All SMTP listeners are bound (for `/healthz`).
     pub fn set_listeners_up(&self) {
         self.listeners_up.store(true, Ordering::Relaxed);
@@ -158,6 +176,18 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Held while a lane worker runs one job (`relayq_delivery_slots_in_use`).
+pub struct DeliverySlotGuard {
+    metrics: Arc<Metrics>,
+    lane: Lane,
+}
+
+impl Drop for DeliverySlotGuard {
+    fn drop(&mut self) {
+        self.metrics.delivery_slots_in_use[lane_index(self.lane)].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn lane_index(lane: Lane) -> usize {
     match lane {
         Lane::High => 0,
@@ -178,12 +208,13 @@ impl QueueGauges {
             messages: [[0; 4]; 2],
             oldest_arrival_ms: [None; 2],
         };
-        for (_, entry) in queue.snapshot() {
+        queue.visit(None, |_, entry, _| {
             let lane = lane_index(entry.lane);
             gauges.messages[lane][entry.state() as usize] += 1;
             let oldest = &mut gauges.oldest_arrival_ms[lane];
             *oldest = Some(oldest.map_or(entry.arrival_ms, |ms| ms.min(entry.arrival_ms)));
-        }
+            true
+        });
         gauges
     }
 }
@@ -214,6 +245,18 @@ mod tests {
         drop(first);
         drop(second);
         assert_eq!(metrics.connections_active.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn delivery_slot_guard_counts_per_lane_while_held() {
+        let metrics = Arc::new(Metrics::new());
+        let high = metrics.delivery_slot(Lane::High);
+        let low = metrics.delivery_slot(Lane::Low);
+        let second_low = metrics.delivery_slot(Lane::Low);
+        let in_use = |lane| metrics.delivery_slots_in_use[lane_index(lane)].load(Ordering::Relaxed);
+        assert_eq!((in_use(Lane::High), in_use(Lane::Low)), (1, 2));
+        drop((high, low, second_low));
+        assert_eq!((in_use(Lane::High), in_use(Lane::Low)), (0, 0));
     }
 
     #[test]

@@ -14,8 +14,14 @@ use crate::queue::{Lane, Queue, State};
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Every metric, with the queue gauges read from `queue` as of `now`.
-pub fn render(metrics: &Metrics, queue: &Queue, now: SystemTime) -> String {
+/// Every metric, with the queue gauges read from `queue` as of `now` and
+/// the connections in use per destination from `destinations`.
+pub fn render(
+    metrics: &Metrics,
+    queue: &Queue,
+    destinations: &[(String, u64)],
+    now: SystemTime,
+) -> String {
     let gauges = QueueGauges::read(queue);
     let now_ms = unix_ms(now);
     let mut out = String::with_capacity(4096);
@@ -115,6 +121,36 @@ pub fn render(metrics: &Metrics, queue: &Queue, now: SystemTime) -> String {
 
     family(
         &mut out,
+        "relayq_delivery_slots_in_use",
+        "gauge",
+        "Lane workers running a delivery job now, by lane (at most the lane's concurrency).",
+    );
+    for lane in Lane::ALL {
+        sample(
+            &mut out,
+            "relayq_delivery_slots_in_use",
+            &[("lane", lane.as_str())],
+            metrics.delivery_slots_in_use[lane_index(lane)].load(Ordering::Relaxed),
+        );
+    }
+
+    family(
+        &mut out,
+        "relayq_destination_active_connections",
+        "gauge",
+        "Deliveries running at a destination now, each on one connection it holds or is opening (idle pooled connections not counted).",
+    );
+    for (destination, active) in destinations {
+        sample(
+            &mut out,
+            "relayq_destination_active_connections",
+            &[("destination", &escape_label_value(destination))],
+            active,
+        );
+    }
+
+    family(
+        &mut out,
         "relayq_spool_commit_seconds",
         "histogram",
         "Time a session waited for the spool commit holding its message.",
@@ -161,8 +197,25 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// One sample line. Label values here are fixed ASCII words (lanes, states,
-/// outcomes, the crate version), so they need no escaping.
+/// A label value as the text format requires: backslash, double quote and
+/// line feed escaped. Destination names come from recipient domains, which
+/// may hold any of them.
+fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for character in value.chars() {
+        match character {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// One sample line. Label values are written as given: fixed ASCII words
+/// (lanes, states, outcomes, the crate version), or escaped by the caller
+/// (`escape_label_value`).
 fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
     out.push_str(name);
     if !labels.is_empty() {
@@ -196,6 +249,7 @@ fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], values: &His
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -203,7 +257,7 @@ mod tests {
 
     #[test]
     fn empty_registry_writes_every_series() {
-        let text = render(&Metrics::new(), &Queue::default(), SystemTime::now());
+        let text = render(&Metrics::new(), &Queue::default(), &[], SystemTime::now());
         let queue_series = text
             .lines()
             .filter(|line| line.starts_with("relayq_queue_messages{"))
@@ -213,6 +267,8 @@ mod tests {
         assert!(text.contains("relayq_queue_oldest_age_seconds{lane=\"high\"} 0\n"));
         assert!(text.contains("relayq_recipients_total{lane=\"high\",outcome=\"expired\"} 0\n"));
         assert!(text.contains("relayq_smtp_connections_active 0\n"));
+        assert!(text.contains("relayq_delivery_slots_in_use{lane=\"high\"} 0\n"));
+        assert!(text.contains("relayq_delivery_slots_in_use{lane=\"low\"} 0\n"));
         assert!(text.contains("relayq_spool_commit_seconds_bucket{le=\"+Inf\"} 0\n"));
         assert!(text.contains("relayq_delivery_seconds_count{lane=\"low\"} 0\n"));
         // Every sample belongs to a family declared above it.
@@ -234,17 +290,18 @@ mod tests {
 
     #[test]
     fn queue_gauges_count_states_and_age_the_oldest() {
+        use crate::queue::Envelope;
         use relayq_spool::QueueId;
         let queue = Queue::default();
-        let due = tokio::time::Instant::now();
-        for n in 1..=3 {
-            queue.reschedule(QueueId(n), Lane::Low, due);
+        for (n, attempts) in [(1, 0), (2, 1), (3, 4)] {
+            let mut envelope =
+                Envelope::new(String::new(), Vec::new(), Lane::Low, SystemTime::now(), 1);
+            envelope.attempts = attempts;
+            queue.insert(QueueId(n), &envelope);
         }
-        queue.set_attempts(QueueId(2), 1);
-        queue.set_attempts(QueueId(3), 4);
         let arrival = queue.get(QueueId(1)).unwrap().arrival_ms;
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(arrival + 2500);
-        let text = render(&Metrics::new(), &queue, now);
+        let text = render(&Metrics::new(), &queue, &[], now);
         assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"ready\"} 1\n"));
         assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"deferred\"} 2\n"));
         assert!(text.contains("relayq_queue_messages{lane=\"high\",state=\"ready\"} 0\n"));
@@ -256,7 +313,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.message_accepted(Lane::Low, Duration::from_millis(3), 2);
         metrics.recipient(Lane::Low, EventKind::Bounced, SystemTime::now());
-        let text = render(&metrics, &Queue::default(), SystemTime::now());
+        let text = render(&metrics, &Queue::default(), &[], SystemTime::now());
         assert!(text.contains("relayq_messages_accepted_total{lane=\"low\"} 1\n"));
         assert!(text.contains("relayq_recipients_total{lane=\"low\",outcome=\"bounced\"} 1\n"));
         assert!(text.contains("relayq_spool_commit_batch_size_bucket{le=\"1\"} 0\n"));
@@ -264,5 +321,32 @@ mod tests {
         assert!(text.contains("relayq_spool_commit_batch_size_sum 2\n"));
         assert!(text.contains("relayq_spool_commit_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("relayq_delivery_seconds_bucket{lane=\"low\",le=\"0.1\"} 1\n"));
+    }
+
+    #[test]
+    fn slots_in_use_and_destination_connections_are_gauges() {
+        let metrics = Arc::new(Metrics::new());
+        let _slot = metrics.delivery_slot(Lane::High);
+        let destinations = [
+            ("dest.example".to_owned(), 2),
+            ("odd\"name\\".to_owned(), 0),
+        ];
+        let text = render(
+            &metrics,
+            &Queue::default(),
+            &destinations,
+            SystemTime::now(),
+        );
+        assert!(text.contains("relayq_delivery_slots_in_use{lane=\"high\"} 1\n"));
+        assert!(text.contains("relayq_delivery_slots_in_use{lane=\"low\"} 0\n"));
+        assert!(text.contains("# TYPE relayq_destination_active_connections gauge\n"));
+        assert!(
+            text.contains(
+                "relayq_destination_active_connections{destination=\"dest.example\"} 2\n"
+            )
+        );
+        assert!(text.contains(
+            "relayq_destination_active_connections{destination=\"odd\\\"name\\\\\"} 0\n"
+        ));
     }
 }

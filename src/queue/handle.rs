@@ -40,39 +40,39 @@ impl QueueHandle {
     /// Carries `transition` out. On `Err` nothing of it was stored, and
     /// nothing changed in the schedule or was announced.
     pub async fn apply(&self, transition: &Transition) -> Result<(), SpoolError> {
-        let reports = self.build_reports(transition).await;
-        let id = transition.id;
-        let mut changes = Vec::with_capacity(1 + reports.len());
-        changes.push(match &transition.record {
-            Record::Update => Change::UpdateEnvelope {
-                id,
-                envelope: transition.envelope.encode(),
-            },
-            Record::MarkDelivered(indices) => {
-                let indices = indices.clone();
-                Change::EditEnvelope {
-                    id,
-                    edit: EnvelopeEdit::new(move |stored| {
-                        let mut envelope = Envelope::decode(stored).ok()?;
-                        transition::mark_delivered(&mut envelope, &indices);
-                        Some(envelope.encode())
-                    }),
-                }
+        self.apply_all(std::slice::from_ref(transition)).await
+    }
+
+    /// Carries out several transitions (of different messages) in one spool
+    /// commit: all of them or none.
+    pub async fn apply_all(&self, transitions: &[Transition]) -> Result<(), SpoolError> {
+        let mut changes = Vec::with_capacity(transitions.len());
+        let mut queued_reports = Vec::with_capacity(transitions.len());
+        for transition in transitions {
+            let reports = self.build_reports(transition).await;
+            changes.push(record_change(transition));
+            let mut queued = Vec::with_capacity(reports.len());
+            for (report_id, envelope, body) in reports {
+                changes.push(Change::Insert {
+                    id: report_id,
+                    envelope: envelope.encode(),
+                    body,
+                });
+                queued.push((report_id, envelope));
             }
-            Record::Remove => Change::Remove { id },
-        });
-        let mut queued_reports = Vec::with_capacity(reports.len());
-        for (report_id, envelope, body) in reports {
-            changes.push(Change::Insert {
-                id: report_id,
-                envelope: envelope.encode(),
-                body,
-            });
-            queued_reports.push((report_id, envelope));
+            queued_reports.push(queued);
         }
         self.spool.apply(changes).await?;
+        for (transition, reports) in transitions.iter().zip(&queued_reports) {
+            self.committed(transition, reports);
+        }
+        Ok(())
+    }
 
-        // The schedule follows the spool.
+    /// After the commit: the schedule follows the spool, then the
+    /// announcements.
+    fn committed(&self, transition: &Transition, reports: &[(QueueId, Envelope)]) {
+        let id = transition.id;
         match &transition.record {
             Record::Update => self.queue.insert(id, &transition.envelope),
             Record::MarkDelivered(_) => {}
@@ -80,12 +80,12 @@ impl QueueHandle {
                 self.queue.remove(id);
             }
         }
-        for (report_id, envelope) in &queued_reports {
+        for (report_id, envelope) in reports {
             self.queue.insert(*report_id, envelope);
         }
 
         self.announce(transition);
-        for (report_id, _) in &queued_reports {
+        for (report_id, _) in reports {
             tracing::info!(queue_id = %report_id, "{report_id}: delivery status notification for {id} queued");
         }
         if let Some(action) = transition.operator {
@@ -98,7 +98,6 @@ impl QueueHandle {
             self.events
                 .publish(Event::new(EventKind::Removed, id, transition.lane));
         }
-        Ok(())
     }
 
     /// Log line, event and metric for each recipient that changed.
@@ -282,6 +281,29 @@ impl QueueHandle {
                 .map_err(LoadError::Undecodable),
             None => Ok(None),
         }
+    }
+}
+
+/// The spool change that stores `transition`'s record of its message.
+fn record_change(transition: &Transition) -> Change {
+    let id = transition.id;
+    match &transition.record {
+        Record::Update => Change::UpdateEnvelope {
+            id,
+            envelope: transition.envelope.encode(),
+        },
+        Record::MarkDelivered(indices) => {
+            let indices = indices.clone();
+            Change::EditEnvelope {
+                id,
+                edit: EnvelopeEdit::new(move |stored| {
+                    let mut envelope = Envelope::decode(stored).ok()?;
+                    transition::mark_delivered(&mut envelope, &indices);
+                    Some(envelope.encode())
+                }),
+            }
+        }
+        Record::Remove => Change::Remove { id },
     }
 }
 

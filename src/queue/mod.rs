@@ -5,6 +5,7 @@
 //! Time is `tokio::time::Instant`, so scheduling tests can pause and advance
 //! the clock; the wall-clock due time lives in the envelope.
 
+pub(crate) mod domains;
 pub mod envelope;
 pub(crate) mod handle;
 mod lane;
@@ -20,6 +21,7 @@ use relayq_spool::{QueueId, Spool, SpoolError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use domains::{DomainSets, SetId};
 pub use envelope::Envelope;
 pub use lane::{Lane, PerLane};
 pub use operations::PendingOperation;
@@ -38,6 +40,8 @@ pub enum Phase {
     Held,
 }
 
+/// What the schedule keeps of a message: enough to list, count and select
+/// it without reading its envelope, and small (48 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub lane: Lane,
@@ -47,10 +51,14 @@ pub struct Entry {
     /// Delivery attempts so far: a waiting message with attempts is
     /// "deferred", without is "ready".
     pub attempts: u32,
+    /// The domains of its open recipients (interned, see `domains`).
+    pub domains: SetId,
 }
 
 /// The state names `queue list` and the metrics show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Ready,
@@ -101,7 +109,15 @@ struct Schedule {
     waiting: PerLane<BTreeSet<(Instant, QueueId)>>,
     /// Operator operations waiting for a message's pass to end.
     pending: HashMap<QueueId, PendingOperation>,
+    domain_sets: DomainSets,
 }
+
+/// Entries visited per lock by [`Queue::visit`]: the lock is never held for
+/// long, whatever the length of the queue.
+const VISIT_CHUNK: usize = 4096;
+
+/// Envelopes read per spool read transaction when the schedule is rebuilt.
+const REBUILD_CHUNK: usize = 4096;
 
 #[derive(Default)]
 pub struct Queue {
@@ -119,30 +135,47 @@ pub fn instant_for(due_ms: Option<u64>) -> Instant {
 }
 
 impl Queue {
-    /// Rebuilds the queue from every message in the spool.
+    /// Rebuilds the queue from every message in the spool, reading the
+    /// envelopes in chunks on the blocking pool (memory does not grow with
+    /// the spool beyond the schedule itself).
     pub async fn rebuild(spool: &Spool) -> Result<(Queue, Recovery), SpoolError> {
         let queue = Queue::default();
         let mut recovery = Recovery::default();
-        for (id, bytes) in spool.scan()? {
-            let envelope = match Envelope::decode(&bytes) {
-                Ok(envelope) => envelope,
-                Err(error) => {
-                    tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
-                    spool.quarantine(id, &error.to_string())?;
-                    recovery.quarantined += 1;
+        let mut after = None;
+        loop {
+            let reader = spool.clone();
+            let chunk = tokio::task::spawn_blocking(move || reader.scan_from(after, REBUILD_CHUNK))
+                .await
+                .map_err(|error| SpoolError::Io(std::io::Error::other(error)))??;
+            let Some(&(last, _)) = chunk.last() else {
+                break;
+            };
+            after = Some(last);
+            let mut completed = Vec::new();
+            for (id, bytes) in chunk {
+                let envelope = match Envelope::decode(&bytes) {
+                    Ok(envelope) => envelope,
+                    Err(error) => {
+                        tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
+                        spool.quarantine(id, &error.to_string())?;
+                        recovery.quarantined += 1;
+                        continue;
+                    }
+                };
+                if envelope.is_complete() {
+                    completed.push(relayq_spool::Change::Remove { id });
                     continue;
                 }
-            };
-            if envelope.is_complete() {
-                spool.remove(id).await?;
-                recovery.completed += 1;
-                continue;
+                match envelope.lane {
+                    Lane::High => recovery.high += 1,
+                    Lane::Low => recovery.low += 1,
+                }
+                queue.insert(id, &envelope);
             }
-            match envelope.lane {
-                Lane::High => recovery.high += 1,
-                Lane::Low => recovery.low += 1,
+            recovery.completed += completed.len();
+            if !completed.is_empty() {
+                spool.apply(completed).await?;
             }
-            queue.insert(id, &envelope);
         }
         Ok((queue, recovery))
     }
@@ -156,38 +189,85 @@ impl Queue {
                 due: instant_for(envelope.next_attempt_ms),
             }
         };
-        self.set(
-            id,
-            envelope.lane,
+        let mut state = self.lock();
+        let domains = state.domain_sets.acquire_for(envelope);
+        let entry = Entry {
+            lane: envelope.lane,
             phase,
-            envelope.arrival_ms,
-            envelope.attempts,
-        );
+            arrival_ms: envelope.arrival_ms,
+            attempts: envelope.attempts,
+            domains,
+        };
+        self.place(state, id, entry);
     }
 
-    /// After a pass that left recipients to retry: wait until `due`.
+    /// After a pass that could not be recorded, or a postponed one: wait
+    /// until `due`, with everything else as it was.
     pub fn reschedule(&self, id: QueueId, lane: Lane, due: Instant) {
-        let (arrival_ms, attempts) = self
-            .get(id)
-            .map(|entry| (entry.arrival_ms, entry.attempts))
-            .unwrap_or((envelope::unix_ms(SystemTime::now()), 0));
-        self.set(id, lane, Phase::Waiting { due }, arrival_ms, attempts);
+        let mut state = self.lock();
+        let entry = match state.entries.get(&id).copied() {
+            Some(entry) => {
+                state.domain_sets.retain(entry.domains);
+                Entry {
+                    lane,
+                    phase: Phase::Waiting { due },
+                    ..entry
+                }
+            }
+            None => Entry {
+                lane,
+                phase: Phase::Waiting { due },
+                arrival_ms: envelope::unix_ms(SystemTime::now()),
+                attempts: 0,
+                domains: DomainSets::EMPTY,
+            },
+        };
+        self.place(state, id, entry);
     }
 
-    /// Records that a pass ended with `attempts` attempts in total.
-    pub fn set_attempts(&self, id: QueueId, attempts: u32) {
-        if let Some(entry) = self.lock().entries.get_mut(&id) {
-            entry.attempts = attempts;
+    /// Calls `visit` for each queued message after `after` (all when
+    /// `None`), in queue id order, with the domain sets to resolve its
+    /// domains; stops when `visit` returns false. The lock is taken per
+    /// chunk of entries and never held across `visit` calls of two chunks,
+    /// so intake and delivery go on during a walk over a million entries;
+    /// an entry added or removed meanwhile may or may not be seen.
+    pub fn visit(
+        &self,
+        after: Option<QueueId>,
+        mut visit: impl FnMut(QueueId, &Entry, &DomainSets) -> bool,
+    ) {
+        let mut from = after;
+        loop {
+            let state = self.lock();
+            let range = match from {
+                Some(id) => state
+                    .entries
+                    .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+                None => state.entries.range(..),
+            };
+            let mut seen = 0;
+            for (id, entry) in range.take(VISIT_CHUNK) {
+                seen += 1;
+                from = Some(*id);
+                if !visit(*id, entry, &state.domain_sets) {
+                    return;
+                }
+            }
+            if seen < VISIT_CHUNK {
+                return;
+            }
         }
     }
 
-    /// Every queued message with its entry, in queue id order.
-    pub fn snapshot(&self) -> Vec<(QueueId, Entry)> {
-        self.lock()
+    /// The domains of message `id`'s open recipients, as the schedule knows
+    /// them.
+    pub fn domains(&self, id: QueueId) -> Vec<std::sync::Arc<str>> {
+        let state = self.lock();
+        state
             .entries
-            .iter()
-            .map(|(id, entry)| (*id, *entry))
-            .collect()
+            .get(&id)
+            .map(|entry| state.domain_sets.domains(entry.domains).to_vec())
+            .unwrap_or_default()
     }
 
     pub fn remove(&self, id: QueueId) -> Option<Entry> {
@@ -197,6 +277,7 @@ impl Queue {
         if let Phase::Waiting { due } = entry.phase {
             state.waiting[entry.lane].remove(&(due, id));
         }
+        state.domain_sets.release(entry.domains);
         Some(entry)
     }
 
@@ -251,26 +332,23 @@ impl Queue {
         }
     }
 
-    fn set(&self, id: QueueId, lane: Lane, phase: Phase, arrival_ms: u64, attempts: u32) {
-        let mut state = self.lock();
-        let entry = Entry {
-            lane,
-            phase,
-            arrival_ms,
-            attempts,
-        };
-        if let Some(previous) = state.entries.insert(id, entry)
-            && let Phase::Waiting { due } = previous.phase
-        {
-            state.waiting[previous.lane].remove(&(due, id));
+    /// Puts `entry` in the schedule (replacing an earlier one) under the
+    /// held lock. `entry.domains` must carry a reference the schedule takes
+    /// over; the replaced entry's is released.
+    fn place(&self, mut state: std::sync::MutexGuard<'_, Schedule>, id: QueueId, entry: Entry) {
+        if let Some(previous) = state.entries.insert(id, entry) {
+            if let Phase::Waiting { due } = previous.phase {
+                state.waiting[previous.lane].remove(&(due, id));
+            }
+            state.domain_sets.release(previous.domains);
         }
-        if let Phase::Waiting { due } = phase {
-            let waiting = &mut state.waiting[lane];
+        if let Phase::Waiting { due } = entry.phase {
+            let waiting = &mut state.waiting[entry.lane];
             let becomes_first = waiting.first().is_none_or(|&(first, _)| due < first);
             waiting.insert((due, id));
             drop(state);
             if becomes_first {
-                self.wake[lane].notify_one();
+                self.wake[entry.lane].notify_one();
             }
         }
     }
@@ -330,7 +408,14 @@ mod tests {
         let queue = Queue::default();
         queue.reschedule(id(1), Lane::High, Instant::now());
         queue.remove(id(1));
-        queue.set(id(2), Lane::High, Phase::Held, 0, 0);
+        let held = Entry {
+            lane: Lane::High,
+            phase: Phase::Held,
+            arrival_ms: 0,
+            attempts: 0,
+            domains: DomainSets::EMPTY,
+        };
+        queue.place(queue.lock(), id(2), held);
         queue.reschedule(id(3), Lane::High, Instant::now() + Duration::from_secs(1));
         assert_eq!(queue.next_due(Lane::High).await, id(3));
         assert_eq!(queue.len(), 2);

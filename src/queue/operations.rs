@@ -86,13 +86,9 @@ impl Queue {
 
     /// Puts a claimed message back as it was (the operation did not commit).
     pub fn unclaim(&self, id: QueueId, entry: Entry) {
-        self.set(
-            id,
-            entry.lane,
-            entry.phase,
-            entry.arrival_ms,
-            entry.attempts,
-        );
+        let mut state = self.lock();
+        state.domain_sets.retain(entry.domains);
+        self.place(state, id, entry);
     }
 }
 

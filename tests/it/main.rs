@@ -8,8 +8,10 @@
 mod common;
 
 mod check_config;
+mod crash_soak;
 mod delivery_connections;
 mod delivery_crash;
+mod delivery_faults;
 mod delivery_mx;
 mod delivery_outcomes;
 mod delivery_tls;

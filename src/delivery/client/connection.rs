@@ -32,6 +32,9 @@ pub struct Connection {
     pub(super) rset_pending: bool,
     /// The server has answered the current transaction's MAIL FROM.
     pub(super) mail_answered: bool,
+    /// Reset for reuse at least once: the server may since have ended the
+    /// idle session (with a 421 still waiting in the input).
+    pub(super) reused: bool,
 }
 
 /// How long QUIT waits for its 221 (and the close for its close_notify).
@@ -97,6 +100,7 @@ impl Connection {
     /// server that dropped the idle connection meanwhile is then found out by
     /// that transaction, which the caller retries on a new connection.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
+        self.reused = true;
         if self.capabilities.offers(EXT_PIPELINING) {
             self.rset_pending = true;
             return Ok(());
@@ -242,6 +246,7 @@ async fn open_once(
         completed_transactions: 0,
         rset_pending: false,
         mail_answered: false,
+        reused: false,
     })
 }
 

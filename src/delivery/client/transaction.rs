@@ -271,6 +271,16 @@ impl Connection {
             .transport
             .read_reply(command_limit, "waiting for reply to MAIL FROM")
             .await?;
+        if mail_reply.code == 421 && self.reused {
+            // The server ended the session while it sat idle and said so
+            // (RFC 5321 §3.8; Postfix on its idle timeout): the reply is not
+            // about this message, nothing was attempted, and the caller
+            // tries a fresh connection, as for any reused one found closed.
+            return Err(ClientError::ConnectionLost {
+                stage: "waiting for reply to MAIL FROM",
+                detail: mail_reply.to_string(),
+            });
+        }
         self.mail_answered = true;
         if !mail_reply.is_positive() {
             settle(outcomes, &mail_reply, failure_disposition(&mail_reply));

@@ -105,6 +105,7 @@ fn key(name: &str) -> String {
 pub struct TestDns {
     /// UDP and TCP, same port.
     pub address: SocketAddr,
+    zone: Arc<Mutex<Zone>>,
     queries: Arc<Mutex<Vec<String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -117,8 +118,9 @@ impl TestDns {
         let (udp, tcp) = bind_same_port();
         let address = udp.local_addr().expect("local address");
         let queries = Arc::new(Mutex::new(Vec::new()));
+        let zone = Arc::new(Mutex::new(zone));
         let handler = ZoneHandler {
-            zone: Arc::new(zone),
+            zone: zone.clone(),
             queries: queries.clone(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -148,10 +150,17 @@ impl TestDns {
             .expect("DNS server thread");
         TestDns {
             address,
+            zone,
             queries,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Answers queries received from now on from `zone` (e.g. a name server
+    /// that timed out answers again). Answers the resolver cached stay.
+    pub fn set_zone(&self, zone: Zone) {
+        *self.zone.lock().expect("zone") = zone;
     }
 
     /// Every query received so far, as `"MX example.com"`, in arrival order.
@@ -184,7 +193,7 @@ fn bind_same_port() -> (UdpSocket, TcpListener) {
 }
 
 struct ZoneHandler {
-    zone: Arc<Zone>,
+    zone: Arc<Mutex<Zone>>,
     queries: Arc<Mutex<Vec<String>>>,
 }
 
@@ -207,8 +216,9 @@ impl ZoneHandler {
             answers: Vec::new(),
             soa: vec![soa_record()],
         };
-        let Some(node) = self.zone.nodes.get(&key(&name.to_ascii())) else {
-            if self.zone.servfail_unknown {
+        let zone = self.zone.lock().expect("zone");
+        let Some(node) = zone.nodes.get(&key(&name.to_ascii())) else {
+            if zone.servfail_unknown {
                 return reply(ResponseCode::ServFail, Vec::new());
             }
             return negative(ResponseCode::NXDomain);
@@ -245,7 +255,12 @@ impl ZoneHandler {
     }
 
     fn delay_for(&self, name: &Name) -> Option<Duration> {
-        self.zone.nodes.get(&key(&name.to_ascii()))?.delay
+        self.zone
+            .lock()
+            .expect("zone")
+            .nodes
+            .get(&key(&name.to_ascii()))?
+            .delay
     }
 
     async fn respond<R: ResponseHandler>(

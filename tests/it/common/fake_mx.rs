@@ -1,7 +1,8 @@
 //! A scripted SMTP server standing in for a remote MX or smarthost: runs on
 //! its own thread and tokio runtime (so sync tests and tests driving the
 //! real relayq binary can use it alike), records what it receives, and
-//! misbehaves on request (delays, disconnects, silence, broken TLS).
+//! misbehaves on request (delays, disconnects, resets, silence, overlong
+//! replies, broken TLS), until told to behave (`set_script`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +21,9 @@ mod session;
 
 /// The most a fake MX buffers of one message.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// The length of the reply line `Script::overlong_reply_at` sends: far
+/// beyond any limit a client should accept (RFC 5321 §4.5.3.1.5 sets 512).
+pub const OVERLONG_REPLY: usize = 2 * 1024 * 1024;
 
 /// A point in the SMTP dialogue where a script can delay or hang up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +48,7 @@ pub struct Script {
     /// this certificate.
     pub tls: Option<TlsIdentity>,
     pub implicit_tls: bool,
-    /// Offer STARTTLS, answer 220, then send garbage instead of a handshake.
+    /// Offer STARTTLS, answer 220, then answer the ClientHello with garbage.
     pub broken_tls: bool,
     /// Answer EHLO with 502 (the client should fall back to HELO).
     pub reject_ehlo: bool,
@@ -64,6 +68,15 @@ pub struct Script {
     pub disconnect_at: Option<Stage>,
     /// Never reply to DATA (nor to anything after it in that session).
     pub never_answer_data: bool,
+    /// After the first line of message content, abort the connection with
+    /// a TCP reset (SO_LINGER 0) instead of reading on.
+    pub reset_in_data: bool,
+    /// At this stage, send one reply line of `OVERLONG_REPLY` octets (the
+    /// normal reply's code, then filler) instead of the normal reply.
+    pub overlong_reply_at: Option<Stage>,
+    /// After this long without a command, say `421 4.4.2` and close, as
+    /// Postfix's smtpd does when its idle timeout expires.
+    pub idle_close: Option<Duration>,
 }
 
 impl Default for Script {
@@ -91,6 +104,9 @@ impl Default for Script {
             delay_before: Vec::new(),
             disconnect_at: None,
             never_answer_data: false,
+            reset_in_data: false,
+            overlong_reply_at: None,
+            idle_close: None,
         }
     }
 }
@@ -144,10 +160,14 @@ impl Shared {
     }
 }
 
+/// The script new sessions follow, with the TLS acceptor built from it.
+type Current = Arc<Mutex<(Arc<Script>, Option<TlsAcceptor>)>>;
+
 /// A running fake MX; stops (closing every session) on drop.
 pub struct FakeMx {
     pub address: SocketAddr,
     shared: Arc<Shared>,
+    current: Current,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -157,28 +177,35 @@ impl FakeMx {
         let listener = std::net::TcpListener::bind(bind)?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
-        let acceptor = match &script.tls {
-            Some(identity) => Some(acceptor(identity)?),
-            None => None,
-        };
+        let current = Arc::new(Mutex::new(with_acceptor(script)?));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let shared = Arc::new(Shared::default());
         let (stop, stopped) = oneshot::channel();
         let thread_shared = shared.clone();
+        let thread_current = current.clone();
         let thread = std::thread::Builder::new()
             .name(format!("fake-mx-{address}"))
             .spawn(move || {
-                runtime.block_on(serve(listener, script, acceptor, thread_shared, stopped));
+                runtime.block_on(serve(listener, thread_current, thread_shared, stopped));
                 // Dropping the runtime cancels the sessions still running.
             })?;
         Ok(FakeMx {
             address,
             shared,
+            current,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// Sessions accepted from now on follow `script` (e.g. the MX behaves
+    /// again); sessions already open keep the script they started with.
+    pub fn set_script(&self, script: Script) -> std::io::Result<()> {
+        let next = with_acceptor(script)?;
+        *self.current.lock().unwrap() = next;
+        Ok(())
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -242,13 +269,11 @@ impl Drop for FakeMx {
 
 async fn serve(
     listener: std::net::TcpListener,
-    script: Script,
-    acceptor: Option<TlsAcceptor>,
+    current: Current,
     shared: Arc<Shared>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("register listener");
-    let script = Arc::new(script);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
@@ -260,11 +285,20 @@ async fn serve(
                     state.max_concurrent = state.max_concurrent.max(state.active);
                     state.sessions
                 });
-                let session = Session::new(stream, script.clone(), acceptor.clone(), shared.clone(), number);
+                let (script, acceptor) = current.lock().unwrap().clone();
+                let session = Session::new(stream, script, acceptor, shared.clone(), number);
                 tokio::spawn(session.run());
             }
         }
     }
+}
+
+fn with_acceptor(script: Script) -> std::io::Result<(Arc<Script>, Option<TlsAcceptor>)> {
+    let acceptor = match &script.tls {
+        Some(identity) => Some(acceptor(identity)?),
+        None => None,
+    };
+    Ok((Arc::new(script), acceptor))
 }
 
 fn acceptor(identity: &TlsIdentity) -> std::io::Result<TlsAcceptor> {

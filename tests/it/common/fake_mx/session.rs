@@ -1,5 +1,5 @@
 //! One fake MX session: the command loop, STARTTLS, AUTH, DATA, and the
-//! script's delays, hang-ups and silence.
+//! script's delays, hang-ups, resets, overlong replies and silence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::{MAX_MESSAGE, Received, Script, Shared, Stage};
+use super::{MAX_MESSAGE, OVERLONG_REPLY, Received, Script, Shared, Stage};
 
 enum ServerStream {
     Plain(TcpStream),
@@ -42,6 +42,16 @@ impl ServerStream {
 
     fn is_tls(&self) -> bool {
         matches!(self, ServerStream::Tls(_))
+    }
+
+    /// Makes the close that follows send a TCP reset instead of a FIN.
+    fn reset_on_close(&self) {
+        let tcp = match self {
+            ServerStream::Plain(stream) => stream,
+            ServerStream::Tls(stream) => stream.get_ref().0,
+            ServerStream::Gone => return,
+        };
+        let _ = tcp.set_zero_linger();
     }
 }
 
@@ -178,6 +188,10 @@ impl Session {
         }
         self.reply("220 2.0.0 Ready to start TLS").await?;
         if self.script.broken_tls {
+            // Garbage only once the ClientHello is here, so the client sees
+            // it as a failed handshake, never as data sent after the 220.
+            let mut hello = vec![0; 4096];
+            let _ = self.stream.read(&mut hello).await;
             let _ = self
                 .stream
                 .write_all(b"this is not a TLS handshake\r\n")
@@ -301,6 +315,10 @@ impl Session {
         let mut data = Vec::new();
         loop {
             let line = self.raw_line().await?;
+            if self.script.reset_in_data {
+                self.stream.reset_on_close();
+                return Err(Hangup);
+            }
             if line == b".\r\n" {
                 break;
             }
@@ -354,21 +372,43 @@ impl Session {
         if self.script.disconnect_at == Some(stage) {
             return Err(Hangup);
         }
+        if self.script.overlong_reply_at == Some(stage) {
+            let code = reply.get(..3).unwrap_or("250");
+            let line = format!("{code} {}", "x".repeat(OVERLONG_REPLY));
+            return self.reply(&line).await;
+        }
         self.reply(reply).await
     }
 
+    /// Sends `reply`; after a 421 the session ends, as RFC 5321 §3.8 has a
+    /// server close the connection once it said so.
     async fn reply(&mut self, reply: &str) -> Step {
         let wire = format!("{reply}\r\n");
         self.stream
             .write_all(wire.as_bytes())
             .await
-            .map_err(|_| Hangup)
+            .map_err(|_| Hangup)?;
+        if reply.starts_with("421") {
+            return Err(Hangup);
+        }
+        Ok(())
     }
 
     /// The next command line without its CRLF, recorded; counts a command
     /// batch for every socket read that completes at least one line.
     async fn command_line(&mut self) -> Result<String, Hangup> {
-        let line = self.next_line(true).await?;
+        let line = match self.script.idle_close {
+            None => self.next_line(true).await?,
+            Some(limit) => match tokio::time::timeout(limit, self.next_line(true)).await {
+                Ok(line) => line?,
+                Err(_) => {
+                    let _ = self
+                        .reply("421 4.4.2 mx.test Error: timeout exceeded")
+                        .await;
+                    return Err(Hangup);
+                }
+            },
+        };
         let line = String::from_utf8_lossy(&line)
             .trim_end_matches(['\r', '\n'])
             .to_owned();
