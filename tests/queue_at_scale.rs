@@ -109,11 +109,11 @@ fn wait_deferred(relay: &TestRelay, count: u64) {
 }
 
 fn domain_ab(i: usize) -> &'static str {
-    if i % 3 == 0 { "b.test" } else { "a.test" }
+    if i.is_multiple_of(3) { "b.test" } else { "a.test" }
 }
 
 fn every_fourth_low(i: usize) -> bool {
-    i % 4 == 0
+    i.is_multiple_of(4)
 }
 
 #[test]
