@@ -22,6 +22,7 @@ mod intake_limits;
 mod intake_protocol;
 mod lanes;
 mod metrics;
+mod queue_at_scale;
 mod queue_cli;
 mod sendmail;
 mod smtp_client;

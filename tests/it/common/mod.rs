@@ -150,6 +150,10 @@ impl TestRelay {
         panic!("no log line with {needle:?}; logs:\n{}", self.logs_text());
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

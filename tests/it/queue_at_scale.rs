@@ -4,15 +4,13 @@
 //! stops cleanly, with one DSN per bounced message. A few thousand messages
 //! and a small `control.bulk_chunk` stand in for a million.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestRelay, WAIT, queued_id};
+use crate::common::{TestRelay, WAIT, queued_id};
 
 /// The relay's mail is deferred (the test DNS answers SERVFAIL) and waits a
 /// day before its next attempt; bulk operations commit `chunk` per commit.
@@ -109,7 +107,11 @@ fn wait_deferred(relay: &TestRelay, count: u64) {
 }
 
 fn domain_ab(i: usize) -> &'static str {
-    if i.is_multiple_of(3) { "b.test" } else { "a.test" }
+    if i.is_multiple_of(3) {
+        "b.test"
+    } else {
+        "a.test"
+    }
 }
 
 fn every_fourth_low(i: usize) -> bool {
