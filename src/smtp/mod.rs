@@ -4,6 +4,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod long_lines;
 pub mod message;
 pub mod pressure;
 pub mod reply;

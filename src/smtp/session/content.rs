@@ -209,6 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return;
             }
         };
+        let line_breaks = assembled.line_breaks;
         let mail = transaction.mail;
         let lane = Lane::select(
             mail.mt_priority,
@@ -255,6 +256,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     stored.batch_size,
                     self.client_ip(),
                 );
+                if line_breaks > 0 {
+                    tracing::info!(
+                        queue_id = %id,
+                        "{id}: {line_breaks} line breaks inserted into lines longer than 998 octets"
+                    );
+                }
                 self.shared.queue.insert(id, &envelope);
                 let mut event = Event::new(EventKind::Accepted, id, lane);
                 event.sender = Some(envelope.reverse_path.clone());
