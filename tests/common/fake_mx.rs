@@ -64,6 +64,9 @@ pub struct Script {
     pub disconnect_at: Option<Stage>,
     /// Never reply to DATA (nor to anything after it in that session).
     pub never_answer_data: bool,
+    /// Refuse a message with a content line longer than this many octets
+    /// (without CRLF) with `500 5.5.0`, as a conforming MX does for 998.
+    pub max_line_length: Option<usize>,
 }
 
 impl Default for Script {
@@ -91,6 +94,7 @@ impl Default for Script {
             delay_before: Vec::new(),
             disconnect_at: None,
             never_answer_data: false,
+            max_line_length: None,
         }
     }
 }
