@@ -144,10 +144,13 @@ fi
 
 # ---------------------------------------------------------------- Postfix
 if sys_on postfix; then
-    pf_start pressure "$DEAD_PORT" "# As many smtpd processes as relayq sessions.
-default_process_limit = $MAX_CONN"
+    pf_start pressure "$DEAD_PORT"
+    # As many smtpd processes as relayq has sessions.
+    postconf -c "$PF_DIR/etc" -e "default_process_limit = $MAX_CONN" && postfix -c "$PF_DIR/etc" reload >/dev/null 2>&1
+    sleep 1
     drive "$PF_PORT" postfix
-    grep -aE 'stress|too many|timeout after' "$PF_DIR/maillog" | sed -E 's/.*(postfix[^:]*: )/\1/' \
-        | sed -E 's/[0-9.]+\[127\.0\.0\.1\]//' | sort | uniq -c | sort -rn | head -5 | sed 's/^/postfix log: /'
+    grep -aE 'process limit|stress|too many|timeout after' "$PF_DIR/maillog" \
+        | sed -E 's/^.*postfix\/([a-z]+)\[[0-9]+\]: /\1: /; s/from [^ ]*\[127\.0\.0\.1\]/from 127.0.0.1/' \
+        | sort | uniq -c | sort -rn | head -5 | sed 's/^/postfix log: /'
     pf_stop
 fi
