@@ -179,14 +179,14 @@ fn max_connections_sessions_are_served_with_two_listeners() {
 #[test]
 fn stress_mode_shortens_the_idle_timeout() {
     let relay = TestRelay::start(&format!(
-        "[smtp]\nmax_connections = 10\nidle_timeout = \"5m\"\nstress_idle_timeout = \"1s\"\n{METRICS}"
+        "[smtp]\nmax_connections = 10\nidle_timeout = \"5m\"\nstress_idle_timeout = \"2s\"\n{METRICS}"
     ));
     let metrics = metrics_address(&relay);
     let old: Vec<TcpStream> = (0..6).map(|_| idle_session(relay.address)).collect();
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
     // Nine of ten sessions in use: stress mode. Sessions idle for longer
     // than the stress timeout are closed until fewer than 75% are in use,
-    // long before the three new ones have idled for a second.
+    // long before the three new ones have idled for two seconds.
     let mut new: Vec<SmtpClient> = (0..3).map(|_| relay.client()).collect();
     for client in &mut new {
         assert_eq!(client.read().code, 220);
