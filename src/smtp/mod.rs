@@ -4,7 +4,9 @@
 pub(crate) mod address;
 pub mod command;
 pub mod data;
+pub(crate) mod long_lines;
 pub(crate) mod message;
+pub(crate) mod pressure;
 pub(crate) mod reply;
 pub(crate) mod server;
 pub(crate) mod session;

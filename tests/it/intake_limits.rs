@@ -229,21 +229,31 @@ fn too_many_errors_closes_the_session() {
 }
 
 #[test]
-fn connection_cap_makes_new_clients_wait() {
+fn connection_cap_sheds_an_idle_session_or_makes_new_clients_wait() {
     let relay = TestRelay::start("[smtp]\nmax_connections = 2\n");
-    let mut first = relay.client();
-    first.greet();
-    let mut second = relay.client();
-    second.greet();
-    // The relay logs when it finds no connection permit for a new client;
-    // from then on that client gets no greeting until a session ends.
+    // Two sessions in the middle of a fast BDAT transfer: both are ahead of
+    // smtp.min_data_rate, so neither can be shed for a new client.
+    let start_transfer = || {
+        let mut client = relay.client();
+        client.greet();
+        assert_eq!(client.command("MAIL FROM:<a@example.com>").code, 250);
+        assert_eq!(client.command("RCPT TO:<b@example.org>").code, 250);
+        client.send_raw(b"BDAT 100000\r\n");
+        client.send_raw(&b"01234567890123456789012345678901234567\r\n".repeat(2500));
+        assert_eq!(client.read().code, 250);
+        client
+    };
+    let mut first = start_transfer();
+    let mut second = start_transfer();
+    // The third connection is queued, not served.
     let third = std::net::TcpStream::connect(relay.address).unwrap();
     relay.wait_for_log("connection limit (smtp.max_connections) reached");
     third.set_nonblocking(true).unwrap();
     let mut buffer = [0u8; 64];
     let early = std::io::Read::read(&mut &third, &mut buffer);
     assert!(early.is_err(), "no greeting while at the cap: {early:?}");
-    first.command("QUIT");
+    queued_id(&first.command("BDAT 0 LAST"));
+    first.send_raw(b"QUIT\r\n");
     third.set_nonblocking(false).unwrap();
     third.set_read_timeout(Some(common::WAIT)).unwrap();
     let read = std::io::Read::read(&mut &third, &mut buffer).unwrap();
@@ -251,6 +261,14 @@ fn connection_cap_makes_new_clients_wait() {
         buffer[..read].starts_with(b"220 "),
         "greeted once a slot is free"
     );
+    // At the cap again; the idle third session makes room for a fourth.
+    let mut fourth = relay.client();
+    fourth.greet();
+    let read = std::io::Read::read(&mut &third, &mut buffer).unwrap();
+    let said = String::from_utf8_lossy(&buffer[..read]).into_owned();
+    assert!(said.starts_with("421 4.4.2 "), "{said:?}");
+    // The transfer was not disturbed.
+    queued_id(&second.command("BDAT 0 LAST"));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 mod common;
 
 mod check_config;
+mod connection_pressure;
 mod crash_soak;
 mod delivery_connections;
 mod delivery_crash;
@@ -21,6 +22,7 @@ mod group_commit;
 mod intake_limits;
 mod intake_protocol;
 mod lanes;
+mod long_lines;
 mod metrics;
 mod queue_at_scale;
 mod queue_cli;

@@ -77,6 +77,9 @@ pub struct Script {
     /// After this long without a command, say `421 4.4.2` and close, as
     /// Postfix's smtpd does when its idle timeout expires.
     pub idle_close: Option<Duration>,
+    /// Refuse a message with a content line longer than this many octets
+    /// (without CRLF) with `500 5.5.0`, as a conforming MX does for 998.
+    pub max_line_length: Option<usize>,
 }
 
 impl Default for Script {
@@ -107,6 +110,7 @@ impl Default for Script {
             reset_in_data: false,
             overlong_reply_at: None,
             idle_close: None,
+            max_line_length: None,
         }
     }
 }

@@ -313,6 +313,7 @@ impl Session {
             return Ok(());
         }
         let mut data = Vec::new();
+        let mut too_long = false;
         loop {
             let line = self.raw_line().await?;
             if self.script.reset_in_data {
@@ -322,11 +323,17 @@ impl Session {
             if line == b".\r\n" {
                 break;
             }
+            let content = line.strip_suffix(b"\r\n").unwrap_or(&line).len();
+            too_long |= self.script.max_line_length.is_some_and(|max| content > max);
             let line = line.strip_prefix(b".").unwrap_or(&line);
             if data.len() + line.len() > MAX_MESSAGE {
                 return Err(Hangup);
             }
             data.extend_from_slice(line);
+        }
+        if too_long {
+            self.reset();
+            return self.reply("500 5.5.0 Line too long").await;
         }
         let index = self.shared.update(|state| {
             state.final_dots += 1;
