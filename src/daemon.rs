@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use relayq_spool::{Spool, SpoolOptions};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +19,7 @@ use crate::queue::handle::QueueHandle;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{PerLane, Queue};
 use crate::smtp::admission::LaneAdmission;
+use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
 use crate::storage::FreeSpace;
@@ -95,6 +95,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_recipients: config.smtp.max_recipients,
         max_message_size: config.spool.max_message_size,
         idle_timeout: config.smtp.idle_timeout,
+        stress_idle_timeout: config.smtp.stress_idle_timeout,
+        min_data_rate: config.smtp.min_data_rate,
         max_errors: config.smtp.max_errors,
         spool: spool.clone(),
         queue: queue.clone(),
@@ -105,7 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: metrics.clone(),
     });
 
-    let limit_connections = Arc::new(Semaphore::new(config.smtp.max_connections));
+    let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
     let mut listeners = Vec::new();
     for listener in &config.listeners {
         let socket = server::bind(listener.address)
@@ -116,7 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             socket,
             listener.lane,
             shared.clone(),
-            limit_connections.clone(),
+            pressure.clone(),
             tracker.clone(),
             shutdown.clone(),
         )));

@@ -88,8 +88,17 @@ pub struct SmtpSettings {
     pub origin: String,
     /// Where mail to root, postmaster and the like is redirected.
     pub admin_address: Option<String>,
-    /// How long a session may wait for the client's next command.
+    /// The time a client has for each complete command line (from the
+    /// previous reply to its CRLF), and the longest silence during a DATA or
+    /// BDAT transfer.
     pub idle_timeout: Duration,
+    /// `idle_timeout` while the sessions in use are near `max_connections`
+    /// (stress mode); never longer than `idle_timeout`.
+    pub stress_idle_timeout: Duration,
+    /// Octets per second a DATA/BDAT transfer must average: its deadline is
+    /// the (stress) idle timeout plus one second per `min_data_rate` octets
+    /// received. At least 1.
+    pub min_data_rate: u64,
     /// Protocol errors in one session before `421` and close.
     pub max_errors: u32,
 }

@@ -57,6 +57,8 @@ pub(super) struct RawSmtp {
     pub origin: Option<String>,
     pub admin_address: Option<String>,
     pub idle_timeout: Option<RawDuration>,
+    pub stress_idle_timeout: Option<RawDuration>,
+    pub min_data_rate: Option<u64>,
     pub max_errors: Option<u32>,
 }
 

@@ -59,6 +59,8 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(config.smtp.origin, "host.test");
     assert_eq!(config.smtp.admin_address, None);
     assert_eq!(config.smtp.idle_timeout, Duration::from_secs(300));
+    assert_eq!(config.smtp.stress_idle_timeout, Duration::from_secs(10));
+    assert_eq!(config.smtp.min_data_rate, 500);
     assert_eq!(config.smtp.max_errors, 20);
     assert_eq!(config.lanes.high.concurrency, 64);
     assert_eq!(config.lanes.low.concurrency, 8);
@@ -209,6 +211,31 @@ fn bad_duration_names_the_key() {
     assert_eq!(
         error("[smtp]\nidle_timeout = \"0s\"\n"),
         "relayq.toml: smtp.idle_timeout: must be greater than zero"
+    );
+}
+
+#[test]
+fn pressure_keys() {
+    let config = parse("[smtp]\nidle_timeout = \"4s\"\n").unwrap();
+    assert_eq!(
+        config.smtp.stress_idle_timeout,
+        Duration::from_secs(4),
+        "the stress default never exceeds idle_timeout"
+    );
+    let config = parse("[smtp]\nstress_idle_timeout = \"3s\"\nmin_data_rate = 2000\n").unwrap();
+    assert_eq!(config.smtp.stress_idle_timeout, Duration::from_secs(3));
+    assert_eq!(config.smtp.min_data_rate, 2000);
+    assert_eq!(
+        error("[smtp]\nidle_timeout = \"5s\"\nstress_idle_timeout = \"6s\"\n"),
+        "relayq.toml: smtp.stress_idle_timeout: must not be longer than smtp.idle_timeout"
+    );
+    assert_eq!(
+        error("[smtp]\nstress_idle_timeout = \"0s\"\n"),
+        "relayq.toml: smtp.stress_idle_timeout: must be greater than zero"
+    );
+    assert_eq!(
+        error("[smtp]\nmin_data_rate = 0\n"),
+        "relayq.toml: smtp.min_data_rate: must be at least 1"
     );
 }
 

@@ -31,6 +31,10 @@ const DEFAULT_MIN_FREE_SPACE: u64 = 256 * 1024 * 1024;
 const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 const DEFAULT_IDLE_TIMEOUT: Duration = minutes(5);
+/// Postfix's `smtpd_timeout` in stress mode.
+const DEFAULT_STRESS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Postfix's `smtpd_min_data_rate`: 500 octets/s (4 kbit/s).
+const DEFAULT_MIN_DATA_RATE: u64 = 500;
 const DEFAULT_MAX_ERRORS: u32 = 20;
 const DEFAULT_HIGH_CONCURRENCY: usize = 64;
 const DEFAULT_LOW_CONCURRENCY: usize = 8;
@@ -115,6 +119,24 @@ pub(super) fn config(
 
     let listeners = listeners(raw.listener)?;
 
+    let idle_timeout = timeout(
+        raw.smtp.idle_timeout,
+        DEFAULT_IDLE_TIMEOUT,
+        "smtp.idle_timeout",
+    )?;
+    let stress_idle_timeout = match raw.smtp.stress_idle_timeout {
+        Some(RawDuration(duration)) if duration > idle_timeout => {
+            return Err(Invalid::new(
+                "smtp.stress_idle_timeout",
+                "must not be longer than smtp.idle_timeout",
+            ));
+        }
+        raw_stress => timeout(
+            raw_stress,
+            DEFAULT_STRESS_IDLE_TIMEOUT.min(idle_timeout),
+            "smtp.stress_idle_timeout",
+        )?,
+    };
     let smtp = SmtpSettings {
         relay_networks: relay_networks(raw.smtp.relay_networks)?,
         max_connections: at_least_one(
@@ -142,11 +164,12 @@ pub(super) fn config(
             }
             None => None,
         },
-        idle_timeout: timeout(
-            raw.smtp.idle_timeout,
-            DEFAULT_IDLE_TIMEOUT,
-            "smtp.idle_timeout",
-        )?,
+        idle_timeout,
+        stress_idle_timeout,
+        min_data_rate: match raw.smtp.min_data_rate.unwrap_or(DEFAULT_MIN_DATA_RATE) {
+            0 => return Err(Invalid::new("smtp.min_data_rate", "must be at least 1")),
+            rate => rate,
+        },
         max_errors: match raw.smtp.max_errors.unwrap_or(DEFAULT_MAX_ERRORS) {
             0 => return Err(Invalid::new("smtp.max_errors", "must be at least 1")),
             count => count,

@@ -238,6 +238,7 @@ async fn stream_list(
     let mut remaining = limit.unwrap_or(usize::MAX);
     let mut after = None;
     let mut first = true;
+    let mut sent = 0usize;
     while remaining > 0 {
         let mut batch: Vec<(relayq_spool::QueueId, crate::queue::Entry)> = Vec::new();
         let mut last = after;
@@ -273,9 +274,13 @@ async fn stream_list(
                 let view = view::MessageView::new(*id, entry, &envelope);
                 serde_json::to_writer(&mut out, &view).map_err(std::io::Error::other)?;
                 remaining = remaining.saturating_sub(1);
+                sent += 1;
             }
-            if !out.is_empty() {
-                write_all(&mut stream, &http::chunk(&out)).await?;
+            if !out.is_empty()
+                && let Err(error) = write_all(&mut stream, &http::chunk(&out)).await
+            {
+                tracing::info!("queue list: the client went away after {sent} messages ({error})");
+                return Err(error);
             }
         }
         if !more {

@@ -147,6 +147,11 @@ pub async fn run_bulk(
     let mut report = OperationReport::default();
     let matcher_time = SystemTime::now();
     let matcher = bulk.filter.at(matcher_time);
+    // Only messages queued before the operation: not the DSNs a bulk bounce
+    // queues as it goes, nor mail arriving meanwhile.
+    let Some(until) = handle.queue.last_id() else {
+        return report;
+    };
     let mut after = None;
     loop {
         if shutdown.is_cancelled() {
@@ -157,6 +162,10 @@ pub async fn run_bulk(
         let mut last = after;
         let mut more = false;
         handle.queue.visit(after, |id, entry, domains| {
+            if id > until {
+                more = false;
+                return false;
+            }
             last = Some(id);
             if selects(bulk.operation, entry.state()) && matcher.matches(entry, domains) {
                 candidates.push(id);

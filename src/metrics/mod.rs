@@ -89,6 +89,36 @@ impl RefusalReason {
     }
 }
 
+/// Why relayq closed an inbound SMTP session itself
+/// (`relayq_smtp_sessions_shed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Closed, as the longest idle, to make room for a client waiting at
+    /// `smtp.max_connections`.
+    Pressure,
+    /// A command line (or the reading of a reply) took longer than the
+    /// idle deadline.
+    CommandTimeout,
+    /// A DATA or BDAT transfer fell behind its deadline.
+    DataTimeout,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 3] = [
+        ShedReason::Pressure,
+        ShedReason::CommandTimeout,
+        ShedReason::DataTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::Pressure => "pressure",
+            ShedReason::CommandTimeout => "command_timeout",
+            ShedReason::DataTimeout => "data_timeout",
+        }
+    }
+}
+
 /// The daemon's metrics. Queue gauges are not stored here: they are read
 /// from the [`Queue`] when scraped, so they can never drift from it.
 pub struct Metrics {
@@ -102,6 +132,10 @@ pub struct Metrics {
     connections_active: AtomicI64,
     /// `relayq_delivery_slots_in_use`, per lane: lane workers running a job.
     delivery_slots_in_use: [AtomicI64; 2],
+    /// `relayq_smtp_sessions_shed_total`, per reason (`ShedReason::ALL` order).
+    sessions_shed: [AtomicU64; 3],
+    /// `relayq_smtp_stress`: the listeners are under connection pressure.
+    smtp_stress: AtomicBool,
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
     /// `relayq_delivery_seconds`, per lane.
@@ -124,6 +158,8 @@ impl Metrics {
             refused: Default::default(),
             connections_active: AtomicI64::new(0),
             delivery_slots_in_use: Default::default(),
+            sessions_shed: Default::default(),
+            smtp_stress: AtomicBool::new(false),
             commit_seconds: Histogram::new(histogram::COMMIT_SECONDS),
             commit_batch_size: Histogram::new(histogram::BATCH_SIZE),
             delivery_seconds: [
@@ -182,6 +218,16 @@ impl Metrics {
             metrics: self.clone(),
             lane,
         }
+    }
+
+    /// relayq closed an inbound session for `reason`.
+    pub fn session_shed(&self, reason: ShedReason) {
+        self.sessions_shed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The listeners entered or left stress mode (connection pressure).
+    pub fn set_smtp_stress(&self, stressed: bool) {
+        self.smtp_stress.store(stressed, Ordering::Relaxed);
     }
 
     /// All SMTP listeners are bound (for `/healthz`).
@@ -267,6 +313,9 @@ mod tests {
         }
         for (index, lane) in Lane::ALL.into_iter().enumerate() {
             assert_eq!(lane_index(lane), index);
+        }
+        for (index, reason) in ShedReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index);
         }
     }
 

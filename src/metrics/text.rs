@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::histogram::HistogramSnapshot;
-use super::{Metrics, Outcome, QueueGauges, RefusalReason, lane_index};
+use super::{Metrics, Outcome, QueueGauges, RefusalReason, ShedReason, lane_index};
 use crate::queue::envelope::unix_ms;
 use crate::queue::{Lane, Queue, State};
 
@@ -153,6 +153,21 @@ pub fn render(
 
     family(
         &mut out,
+        "relayq_smtp_sessions_shed_total",
+        "counter",
+        "Inbound SMTP sessions relayq closed itself, by reason: pressure (longest idle, closed for a waiting client), command_timeout, data_timeout.",
+    );
+    for reason in ShedReason::ALL {
+        sample(
+            &mut out,
+            "relayq_smtp_sessions_shed_total",
+            &[("reason", reason.as_str())],
+            metrics.sessions_shed[reason as usize].load(Ordering::Relaxed),
+        );
+    }
+
+    family(
+        &mut out,
         "relayq_destination_active_connections",
         "gauge",
         "Deliveries running at a destination now, each on one connection it holds or is opening (idle pooled connections not counted).",
@@ -165,6 +180,19 @@ pub fn render(
             active,
         );
     }
+
+    family(
+        &mut out,
+        "relayq_smtp_stress",
+        "gauge",
+        "1 while the SMTP sessions in use are near smtp.max_connections (shorter deadlines), else 0.",
+    );
+    sample(
+        &mut out,
+        "relayq_smtp_stress",
+        &[],
+        u8::from(metrics.smtp_stress.load(Ordering::Relaxed)),
+    );
 
     family(
         &mut out,
@@ -281,6 +309,8 @@ mod tests {
             .count();
         assert_eq!(queue_series, 8);
         assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"held\"} 0\n"));
+        assert!(text.contains("relayq_smtp_sessions_shed_total{reason=\"pressure\"} 0\n"));
+        assert!(text.contains("relayq_smtp_stress 0\n"));
         assert!(text.contains("relayq_queue_oldest_age_seconds{lane=\"high\"} 0\n"));
         assert!(text.contains("relayq_recipients_total{lane=\"high\",outcome=\"expired\"} 0\n"));
         assert!(text.contains("relayq_smtp_connections_active 0\n"));

@@ -297,6 +297,12 @@ impl Queue {
         }
     }
 
+    /// The highest queue id in the schedule: queue ids grow, so a walk that
+    /// stops there never meets a message queued after it started.
+    pub fn last_id(&self) -> Option<QueueId> {
+        self.lock().entries.last_key_value().map(|(id, _)| *id)
+    }
+
     /// The domains of message `id`'s open recipients, as the schedule knows
     /// them.
     pub fn domains(&self, id: QueueId) -> Vec<std::sync::Arc<str>> {

@@ -1,12 +1,15 @@
-//! Assembles an incoming message into a spool body: trace headers first, the
-//! client's header section checked for Message-ID/Date/Precedence, then the
-//! rest streamed through (to a file once it is large), with the size limit
-//! enforced as bytes arrive.
+//! Assembles an incoming message into a spool body: lines over 998 octets
+//! broken (`super::long_lines`), trace headers first, the client's header
+//! section checked for Message-ID/Date/Precedence, then the rest streamed
+//! through (to a file once it is large), with the size limit enforced as
+//! bytes arrive.
 
 use std::io;
 
 use mail_parser::MessageParser;
 use relayq_spool::{Body, BodyWriter};
+
+use super::long_lines::LineBreaker;
 
 /// The header section is held in memory until its end is seen, up to this
 /// size; a longer one is passed through unexamined.
@@ -26,6 +29,8 @@ pub struct AssembledMessage {
     /// Size as stored, trace headers included.
     pub size: u64,
     pub facts: HeaderFacts,
+    /// Line breaks inserted into lines longer than 998 octets.
+    pub line_breaks: u64,
 }
 
 /// Headers relayq adds to the message it stores.
@@ -46,6 +51,9 @@ pub struct MessageBuilder {
     received_bytes: u64,
     limit: u64,
     facts: HeaderFacts,
+    lines: LineBreaker,
+    /// The content with long lines broken, reused from push to push.
+    broken: Vec<u8>,
 }
 
 impl MessageBuilder {
@@ -58,10 +66,13 @@ impl MessageBuilder {
             received_bytes: 0,
             limit,
             facts: HeaderFacts::default(),
+            lines: LineBreaker::new(),
+            broken: Vec::new(),
         }
     }
 
-    /// Appends content (already unstuffed and CRLF-normalised).
+    /// Appends content (already unstuffed and CRLF-normalised). The limit
+    /// applies to the content as the client sent it.
     pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
         if self.writer.is_none() {
             return Ok(());
@@ -73,6 +84,16 @@ impl MessageBuilder {
             self.header_section = None;
             return Ok(());
         }
+        let mut broken = std::mem::take(&mut self.broken);
+        broken.clear();
+        self.lines.push(data, &mut broken);
+        let result = self.store(&broken);
+        self.broken = broken;
+        result
+    }
+
+    /// Takes content whose lines are within the limit.
+    fn store(&mut self, data: &[u8]) -> io::Result<()> {
         let Some(section) = self.header_section.as_mut() else {
             return self.write(data);
         };
@@ -92,6 +113,11 @@ impl MessageBuilder {
 
     /// Completes the message; `None` if it went over the size limit.
     pub fn finish(mut self) -> io::Result<Option<AssembledMessage>> {
+        if self.writer.is_some() {
+            let mut rest = Vec::new();
+            self.lines.finish(&mut rest);
+            self.store(&rest)?;
+        }
         if let Some(section) = self.header_section.take() {
             self.write_header_section(&section)?;
         }
@@ -103,6 +129,7 @@ impl MessageBuilder {
             body: writer.finish()?,
             size,
             facts: self.facts,
+            line_breaks: self.lines.breaks(),
         }))
     }
 
@@ -210,6 +237,29 @@ mod tests {
         expected.extend_from_slice(content);
         assert_eq!(bytes, expected);
         assert!(!facts.bulk_precedence);
+    }
+
+    #[test]
+    fn long_lines_are_broken_before_storage() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        let mut content = b"Precedence: bulk\r\nSubject:".to_vec();
+        for _ in 0..300 {
+            content.extend_from_slice(b" word");
+        }
+        content.extend_from_slice(b"\r\n\r\n");
+        content.extend_from_slice(&[b'x'; 5000]);
+        content.extend_from_slice(b"\r\n");
+        let chunks: Vec<&[u8]> = content.chunks(333).collect();
+        let (bytes, facts) = build(&spool, &chunks, 1 << 20).unwrap();
+        assert!(facts.bulk_precedence);
+        for line in bytes.split(|&octet| octet == b'\n') {
+            assert!(line.len() <= 999, "line of {}", line.len());
+        }
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("\r\nSubject: word"));
+        assert!(text.contains("word\r\n word"), "folded before a space");
+        assert_eq!(text.matches('x').count(), 5000);
     }
 
     #[test]

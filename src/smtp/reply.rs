@@ -72,6 +72,16 @@ pub fn idle_timeout() -> Reply {
     Reply::new(421, "4.4.2", "Error: timeout exceeded, closing connection")
 }
 
+/// The session was closed to make room for a waiting client (connection
+/// pressure); the client may come back.
+pub fn shed() -> Reply {
+    Reply::new(
+        421,
+        "4.4.2",
+        "Error: too many connections, closing the longest-idle one; try again later",
+    )
+}
+
 pub fn shutting_down() -> Reply {
     Reply::new(421, "4.3.2", "Service shutting down, closing connection")
 }

@@ -1,19 +1,17 @@
-//! The SMTP listeners: bind, take a connection permit, accept, spawn a session.
+//! The SMTP listeners: bind, accept, take a connection permit from the
+//! server's pressure logic, spawn a session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::pressure::Pressure;
 use super::session::{Session, SessionShared};
 use crate::queue::Lane;
-
-/// How often "connection limit reached" may be logged.
-const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Binds a listening socket with a backlog large enough for bursts of
 /// connect-per-message clients.
@@ -27,37 +25,21 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Accepts connections until `shutdown`. The permit of `limit_connections`
-/// is taken *before* accept, so over the cap new clients wait in the kernel's
-/// backlog instead of costing a task and a file descriptor each.
+/// Accepts connections until `shutdown`. Every listener's loop draws on the
+/// same `pressure` (one pool of `smtp.max_connections` permits per server).
+/// A loop takes the permit right after accept and accepts nothing more until
+/// it has one, so over the cap at most one client per listener is held
+/// without a greeting while the others wait in the kernel's backlog; that
+/// client is the evidence the pressure logic sheds an idle session for.
 pub async fn accept_loop(
     listener: TcpListener,
     lane: Lane,
     shared: Arc<SessionShared>,
-    limit_connections: Arc<Semaphore>,
+    pressure: Arc<Pressure>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let mut last_full_log: Option<Instant> = None;
     loop {
-        let permit = match limit_connections.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if last_full_log.is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL) {
-                    tracing::warn!(
-                        "connection limit (smtp.max_connections) reached; new clients wait"
-                    );
-                    last_full_log = Some(Instant::now());
-                }
-                tokio::select! {
-                    permit = limit_connections.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => return,
@@ -71,12 +53,17 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let Some(lease) = pressure.admit(&shutdown).await else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tracker.spawn(async move {
             let _active = shared.metrics.smtp_connection();
-            Session::new(stream, client, lane, shared).run().await;
-            drop(permit);
+            Session::new(stream, client, lane, shared)
+                .with_lease(lease)
+                .run()
+                .await;
         });
     }
 }

@@ -3,7 +3,7 @@
 # SIGKILL at a random moment, and a restart; at the end every message that
 # got `250` must have been delivered at least once.
 #
-# It runs the ignored test `crash_soak_long` in tests/crash_soak.rs, the same
+# It runs the ignored test `crash_soak_long` in tests/it/crash_soak.rs, the same
 # scenario `cargo test` runs with 3 cycles, and prints its report: per kill
 # the load time before it, the sink sessions open and the deliveries recorded
 # after it, the restart time (spawn to "relayq ready": spool opened and
@@ -46,7 +46,7 @@ cd "$ROOT"
     echo "# $(git rev-parse --short HEAD 2>/dev/null || echo unknown) on $(nproc) cores"
 } | tee "$report"
 RELAYQ_SOAK_CYCLES=$CYCLES timeout "$TIMEOUT" \
-    cargo test --profile "$PROFILE" --test crash_soak -- \
-    --ignored --exact crash_soak_long --nocapture --test-threads=1 2>&1 |
+    cargo test --profile "$PROFILE" --test it -- \
+    --ignored --exact crash_soak::crash_soak_long --nocapture --test-threads=1 2>&1 |
     grep -v -E '^\s*(Compiling|Blocking|Finished|Running|Executable)' | tee -a "$report"
 echo "report: $report" >&2

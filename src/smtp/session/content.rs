@@ -2,15 +2,17 @@
 //! `250` true (ARCHITECTURE.md, "durable before 250": the reply is sent only
 //! after the spool's fsync returned).
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Buf;
 use relayq_spool::QueueId;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use super::super::data::{DataReader, LineEndings};
 use super::super::message::{MessageBuilder, TraceHeaders};
 use super::super::reply::{self, Reply};
+use super::pace::Request;
 use super::{Next, Session};
 use crate::events::{Event, EventKind};
 use crate::queue::Lane;
@@ -22,6 +24,8 @@ pub struct BdatState {
     id: QueueId,
     builder: MessageBuilder,
     line_endings: LineEndings,
+    /// The whole transfer, from the first BDAT, has one deadline.
+    pub(super) transfer: Request,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -37,10 +41,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut reader = DataReader::new();
         let mut content = Vec::with_capacity(super::READ_CHUNK);
         let mut write_failed = None;
+        let mut transfer = Request::content(Instant::now());
         loop {
             content.clear();
             let (consumed, finished) = reader.feed(&self.input, &mut content);
             self.input.advance(consumed);
+            transfer.add_received(consumed);
             if write_failed.is_none()
                 && let Err(error) = builder.push(&content)
             {
@@ -49,9 +55,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if finished {
                 break;
             }
-            if !self.read_more(false).await? {
-                // The client left (or idled out) mid-message: nothing was
-                // acknowledged, and dropping the builder removes its file.
+            if !self.read_more(transfer, false).await? {
+                // The client left (or fell behind its deadline) mid-message:
+                // nothing was acknowledged, and dropping the builder removes
+                // its file.
                 return Ok(Next::Close);
             }
         }
@@ -77,6 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 id,
                 builder,
                 line_endings: LineEndings::default(),
+                transfer: Request::content(Instant::now()),
             });
         }
 
@@ -85,11 +93,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut remaining = chunk_size;
         let mut normalised = Vec::new();
         let mut write_failed = None;
+        // A refused chunk is still read, under a deadline of its own.
+        let mut transfer = self
+            .bdat
+            .as_ref()
+            .map_or_else(|| Request::content(Instant::now()), |state| state.transfer);
         while remaining > 0 {
-            if self.input.is_empty() && !self.read_more(false).await? {
+            if self.input.is_empty() && !self.read_more(transfer, false).await? {
                 return Ok(Next::Close);
             }
             let take = remaining.min(self.input.len());
+            transfer.add_received(take);
             if let Some(state) = self.bdat.as_mut() {
                 normalised.clear();
                 state
@@ -103,6 +117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             self.input.advance(take);
             remaining -= take;
+        }
+        if let Some(state) = self.bdat.as_mut() {
+            state.transfer = transfer;
         }
 
         if let Some(refusal) = refusal {
@@ -192,6 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return;
             }
         };
+        let line_breaks = assembled.line_breaks;
         let mail = transaction.mail;
         let lane = Lane::select(
             mail.mt_priority,
@@ -243,6 +261,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     stored.batch_size,
                     self.client_ip(),
                 );
+                if line_breaks > 0 {
+                    tracing::info!(
+                        queue_id = %id,
+                        "{id}: {line_breaks} line breaks inserted into lines longer than 998 octets"
+                    );
+                }
                 match reservation {
                     Some(reservation) => {
                         self.shared

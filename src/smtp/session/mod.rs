@@ -6,6 +6,7 @@
 //! the input, which is what makes PIPELINING (RFC 2920) cheap for clients.
 
 mod content;
+mod pace;
 mod transaction;
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,16 +17,19 @@ use bytes::{Buf, BytesMut};
 use ipnet::IpNet;
 use relayq_spool::Spool;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::LaneAdmission;
 use super::command::{self, Command, ParseContext};
+use super::pressure::{Interruption, Lease};
 use super::reply::{self, Reply};
 use crate::events::Events;
-use crate::metrics::{Metrics, RefusalReason};
+use crate::metrics::{Metrics, RefusalReason, ShedReason};
 use crate::queue::{Lane, Queue};
 use crate::storage::FreeSpace;
 use content::BdatState;
+use pace::Request;
 use transaction::Transaction;
 
 /// RFC 5321 allows 512 octets; DSN parameters push RCPT past that, so up to
@@ -34,6 +38,10 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 
 /// Read granularity; also the most input buffered beyond one command line.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// The most a closing session waits to hand its last reply (a 421) to a
+/// client that does not read, so that a shed session frees its permit fast.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything sessions share; built once by the daemon.
 pub struct SessionShared {
@@ -46,6 +54,10 @@ pub struct SessionShared {
     pub max_recipients: usize,
     pub max_message_size: u64,
     pub idle_timeout: Duration,
+    /// `idle_timeout` in stress mode; never longer than it.
+    pub stress_idle_timeout: Duration,
+    /// Octets per second a DATA/BDAT transfer must average.
+    pub min_data_rate: u64,
     pub max_errors: u32,
     pub spool: Spool,
     pub queue: Arc<Queue>,
@@ -79,6 +91,19 @@ pub struct Session<S> {
     errors: u32,
     /// Inside an over-long command line: discard until its end.
     discarding_line: bool,
+    /// The connection permit and the registry entry the pressure logic
+    /// sheds by.
+    lease: Lease,
+    /// When the wait for the next command line began.
+    command_since: Instant,
+}
+
+/// How a wait on the client ended.
+enum Waited {
+    Read(std::io::Result<usize>),
+    Expired,
+    Shed,
+    Shutdown,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -101,7 +126,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             bdat: None,
             errors: 0,
             discarding_line: false,
+            lease: Lease::unregistered(),
+            command_since: Instant::now(),
         }
+    }
+
+    /// Puts the session under the server's connection pressure logic.
+    pub fn with_lease(mut self, lease: Lease) -> Session<S> {
+        self.lease = lease;
+        self
     }
 
     /// Runs the session to its end. I/O errors end it quietly: the client
@@ -123,13 +156,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let greeting = format!("{} ESMTP relayq", self.shared.hostname);
         self.reply(Reply::new(220, "", greeting));
         loop {
+            let mut handled = false;
             while let Some(line) = self.next_line() {
+                handled = true;
                 if let Next::Close = self.handle_line(&line).await? {
                     return self.flush().await;
                 }
             }
             self.flush().await?;
-            if !self.read_more(true).await? {
+            if handled {
+                self.command_since = Instant::now();
+            }
+            // Between BDAT chunks the transfer's deadline runs on.
+            let request = match &self.bdat {
+                Some(state) => state.transfer,
+                None => Request::command(self.command_since),
+            };
+            if !self.read_more(request, true).await? {
                 return Ok(());
             }
         }
@@ -235,40 +278,113 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(self.after_error())
     }
 
+    /// Sends the buffered replies. A client that does not read them is
+    /// waiting like any other: the write is bounded by the idle timeout and
+    /// the session can be shed meanwhile (both end it with an error).
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.output.is_empty() {
-            self.stream.write_all(&self.output).await?;
-            self.stream.flush().await?;
-            self.output.clear();
+        if self.output.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Reads more input. Returns false at end of stream. Between commands
-    /// (`interruptible`) a shutdown answers 421 and ends the session; in the
-    /// middle of message content the session is allowed to finish.
-    async fn read_more(&mut self, interruptible: bool) -> std::io::Result<bool> {
-        self.input.reserve(READ_CHUNK);
-        let idle_timeout = self.shared.idle_timeout;
-        let shutdown = self.shared.shutdown.clone();
-        let read = tokio::time::timeout(idle_timeout, self.stream.read_buf(&mut self.input));
-        let outcome = tokio::select! {
-            outcome = read => outcome,
-            _ = shutdown.cancelled(), if interruptible => {
-                self.reply(reply::shutting_down());
-                self.flush().await?;
-                return Ok(false);
+        let started = Instant::now();
+        let deadline = started + self.timeout();
+        self.lease.waiting(started);
+        let (stream, output, lease) = (&mut self.stream, &self.output, &mut self.lease);
+        let write = async move {
+            stream.write_all(output).await?;
+            stream.flush().await
+        };
+        tokio::pin!(write);
+        let result = loop {
+            tokio::select! {
+                written = &mut write => break written,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.shared.metrics.session_shed(ShedReason::CommandTimeout);
+                    break Err(std::io::ErrorKind::TimedOut.into());
+                }
+                interruption = lease.interrupted() => {
+                    if interruption == Interruption::Shed {
+                        self.shared.metrics.session_shed(ShedReason::Pressure);
+                        break Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                }
             }
         };
-        match outcome {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(error)) => Err(error),
-            Err(_elapsed) => {
-                self.reply(reply::idle_timeout());
-                self.flush().await?;
+        self.lease.working();
+        self.output.clear();
+        result
+    }
+
+    /// Sends a last reply, waiting at most `GOODBYE_TIMEOUT` for a client
+    /// that does not read.
+    async fn say_goodbye(&mut self, reply: Reply) {
+        self.reply(reply);
+        let write = async {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, write).await;
+        self.output.clear();
+    }
+
+    /// Reads more input for `request`. Returns false at end of stream, and
+    /// after closing the session with `421` when the request's deadline
+    /// passed or the session was shed. Between commands (`interruptible`) a
+    /// shutdown answers 421 and ends the session; in the middle of message
+    /// content the session is allowed to finish.
+    async fn read_more(&mut self, request: Request, interruptible: bool) -> std::io::Result<bool> {
+        self.input.reserve(READ_CHUNK);
+        let shutdown = self.shared.shutdown.clone();
+        let min_data_rate = self.shared.min_data_rate;
+        let started = Instant::now();
+        self.lease.waiting(request.mark(min_data_rate));
+        let waited = loop {
+            let deadline = request.deadline(self.timeout(), min_data_rate, started);
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.input) => break Waited::Read(read),
+                _ = tokio::time::sleep_until(deadline) => break Waited::Expired,
+                interruption = self.lease.interrupted() => {
+                    if interruption == Interruption::Shed {
+                        break Waited::Shed;
+                    }
+                }
+                _ = shutdown.cancelled(), if interruptible => break Waited::Shutdown,
+            }
+        };
+        self.lease.working();
+        match waited {
+            Waited::Read(Ok(0)) => Ok(false),
+            Waited::Read(Ok(_)) => Ok(true),
+            Waited::Read(Err(error)) => Err(error),
+            Waited::Expired => {
+                let reason = if request.is_content() {
+                    ShedReason::DataTimeout
+                } else {
+                    ShedReason::CommandTimeout
+                };
+                self.shared.metrics.session_shed(reason);
+                tracing::debug!(client = %self.client, "session closed: {}", reason.as_str());
+                self.say_goodbye(reply::idle_timeout()).await;
                 Ok(false)
             }
+            Waited::Shed => {
+                self.shared.metrics.session_shed(ShedReason::Pressure);
+                tracing::debug!(client = %self.client, "session shed for a waiting client");
+                self.say_goodbye(reply::shed()).await;
+                Ok(false)
+            }
+            Waited::Shutdown => {
+                self.say_goodbye(reply::shutting_down()).await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The idle timeout in force: shorter in stress mode.
+    fn timeout(&mut self) -> Duration {
+        if self.lease.stressed() {
+            self.shared.stress_idle_timeout
+        } else {
+            self.shared.idle_timeout
         }
     }
 }

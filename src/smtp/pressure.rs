@@ -1,0 +1,397 @@
+//! Connection pressure: the server's connection permits (one pool for all
+//! listeners), the registry of open sessions with how far each has fallen
+//! idle, stress mode, and shedding the session doing least when a client
+//! waits.
+//!
+//! A session publishes its *idle mark* while it waits on its client: the
+//! instant up to which the client has kept pace (see `session::pace`). A
+//! session the server is working for (parsing, storing) publishes nothing
+//! and is never shed. When a client arrives and every permit is in use, the
+//! session with the oldest mark that is not ahead of its pace is told to
+//! close with `421 4.4.2`, and the arriving client takes its permit.
+//!
+//! Stress mode (Postfix's name) begins when the sessions in use reach
+//! `max_connections - max_connections / 10` (90%) and ends when they fall
+//! below `max_connections - max_connections / 4` (75%); the hysteresis
+//! keeps sessions from being woken on every connect and disconnect at the
+//! threshold. Under stress sessions use `smtp.stress_idle_timeout`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How long a client that arrived at the limit waits for the shed session's
+/// permit before another session is shed for it. Longer than the time a shed
+/// session may spend saying goodbye, so one arrival rarely sheds two.
+const SHED_RETRY: Duration = Duration::from_secs(2);
+
+/// How often "connection limit reached" may be logged.
+const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The mark of a session that is not waiting on its client.
+const WORKING: u64 = u64::MAX;
+
+/// The connection permits and sessions of one server (all its listeners).
+pub struct Pressure {
+    permits: Arc<Semaphore>,
+    /// Stress begins at this many sessions in use (90%)...
+    stress_from: usize,
+    /// ...and ends below this many (75%).
+    stress_until: usize,
+    registry: Mutex<Registry>,
+    stress: watch::Sender<bool>,
+    /// Marks are milliseconds since this instant.
+    epoch: Instant,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Option<Arc<Slot>>>,
+    free: Vec<usize>,
+    in_use: usize,
+    last_full_log: Option<Instant>,
+}
+
+/// What the registry knows of one session.
+struct Slot {
+    /// Idle mark in ms since `Pressure::epoch`, or `WORKING`.
+    mark: AtomicU64,
+    /// Cancelled to tell the session to close (it was shed).
+    shed: CancellationToken,
+}
+
+impl Pressure {
+    pub fn new(max_connections: usize, metrics: Arc<Metrics>) -> Arc<Pressure> {
+        let max_connections = max_connections.max(1);
+        Arc::new(Pressure {
+            permits: Arc::new(Semaphore::new(max_connections)),
+            stress_from: max_connections - max_connections / 10,
+            stress_until: max_connections - max_connections / 4,
+            registry: Mutex::new(Registry::default()),
+            stress: watch::channel(false).0,
+            epoch: Instant::now(),
+            metrics,
+        })
+    }
+
+    /// Takes a connection permit for a client that was just accepted. When
+    /// none is free, the session doing least is shed for it (again every
+    /// `SHED_RETRY` while the client still waits). `None` at shutdown.
+    ///
+    /// Accepting before taking the permit is what shows that a client is
+    /// waiting; it costs at most one connection per listener beyond the cap.
+    pub async fn admit(self: &Arc<Self>, shutdown: &CancellationToken) -> Option<Lease> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => loop {
+                let shed = self.shed_longest_idle();
+                self.log_full(shed);
+                tokio::select! {
+                    permit = self.permits.clone().acquire_owned() => break permit.ok()?,
+                    _ = tokio::time::sleep(SHED_RETRY) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            },
+        };
+        Some(self.register(permit))
+    }
+
+    fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Lease {
+        let slot = Arc::new(Slot {
+            mark: AtomicU64::new(WORKING),
+            shed: CancellationToken::new(),
+        });
+        let index = {
+            let mut registry = self.lock();
+            registry.in_use += 1;
+            let index = match registry.free.pop() {
+                Some(index) => {
+                    registry.slots[index] = Some(slot.clone());
+                    index
+                }
+                None => {
+                    registry.slots.push(Some(slot.clone()));
+                    registry.slots.len() - 1
+                }
+            };
+            self.update_stress(registry.in_use);
+            index
+        };
+        Lease {
+            registered: Some(Registered {
+                stress: self.stress.subscribe(),
+                pressure: self.clone(),
+                index,
+                slot,
+                _permit: permit,
+            }),
+        }
+    }
+
+    fn deregister(&self, index: usize) {
+        let mut registry = self.lock();
+        registry.slots[index] = None;
+        registry.free.push(index);
+        registry.in_use -= 1;
+        self.update_stress(registry.in_use);
+    }
+
+    /// Enters or leaves stress mode; called with the registry locked, so
+    /// transitions are ordered.
+    fn update_stress(&self, in_use: usize) {
+        let changed = self.stress.send_if_modified(|stressed| {
+            let next = if *stressed {
+                in_use >= self.stress_until
+            } else {
+                in_use >= self.stress_from
+            };
+            std::mem::replace(stressed, next) != next
+        });
+        if changed {
+            let stressed = *self.stress.borrow();
+            self.metrics.set_smtp_stress(stressed);
+            if stressed {
+                tracing::warn!(
+                    "connection pressure: {in_use} SMTP sessions in use; stress mode on (smtp.stress_idle_timeout)"
+                );
+            } else {
+                tracing::info!("connection pressure over: {in_use} SMTP sessions in use");
+            }
+        }
+    }
+
+    /// Tells the session with the oldest idle mark, among those waiting on a
+    /// client that is not ahead of its pace, to close. Returns whether one
+    /// was found.
+    fn shed_longest_idle(&self) -> bool {
+        let now = self.millis(Instant::now());
+        let registry = self.lock();
+        let longest_idle = registry
+            .slots
+            .iter()
+            .flatten()
+            .filter(|slot| !slot.shed.is_cancelled())
+            .map(|slot| (slot.mark.load(Ordering::Relaxed), slot))
+            .filter(|(mark, _)| *mark <= now)
+            .min_by_key(|(mark, _)| *mark);
+        match longest_idle {
+            Some((_, slot)) => {
+                slot.shed.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn log_full(&self, shed: bool) {
+        let mut registry = self.lock();
+        if registry
+            .last_full_log
+            .is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL)
+        {
+            registry.last_full_log = Some(Instant::now());
+            if shed {
+                tracing::warn!(
+                    "connection limit (smtp.max_connections) reached; closing the longest-idle sessions for new clients"
+                );
+            } else {
+                tracing::warn!(
+                    "connection limit (smtp.max_connections) reached and every session is busy; new clients wait"
+                );
+            }
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        let millis = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(millis)
+            .unwrap_or(WORKING - 1)
+            .min(WORKING - 1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // The registry holds no invariant a panic elsewhere could break
+        // halfway, so a poisoned lock is still usable.
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A session's connection permit and its entry in the registry; dropping it
+/// frees both. Sessions that did not come through a listener (the maildrop
+/// importer's in-memory sessions) hold an unregistered lease.
+pub struct Lease {
+    registered: Option<Registered>,
+}
+
+struct Registered {
+    pressure: Arc<Pressure>,
+    index: usize,
+    slot: Arc<Slot>,
+    stress: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why a wait on the client was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// The session was shed: close it with `421 4.4.2`.
+    Shed,
+    /// Stress mode began or ended: recompute the deadline.
+    StressChanged,
+}
+
+impl Lease {
+    /// For a session outside any listener: never shed, never stressed.
+    pub fn unregistered() -> Lease {
+        Lease { registered: None }
+    }
+
+    /// The session waits on its client; `mark` is its idle mark.
+    pub fn waiting(&self, mark: Instant) {
+        if let Some(registered) = &self.registered {
+            let millis = registered.pressure.millis(mark);
+            registered.slot.mark.store(millis, Ordering::Relaxed);
+        }
+    }
+
+    /// The server works for the session: it cannot be shed now.
+    pub fn working(&self) {
+        if let Some(registered) = &self.registered {
+            registered.slot.mark.store(WORKING, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether stress mode is on; marks the state as seen, so that
+    /// [`Lease::interrupted`] reports only later changes.
+    pub fn stressed(&mut self) -> bool {
+        self.registered
+            .as_mut()
+            .is_some_and(|registered| *registered.stress.borrow_and_update())
+    }
+
+    /// Whether this session was told to close.
+    #[cfg(test)]
+    fn is_shed(&self) -> bool {
+        self.registered
+            .as_ref()
+            .is_some_and(|registered| registered.slot.shed.is_cancelled())
+    }
+
+    /// Resolves when the session is shed or stress mode changes; never for
+    /// an unregistered lease. Cancel safe.
+    pub async fn interrupted(&mut self) -> Interruption {
+        let Some(registered) = self.registered.as_mut() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = registered.slot.shed.cancelled() => Interruption::Shed,
+            changed = registered.stress.changed() => match changed {
+                Ok(()) => Interruption::StressChanged,
+                // The sender lives in `Pressure`, which this lease keeps alive.
+                Err(_) => std::future::pending().await,
+            },
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // Deregistered before `_permit` is released (fields drop after
+        // this), so the registry never counts fewer sessions than permits.
+        self.pressure.deregister(self.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pressure(max_connections: usize) -> Arc<Pressure> {
+        Pressure::new(max_connections, Arc::new(Metrics::new()))
+    }
+
+    async fn admit(pressure: &Arc<Pressure>) -> Lease {
+        pressure
+            .admit(&CancellationToken::new())
+            .await
+            .expect("admitted")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_idle_session_is_shed_for_a_waiting_client() {
+        let pressure = pressure(3);
+        let start = Instant::now();
+        let oldest = admit(&pressure).await;
+        let working = admit(&pressure).await;
+        let recent = admit(&pressure).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // The working session has been open longest but is never a candidate.
+        working.working();
+        oldest.waiting(start + Duration::from_secs(1));
+        recent.waiting(start + Duration::from_secs(9));
+
+        let waiting = tokio::spawn({
+            let pressure = pressure.clone();
+            async move { admit(&pressure).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(oldest.is_shed());
+        assert!(!recent.is_shed() && !working.is_shed());
+        assert!(
+            !waiting.is_finished(),
+            "no permit until the shed one leaves"
+        );
+        drop(oldest);
+        let admitted = waiting.await.unwrap();
+        assert!(!admitted.is_shed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_ahead_of_its_pace_is_not_shed() {
+        let pressure = pressure(1);
+        let fast = admit(&pressure).await;
+        // A transfer that has earned credit until a minute from now.
+        fast.waiting(Instant::now() + Duration::from_secs(60));
+        assert!(!pressure.shed_longest_idle());
+        assert!(!fast.is_shed());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(pressure.shed_longest_idle());
+        assert!(fast.is_shed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stress_mode_has_hysteresis() {
+        let pressure = pressure(10);
+        let mut leases = Vec::new();
+        for _ in 0..8 {
+            leases.push(admit(&pressure).await);
+        }
+        let mut observer = admit(&pressure).await; // 9 in use: 90%
+        assert!(observer.stressed());
+        leases.truncate(7); // 8 in use: below 90%, not yet below 80%
+        assert!(observer.stressed());
+        leases.truncate(6); // 7 in use
+        assert_eq!(observer.interrupted().await, Interruption::StressChanged);
+        assert!(!observer.stressed());
+    }
+
+    #[tokio::test]
+    async fn permits_are_shared_by_every_caller() {
+        let pressure = pressure(2);
+        let first = admit(&pressure).await;
+        let second = admit(&pressure).await;
+        assert_eq!(pressure.permits.available_permits(), 0);
+        drop((first, second));
+        assert_eq!(pressure.permits.available_permits(), 2);
+        assert_eq!(pressure.lock().in_use, 0);
+    }
+}

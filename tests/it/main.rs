@@ -1,0 +1,33 @@
+//! relayq's integration tests, one binary: each module is one behaviour,
+//! driving the real `relayq` binary or its library over loopback with the
+//! harness in `common` (temporary spools, fake MX servers, an in-process DNS
+//! server). One binary links the harness once; its tests run on parallel
+//! threads, so none may rely on process-wide state (environment, current
+//! directory, fixed ports).
+
+mod common;
+
+mod check_config;
+mod connection_pressure;
+mod crash_soak;
+mod delivery_connections;
+mod delivery_crash;
+mod delivery_faults;
+mod delivery_mx;
+mod delivery_outcomes;
+mod delivery_tls;
+mod dns_resolution;
+mod durability;
+mod group_commit;
+mod intake_limits;
+mod intake_protocol;
+mod lane_admission;
+mod lanes;
+mod long_lines;
+mod metrics;
+mod queue_at_scale;
+mod queue_cli;
+mod sendmail;
+mod smtp_client;
+mod systemd;
+mod third_party_client;
