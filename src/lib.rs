@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod delivery;
 pub mod dns;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod maildrop;
 pub mod metrics;
