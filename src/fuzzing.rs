@@ -35,3 +35,40 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
         Path::new("/var/lib/relayq"),
     )
 }
+
+/// The longest reply the outbound client accepts.
+pub const MAX_REPLY_LENGTH: usize = crate::delivery::client::reply::MAX_REPLY_LENGTH;
+
+pub use crate::delivery::client::RemoteReply;
+
+/// The length of the first complete reply a remote server sent, as the
+/// outbound client frames it (`None`: more input needed).
+pub fn reply_length(buffer: &[u8]) -> Result<Option<usize>, String> {
+    crate::delivery::client::reply::complete_reply_length(buffer)
+}
+
+/// A reply framed by [`reply_length`], parsed as the outbound client does.
+pub fn parse_reply(raw: &[u8]) -> RemoteReply {
+    crate::delivery::client::reply::parse_reply(raw)
+}
+
+/// What an EHLO reply offers, as the outbound client reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EhloCapabilities {
+    /// smtp-proto's `EXT_*` flags.
+    pub extensions: u32,
+    /// SIZE; 0 when absent or unlimited.
+    pub max_size: u64,
+    /// smtp-proto's `AUTH_*` flags.
+    pub auth_mechanisms: u64,
+}
+
+/// Parses a complete EHLO reply as the outbound client does.
+pub fn ehlo_capabilities(raw: &[u8]) -> Result<EhloCapabilities, String> {
+    let parsed = crate::delivery::client::reply::Capabilities::from_ehlo(raw)?;
+    Ok(EhloCapabilities {
+        extensions: parsed.extensions,
+        max_size: parsed.max_size,
+        auth_mechanisms: parsed.auth_mechanisms,
+    })
+}

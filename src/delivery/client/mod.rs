@@ -17,7 +17,7 @@ mod auth;
 mod body;
 mod connection;
 mod params;
-mod reply;
+pub(crate) mod reply;
 mod transaction;
 mod transport;
 

@@ -9,11 +9,11 @@ use super::{Disposition, RemoteReply};
 
 /// The longest reply accepted, all lines together. EHLO replies are the
 /// longest in practice and stay far below this.
-pub(super) const MAX_REPLY_LENGTH: usize = 64 * 1024;
+pub(crate) const MAX_REPLY_LENGTH: usize = 64 * 1024;
 
 /// Extensions and limits from the EHLO reply; empty after HELO.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Capabilities {
+pub(crate) struct Capabilities {
     /// smtp-proto's `EXT_*` flags.
     pub extensions: u32,
     /// SIZE; 0 when absent or unlimited.
@@ -42,7 +42,7 @@ impl Capabilities {
 /// The length of the first complete reply in `buffer`, `None` when more
 /// input is needed. Every line must start with three digits; a line whose
 /// fourth character is not `-` ends the reply.
-pub(super) fn complete_reply_length(buffer: &[u8]) -> Result<Option<usize>, String> {
+pub(crate) fn complete_reply_length(buffer: &[u8]) -> Result<Option<usize>, String> {
     let mut start = 0;
     while let Some(offset) = memchr::memchr(b'\n', &buffer[start..]) {
         let end = start + offset + 1;
@@ -68,7 +68,7 @@ pub(super) fn complete_reply_length(buffer: &[u8]) -> Result<Option<usize>, Stri
 }
 
 /// Parses one complete reply as framed by [`complete_reply_length`].
-pub(super) fn parse_reply(raw: &[u8]) -> RemoteReply {
+pub(crate) fn parse_reply(raw: &[u8]) -> RemoteReply {
     let mut receiver = ResponseReceiver::default();
     let (code, enhanced, text) = match receiver.parse(&mut raw.iter()) {
         Ok(response) => (response.code, response.esc, response.message),
