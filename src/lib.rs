@@ -12,6 +12,8 @@ pub mod delivery;
 pub mod dns;
 pub(crate) mod dsn;
 pub(crate) mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub(crate) mod maildrop;
 pub(crate) mod metrics;

@@ -86,8 +86,20 @@ pub enum MaildropError {
 }
 
 /// Serialises an envelope and message; `Err` when a field cannot be written
-/// in this format (a line break or control character in it).
+/// in this format (a line break or control character in it) or when [`parse`]
+/// would refuse the file (no recipient, an empty recipient or NOTIFY), so that
+/// a file `sendmail` leaves is never one the daemon must set aside.
 pub fn encode(dropped: &Dropped) -> Result<Vec<u8>, String> {
+    let submission = &dropped.submission;
+    if submission.recipients.is_empty() {
+        return Err("no recipients".to_owned());
+    }
+    if submission.recipients.iter().any(String::is_empty) {
+        return Err("an empty recipient".to_owned());
+    }
+    if submission.notify.as_deref() == Some("") {
+        return Err("an empty notify value".to_owned());
+    }
     let mut out = String::from(MAGIC);
     out.push('\n');
     let mut field = |key: &str, value: &str| -> Result<(), String> {
@@ -100,7 +112,6 @@ pub fn encode(dropped: &Dropped) -> Result<Vec<u8>, String> {
         out.push('\n');
         Ok(())
     };
-    let submission = &dropped.submission;
     field("sender", &submission.sender)?;
     for recipient in &submission.recipients {
         field("recipient", recipient)?;
@@ -486,6 +497,25 @@ mod tests {
         null_sender.submission.notify = None;
         null_sender.user = None;
         assert_eq!(parse(&encode(&null_sender).unwrap()).unwrap(), null_sender);
+    }
+
+    /// Found by the `maildrop` fuzz target: `encode` wrote files that
+    /// `parse` refuses (no recipient line, or `recipient`/`notify` without a
+    /// value), which the daemon would only have set aside in `bad/`.
+    #[test]
+    fn writes_only_what_it_can_read_back() {
+        let mut no_recipients = sample();
+        no_recipients.submission.recipients.clear();
+        assert!(encode(&no_recipients).is_err());
+        let mut empty_recipient = sample();
+        empty_recipient.submission.recipients.push(String::new());
+        assert!(encode(&empty_recipient).is_err());
+        let mut empty_notify = sample();
+        empty_notify.submission.notify = Some(String::new());
+        assert!(encode(&empty_notify).is_err());
+        let mut empty_user = sample();
+        empty_user.user = Some(String::new());
+        assert_eq!(parse(&encode(&empty_user).unwrap()), Ok(empty_user));
     }
 
     #[test]

@@ -35,3 +35,12 @@ pub use id::{ParseQueueIdError, QueueId};
 pub use options::SpoolOptions;
 pub use spool::{Spool, Stored};
 pub use stats::SpoolStats;
+
+/// The pure value formats, for the fuzz targets in `fuzz/` (hidden, not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::record::{
+        BodyRecord, Quarantined, RecordError, decode_body, decode_envelope, decode_quarantine,
+        encode_envelope, encode_file_body, encode_inline_body, encode_quarantine,
+    };
+}

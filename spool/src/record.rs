@@ -23,7 +23,7 @@ const MISSING: u32 = u32::MAX;
 
 /// Why a stored value does not verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RecordError {
+pub enum RecordError {
     Truncated,
     UnknownVersion(u8),
     Checksum { stored: u32, computed: u32 },
@@ -46,7 +46,7 @@ impl fmt::Display for RecordError {
 
 /// A body record, decoded and verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum BodyRecord<'a> {
+pub enum BodyRecord<'a> {
     Inline(&'a [u8]),
     /// The body is in `bodies/<queue id>`; `crc` is the crc32 of its `len` bytes.
     File {
@@ -87,23 +87,23 @@ fn unframe(value: &[u8]) -> Result<&[u8], RecordError> {
     Ok(payload)
 }
 
-pub(crate) fn encode_envelope(envelope: &[u8]) -> Vec<u8> {
+pub fn encode_envelope(envelope: &[u8]) -> Vec<u8> {
     frame(&[envelope])
 }
 
-pub(crate) fn decode_envelope(value: &[u8]) -> Result<&[u8], RecordError> {
+pub fn decode_envelope(value: &[u8]) -> Result<&[u8], RecordError> {
     unframe(value)
 }
 
-pub(crate) fn encode_inline_body(body: &[u8]) -> Vec<u8> {
+pub fn encode_inline_body(body: &[u8]) -> Vec<u8> {
     frame(&[&[BODY_INLINE], body])
 }
 
-pub(crate) fn encode_file_body(len: u64, crc: u32) -> Vec<u8> {
+pub fn encode_file_body(len: u64, crc: u32) -> Vec<u8> {
     frame(&[&[BODY_FILE], &len.to_le_bytes(), &crc.to_le_bytes()])
 }
 
-pub(crate) fn decode_body(value: &[u8]) -> Result<BodyRecord<'_>, RecordError> {
+pub fn decode_body(value: &[u8]) -> Result<BodyRecord<'_>, RecordError> {
     let payload = unframe(value)?;
     match payload.split_first() {
         Some((&BODY_INLINE, body)) => Ok(BodyRecord::Inline(body)),
@@ -123,7 +123,7 @@ pub(crate) fn decode_body(value: &[u8]) -> Result<BodyRecord<'_>, RecordError> {
 }
 
 /// The value of a quarantined message: why it was set aside and its records as found.
-pub(crate) fn encode_quarantine(
+pub fn encode_quarantine(
     reason: &str,
     envelope_value: Option<&[u8]>,
     body_value: Option<&[u8]>,
@@ -140,17 +140,16 @@ pub(crate) fn encode_quarantine(
     ])
 }
 
-/// A quarantine value, decoded (kept for tools and tests that inspect what was set aside).
-#[cfg(test)]
+/// A quarantine value, decoded (kept for tools, tests and the fuzz targets that inspect what
+/// was set aside).
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Quarantined<'a> {
+pub struct Quarantined<'a> {
     pub reason: &'a [u8],
     pub envelope_value: Option<&'a [u8]>,
     pub body_value: &'a [u8],
 }
 
-#[cfg(test)]
-pub(crate) fn decode_quarantine(value: &[u8]) -> Result<Quarantined<'_>, RecordError> {
+pub fn decode_quarantine(value: &[u8]) -> Result<Quarantined<'_>, RecordError> {
     fn take_len(rest: &[u8]) -> Result<(u32, &[u8]), RecordError> {
         let (len, rest) = rest
             .split_first_chunk::<4>()

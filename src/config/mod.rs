@@ -301,6 +301,23 @@ impl Config {
     }
 }
 
+/// Validates configuration text against the given host name and state
+/// directory instead of the detected ones, so the outcome depends on the
+/// text alone (the fuzz targets use it). `hostname` must pass the domain
+/// name check the detected one passes.
+pub(crate) fn parse_with_fixed_defaults(
+    text: &str,
+    origin: &Path,
+    hostname: &str,
+    state_dir: &Path,
+) -> Result<Config, ConfigError> {
+    let system = SystemDefaults {
+        hostname: hostname.to_owned(),
+        state_dir: state_dir.to_path_buf(),
+    };
+    Config::parse_with(text, origin, &system)
+}
+
 /// A problem found in the text, before it is tied to a file name.
 #[derive(Debug, PartialEq, Eq)]
 struct Invalid {

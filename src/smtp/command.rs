@@ -101,7 +101,12 @@ pub fn parse(line: &[u8], context: ParseContext) -> Result<Command, Reply> {
         Request::Atrn { .. } => Command::NotImplemented("ATRN"),
         Request::Burl { .. } => Command::NotImplemented("BURL"),
         Request::Lhlo { .. } => Command::NotImplemented("LHLO"),
-        Request::Mail { .. } | Request::Rcpt { .. } => unreachable!("handled above"),
+        // smtp-proto skips white space before the verb, so ` MAIL …` and
+        // ` RCPT …` get here; the verb must start the line (RFC 5321
+        // §4.1.1), and the path parsing above only reads it there.
+        Request::Mail { .. } | Request::Rcpt { .. } => {
+            return Err(Reply::new(500, "5.5.2", "Error: command not recognized"));
+        }
     })
 }
 
@@ -351,6 +356,19 @@ mod tests {
         assert_eq!(rcpt.forward_path.to_string(), "\"john doe\"@example.com");
         assert!(rcpt.notify.success && rcpt.notify.failure && !rcpt.notify.delay);
         assert_eq!(rcpt.orcpt.as_deref(), Some("john doe@example.com"));
+    }
+
+    /// Found by the `command_line` fuzz target: MAIL or RCPT after white
+    /// space reached an `unreachable!` (a panic on network input).
+    #[test]
+    fn mail_and_rcpt_after_white_space_are_refused() {
+        for line in [
+            " RCPT TO:<a@example.com>",
+            "\tMAIL FROM:<a@example.com>",
+            "  mail FROM:<>",
+        ] {
+            assert_eq!(parse_err(line).code, 500, "{line:?}");
+        }
     }
 
     #[test]

@@ -1,21 +1,34 @@
 //! DATA and BDAT content framing: end-of-data detection, dot-unstuffing and
 //! line-ending normalisation, pure (bytes in, bytes out).
 //!
-//! End of data is `CRLF.CRLF` and nothing else (no SMTP smuggling through
-//! `LF.LF` or `CR.CR`): that is smtp-proto's `DataReceiver`. Bare LF line
-//! endings are turned into CRLF only *after* that detection. Two of the
-//! receiver's edges are handled here: it is primed with a CRLF so that an
-//! empty body (`.` first) and a leading `..` are recognised, and a trailing CR
-//! of its output is held back because the receiver removes it again when the
-//! terminating `.CRLF` follows.
+//! End of data is `CRLF.CRLF` and nothing else (RFC 5321 §4.1.1.4): no SMTP
+//! smuggling through `LF.LF`, `CR.CR`, `CRLF.LF` or `CRLF.CR CR LF`, each of
+//! which other receivers may read differently. The CRLF before the dot may be
+//! the one that ended the DATA command, so an empty body (`.` first) is
+//! recognised. A line that starts with a dot after a CRLF loses that dot
+//! (RFC 5321 §4.5.2). Bare LF line endings are turned into CRLF only *after*
+//! that detection, and a line that a bare LF starts is no line start for
+//! either rule.
 
-use smtp_proto::request::receiver::DataReceiver;
+/// Where the reader is relative to the line structure of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// After a CRLF (or at the start of the content).
+    LineStart,
+    /// After CRLF and a dot; the dot is removed, whatever follows.
+    Dot,
+    /// After CRLF, a dot and a CR, which is held back: only an LF next ends
+    /// the data, anything else makes it content.
+    DotCr,
+    /// Inside a line; `after_cr` says whether the last octet was a CR.
+    Text { after_cr: bool },
+    /// The end of data was seen.
+    Finished,
+}
 
 /// Reads DATA content.
 pub struct DataReader {
-    receiver: DataReceiver,
-    unstuffed: Vec<u8>,
-    line_endings: LineEndings,
+    position: Position,
 }
 
 impl Default for DataReader {
@@ -26,31 +39,69 @@ impl Default for DataReader {
 
 impl DataReader {
     pub fn new() -> DataReader {
-        let mut receiver = DataReceiver::new();
-        let mut discarded = Vec::new();
-        receiver.ingest(&mut b"\r\n".iter(), &mut discarded);
         DataReader {
-            receiver,
-            unstuffed: Vec::new(),
-            line_endings: LineEndings::default(),
+            position: Position::LineStart,
         }
     }
 
-    /// Consumes bytes from `input`, appending message content to `out`.
-    /// Returns how many input bytes were consumed and whether the end of data
-    /// was reached (then the bytes after it are the next commands).
+    /// Consumes bytes from `input`, appending message content to `out`
+    /// (CRLF line endings, dots unstuffed). Returns how many input bytes were
+    /// consumed and whether the end of data was reached; then the bytes after
+    /// it are the next commands. Until the end, all of `input` is consumed.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
-        let mut bytes = input.iter();
-        let finished = self.receiver.ingest(&mut bytes, &mut self.unstuffed);
-        let consumed = input.len() - bytes.as_slice().len();
-        let ready = if !finished && self.unstuffed.last() == Some(&b'\r') {
-            self.unstuffed.len() - 1
-        } else {
-            self.unstuffed.len()
-        };
-        self.line_endings.normalise(&self.unstuffed[..ready], out);
-        self.unstuffed.drain(..ready);
-        (consumed, finished)
+        let mut at = 0;
+        while at < input.len() {
+            let byte = input[at];
+            self.position = match self.position {
+                Position::Finished => break,
+                Position::LineStart if byte == b'.' => Position::Dot,
+                Position::Dot if byte == b'\r' => Position::DotCr,
+                Position::DotCr if byte == b'\n' => {
+                    self.position = Position::Finished;
+                    return (at + 1, true);
+                }
+                Position::DotCr => {
+                    out.push(b'\r');
+                    text(byte, true, out)
+                }
+                Position::LineStart | Position::Dot => text(byte, false, out),
+                Position::Text { after_cr } => {
+                    // Runs without line-ending octets are copied whole.
+                    let run =
+                        memchr::memchr2(b'\r', b'\n', &input[at..]).unwrap_or(input.len() - at);
+                    if run > 0 {
+                        out.extend_from_slice(&input[at..at + run]);
+                        at += run;
+                        self.position = Position::Text { after_cr: false };
+                        continue;
+                    }
+                    text(byte, after_cr, out)
+                }
+            };
+            at += 1;
+        }
+        (at, self.position == Position::Finished)
+    }
+}
+
+/// Appends one octet of a line's content; `after_cr` says whether the octet
+/// before it was a CR. A bare LF becomes CRLF and does not start a line.
+fn text(byte: u8, after_cr: bool, out: &mut Vec<u8>) -> Position {
+    match byte {
+        b'\n' if after_cr => {
+            out.push(b'\n');
+            Position::LineStart
+        }
+        b'\n' => {
+            out.extend_from_slice(b"\r\n");
+            Position::Text { after_cr: false }
+        }
+        _ => {
+            out.push(byte);
+            Position::Text {
+                after_cr: byte == b'\r',
+            }
+        }
     }
 }
 
@@ -131,6 +182,35 @@ mod tests {
                 "{fake_end:?}"
             );
         }
+    }
+
+    /// Found by the `data_reader` fuzz target: smtp-proto's receiver, used
+    /// until then, ended the data at `CRLF . CR CR LF` (any number of CRs),
+    /// so text after it became commands here while another receiver would
+    /// have read it as content.
+    #[test]
+    fn dot_with_extra_carriage_returns_does_not_end_data() {
+        for fake_end in [&b"\r\n.\r\r\n"[..], b"\r\n.\r\r\r\n", b"\r\n.\rx\r\n"] {
+            let mut input = b"Subject: x\r\n\r\nbody".to_vec();
+            input.extend_from_slice(fake_end);
+            input.extend_from_slice(b"MAIL FROM:<evil@example.com>\r\n");
+            let (message, rest) = receive(&[&input, b".\r\n"]).unwrap();
+            assert!(rest.is_empty(), "{fake_end:?}");
+            assert!(message.ends_with(b"MAIL FROM:<evil@example.com>\r\n"));
+        }
+        let (message, _) = receive(&[b".\r\r\nx\r\n.\r\n"]).unwrap();
+        assert_eq!(message, b"\r\r\nx\r\n");
+        let (message, _) = receive(&[b"a\r\n.\r", b"\r", b"\n.\r\n"]).unwrap();
+        assert_eq!(message, b"a\r\n\r\r\n");
+    }
+
+    #[test]
+    fn nothing_is_consumed_after_the_end() {
+        let mut reader = DataReader::new();
+        let mut out = Vec::new();
+        assert_eq!(reader.feed(b"x\r\n.\r\nQUIT\r\n", &mut out), (6, true));
+        assert_eq!(reader.feed(b"QUIT\r\n", &mut out), (0, true));
+        assert_eq!(out, b"x\r\n");
     }
 
     #[test]
