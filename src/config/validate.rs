@@ -227,6 +227,9 @@ pub(super) fn config(
         routes.push(route);
     }
 
+    let destinations = super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
+    let cluster = super::shaping::cluster(raw.cluster)?;
+
     let control = ControlSettings {
         socket: raw
             .control
@@ -270,6 +273,8 @@ pub(super) fn config(
         retry,
         dns,
         routes,
+        destinations,
+        cluster,
         control,
         metrics,
         log,

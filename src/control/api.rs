@@ -234,6 +234,7 @@ async fn stats(context: &QueueHandle) -> Reply {
         total: lanes.iter().map(LaneCounts::total).sum(),
         lanes,
         destinations,
+        shaping: context.metrics.shaping.rows(),
     })
 }
 

@@ -9,6 +9,7 @@
 
 mod histogram;
 pub mod http;
+mod shaping;
 mod text;
 
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use std::time::{Duration, SystemTime};
 use crate::events::EventKind;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
+
+pub use shaping::{DestinationShaping, ShapingMetrics, Throttle};
 
 /// What became of one recipient in one delivery attempt
 /// (`relayq_recipients_total{outcome}`).
@@ -77,6 +80,8 @@ pub struct Metrics {
     delivery_seconds: [Histogram; 2],
     /// Every SMTP listener is bound and accepting.
     listeners_up: AtomicBool,
+    /// Output control: destination gauges, throttles, the cluster's Redis.
+    pub shaping: ShapingMetrics,
 }
 
 impl Default for Metrics {
@@ -98,6 +103,7 @@ impl Metrics {
                 Histogram::new(histogram::DELIVERY_SECONDS),
             ],
             listeners_up: AtomicBool::new(false),
+            shaping: ShapingMetrics::default(),
         }
     }
 

@@ -153,6 +153,7 @@ pub fn render(metrics: &Metrics, queue: &Queue, now: SystemTime) -> String {
             &metrics.delivery_seconds[lane_index(lane)].snapshot(),
         );
     }
+    metrics.shaping.render(&mut out);
     out
 }
 

@@ -1,0 +1,154 @@
+//! A destination's rate (README "Output control"): at most one start per
+//! interval, so in any window of T seconds at most rate × T + 1
+//! transactions start (a start is a transaction's MAIL command).
+//!
+//! Two parts. Admission, when a message's job is formed, hands out slots
+//! one interval apart: a job whose slot is now (or within a short wait)
+//! goes ahead; otherwise the slot is promised to the message, which is
+//! deferred until then without an attempt and takes its promised slot when
+//! it comes back, so waiting messages are spread over the slots instead of
+//! all returning at the next one. The start gate, right before MAIL, keeps
+//! actual starts an interval apart even when promised jobs arrive late
+//! together. Pure: the caller passes the time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use relayq_spool::QueueId;
+use tokio::time::Instant;
+
+/// How long a promised slot is kept for a message that does not come back
+/// for it (held, deleted, or dispatched late).
+const PROMISE_KEPT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Now,
+    /// Deferred until this slot, which is the message's.
+    Later(Instant),
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    /// The first slot not yet handed out.
+    next_free: Option<Instant>,
+    promises: HashMap<QueueId, Instant>,
+    last_start: Option<Instant>,
+    /// `last_start` before the latest start, restored by `unstart`.
+    previous_start: Option<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(interval: Duration) -> RateLimiter {
+        RateLimiter {
+            interval,
+            next_free: None,
+            promises: HashMap::new(),
+            last_start: None,
+            previous_start: None,
+        }
+    }
+
+    /// A slot for message `id`'s job: its promised one, or the next free.
+    /// `Now` when the slot is within `short_wait`.
+    pub fn admit(&mut self, id: QueueId, now: Instant, short_wait: Duration) -> Admission {
+        if let Some(&slot) = self.promises.get(&id) {
+            if slot <= now + short_wait {
+                self.promises.remove(&id);
+                return Admission::Now;
+            }
+            return Admission::Later(slot);
+        }
+        let slot = self.next_free.map_or(now, |free| free.max(now));
+        self.next_free = Some(slot + self.interval);
+        if slot <= now + short_wait {
+            Admission::Now
+        } else {
+            self.promises.insert(id, slot);
+            Admission::Later(slot)
+        }
+    }
+
+    /// Hands out a slot that a promise of an earlier slot may reuse: the
+    /// one already promised to `id`, else a new one.
+    pub fn promise(&mut self, id: QueueId, now: Instant) -> Instant {
+        match self.admit(id, now, Duration::ZERO) {
+            Admission::Now => {
+                // The slot is now, but the gate refused: take the next one.
+                let slot = self.next_free.map_or(now, |free| free.max(now));
+                self.next_free = Some(slot + self.interval);
+                self.promises.insert(id, slot);
+                slot
+            }
+            Admission::Later(slot) => slot,
+        }
+    }
+
+    /// The start gate: `Ok` records a start now; `Err` is the earliest
+    /// instant the next start may happen.
+    pub fn start(&mut self, now: Instant) -> Result<(), Instant> {
+        if let Some(last) = self.last_start
+            && now < last + self.interval
+        {
+            return Err(last + self.interval);
+        }
+        self.previous_start = self.last_start;
+        self.last_start = Some(now);
+        Ok(())
+    }
+
+    /// The latest start did not happen after all.
+    pub fn unstart(&mut self) {
+        self.last_start = self.previous_start.take();
+    }
+
+    pub fn expire_promises(&mut self, now: Instant) {
+        self.promises.retain(|_, slot| *slot + PROMISE_KEPT > now);
+    }
+
+    /// Nothing promised and nothing that would delay a start now.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.promises.is_empty()
+            && self.next_free.is_none_or(|free| free <= now)
+            && self.last_start.is_none_or(|last| last + self.interval <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> QueueId {
+        QueueId(u64::from(n))
+    }
+
+    #[test]
+    fn slots_are_one_interval_apart_and_promised() {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut rate = RateLimiter::new(second);
+        assert_eq!(rate.admit(id(1), now, Duration::ZERO), Admission::Now);
+        assert_eq!(rate.admit(id(2), now, Duration::ZERO), Admission::Later(now + second));
+        assert_eq!(rate.admit(id(3), now, Duration::ZERO), Admission::Later(now + 2 * second));
+        // Coming back early keeps the promise; on time takes it.
+        assert_eq!(rate.admit(id(3), now + second, Duration::ZERO), Admission::Later(now + 2 * second));
+        assert_eq!(rate.admit(id(2), now + second, Duration::ZERO), Admission::Now);
+        // A newcomer queues behind the promises.
+        assert_eq!(rate.admit(id(4), now + second, Duration::ZERO), Admission::Later(now + 3 * second));
+        assert!(!rate.is_idle(now + second));
+    }
+
+    #[test]
+    fn the_gate_spaces_starts_exactly() {
+        let now = Instant::now();
+        let interval = Duration::from_millis(100);
+        let mut rate = RateLimiter::new(interval);
+        assert_eq!(rate.start(now), Ok(()));
+        assert_eq!(rate.start(now + Duration::from_millis(50)), Err(now + interval));
+        assert_eq!(rate.start(now + interval), Ok(()));
+        rate.unstart();
+        assert_eq!(rate.start(now + interval), Ok(()));
+        assert!(rate.is_idle(now + 3 * interval));
+    }
+}
