@@ -194,20 +194,27 @@ impl Destinations {
     }
 
     /// The first rule matching a recipient domain (or its most preferred MX
-    /// host, for a next hop by MX), else the next hop itself.
-    pub fn key_for(&self, domain: &str, hop: &NextHop, mx_host: Option<&str>) -> DestinationKey {
+    /// host, for a next hop by MX), else the next hop itself; and whether
+    /// the rule matched by the MX host.
+    pub fn key_for(
+        &self,
+        domain: &str,
+        hop: &NextHop,
+        mx_host: Option<&str>,
+    ) -> (DestinationKey, bool) {
         let mx_host = match hop {
             NextHop::Mx(_) => mx_host,
             NextHop::Route(_) => None,
         };
-        match self
-            .rules
-            .iter()
-            .position(|rule| rule.matches(domain, mx_host))
-        {
-            Some(index) => DestinationKey::Rule(index),
-            None => DestinationKey::Hop(hop.clone()),
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.matches(domain, None) {
+                return (DestinationKey::Rule(index), false);
+            }
+            if rule.matches(domain, mx_host) {
+                return (DestinationKey::Rule(index), true);
+            }
         }
+        (DestinationKey::Hop(hop.clone()), false)
     }
 
     /// A domain's destination when it can be decided without its MX host:
@@ -541,7 +548,9 @@ impl Destinations {
         }
     }
 
-    /// An idle connection to `hop` kept by `key`, if one is fresh enough.
+    /// An idle connection kept by `key` for the pool `hop` (a next hop, or
+    /// the shared MX host of domains grouped by an `mx:` pattern), if one is
+    /// fresh enough.
     pub fn take_idle(&self, key: &DestinationKey, hop: &NextHop) -> Option<Connection> {
         let mut table = self.lock();
         let destination = table.get_mut(key)?;
@@ -553,6 +562,23 @@ impl Destinations {
             // Stale: dropping closes the socket without a QUIT round trip.
         }
         None
+    }
+
+    /// Before a job of `key` opens a new connection: the idle connections
+    /// (of other pools) that would take the destination past its limit of
+    /// open connections, oldest first, to be closed by the caller.
+    pub fn make_room(&self, key: &DestinationKey) -> Vec<Connection> {
+        let mut table = self.lock();
+        let Some(destination) = table.get_mut(key) else {
+            return Vec::new();
+        };
+        let mut evicted = Vec::new();
+        while !destination.idle.is_empty()
+            && destination.active + destination.idle.len() > destination.limit
+        {
+            evicted.push(destination.idle.remove(0).1);
+        }
+        evicted
     }
 
     /// Keeps a connection (already reset) for the next message to `hop`,

@@ -89,12 +89,22 @@ impl DeliveryContext {
     /// its most preferred MX host (looked up only when some rule has such a
     /// pattern; the resolver's cache keeps the answer within its TTL), else
     /// the next hop itself.
-    pub async fn destination_of(&self, domain: &str, hop: &NextHop) -> DestinationKey {
+    ///
+    /// Also the pool its connections are kept in: the next hop, or for
+    /// domains grouped by their MX host, that host, so one connection to a
+    /// provider's MX carries mail for all the provider's domains.
+    pub async fn destination_of(&self, domain: &str, hop: &NextHop) -> (DestinationKey, NextHop) {
         if let Some(key) = self.destinations.key_without_mx(domain, hop) {
-            return key;
+            return (key, hop.clone());
         }
         let mx_host = self.resolver.preferred_exchange(domain).await;
-        self.destinations.key_for(domain, hop, mx_host.as_deref())
+        match self.destinations.key_for(domain, hop, mx_host.as_deref()) {
+            (key, true) => {
+                let host = mx_host.unwrap_or_default();
+                (key, NextHop::Mx(format!("mx:{host}")))
+            }
+            (key, false) => (key, hop.clone()),
+        }
     }
 
     /// The tracker of tasks shutdown waits for.
@@ -277,11 +287,11 @@ async fn start_pass(
             .unwrap_or_default();
         domains.entry(domain).or_default().push(index);
     }
-    let mut groups: HashMap<(DestinationKey, NextHop), Vec<usize>> = HashMap::new();
+    let mut groups: HashMap<(DestinationKey, NextHop, NextHop), Vec<usize>> = HashMap::new();
     for (domain, indices) in domains {
         let hop = context.next_hop(&domain);
-        let key = context.destination_of(&domain, &hop).await;
-        groups.entry((key, hop)).or_default().extend(indices);
+        let (key, pool) = context.destination_of(&domain, &hop).await;
+        groups.entry((key, hop, pool)).or_default().extend(indices);
     }
     if groups.is_empty() {
         // Every recipient is final (a crash after the last commit of a pass
@@ -294,7 +304,7 @@ async fn start_pass(
     }
     if groups
         .keys()
-        .any(|(key, _)| context.destinations.queued(key) >= MAX_QUEUED_PER_DESTINATION)
+        .any(|(key, _, _)| context.destinations.queued(key) >= MAX_QUEUED_PER_DESTINATION)
     {
         handle
             .queue
@@ -303,10 +313,11 @@ async fn start_pass(
     }
 
     let pass = Arc::new(Pass::new(id, envelope, groups.len(), permit));
-    for ((destination, hop), recipients) in groups {
+    for ((destination, hop, pool), recipients) in groups {
         let job = Job {
             pass: pass.clone(),
             hop,
+            pool,
             destination,
             recipients,
             requeues: 0,

@@ -27,6 +27,9 @@ pub const MAX_RECIPIENTS_PER_TRANSACTION: usize = 100;
 pub struct Job {
     pub pass: Arc<Pass>,
     pub hop: NextHop,
+    /// Where its idle connections are kept: `hop`, or `mx:HOST` for
+    /// domains grouped by their shared MX host.
+    pub pool: NextHop,
     /// Whose limits, rate and suspension the job is under.
     pub destination: DestinationKey,
     /// Indices into the pass's envelope recipients.
@@ -123,7 +126,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
     let mut results = Vec::new();
     // A pooled connection needs no DNS: the next hop is looked up only when
     // a new connection is opened.
-    let mut reused = destinations.take_idle(key, &job.hop);
+    let mut reused = destinations.take_idle(key, &job.pool);
     let mut fresh_connection_tried = false;
     while !pending.is_empty() {
         let (mut connection, fresh) = match reused.take() {
@@ -131,6 +134,9 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
             None if fresh_connection_tried => break,
             None => {
                 fresh_connection_tried = true;
+                for idle in destinations.make_room(key) {
+                    context.tracker().spawn(idle.quit());
+                }
                 let begun = Instant::now();
                 match open(context, job).await {
                     Ok(connection) => (connection, true),
@@ -153,7 +159,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
         };
         if let Err(wait) = gate(context, job).await {
             if connection.completed_transactions() > 0 || !fresh {
-                destinations.put_idle(key, &job.hop, connection);
+                destinations.put_idle(key, &job.pool, connection);
             } else {
                 context.tracker().spawn(connection.quit());
             }
@@ -233,7 +239,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
         }
         if attempt.connection_usable && connection.reset().await.is_ok() {
             if pending.is_empty() || !progressed {
-                destinations.put_idle(key, &job.hop, connection);
+                destinations.put_idle(key, &job.pool, connection);
             } else {
                 reused = Some(connection);
             }

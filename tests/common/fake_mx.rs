@@ -64,6 +64,10 @@ pub struct Script {
     pub disconnect_at: Option<Stage>,
     /// Never reply to DATA (nor to anything after it in that session).
     pub never_answer_data: bool,
+    /// Serve at most this many sessions at once: a connection beyond them
+    /// is greeted with `421 4.7.0 Too many connections` and closed, and is
+    /// counted in `refused_sessions` rather than `sessions`.
+    pub max_sessions: Option<usize>,
 }
 
 impl Default for Script {
@@ -91,6 +95,7 @@ impl Default for Script {
             delay_before: Vec::new(),
             disconnect_at: None,
             never_answer_data: false,
+            max_sessions: None,
         }
     }
 }
@@ -128,6 +133,9 @@ struct State {
     max_concurrent: usize,
     command_batches: usize,
     final_dots: usize,
+    /// When each MAIL command arrived.
+    mail_times: Vec<Instant>,
+    refused_sessions: usize,
 }
 
 #[derive(Default)]
@@ -217,6 +225,16 @@ impl FakeMx {
         self.shared.state.lock().unwrap().active
     }
 
+    /// When each MAIL command arrived, in order: a transaction's start.
+    pub fn mail_times(&self) -> Vec<Instant> {
+        self.shared.state.lock().unwrap().mail_times.clone()
+    }
+
+    /// Connections refused with 421 because `max_sessions` were open.
+    pub fn refused_sessions(&self) -> usize {
+        self.shared.state.lock().unwrap().refused_sessions
+    }
+
     /// Every command line received, in order (AUTH exchanges included).
     pub fn commands(&self) -> Vec<String> {
         self.shared.state.lock().unwrap().commands.clone()
@@ -253,7 +271,20 @@ async fn serve(
         tokio::select! {
             _ = &mut stopped => return,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((mut stream, _)) = accepted else { continue };
+                let full = shared.update(|state| {
+                    let full = script.max_sessions.is_some_and(|max| state.active >= max);
+                    state.refused_sessions += usize::from(full);
+                    full
+                });
+                if full {
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let _ = stream.write_all(b"421 4.7.0 Too many connections\r\n").await;
+                        let _ = stream.shutdown().await;
+                    });
+                    continue;
+                }
                 let number = shared.update(|state| {
                     state.sessions += 1;
                     state.active += 1;
