@@ -160,6 +160,8 @@ struct ReadyList {
 
 pub struct Destinations {
     default_cap: usize,
+    /// Rates are shared through the cluster's Redis.
+    fleet: bool,
     dead_for: Duration,
     rules: Vec<DestinationRule>,
     /// `route:HOST` per route: the label of a route's destination.
@@ -178,9 +180,11 @@ impl Destinations {
         dead_for: Duration,
         rules: Vec<DestinationRule>,
         routes: &[Route],
+        fleet: bool,
     ) -> Destinations {
         Destinations {
             default_cap: default_cap.max(1),
+            fleet,
             dead_for,
             rules,
             route_labels: routes
@@ -262,7 +266,15 @@ impl Destinations {
     /// its next hop is remembered as dead, the destination is suspended, or
     /// its rate has no token before `SHORT_WAIT` (the token it will get is
     /// then promised to the message).
-    pub fn submit(&self, job: Job) -> Result<(), (Job, Refusal, Option<Throttle>)> {
+    ///
+    /// `fleet`: how far ahead the slot is that the cluster's Redis gave this
+    /// job (see [`Destinations::fleet_slot_wanted`]); `None` uses the
+    /// destination's local slots.
+    pub fn submit(
+        &self,
+        job: Job,
+        fleet: Option<Duration>,
+    ) -> Result<(), (Job, Refusal, Option<Throttle>)> {
         if let Some(reason) = self.is_dead(&job.hop) {
             return Err((job, Refusal::Dead(reason), None));
         }
@@ -276,7 +288,7 @@ impl Destinations {
             return Err((job, Refusal::Wait(wait), Some(Throttle::Suspended)));
         }
         if let Some(rate) = &mut destination.rate
-            && let Admission::Later(at) = rate.admit(job.pass.id, now, SHORT_WAIT)
+            && let Admission::Later(at) = rate.admit(job.pass.id, now, SHORT_WAIT, fleet)
         {
             let wait = self.rate_wait(&key, at, now);
             return Err((job, Refusal::Wait(wait), Some(Throttle::Rate)));
@@ -286,6 +298,26 @@ impl Destinations {
         drop(table);
         self.push_ready(&key, pushes);
         Ok(())
+    }
+
+    /// For a job of message `id` at `key`: the destination's name and the
+    /// interval of its rate, when its slot is to come from the cluster's
+    /// Redis (a fleet rate, and no slot promised to the message yet).
+    pub fn fleet_slot_wanted(&self, key: &DestinationKey, id: QueueId) -> Option<(String, Duration)> {
+        let DestinationKey::Rule(index) = key else {
+            return None;
+        };
+        let rule = &self.rules[*index];
+        let rate = rule.rate?;
+        if !self.fleet {
+            return None;
+        }
+        let promised = self
+            .lock()
+            .get(key)
+            .and_then(|destination| destination.rate.as_ref())
+            .is_some_and(|limiter| limiter.is_promised(id));
+        (!promised).then(|| (rule.name.clone(), rate.interval()))
     }
 
     /// Puts a job back at the front of its destination's queue: its
@@ -385,11 +417,12 @@ impl Destinations {
             return Err((left, wait, Throttle::Suspended));
         }
         if let Some(rate) = &mut destination.rate
-            && let Err(at) = rate.start(now)
+            && let Err(at) = rate.start(id, now)
         {
             // A short wait is the caller's to sleep; a longer one defers the
-            // message to a slot of its own.
-            let at = if at - now <= SHORT_WAIT {
+            // message to a slot of its own (with a fleet rate, the one Redis
+            // gives it when it comes back).
+            let at = if at - now <= SHORT_WAIT || self.fleet {
                 at
             } else {
                 rate.promise(id, now)

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::ClientSettings;
+use super::cluster::Cluster;
 use super::destination::{DestinationKey, Destinations, NextHop, Refusal};
 use super::job::{self, Job};
 use super::pass::Pass;
@@ -39,6 +40,8 @@ pub struct DeliveryContext {
     /// of a message goes.
     pub handle: QueueHandle,
     pub destinations: Destinations,
+    /// The Redis that destination rates are shared through, if any.
+    cluster: Option<Cluster>,
     pub resolver: MxResolver,
     pub tls_configs: TlsConfigs,
     pub client_settings: ClientSettings,
@@ -58,6 +61,10 @@ impl DeliveryContext {
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
         let delivery = &config.delivery;
+        let cluster = match &config.cluster.redis_url {
+            Some(url) => Some(Cluster::new(url, handle.metrics.clone())?),
+            None => None,
+        };
         Ok(DeliveryContext {
             handle,
             destinations: Destinations::new(
@@ -65,7 +72,9 @@ impl DeliveryContext {
                 DEAD_DESTINATION_FOR,
                 config.destinations.clone(),
                 &config.routes,
+                cluster.is_some(),
             ),
+            cluster,
             resolver: MxResolver::new(&config.dns, delivery.ip_version)?,
             tls_configs: TlsConfigs::load()?,
             client_settings: ClientSettings {
@@ -322,7 +331,14 @@ async fn start_pass(
             recipients,
             requeues: 0,
         };
-        if let Err((job, refusal, throttle)) = context.destinations.submit(job) {
+        let fleet = match (
+            &context.cluster,
+            context.destinations.fleet_slot_wanted(&job.destination, id),
+        ) {
+            (Some(cluster), Some((name, interval))) => cluster.reserve(&name, interval).await,
+            _ => None,
+        };
+        if let Err((job, refusal, throttle)) = context.destinations.submit(job, fleet) {
             if let Some(throttle) = throttle {
                 let label = context.destinations.label(&job.destination);
                 context.handle.metrics.shaping.throttled(&label, throttle);

@@ -3,6 +3,7 @@
 
 mod body;
 pub mod client;
+pub(crate) mod cluster;
 pub(crate) mod destination;
 pub(crate) mod engine;
 pub(crate) mod job;

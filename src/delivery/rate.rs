@@ -34,6 +34,9 @@ pub struct RateLimiter {
     /// The first slot not yet handed out.
     next_free: Option<Instant>,
     promises: HashMap<QueueId, Instant>,
+    /// Slots a little ahead given to jobs admitted now: the start gate
+    /// holds each job until its slot.
+    not_before: HashMap<QueueId, Instant>,
     last_start: Option<Instant>,
     /// `last_start` before the latest start, restored by `unstart`.
     previous_start: Option<Instant>,
@@ -45,24 +48,43 @@ impl RateLimiter {
             interval,
             next_free: None,
             promises: HashMap::new(),
+            not_before: HashMap::new(),
             last_start: None,
             previous_start: None,
         }
     }
 
-    /// A slot for message `id`'s job: its promised one, or the next free.
-    /// `Now` when the slot is within `short_wait`.
-    pub fn admit(&mut self, id: QueueId, now: Instant, short_wait: Duration) -> Admission {
-        if let Some(&slot) = self.promises.get(&id) {
-            if slot <= now + short_wait {
+    /// A slot for message `id`'s job: its promised one, else the fleet's
+    /// (`fleet`: how far ahead the slot Redis gave is), else the next free
+    /// local one. `Now` when the slot is within `short_wait`.
+    pub fn admit(
+        &mut self,
+        id: QueueId,
+        now: Instant,
+        short_wait: Duration,
+        fleet: Option<Duration>,
+    ) -> Admission {
+        let slot = match self.promises.get(&id) {
+            Some(&slot) => {
+                if slot > now + short_wait {
+                    return Admission::Later(slot);
+                }
                 self.promises.remove(&id);
-                return Admission::Now;
+                slot
             }
-            return Admission::Later(slot);
-        }
-        let slot = self.next_free.map_or(now, |free| free.max(now));
-        self.next_free = Some(slot + self.interval);
+            None => match fleet {
+                Some(wait) => now + wait,
+                None => {
+                    let slot = self.next_free.map_or(now, |free| free.max(now));
+                    self.next_free = Some(slot + self.interval);
+                    slot
+                }
+            },
+        };
         if slot <= now + short_wait {
+            if slot > now {
+                self.not_before.insert(id, slot);
+            }
             Admission::Now
         } else {
             self.promises.insert(id, slot);
@@ -70,10 +92,15 @@ impl RateLimiter {
         }
     }
 
+    /// Whether a slot is promised to `id` (then no new one is asked for).
+    pub fn is_promised(&self, id: QueueId) -> bool {
+        self.promises.contains_key(&id)
+    }
+
     /// Hands out a slot that a promise of an earlier slot may reuse: the
     /// one already promised to `id`, else a new one.
     pub fn promise(&mut self, id: QueueId, now: Instant) -> Instant {
-        match self.admit(id, now, Duration::ZERO) {
+        match self.admit(id, now, Duration::ZERO, None) {
             Admission::Now => {
                 // The slot is now, but the gate refused: take the next one.
                 let slot = self.next_free.map_or(now, |free| free.max(now));
@@ -85,9 +112,15 @@ impl RateLimiter {
         }
     }
 
-    /// The start gate: `Ok` records a start now; `Err` is the earliest
-    /// instant the next start may happen.
-    pub fn start(&mut self, now: Instant) -> Result<(), Instant> {
+    /// The start gate for message `id`'s transaction: `Ok` records a start
+    /// now; `Err` is the earliest instant it may start.
+    pub fn start(&mut self, id: QueueId, now: Instant) -> Result<(), Instant> {
+        if let Some(&slot) = self.not_before.get(&id) {
+            if now < slot {
+                return Err(slot);
+            }
+            self.not_before.remove(&id);
+        }
         if let Some(last) = self.last_start
             && now < last + self.interval
         {
@@ -105,11 +138,13 @@ impl RateLimiter {
 
     pub fn expire_promises(&mut self, now: Instant) {
         self.promises.retain(|_, slot| *slot + PROMISE_KEPT > now);
+        self.not_before.retain(|_, slot| *slot + PROMISE_KEPT > now);
     }
 
     /// Nothing promised and nothing that would delay a start now.
     pub fn is_idle(&self, now: Instant) -> bool {
         self.promises.is_empty()
+            && self.not_before.is_empty()
             && self.next_free.is_none_or(|free| free <= now)
             && self.last_start.is_none_or(|last| last + self.interval <= now)
     }
@@ -128,14 +163,14 @@ mod tests {
         let now = Instant::now();
         let second = Duration::from_secs(1);
         let mut rate = RateLimiter::new(second);
-        assert_eq!(rate.admit(id(1), now, Duration::ZERO), Admission::Now);
-        assert_eq!(rate.admit(id(2), now, Duration::ZERO), Admission::Later(now + second));
-        assert_eq!(rate.admit(id(3), now, Duration::ZERO), Admission::Later(now + 2 * second));
+        assert_eq!(rate.admit(id(1), now, Duration::ZERO, None), Admission::Now);
+        assert_eq!(rate.admit(id(2), now, Duration::ZERO, None), Admission::Later(now + second));
+        assert_eq!(rate.admit(id(3), now, Duration::ZERO, None), Admission::Later(now + 2 * second));
         // Coming back early keeps the promise; on time takes it.
-        assert_eq!(rate.admit(id(3), now + second, Duration::ZERO), Admission::Later(now + 2 * second));
-        assert_eq!(rate.admit(id(2), now + second, Duration::ZERO), Admission::Now);
+        assert_eq!(rate.admit(id(3), now + second, Duration::ZERO, None), Admission::Later(now + 2 * second));
+        assert_eq!(rate.admit(id(2), now + second, Duration::ZERO, None), Admission::Now);
         // A newcomer queues behind the promises.
-        assert_eq!(rate.admit(id(4), now + second, Duration::ZERO), Admission::Later(now + 3 * second));
+        assert_eq!(rate.admit(id(4), now + second, Duration::ZERO, None), Admission::Later(now + 3 * second));
         assert!(!rate.is_idle(now + second));
     }
 
@@ -144,11 +179,29 @@ mod tests {
         let now = Instant::now();
         let interval = Duration::from_millis(100);
         let mut rate = RateLimiter::new(interval);
-        assert_eq!(rate.start(now), Ok(()));
-        assert_eq!(rate.start(now + Duration::from_millis(50)), Err(now + interval));
-        assert_eq!(rate.start(now + interval), Ok(()));
+        assert_eq!(rate.start(id(1), now), Ok(()));
+        assert_eq!(rate.start(id(2), now + Duration::from_millis(50)), Err(now + interval));
+        assert_eq!(rate.start(id(2), now + interval), Ok(()));
         rate.unstart();
-        assert_eq!(rate.start(now + interval), Ok(()));
+        assert_eq!(rate.start(id(2), now + interval), Ok(()));
         assert!(rate.is_idle(now + 3 * interval));
+    }
+
+    #[test]
+    fn fleet_slots_are_taken_as_given_and_held_until_due() {
+        let now = Instant::now();
+        let interval = Duration::from_millis(100);
+        let short = Duration::from_millis(500);
+        let mut rate = RateLimiter::new(interval);
+        // A slot 300 ms ahead is admitted now, and the gate holds the job.
+        let fleet = Some(Duration::from_millis(300));
+        assert_eq!(rate.admit(id(1), now, short, fleet), Admission::Now);
+        assert_eq!(rate.start(id(1), now), Err(now + Duration::from_millis(300)));
+        assert_eq!(rate.start(id(1), now + Duration::from_millis(300)), Ok(()));
+        // A slot further ahead is promised.
+        let far = now + Duration::from_secs(2);
+        assert_eq!(rate.admit(id(2), now, short, Some(Duration::from_secs(2))), Admission::Later(far));
+        assert!(rate.is_promised(id(2)));
+        assert_eq!(rate.admit(id(2), far, short, None), Admission::Now);
     }
 }
