@@ -10,9 +10,7 @@ use common::TestRelay;
 use common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
 use common::dns_server::{TestDns, Zone};
 use common::fake_mx::Script;
-use common::shaping::{
-    RedisServer, metrics_address, rate_violation, sample, scrape, wait_until,
-};
+use common::shaping::{RedisServer, metrics_address, rate_violation, sample, scrape, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(40);
 
@@ -65,7 +63,11 @@ fn two_relays_on_one_redis_share_a_destination_rate() {
     assert!(span >= Duration::from_millis(3500), "{span:?}");
     for relay in [&first, &second] {
         let metrics = scrape(metrics_address(relay));
-        assert_eq!(sample(&metrics, "relayq_cluster_redis_up"), Some(1.0), "{metrics}");
+        assert_eq!(
+            sample(&metrics, "relayq_cluster_redis_up"),
+            Some(1.0),
+            "{metrics}"
+        );
     }
 }
 
@@ -76,9 +78,17 @@ fn without_redis_mail_flows_at_the_local_rate_and_sharing_resumes() {
     let dns = TestDns::start(zone());
     let relay = TestRelay::start(&relay_config(&dns, port, &redis));
     let metrics = metrics_address(&relay);
-    submit(&relay, "app@sender.test", &["first@dest.test"], "Subject: 0\r\n\r\n");
+    submit(
+        &relay,
+        "app@sender.test",
+        &["first@dest.test"],
+        "Subject: 0\r\n\r\n",
+    );
     expect_messages(&relay, &servers[0], 1, WITHIN);
-    assert_eq!(sample(&scrape(metrics), "relayq_cluster_redis_up"), Some(1.0));
+    assert_eq!(
+        sample(&scrape(metrics), "relayq_cluster_redis_up"),
+        Some(1.0)
+    );
 
     redis.stop();
     for n in 0..6 {
@@ -96,9 +106,17 @@ fn without_redis_mail_flows_at_the_local_rate_and_sharing_resumes() {
         panic!("{count} transactions started within {seconds:.3}s at a local rate of 4/s");
     }
     let scraped = scrape(metrics);
-    assert_eq!(sample(&scraped, "relayq_cluster_redis_up"), Some(0.0), "{scraped}");
+    assert_eq!(
+        sample(&scraped, "relayq_cluster_redis_up"),
+        Some(0.0),
+        "{scraped}"
+    );
     let warnings = relay.log_lines("Redis unreachable");
-    assert_eq!(warnings.len(), 1, "one warning a minute at most: {warnings:?}");
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning a minute at most: {warnings:?}"
+    );
 
     let _redis = RedisServer::start_on(redis.port);
     let mut n = 0;

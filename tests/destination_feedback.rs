@@ -71,10 +71,11 @@ fn a_remote_that_serves_two_sessions_gets_everything_with_few_refusals() {
             panic!("a message is still queued after its delivery: {message}");
         }
     }
-    let delivered_once = relay
-        .log_lines("status=sent")
-        .len();
-    assert_eq!(delivered_once, count, "each message delivered in one attempt");
+    let delivered_once = relay.log_lines("status=sent").len();
+    assert_eq!(
+        delivered_once, count,
+        "each message delivered in one attempt"
+    );
     assert!(
         relay.log_lines("status=deferred").is_empty(),
         "no deferral was counted: {:?}",

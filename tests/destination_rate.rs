@@ -46,7 +46,9 @@ fn starts_keep_to_the_rate_and_waiting_mail_is_deferred_without_an_attempt() {
     wait_until("a message waits for a rate token", WITHIN, || {
         let list = queue_json(&relay, &["list"]);
         for message in list.as_array().unwrap() {
-            let reply = message["recipients"][0]["last_reply"].as_str().unwrap_or("");
+            let reply = message["recipients"][0]["last_reply"]
+                .as_str()
+                .unwrap_or("");
             if message["state"] == "deferred" && reply.contains("destination slow rate limit") {
                 assert_eq!(message["attempts"], 0, "{message}");
                 assert!(message["next_attempt"].is_string(), "{message}");

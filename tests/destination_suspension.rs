@@ -66,7 +66,12 @@ fn a_suspending_reply_stops_the_destination_for_its_time() {
         });
     }
     // `queue tail` is connected once it prints the first event.
-    submit(&relay, "app@sender.test", &["u0@dest.test"], "Subject: 0\r\n\r\n");
+    submit(
+        &relay,
+        "app@sender.test",
+        &["u0@dest.test"],
+        "Subject: 0\r\n\r\n",
+    );
     wait_until("the suspension is announced", WITHIN, || {
         lines
             .lock()
@@ -87,7 +92,12 @@ fn a_suspending_reply_stops_the_destination_for_its_time() {
     relay.wait_for_log("destination picky suspended until");
 
     // Mail arriving meanwhile waits, without an attempt.
-    submit(&relay, "app@sender.test", &["u1@dest.test"], "Subject: 1\r\n\r\n");
+    submit(
+        &relay,
+        "app@sender.test",
+        &["u1@dest.test"],
+        "Subject: 1\r\n\r\n",
+    );
     wait_until("both messages wait for the suspension", WITHIN, || {
         let list = queue_json(&relay, &["list"]);
         let waiting = list
@@ -116,7 +126,10 @@ fn a_suspending_reply_stops_the_destination_for_its_time() {
     assert!(queue_text(&relay, &["stats"]).contains("picky"));
     let scraped = scrape(metrics);
     assert_eq!(
-        sample(&scraped, "relayq_destination_suspended{destination=\"picky\"}"),
+        sample(
+            &scraped,
+            "relayq_destination_suspended{destination=\"picky\"}"
+        ),
         Some(1.0),
         "{scraped}"
     );
@@ -125,7 +138,11 @@ fn a_suspending_reply_stops_the_destination_for_its_time() {
     // `suspended_at`, so 3 s later it still lasts)...
     let still_suspended = suspended_at + SUSPEND_FOR - Duration::from_secs(1);
     std::thread::sleep(still_suspended.saturating_duration_since(Instant::now()));
-    assert_eq!(servers[0].sessions(), sessions_then, "no connection while suspended");
+    assert_eq!(
+        servers[0].sessions(),
+        sessions_then,
+        "no connection while suspended"
+    );
     assert!(servers[0].messages().is_empty());
 
     // ...then both messages go.

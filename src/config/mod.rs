@@ -34,8 +34,8 @@ use ipnet::IpNet;
 use crate::queue::Lane;
 
 pub use self::keywords::{IpVersion, LogFormat, RouteTls, TlsPolicy};
-pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
 use self::raw::RawConfig;
+pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
 use self::validate::SystemDefaults;
 
 /// The validated configuration.

@@ -124,7 +124,9 @@ pub(super) fn cluster(raw: RawCluster) -> Result<ClusterSettings, Invalid> {
         )
     })?;
     let authority = rest.split('/').next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     if host.is_empty() {
         return Err(Invalid::new(
             "cluster.redis_url",
@@ -158,7 +160,9 @@ fn destination(
 ) -> Result<DestinationRule, Invalid> {
     let key = |field: &str| format!("destination[{index}].{field}");
 
-    let name = raw.name.ok_or_else(|| Invalid::new(key("name"), "required"))?;
+    let name = raw
+        .name
+        .ok_or_else(|| Invalid::new(key("name"), "required"))?;
     if name.is_empty()
         || !name
             .chars()
@@ -187,8 +191,9 @@ fn destination(
     }
     let mut patterns = Vec::with_capacity(raw_patterns.len());
     for (position, text) in raw_patterns.iter().enumerate() {
-        let pattern = match_pattern(text)
-            .map_err(|reason| Invalid::new(format!("destination[{index}].match[{position}]"), reason))?;
+        let pattern = match_pattern(text).map_err(|reason| {
+            Invalid::new(format!("destination[{index}].match[{position}]"), reason)
+        })?;
         patterns.push(pattern);
     }
 
@@ -224,7 +229,10 @@ fn destination(
     }
     let suspend_for = match raw.suspend_for {
         Some(RawDuration(duration)) if duration.is_zero() => {
-            return Err(Invalid::new(key("suspend_for"), "must be greater than zero"));
+            return Err(Invalid::new(
+                key("suspend_for"),
+                "must be greater than zero",
+            ));
         }
         Some(RawDuration(duration)) => duration,
         None => DEFAULT_SUSPEND_FOR,
@@ -267,7 +275,9 @@ fn match_pattern(text: &str) -> Result<MatchPattern, String> {
 /// `"N/s"`, `"N/m"` or `"N/h"` with N ≥ 1.
 fn rate(text: &str) -> Result<Rate, String> {
     let wrong = || {
-        format!("invalid rate {text:?}: expected messages per second, minute or hour, such as \"10/s\", \"600/m\" or \"5000/h\"")
+        format!(
+            "invalid rate {text:?}: expected messages per second, minute or hour, such as \"10/s\", \"600/m\" or \"5000/h\""
+        )
     };
     let (count, unit) = text.trim().split_once('/').ok_or_else(wrong)?;
     let count: u32 = count.trim().parse().map_err(|_| wrong())?;

@@ -227,7 +227,8 @@ pub(super) fn config(
         routes.push(route);
     }
 
-    let destinations = super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
+    let destinations =
+        super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
     let cluster = super::shaping::cluster(raw.cluster)?;
 
     let control = ControlSettings {

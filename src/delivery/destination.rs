@@ -62,6 +62,14 @@ pub enum Refusal {
     Wait(Wait),
 }
 
+/// A job its destination would not take now, and why.
+pub struct Rejected {
+    pub job: Job,
+    pub refusal: Refusal,
+    /// What to count in `relayq_destination_throttled_total`, if anything.
+    pub throttle: Option<Throttle>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wait {
     pub until: SystemTime,
@@ -270,28 +278,38 @@ impl Destinations {
     /// `fleet`: how far ahead the slot is that the cluster's Redis gave this
     /// job (see [`Destinations::fleet_slot_wanted`]); `None` uses the
     /// destination's local slots.
-    pub fn submit(
-        &self,
-        job: Job,
-        fleet: Option<Duration>,
-    ) -> Result<(), (Job, Refusal, Option<Throttle>)> {
+    pub fn submit(&self, job: Job, fleet: Option<Duration>) -> Result<(), Box<Rejected>> {
         if let Some(reason) = self.is_dead(&job.hop) {
-            return Err((job, Refusal::Dead(reason), None));
+            return Err(Box::new(Rejected {
+                job,
+                refusal: Refusal::Dead(reason),
+                throttle: None,
+            }));
         }
         let key = job.destination.clone();
         let lane = job.lane();
         let now = Instant::now();
         let mut table = self.lock();
-        let destination = table.entry(key.clone()).or_insert_with(|| self.create(&key));
+        let destination = table
+            .entry(key.clone())
+            .or_insert_with(|| self.create(&key));
         if let Some(suspension) = destination.suspended_at(now) {
             let wait = self.suspended_wait(&key, suspension);
-            return Err((job, Refusal::Wait(wait), Some(Throttle::Suspended)));
+            return Err(Box::new(Rejected {
+                job,
+                refusal: Refusal::Wait(wait),
+                throttle: Some(Throttle::Suspended),
+            }));
         }
         if let Some(rate) = &mut destination.rate
             && let Admission::Later(at) = rate.admit(job.pass.id, now, SHORT_WAIT, fleet)
         {
             let wait = self.rate_wait(&key, at, now);
-            return Err((job, Refusal::Wait(wait), Some(Throttle::Rate)));
+            return Err(Box::new(Rejected {
+                job,
+                refusal: Refusal::Wait(wait),
+                throttle: Some(Throttle::Rate),
+            }));
         }
         destination.jobs[lane].push_back(job);
         let pushes = grant_tokens(destination);
@@ -303,7 +321,11 @@ impl Destinations {
     /// For a job of message `id` at `key`: the destination's name and the
     /// interval of its rate, when its slot is to come from the cluster's
     /// Redis (a fleet rate, and no slot promised to the message yet).
-    pub fn fleet_slot_wanted(&self, key: &DestinationKey, id: QueueId) -> Option<(String, Duration)> {
+    pub fn fleet_slot_wanted(
+        &self,
+        key: &DestinationKey,
+        id: QueueId,
+    ) -> Option<(String, Duration)> {
         let DestinationKey::Rule(index) = key else {
             return None;
         };
@@ -327,7 +349,9 @@ impl Destinations {
         let key = job.destination.clone();
         let lane = job.lane();
         let mut table = self.lock();
-        let destination = table.entry(key.clone()).or_insert_with(|| self.create(&key));
+        let destination = table
+            .entry(key.clone())
+            .or_insert_with(|| self.create(&key));
         destination.jobs[lane].push_front(job);
         let pushes = grant_tokens(destination);
         drop(table);

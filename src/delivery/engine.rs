@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client::ClientSettings;
 use super::cluster::Cluster;
-use super::destination::{DestinationKey, Destinations, NextHop, Refusal};
+use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected};
 use super::job::{self, Job};
 use super::pass::Pass;
 use crate::config::{Config, LanesSettings, Route, TlsPolicy};
@@ -338,7 +338,12 @@ async fn start_pass(
             (Some(cluster), Some((name, interval))) => cluster.reserve(&name, interval).await,
             _ => None,
         };
-        if let Err((job, refusal, throttle)) = context.destinations.submit(job, fleet) {
+        if let Err(rejected) = context.destinations.submit(job, fleet) {
+            let Rejected {
+                job,
+                refusal,
+                throttle,
+            } = *rejected;
             if let Some(throttle) = throttle {
                 let label = context.destinations.label(&job.destination);
                 context.handle.metrics.shaping.throttled(&label, throttle);

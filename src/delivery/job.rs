@@ -199,7 +199,10 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
             && suspended.is_none()
             && results.is_empty()
             && !delivered_any
-            && attempt.outcomes.iter().all(|outcome| outcome.disposition != Disposition::Bounced)
+            && attempt
+                .outcomes
+                .iter()
+                .all(|outcome| outcome.disposition != Disposition::Bounced)
         {
             return Ended::Requeue;
         }
@@ -284,7 +287,9 @@ fn overloaded(context: &DeliveryContext, job: &Job, begun: Instant, reply: &Remo
     let destinations = &context.destinations;
     let label = destinations.label(&job.destination);
     if let Some(limit) = destinations.overload(&job.destination, begun) {
-        tracing::info!("destination {label}: overloaded ({reply}); connection limit lowered to {limit}");
+        tracing::info!(
+            "destination {label}: overloaded ({reply}); connection limit lowered to {limit}"
+        );
     }
     context
         .handle
@@ -322,11 +327,10 @@ fn suspension(context: &Arc<DeliveryContext>, job: &Job, reply: &RemoteReply) ->
             context.tracker().spawn(connection.quit());
         }
     }
-    context
-        .handle
-        .metrics
-        .shaping
-        .throttled(&context.destinations.label(&job.destination), Throttle::Suspended);
+    context.handle.metrics.shaping.throttled(
+        &context.destinations.label(&job.destination),
+        Throttle::Suspended,
+    );
     Some(wait)
 }
 
@@ -341,15 +345,17 @@ struct OpenFailure {
 
 /// Looks the next hop up and connects to the first host that answers.
 async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFailure> {
-    let targets = resolve(context, &job.hop).await.map_err(|error| OpenFailure {
-        outcome: if error.is_permanent() {
-            Outcome::Bounced
-        } else {
-            Outcome::Deferred
-        },
-        reply: RemoteReply::local(error.enhanced_status(), error.to_string()),
-        overload: false,
-    })?;
+    let targets = resolve(context, &job.hop)
+        .await
+        .map_err(|error| OpenFailure {
+            outcome: if error.is_permanent() {
+                Outcome::Bounced
+            } else {
+                Outcome::Deferred
+            },
+            reply: RemoteReply::local(error.enhanced_status(), error.to_string()),
+            overload: false,
+        })?;
     let (tls, credentials) = connection_policy(context, &job.hop).map_err(|reply| OpenFailure {
         outcome: Outcome::Deferred,
         reply,
@@ -472,7 +478,9 @@ async fn connect(
                 }
                 overload |= match error.kind {
                     ConnectErrorKind::Connect | ConnectErrorKind::Timeout => true,
-                    ConnectErrorKind::Greeting => error.remote.as_ref().is_some_and(|reply| reply.code == 421),
+                    ConnectErrorKind::Greeting => {
+                        error.remote.as_ref().is_some_and(|reply| reply.code == 421)
+                    }
                     _ => false,
                 };
                 last = error.reply();

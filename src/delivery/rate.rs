@@ -146,7 +146,9 @@ impl RateLimiter {
         self.promises.is_empty()
             && self.not_before.is_empty()
             && self.next_free.is_none_or(|free| free <= now)
-            && self.last_start.is_none_or(|last| last + self.interval <= now)
+            && self
+                .last_start
+                .is_none_or(|last| last + self.interval <= now)
     }
 }
 
@@ -164,13 +166,28 @@ mod tests {
         let second = Duration::from_secs(1);
         let mut rate = RateLimiter::new(second);
         assert_eq!(rate.admit(id(1), now, Duration::ZERO, None), Admission::Now);
-        assert_eq!(rate.admit(id(2), now, Duration::ZERO, None), Admission::Later(now + second));
-        assert_eq!(rate.admit(id(3), now, Duration::ZERO, None), Admission::Later(now + 2 * second));
+        assert_eq!(
+            rate.admit(id(2), now, Duration::ZERO, None),
+            Admission::Later(now + second)
+        );
+        assert_eq!(
+            rate.admit(id(3), now, Duration::ZERO, None),
+            Admission::Later(now + 2 * second)
+        );
         // Coming back early keeps the promise; on time takes it.
-        assert_eq!(rate.admit(id(3), now + second, Duration::ZERO, None), Admission::Later(now + 2 * second));
-        assert_eq!(rate.admit(id(2), now + second, Duration::ZERO, None), Admission::Now);
+        assert_eq!(
+            rate.admit(id(3), now + second, Duration::ZERO, None),
+            Admission::Later(now + 2 * second)
+        );
+        assert_eq!(
+            rate.admit(id(2), now + second, Duration::ZERO, None),
+            Admission::Now
+        );
         // A newcomer queues behind the promises.
-        assert_eq!(rate.admit(id(4), now + second, Duration::ZERO, None), Admission::Later(now + 3 * second));
+        assert_eq!(
+            rate.admit(id(4), now + second, Duration::ZERO, None),
+            Admission::Later(now + 3 * second)
+        );
         assert!(!rate.is_idle(now + second));
     }
 
@@ -180,7 +197,10 @@ mod tests {
         let interval = Duration::from_millis(100);
         let mut rate = RateLimiter::new(interval);
         assert_eq!(rate.start(id(1), now), Ok(()));
-        assert_eq!(rate.start(id(2), now + Duration::from_millis(50)), Err(now + interval));
+        assert_eq!(
+            rate.start(id(2), now + Duration::from_millis(50)),
+            Err(now + interval)
+        );
         assert_eq!(rate.start(id(2), now + interval), Ok(()));
         rate.unstart();
         assert_eq!(rate.start(id(2), now + interval), Ok(()));
@@ -196,11 +216,17 @@ mod tests {
         // A slot 300 ms ahead is admitted now, and the gate holds the job.
         let fleet = Some(Duration::from_millis(300));
         assert_eq!(rate.admit(id(1), now, short, fleet), Admission::Now);
-        assert_eq!(rate.start(id(1), now), Err(now + Duration::from_millis(300)));
+        assert_eq!(
+            rate.start(id(1), now),
+            Err(now + Duration::from_millis(300))
+        );
         assert_eq!(rate.start(id(1), now + Duration::from_millis(300)), Ok(()));
         // A slot further ahead is promised.
         let far = now + Duration::from_secs(2);
-        assert_eq!(rate.admit(id(2), now, short, Some(Duration::from_secs(2))), Admission::Later(far));
+        assert_eq!(
+            rate.admit(id(2), now, short, Some(Duration::from_secs(2))),
+            Admission::Later(far)
+        );
         assert!(rate.is_promised(id(2)));
         assert_eq!(rate.admit(id(2), far, short, None), Admission::Now);
     }

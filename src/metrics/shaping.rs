@@ -8,11 +8,11 @@
 //! throttled job, which is never the per-message hot path of unthrottled
 //! mail.
 
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
-use serde::Serialize;
 
 /// One destination with a rule or a lowered limit, as `queue stats` and
 /// the metrics show it.
@@ -48,6 +48,8 @@ impl Throttle {
 }
 
 type Source = Box<dyn Fn() -> Vec<DestinationShaping> + Send + Sync>;
+/// A per-destination gauge: name, help, and its value in a row.
+type Gauge = (&'static str, &'static str, fn(&DestinationShaping) -> u64);
 
 /// The output control part of [`super::Metrics`].
 #[derive(Default)]
@@ -85,7 +87,7 @@ impl ShapingMetrics {
     /// Writes the output control families.
     pub(super) fn render(&self, out: &mut String) {
         let rows = self.rows();
-        let gauges: [(&str, &str, fn(&DestinationShaping) -> u64); 3] = [
+        let gauges: [Gauge; 3] = [
             (
                 "relayq_destination_concurrency_limit",
                 "Connections a destination may have at once, after overload feedback.",

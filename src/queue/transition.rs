@@ -180,7 +180,9 @@ pub enum Outcome {
     /// without counting an attempt or growing the backoff, and without a
     /// log line or event of its own (the destination's throttle metric and
     /// the recipient's last reply say why).
-    Waiting { until: SystemTime },
+    Waiting {
+        until: SystemTime,
+    },
 }
 
 /// What a delivery pass has found so far: the envelope as the pass sees it,

@@ -68,7 +68,9 @@ pub fn metrics_address(relay: &TestRelay) -> SocketAddr {
 /// The body of `GET /metrics`.
 pub fn scrape(address: SocketAddr) -> String {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
@@ -122,7 +124,9 @@ impl RedisServer {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-                stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
                 let mut reply = [0u8; 7];
                 if stream.write_all(b"PING\r\n").is_ok()
                     && stream.read_exact(&mut reply).is_ok()
@@ -131,7 +135,10 @@ impl RedisServer {
                     return server;
                 }
             }
-            assert!(Instant::now() < deadline, "redis-server did not answer on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -423,10 +423,16 @@ fn an_attempt_beside_a_wait_counts_and_comes_back_at_the_earlier_time() {
         Duration::ZERO,
         at(10),
     );
-    let transition = pass.clone().finish(QueueId(7), None, &policy(None), at(10), 0.5);
+    let transition = pass
+        .clone()
+        .finish(QueueId(7), None, &policy(None), at(10), 0.5);
     assert_eq!(transition.envelope.attempts, 1);
     assert_eq!(transition.envelope.next_attempt_ms, Some(unix_ms(at(20))));
-    assert_eq!(transition.recipients.len(), 1, "only the attempt is announced");
+    assert_eq!(
+        transition.recipients.len(),
+        1,
+        "only the attempt is announced"
+    );
 
     // A wait longer than the backoff: the backoff decides.
     pass.wait_until = Some(at(100_000));
@@ -441,7 +447,9 @@ fn a_wait_past_the_maximum_age_still_expires() {
     pass.record(
         vec![RecipientResult {
             index: 0,
-            outcome: Outcome::Waiting { until: at(6 * 86400) },
+            outcome: Outcome::Waiting {
+                until: at(6 * 86400),
+            },
             reply: RemoteReply::local("4.7.0", "destination x suspended"),
             relay: None,
             next_hop_offers_dsn: false,
