@@ -54,7 +54,10 @@ fn two_relays_on_one_redis_share_a_destination_rate() {
     expect_messages(&first, &servers[0], 2 * per_relay, WITHIN);
     let mut starts = servers[0].mail_times();
     starts.sort();
-    if let Some((count, seconds)) = rate_violation(&starts, 4.0, Duration::from_millis(20)) {
+    // Measured where the MAIL commands arrive, from two relay processes on
+    // a machine that may be busy: 100 ms of slack for scheduling. Two
+    // independent buckets would show pairs of starts at almost no distance.
+    if let Some((count, seconds)) = rate_violation(&starts, 4.0, Duration::from_millis(100)) {
         panic!("{count} transactions started within {seconds:.3}s at a shared rate of 4/s");
     }
     // 16 starts at 4/s together: at least 15 intervals, where each relay
@@ -102,7 +105,7 @@ fn without_redis_mail_flows_at_the_local_rate_and_sharing_resumes() {
     expect_messages(&relay, &servers[0], 7, WITHIN);
     let mut starts = servers[0].mail_times();
     starts.sort();
-    if let Some((count, seconds)) = rate_violation(&starts[1..], 4.0, Duration::from_millis(20)) {
+    if let Some((count, seconds)) = rate_violation(&starts[1..], 4.0, Duration::from_millis(50)) {
         panic!("{count} transactions started within {seconds:.3}s at a local rate of 4/s");
     }
     let scraped = scrape(metrics);

@@ -63,8 +63,11 @@ fn starts_keep_to_the_rate_and_waiting_mail_is_deferred_without_an_attempt() {
     expect_messages(&relay, &servers[0], count, WITHIN);
     let mut starts = servers[0].mail_times();
     starts.sort();
+    // Measured where the MAIL commands arrive: 50 ms of slack for
+    // scheduling on a busy machine (an unlimited relay starts them all
+    // within a few milliseconds).
     assert_eq!(starts.len(), count, "one transaction per message");
-    if let Some((starts, seconds)) = rate_violation(&starts, 4.0, Duration::from_millis(20)) {
+    if let Some((starts, seconds)) = rate_violation(&starts, 4.0, Duration::from_millis(50)) {
         panic!("{starts} transactions started within {seconds:.3}s at a rate of 4/s");
     }
     // 12 starts at 4/s cannot take less than 11 intervals.

@@ -3,15 +3,17 @@
 //! takes its rate slots from one schedule kept in Redis, so together they
 //! start at most `rate` transactions.
 //!
-//! One atomic Lua script per slot (GCRA: the key holds the theoretical
-//! arrival time, in the Redis server's clock so relays need no clock
-//! agreement) hands out the next slot one interval after the previous one
-//! and returns how far ahead it is. Redis is asked only when a job is
-//! formed for a destination with a rate, never on the intake path. When it
-//! does not answer, the caller falls back to the destination's local slots
-//! at the same rate; a warning is logged at most once a minute, the
-//! `relayq_cluster_redis_up` gauge shows 0, and the next slot asked for
-//! after a short pause tries Redis again.
+//! Each relay spaces its own starts by the rate (its local slots) and,
+//! right before a transaction's MAIL command, asks Redis with one atomic Lua
+//! script (GCRA without burst: the key holds the earliest time of the next
+//! start, in the Redis server's clock so relays need no clock agreement)
+//! whether the start may happen now, or how long to wait. Asking at the
+//! start itself, rather than reserving slots ahead, keeps the fleet's starts
+//! an interval apart even when a relay starts late. Only delivery asks
+//! Redis, never the intake path. When it does not answer, the local slots
+//! alone apply (the same rate per relay); a warning is logged at most once a
+//! minute, the `relayq_cluster_redis_up` gauge shows 0, and a start after a
+//! short pause tries Redis again.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,17 +32,19 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// KEYS[1]: the destination's key; ARGV[1]: the interval in microseconds.
-/// Returns the slot's distance from now in microseconds (0: now). The key
-/// expires once its slot has passed, so idle destinations leave nothing.
-const RESERVE: &str = r"
+/// Returns 0 when a start may happen now (and records it), else the
+/// microseconds until one may. The key expires once the next start is
+/// free, so idle destinations leave nothing behind.
+const TRY_START: &str = r"
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local interval = tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now_us then tat = now_us end
-local next_tat = tat + interval
-redis.call('SET', KEYS[1], next_tat, 'PX', math.floor((next_tat - now_us) / 1000) + 1000)
-return tat - now_us
+local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next_start > now_us then
+  return next_start - now_us
+end
+redis.call('SET', KEYS[1], now_us + interval, 'PX', math.floor(interval / 1000) + 1000)
+return 0
 ";
 
 pub struct Cluster {
@@ -67,16 +71,17 @@ impl Cluster {
         metrics.shaping.set_redis_up(false);
         Ok(Cluster {
             client,
-            script: redis::Script::new(RESERVE),
+            script: redis::Script::new(TRY_START),
             state: Mutex::default(),
             metrics,
         })
     }
 
-    /// The next fleet-wide slot of destination `name` at one start per
-    /// `interval`: how long from now until it. `None` when Redis cannot be
-    /// asked: the caller uses its local slots.
-    pub async fn reserve(&self, name: &str, interval: Duration) -> Option<Duration> {
+    /// Whether a transaction to destination `name` (one start per
+    /// `interval` across the fleet) may start now: `Some(ZERO)` yes (the
+    /// start is recorded), `Some(wait)` not before `wait`. `None` when Redis
+    /// cannot be asked: the caller's local rate alone applies.
+    pub async fn try_start(&self, name: &str, interval: Duration) -> Option<Duration> {
         let connection = self.connection().await?;
         let mut connection = connection;
         let key = format!("relayq:rate:{name}");

@@ -48,6 +48,10 @@ pub const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(5);
 pub const MAX_TRANSACTIONS_PER_CONNECTION: u32 = 100;
 /// Idle connections kept per destination.
 const MAX_IDLE_CONNECTIONS: usize = 8;
+/// A lowered connection limit of a destination with nothing in flight is
+/// forgotten this long after it was last lowered, so a destination that
+/// had one bad moment does not stay slow (or in memory) for ever.
+const FEEDBACK_MEMORY: Duration = Duration::from_secs(600);
 /// A rate token due this soon is waited for by the worker holding the job
 /// rather than deferring the message: deferring costs a spool commit.
 pub const SHORT_WAIT: Duration = Duration::from_millis(500);
@@ -168,8 +172,6 @@ struct ReadyList {
 
 pub struct Destinations {
     default_cap: usize,
-    /// Rates are shared through the cluster's Redis.
-    fleet: bool,
     dead_for: Duration,
     rules: Vec<DestinationRule>,
     /// `route:HOST` per route: the label of a route's destination.
@@ -188,11 +190,9 @@ impl Destinations {
         dead_for: Duration,
         rules: Vec<DestinationRule>,
         routes: &[Route],
-        fleet: bool,
     ) -> Destinations {
         Destinations {
             default_cap: default_cap.max(1),
-            fleet,
             dead_for,
             rules,
             route_labels: routes
@@ -274,11 +274,7 @@ impl Destinations {
     /// its next hop is remembered as dead, the destination is suspended, or
     /// its rate has no token before `SHORT_WAIT` (the token it will get is
     /// then promised to the message).
-    ///
-    /// `fleet`: how far ahead the slot is that the cluster's Redis gave this
-    /// job (see [`Destinations::fleet_slot_wanted`]); `None` uses the
-    /// destination's local slots.
-    pub fn submit(&self, job: Job, fleet: Option<Duration>) -> Result<(), Box<Rejected>> {
+    pub fn submit(&self, job: Job) -> Result<(), Box<Rejected>> {
         if let Some(reason) = self.is_dead(&job.hop) {
             return Err(Box::new(Rejected {
                 job,
@@ -302,7 +298,7 @@ impl Destinations {
             }));
         }
         if let Some(rate) = &mut destination.rate
-            && let Admission::Later(at) = rate.admit(job.pass.id, now, SHORT_WAIT, fleet)
+            && let Admission::Later(at) = rate.admit(job.pass.id, now, SHORT_WAIT)
         {
             let wait = self.rate_wait(&key, at, now);
             return Err(Box::new(Rejected {
@@ -318,28 +314,33 @@ impl Destinations {
         Ok(())
     }
 
-    /// For a job of message `id` at `key`: the destination's name and the
-    /// interval of its rate, when its slot is to come from the cluster's
-    /// Redis (a fleet rate, and no slot promised to the message yet).
-    pub fn fleet_slot_wanted(
-        &self,
-        key: &DestinationKey,
-        id: QueueId,
-    ) -> Option<(String, Duration)> {
+    /// The name and interval of `key`'s rate, when it has one: what a fleet
+    /// rate is kept under in Redis.
+    pub fn rate_of(&self, key: &DestinationKey) -> Option<(&str, Duration)> {
         let DestinationKey::Rule(index) = key else {
             return None;
         };
         let rule = &self.rules[*index];
-        let rate = rule.rate?;
-        if !self.fleet {
-            return None;
-        }
-        let promised = self
-            .lock()
-            .get(key)
-            .and_then(|destination| destination.rate.as_ref())
-            .is_some_and(|limiter| limiter.is_promised(id));
-        (!promised).then(|| (rule.name.clone(), rate.interval()))
+        Some((rule.name.as_str(), rule.rate?.interval()))
+    }
+
+    /// The fleet (Redis) refused a start that the destination's own rate
+    /// allowed: the start is undone, and the message is promised the first
+    /// local slot from `wait` on, to be deferred until then.
+    pub fn fleet_refused(&self, key: &DestinationKey, id: QueueId, wait: Duration) -> Wait {
+        let now = Instant::now();
+        let at = {
+            let mut table = self.lock();
+            let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+            match &mut destination.rate {
+                Some(rate) => {
+                    rate.unstart();
+                    rate.promise(id, now, now + wait)
+                }
+                None => now + wait,
+            }
+        };
+        self.rate_wait(key, at, now)
     }
 
     /// Puts a job back at the front of its destination's queue: its
@@ -444,12 +445,11 @@ impl Destinations {
             && let Err(at) = rate.start(id, now)
         {
             // A short wait is the caller's to sleep; a longer one defers the
-            // message to a slot of its own (with a fleet rate, the one Redis
-            // gives it when it comes back).
-            let at = if at - now <= SHORT_WAIT || self.fleet {
+            // message to a slot of its own.
+            let at = if at - now <= SHORT_WAIT {
                 at
             } else {
-                rate.promise(id, now)
+                rate.promise_next(id, now)
             };
             let wait = self.rate_wait(key, at, now);
             return Err((at - now, wait, Throttle::Rate));
@@ -694,6 +694,16 @@ impl Destinations {
             if let Some(rate) = &mut destination.rate {
                 rate.expire_promises(now);
             }
+            if destination.active == 0
+                && destination.waiting() == 0
+                && destination
+                    .decreased_at
+                    .is_some_and(|at| now.duration_since(at) >= FEEDBACK_MEMORY)
+            {
+                destination.limit = destination.cap;
+                destination.decreased_at = None;
+                destination.successes = 0;
+            }
             matches!(key, DestinationKey::Rule(_)) || !destination.is_unused(now)
         });
         drop(table);
@@ -771,4 +781,124 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MatchPattern;
+
+    fn rule() -> DestinationRule {
+        DestinationRule {
+            name: "provider".into(),
+            patterns: vec![
+                MatchPattern::Domain("a.test".into()),
+                MatchPattern::Mx("*.provider.test".into()),
+            ],
+            concurrency: 4,
+            rate: None,
+            messages_per_connection: 10,
+            suspend_on: vec!["4.7.28".into()],
+            suspend_for: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn the_limit_halves_once_per_round_and_grows_by_one_per_round_of_successes() {
+        let destinations = Destinations::new(8, Duration::from_secs(60), Vec::new(), &[]);
+        let key = DestinationKey::Hop(NextHop::Mx("x.test".into()));
+        let round = Instant::now();
+        assert_eq!(destinations.overload(&key, round), Some(4));
+        // Another connection of the same round signals too: no second halving.
+        assert_eq!(destinations.overload(&key, round), None);
+        assert_eq!(destinations.overload(&key, Instant::now()), Some(2));
+        assert_eq!(destinations.shaping()[0].concurrency_limit, 2);
+        destinations.connection_succeeded(&key);
+        assert_eq!(destinations.shaping()[0].concurrency_limit, 2);
+        destinations.connection_succeeded(&key);
+        assert_eq!(destinations.shaping()[0].concurrency_limit, 3);
+        for _ in 0..3 + 4 + 5 + 6 + 7 {
+            destinations.connection_succeeded(&key);
+        }
+        // Back at the cap, the destination is no longer shown.
+        assert!(destinations.shaping().is_empty());
+        assert_eq!(destinations.overload(&key, Instant::now()), Some(4));
+        for _ in 0..10 {
+            destinations.overload(&key, Instant::now());
+        }
+        assert_eq!(
+            destinations.shaping()[0].concurrency_limit,
+            1,
+            "never below 1"
+        );
+    }
+
+    #[test]
+    fn rules_match_by_domain_first_then_by_mx_host() {
+        let destinations = Destinations::new(8, Duration::from_secs(60), vec![rule()], &[]);
+        let hop = |domain: &str| NextHop::Mx(domain.to_owned());
+        assert_eq!(
+            destinations.key_without_mx("a.test", &hop("a.test")),
+            Some(DestinationKey::Rule(0))
+        );
+        assert_eq!(destinations.key_without_mx("b.test", &hop("b.test")), None);
+        assert_eq!(
+            destinations.key_for("b.test", &hop("b.test"), Some("mx1.provider.test")),
+            (DestinationKey::Rule(0), true)
+        );
+        assert_eq!(
+            destinations.key_for("c.test", &hop("c.test"), Some("mx.elsewhere.test")),
+            (DestinationKey::Hop(hop("c.test")), false)
+        );
+        // A route's mail is never grouped by MX.
+        assert_eq!(
+            destinations.key_for("b.test", &NextHop::Route(0), Some("mx1.provider.test")),
+            (DestinationKey::Hop(NextHop::Route(0)), false)
+        );
+        assert_eq!(destinations.label(&DestinationKey::Rule(0)), "provider");
+    }
+
+    #[test]
+    fn a_suspending_reply_suspends_once_and_words_the_wait() {
+        let destinations = Destinations::new(8, Duration::from_secs(60), vec![rule()], &[]);
+        let key = DestinationKey::Rule(0);
+        let reply = RemoteReply {
+            code: 421,
+            status: "4.7.28".into(),
+            text: "unusual rate".into(),
+        };
+        let other = RemoteReply {
+            code: 421,
+            status: "4.7.0".into(),
+            text: "too many connections".into(),
+        };
+        assert!(destinations.suspend_on(&key, &other).is_none());
+        let (wait, suspended) = destinations.suspend_on(&key, &reply).expect("suspends");
+        let suspended = suspended.expect("newly suspended");
+        assert_eq!(suspended.name, "provider");
+        assert_eq!(suspended.until, wait.until);
+        assert!(
+            wait.reply
+                .text
+                .starts_with("destination provider suspended until "),
+            "{}",
+            wait.reply
+        );
+        assert!(
+            wait.reply.text.ends_with(": 421 4.7.28 unusual rate"),
+            "{}",
+            wait.reply
+        );
+        let (_, again) = destinations
+            .suspend_on(&key, &reply)
+            .expect("still matches");
+        assert!(again.is_none(), "already suspended");
+        let (left, refused, throttle) = destinations
+            .start_transaction(&key, QueueId(1))
+            .expect_err("no transaction while suspended");
+        assert!(left > Duration::from_secs(50));
+        assert_eq!(refused, wait);
+        assert_eq!(throttle, Throttle::Suspended);
+        assert!(destinations.shaping()[0].suspended_until.is_some());
+    }
 }

@@ -72,7 +72,6 @@ impl DeliveryContext {
                 DEAD_DESTINATION_FOR,
                 config.destinations.clone(),
                 &config.routes,
-                cluster.is_some(),
             ),
             cluster,
             resolver: MxResolver::new(&config.dns, delivery.ip_version)?,
@@ -114,6 +113,11 @@ impl DeliveryContext {
             }
             (key, false) => (key, hop.clone()),
         }
+    }
+
+    /// The Redis that destination rates are shared through, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The tracker of tasks shutdown waits for.
@@ -331,14 +335,7 @@ async fn start_pass(
             recipients,
             requeues: 0,
         };
-        let fleet = match (
-            &context.cluster,
-            context.destinations.fleet_slot_wanted(&job.destination, id),
-        ) {
-            (Some(cluster), Some((name, interval))) => cluster.reserve(&name, interval).await,
-            _ => None,
-        };
-        if let Err(rejected) = context.destinations.submit(job, fleet) {
+        if let Err(rejected) = context.destinations.submit(job) {
             let Rejected {
                 job,
                 refusal,

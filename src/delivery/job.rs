@@ -157,15 +157,6 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
                 }
             }
         };
-        if let Err(wait) = gate(context, job).await {
-            if connection.completed_transactions() > 0 || !fresh {
-                destinations.put_idle(key, &job.pool, connection);
-            } else {
-                context.tracker().spawn(connection.quit());
-            }
-            results.extend(job.waiting(&pending, wait));
-            return Ended::Results(results);
-        }
         let relay = Some(connection.target().clone());
         let batch: Vec<usize> = pending
             .iter()
@@ -173,8 +164,17 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
             .take(MAX_RECIPIENTS_PER_TRANSACTION)
             .collect();
         let started = Instant::now();
-        let attempt = transaction(context, job, &mut connection, &batch).await;
-        if attempt.nothing_sent {
+        let attempt = match transaction(context, job, &mut connection, &batch).await {
+            Ok(attempt) => attempt,
+            Err(wait) => {
+                // Kept for the next job unless the destination is suspended.
+                destinations.put_idle(key, &job.pool, connection);
+                results.extend(job.waiting(&pending, wait));
+                return Ended::Results(results);
+            }
+        };
+        if attempt.nothing_sent && !attempt.connection_usable {
+            // The MAIL command never reached the server: no start.
             destinations.unstart(key);
         }
         if attempt.nothing_sent && !attempt.connection_usable && !fresh_connection_tried {
@@ -259,15 +259,52 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
     Ended::Results(results)
 }
 
+/// How often a worker sleeps through a short rate wait before it gives the
+/// job back (other jobs may take the slots it waited for).
+const SHORT_WAITS: usize = 3;
+
 /// Waits for the destination to allow a transaction to start now: a short
-/// wait for the rate is slept through; a longer one, or a suspension, is
-/// returned for the recipients to be deferred without an attempt.
+/// wait for the rate is slept through (a few times at most); a longer one,
+/// or a suspension, is returned for the recipients to be deferred without
+/// an attempt.
 async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
     let destinations = &context.destinations;
+    let mut naps = 0;
     loop {
         match destinations.start_transaction(&job.destination, job.pass.id) {
-            Ok(()) => return Ok(()),
-            Err((left, _, Throttle::Rate)) if left <= SHORT_WAIT => {
+            Ok(()) => {
+                // A fleet rate: Redis has the last word (when it answers).
+                let fleet = context
+                    .cluster()
+                    .zip(destinations.rate_of(&job.destination));
+                let Some((cluster, (name, interval))) = fleet else {
+                    return Ok(());
+                };
+                match cluster.try_start(name, interval).await {
+                    None => return Ok(()),
+                    Some(wait) if wait.is_zero() => return Ok(()),
+                    Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
+                        destinations.unstart(&job.destination);
+                        naps += 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                    Some(wait) => {
+                        let label = destinations.label(&job.destination);
+                        context
+                            .handle
+                            .metrics
+                            .shaping
+                            .throttled(&label, Throttle::Rate);
+                        return Err(destinations.fleet_refused(
+                            &job.destination,
+                            job.pass.id,
+                            wait,
+                        ));
+                    }
+                }
+            }
+            Err((left, _, Throttle::Rate)) if left <= SHORT_WAIT && naps < SHORT_WAITS => {
+                naps += 1;
                 tokio::time::sleep(left).await;
             }
             Err((_, wait, throttle)) => {
@@ -497,13 +534,15 @@ async fn connect(
     })
 }
 
-/// One transaction for `batch` over `connection`.
+/// One transaction for `batch` over `connection`, once the destination
+/// lets it start (checked right before MAIL, after the body is opened, so a
+/// rate spaces the starts the remote end sees); `Err` when it must wait.
 async fn transaction(
     context: &DeliveryContext,
     job: &Job,
     connection: &mut Connection,
     batch: &[usize],
-) -> Attempt {
+) -> Result<Attempt, Wait> {
     let envelope = job.pass.snapshot();
     let recipients: Vec<OutboundRecipient> = batch
         .iter()
@@ -531,7 +570,7 @@ async fn transaction(
         Err(error) => {
             tracing::error!(queue_id = %job.pass.id, "{}: cannot read body: {error}", job.pass.id);
             let reply = RemoteReply::local("4.3.0", "queue file read error");
-            return Attempt {
+            return Ok(Attempt {
                 outcomes: batch
                     .iter()
                     .map(|_| RecipientOutcome {
@@ -541,8 +580,9 @@ async fn transaction(
                     .collect(),
                 connection_usable: true,
                 nothing_sent: true,
-            };
+            });
         }
     };
-    connection.deliver(&message, body).await
+    gate(context, job).await?;
+    Ok(connection.deliver(&message, body).await)
 }

@@ -54,16 +54,10 @@ impl RateLimiter {
         }
     }
 
-    /// A slot for message `id`'s job: its promised one, else the fleet's
-    /// (`fleet`: how far ahead the slot Redis gave is), else the next free
-    /// local one. `Now` when the slot is within `short_wait`.
-    pub fn admit(
-        &mut self,
-        id: QueueId,
-        now: Instant,
-        short_wait: Duration,
-        fleet: Option<Duration>,
-    ) -> Admission {
+    /// A slot for message `id`'s job: its promised one, else the next
+    /// free one. `Now` when the slot is within `short_wait` (the start gate
+    /// then holds the job until its slot).
+    pub fn admit(&mut self, id: QueueId, now: Instant, short_wait: Duration) -> Admission {
         let slot = match self.promises.get(&id) {
             Some(&slot) => {
                 if slot > now + short_wait {
@@ -72,14 +66,11 @@ impl RateLimiter {
                 self.promises.remove(&id);
                 slot
             }
-            None => match fleet {
-                Some(wait) => now + wait,
-                None => {
-                    let slot = self.next_free.map_or(now, |free| free.max(now));
-                    self.next_free = Some(slot + self.interval);
-                    slot
-                }
-            },
+            None => {
+                let slot = self.next_free.map_or(now, |free| free.max(now));
+                self.next_free = Some(slot + self.interval);
+                slot
+            }
         };
         if slot <= now + short_wait {
             if slot > now {
@@ -92,15 +83,22 @@ impl RateLimiter {
         }
     }
 
-    /// Whether a slot is promised to `id` (then no new one is asked for).
-    pub fn is_promised(&self, id: QueueId) -> bool {
-        self.promises.contains_key(&id)
+    /// Promises `id` the first free slot at `earliest` or later (a start
+    /// refused until then).
+    pub fn promise(&mut self, id: QueueId, now: Instant, earliest: Instant) -> Instant {
+        let slot = self
+            .next_free
+            .map_or(earliest, |free| free.max(earliest))
+            .max(now);
+        self.next_free = Some(slot + self.interval);
+        self.promises.insert(id, slot);
+        slot
     }
 
     /// Hands out a slot that a promise of an earlier slot may reuse: the
     /// one already promised to `id`, else a new one.
-    pub fn promise(&mut self, id: QueueId, now: Instant) -> Instant {
-        match self.admit(id, now, Duration::ZERO, None) {
+    pub fn promise_next(&mut self, id: QueueId, now: Instant) -> Instant {
+        match self.admit(id, now, Duration::ZERO) {
             Admission::Now => {
                 // The slot is now, but the gate refused: take the next one.
                 let slot = self.next_free.map_or(now, |free| free.max(now));
@@ -165,27 +163,27 @@ mod tests {
         let now = Instant::now();
         let second = Duration::from_secs(1);
         let mut rate = RateLimiter::new(second);
-        assert_eq!(rate.admit(id(1), now, Duration::ZERO, None), Admission::Now);
+        assert_eq!(rate.admit(id(1), now, Duration::ZERO), Admission::Now);
         assert_eq!(
-            rate.admit(id(2), now, Duration::ZERO, None),
+            rate.admit(id(2), now, Duration::ZERO),
             Admission::Later(now + second)
         );
         assert_eq!(
-            rate.admit(id(3), now, Duration::ZERO, None),
+            rate.admit(id(3), now, Duration::ZERO),
             Admission::Later(now + 2 * second)
         );
         // Coming back early keeps the promise; on time takes it.
         assert_eq!(
-            rate.admit(id(3), now + second, Duration::ZERO, None),
+            rate.admit(id(3), now + second, Duration::ZERO),
             Admission::Later(now + 2 * second)
         );
         assert_eq!(
-            rate.admit(id(2), now + second, Duration::ZERO, None),
+            rate.admit(id(2), now + second, Duration::ZERO),
             Admission::Now
         );
         // A newcomer queues behind the promises.
         assert_eq!(
-            rate.admit(id(4), now + second, Duration::ZERO, None),
+            rate.admit(id(4), now + second, Duration::ZERO),
             Admission::Later(now + 3 * second)
         );
         assert!(!rate.is_idle(now + second));
@@ -208,26 +206,22 @@ mod tests {
     }
 
     #[test]
-    fn fleet_slots_are_taken_as_given_and_held_until_due() {
+    fn a_slot_a_little_ahead_is_admitted_and_held_until_due() {
         let now = Instant::now();
         let interval = Duration::from_millis(100);
-        let short = Duration::from_millis(500);
+        let short = Duration::from_millis(150);
         let mut rate = RateLimiter::new(interval);
-        // A slot 300 ms ahead is admitted now, and the gate holds the job.
-        let fleet = Some(Duration::from_millis(300));
-        assert_eq!(rate.admit(id(1), now, short, fleet), Admission::Now);
+        assert_eq!(rate.admit(id(1), now, short), Admission::Now);
+        assert_eq!(rate.admit(id(2), now, short), Admission::Now);
         assert_eq!(
-            rate.start(id(1), now),
-            Err(now + Duration::from_millis(300))
+            rate.admit(id(3), now, short),
+            Admission::Later(now + 2 * interval)
         );
-        assert_eq!(rate.start(id(1), now + Duration::from_millis(300)), Ok(()));
-        // A slot further ahead is promised.
-        let far = now + Duration::from_secs(2);
-        assert_eq!(
-            rate.admit(id(2), now, short, Some(Duration::from_secs(2))),
-            Admission::Later(far)
-        );
-        assert!(rate.is_promised(id(2)));
-        assert_eq!(rate.admit(id(2), far, short, None), Admission::Now);
+        assert_eq!(rate.start(id(1), now), Ok(()));
+        assert_eq!(rate.start(id(2), now), Err(now + interval));
+        assert_eq!(rate.start(id(2), now + interval), Ok(()));
+        // A refused start is promised a slot of its own, after the others.
+        let later = rate.promise(id(4), now, now + Duration::from_millis(50));
+        assert_eq!(later, now + 3 * interval);
     }
 }
