@@ -78,6 +78,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         DeliveryContext::new(&config, handle.clone(), tracker.clone())
             .context("cannot set up delivery")?,
     );
+    {
+        // Weak: the metrics outlive nothing, and the context holds them.
+        let delivery = Arc::downgrade(&delivery);
+        metrics.shaping.set_source(move || {
+            delivery
+                .upgrade()
+                .map(|delivery| delivery.destinations.shaping())
+                .unwrap_or_default()
+        });
+    }
     let delivery_shutdown = CancellationToken::new();
     delivery::engine::spawn(
         delivery.clone(),

@@ -229,6 +229,27 @@ impl MxResolver {
         Ok(targets)
     }
 
+    /// The most preferred MX host of `domain`, lowercase and without the
+    /// trailing dot: what `mx:` destination patterns are matched against.
+    /// `None` when the domain has no MX records or the lookup fails (the
+    /// domain is then its own destination). The answer comes from the
+    /// resolver's cache while its TTL lasts, so grouping costs no query per
+    /// message.
+    pub async fn preferred_exchange(&self, domain: &str) -> Option<String> {
+        if domain_literal(domain).ok()?.is_some() {
+            return None;
+        }
+        let name = absolute_name(domain).ok()?;
+        let Ok(Answer::Records(records)) = self.query(&name, RecordType::MX, mx_of).await else {
+            return None;
+        };
+        records
+            .into_iter()
+            .filter_map(|record| Some((record.preference, record.host?)))
+            .min_by_key(|(preference, _)| *preference)
+            .map(|(_, host)| host_text(&host).trim_end_matches('.').to_ascii_lowercase())
+    }
+
     /// The addresses of one host (a route's relay host), ordered by
     /// `ip_version`; an IP address (bare or as a `[…]` literal) is returned as
     /// is. `/etc/hosts` is consulted first when the resolver was built by

@@ -28,6 +28,10 @@ pub enum EventKind {
     Deleted,
     Retried,
     Removed,
+    /// A destination stopped sending after a `suspend_on` reply.
+    Suspended,
+    /// A suspended destination sends again.
+    Resumed,
 }
 
 impl EventKind {
@@ -43,18 +47,29 @@ impl EventKind {
             EventKind::Deleted => "deleted",
             EventKind::Retried => "retried",
             EventKind::Removed => "removed",
+            EventKind::Suspended => "suspended",
+            EventKind::Resumed => "resumed",
         }
     }
 }
 
-/// One event. Fields that do not apply are `None`.
+/// One event. Fields that do not apply are `None`. A destination's
+/// events (`suspended`, `resumed`) name no message: their `id` is empty
+/// and left out of the JSON, `lane` too, and `destination` is set.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// RFC 3339.
     pub time: String,
     pub event: EventKind,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub id: String,
-    pub lane: Lane,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane: Option<Lane>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// The end of a suspension, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +97,9 @@ impl Event {
             time: crate::timefmt::rfc3339(SystemTime::now()),
             event,
             id: id.to_string(),
-            lane,
+            lane: Some(lane),
+            destination: None,
+            until: None,
             sender: None,
             recipient: None,
             recipients: None,
@@ -95,14 +112,52 @@ impl Event {
         }
     }
 
+    /// A destination's event: `suspended` (with its end and the reply that
+    /// caused it) or `resumed`.
+    pub fn destination(
+        event: EventKind,
+        name: &str,
+        until: Option<SystemTime>,
+        reply: Option<String>,
+    ) -> Event {
+        Event {
+            time: crate::timefmt::rfc3339(SystemTime::now()),
+            event,
+            id: String::new(),
+            lane: None,
+            destination: Some(name.to_owned()),
+            until: until.map(crate::timefmt::rfc3339),
+            sender: None,
+            recipient: None,
+            recipients: None,
+            size: None,
+            relay: None,
+            status: None,
+            reply,
+            client: None,
+            delay: None,
+        }
+    }
+
     /// One line for `queue tail` without `--json`.
     pub fn to_text(&self) -> String {
+        if let Some(name) = &self.destination {
+            return match (&self.until, &self.reply) {
+                (Some(until), reply) => format!(
+                    "{} destination {name} {} until {until}: {}",
+                    self.time,
+                    self.event.as_str(),
+                    reply.as_deref().unwrap_or("")
+                ),
+                _ => format!("{} destination {name} {}", self.time, self.event.as_str()),
+            };
+        }
+        let lane = self.lane.map_or("-", Lane::as_str);
         let mut line = format!(
-            "{} {} {:<9} lane={}",
+            "{} {} {:<9} lane={lane}",
             self.time,
             self.id,
             self.event.as_str(),
-            self.lane
         );
         let mut field = |name: &str, value: Option<String>| {
             if let Some(value) = value {

@@ -10,9 +10,7 @@ pub use crate::control::http::{
     HeadError, MAX_BODY, MAX_HEAD, Request, ResponseHead, head_end, parse_chunk_size,
     parse_request, parse_response, percent_decode, percent_encode,
 };
-pub use crate::dsn::{
-    Action, MAX_RETURNED_MESSAGE, Report, ReportedRecipient, build as build_dsn,
-};
+pub use crate::dsn::{Action, MAX_RETURNED_MESSAGE, Report, ReportedRecipient, build as build_dsn};
 pub use crate::maildrop::{
     Dropped, MaildropError, encode as encode_maildrop, parse as parse_maildrop,
 };

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::control::view::{AGE_BUCKETS, MessageDetail, MessageView, OperationReport, StatsView};
+use crate::metrics::DestinationShaping;
 use crate::queue::envelope::RecipientStatus;
 
 /// The header line of `queue list`, as Postfix's `mailq`.
@@ -220,7 +221,36 @@ pub fn stats(stats: &StatsView) -> String {
     for destination in &stats.destinations {
         row(&destination.domain, &destination.buckets);
     }
+    if !stats.shaping.is_empty() {
+        shaping(&mut out, &stats.shaping);
+    }
     out
+}
+
+/// Output control: destinations with a rule or a lowered limit.
+fn shaping(out: &mut String, rows: &[DestinationShaping]) {
+    let width = rows
+        .iter()
+        .map(|row| row.destination.len())
+        .max()
+        .unwrap_or(0)
+        .max("destination".len());
+    let _ = writeln!(
+        out,
+        "\n{:<width$} {:>5} {:>6} {:>7}  suspended until",
+        "destination", "limit", "active", "waiting"
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{:<width$} {:>5} {:>6} {:>7}  {}",
+            row.destination,
+            row.concurrency_limit,
+            row.active,
+            row.waiting,
+            row.suspended_until.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn messages(count: usize) -> String {

@@ -13,6 +13,7 @@
 
 mod keywords;
 mod raw;
+mod shaping;
 mod validate;
 mod values;
 
@@ -34,6 +35,7 @@ use crate::queue::Lane;
 
 pub use self::keywords::{IpVersion, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
+pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
 use self::validate::SystemDefaults;
 
 /// The validated configuration.
@@ -51,6 +53,10 @@ pub struct Config {
     pub dns: DnsSettings,
     /// Smarthost routes, in file order. No domain appears in two routes.
     pub routes: Vec<Route>,
+    /// `[[destination]]` rules in file order (the first that matches wins);
+    /// names are unique.
+    pub destinations: Vec<DestinationRule>,
+    pub cluster: ClusterSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,

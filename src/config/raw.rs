@@ -28,6 +28,8 @@ pub(super) struct RawConfig {
     pub retry: RawRetry,
     pub dns: RawDns,
     pub route: Vec<RawRoute>,
+    pub destination: Vec<RawDestination>,
+    pub cluster: RawCluster,
     pub control: RawControl,
     pub metrics: RawMetrics,
     pub log: RawLog,
@@ -117,6 +119,25 @@ pub(super) struct RawRoute {
     pub verify_certificate: Option<bool>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDestination {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub patterns: Option<Vec<String>>,
+    pub concurrency: Option<usize>,
+    pub rate: Option<String>,
+    pub messages_per_connection: Option<u32>,
+    pub suspend_on: Vec<String>,
+    pub suspend_for: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCluster {
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -238,6 +238,10 @@ pub(super) fn config(
         routes.push(route);
     }
 
+    let destinations =
+        super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
+    let cluster = super::shaping::cluster(raw.cluster)?;
+
     let control = ControlSettings {
         socket: raw
             .control
@@ -282,6 +286,8 @@ pub(super) fn config(
         retry,
         dns,
         routes,
+        destinations,
+        cluster,
         control,
         metrics,
         log,

@@ -196,6 +196,7 @@ fn stats(context: &QueueHandle) -> Reply {
         total: lanes.iter().map(LaneCounts::total).sum(),
         lanes,
         destinations,
+        shaping: context.metrics.shaping.rows(),
     })
 }
 

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::DestinationShaping;
 use crate::queue::envelope::{RecipientStatus, unix_ms};
 use crate::queue::{Entry, Envelope, State};
 
@@ -96,6 +97,9 @@ pub struct StatsView {
     /// busiest first. `buckets` has one count per `AGE_BUCKETS` entry and a
     /// last one for older messages.
     pub destinations: Vec<DestinationAges>,
+    /// Output control: each destination with a rule or a lowered limit.
+    #[serde(default)]
+    pub shaping: Vec<DestinationShaping>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,22 +1,29 @@
-//! Per-destination queues (ARCHITECTURE.md, "Delivery"): a concurrency cap per
-//! next hop, lane ready lists, idle connections kept for reuse, and the dead
-//! destination memory.
+//! Per-destination queues and output control (ARCHITECTURE.md, "Delivery";
+//! README "Output control"): a connection limit per destination that
+//! follows the remote end's overload signals (additive increase,
+//! multiplicative decrease), a rate, suspension, lane ready lists, idle
+//! connections kept for reuse, and the dead destination memory.
 //!
 //! A lane worker only ever takes work that can start now: a destination puts
 //! a "ready token" into a lane's list for each job it could start under its
-//! cap. Jobs beyond the cap wait here, holding no lane slot, so one slow
-//! domain cannot occupy a lane (KumoMTA's ready queues).
+//! limit. Jobs beyond the limit wait here, holding no lane slot, so one slow
+//! domain cannot occupy a lane (KumoMTA's ready queues). Jobs that cannot
+//! start for a longer while (no rate token yet, a suspension) are given back
+//! to be deferred without an attempt, so they hold neither a slot nor a pass.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use relayq_spool::QueueId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::client::{Connection, RemoteReply};
 use super::job::Job;
-use crate::config::Route;
+use super::rate::{Admission, RateLimiter};
+use crate::config::{DestinationRule, Route};
+use crate::metrics::{DestinationShaping, Throttle};
 use crate::queue::{Lane, PerLane};
 
 /// Where mail goes next: a recipient domain's MX hosts, or a configured route.
@@ -26,111 +33,348 @@ pub enum NextHop {
     Route(usize),
 }
 
-impl NextHop {
-    /// The destination's name in metrics: the recipient domain, or
-    /// `route:HOST` for a route (`routes` is the configuration's list).
-    pub fn label(&self, routes: &[Route]) -> String {
-        match self {
-            NextHop::Mx(domain) => domain.clone(),
-            NextHop::Route(index) => match routes.get(*index) {
-                Some(route) => format!("route:{}", route.host),
-                None => format!("route:{index}"),
-            },
-        }
-    }
+/// What limits are kept for: a `[[destination]]` rule (by index), or a next
+/// hop without a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DestinationKey {
+    Rule(usize),
+    Hop(NextHop),
 }
 
 /// How long a connection may sit idle before it is closed.
 pub const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(5);
-/// Transactions per connection before it is closed and a new one opened.
+/// Transactions per connection, without a rule that says otherwise, before
+/// it is closed and a new one opened.
 pub const MAX_TRANSACTIONS_PER_CONNECTION: u32 = 100;
 /// Idle connections kept per destination.
 const MAX_IDLE_CONNECTIONS: usize = 8;
+/// A lowered connection limit of a destination with nothing in flight is
+/// forgotten this long after it was last lowered, so a destination that
+/// had one bad moment does not stay slow (or in memory) for ever.
+const FEEDBACK_MEMORY: Duration = Duration::from_secs(600);
+/// A rate token due this soon is waited for by the worker holding the job
+/// rather than deferring the message: deferring costs a spool commit.
+pub const SHORT_WAIT: Duration = Duration::from_millis(500);
 
-#[derive(Default)]
+/// Why a job cannot start now.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// Every host refused connections recently: an ordinary deferral.
+    Dead(RemoteReply),
+    /// Waiting for a rate token or the end of a suspension: deferred until
+    /// then, without counting an attempt.
+    Wait(Wait),
+}
+
+/// A job its destination would not take now, and why.
+pub struct Rejected {
+    pub job: Job,
+    pub refusal: Refusal,
+    /// What to count in `relayq_destination_throttled_total`, if anything.
+    pub throttle: Option<Throttle>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    pub until: SystemTime,
+    /// `4.7.0 destination NAME …`: the recipients' last reply meanwhile.
+    pub reply: RemoteReply,
+}
+
+/// A destination just suspended: what the caller announces and gives back.
+pub struct Suspended {
+    pub name: String,
+    pub until: SystemTime,
+    pub reply: RemoteReply,
+    /// Jobs that were waiting for a slot: to be deferred until `until`.
+    pub jobs: Vec<Job>,
+    /// Its idle connections: to be closed.
+    pub connections: Vec<Connection>,
+}
+
+/// What the sweep found: idle connections to close, suspensions that ended.
+pub struct Swept {
+    pub connections: Vec<Connection>,
+    pub resumed: Vec<String>,
+}
+
+struct Suspension {
+    until: Instant,
+    until_wall: SystemTime,
+    reply: RemoteReply,
+}
+
 struct Destination {
     active: usize,
     /// Ready tokens handed to each lane's list and not yet taken.
     tokens: PerLane<usize>,
     jobs: PerLane<VecDeque<Job>>,
-    idle: Vec<(Connection, Instant)>,
-    dead_until: Option<Instant>,
-    dead_reason: Option<RemoteReply>,
+    /// Idle connections with the next hop they lead to: the destination of
+    /// a rule may span several next hops.
+    idle: Vec<(NextHop, Connection, Instant)>,
+    /// The most connections at once: its rule's `concurrency`, or
+    /// `delivery.destination_concurrency`.
+    cap: usize,
+    /// The connection limit after feedback, 1..=cap.
+    limit: usize,
+    /// Connections that completed a transaction since the limit last
+    /// changed: at `limit` of them it rises by one.
+    successes: usize,
+    /// When the limit was last halved: signals from connections begun
+    /// before then belong to the round already counted.
+    decreased_at: Option<Instant>,
+    rate: Option<RateLimiter>,
+    suspension: Option<Suspension>,
 }
 
 impl Destination {
-    fn is_unused(&self) -> bool {
+    fn new(cap: usize, rate: Option<RateLimiter>) -> Destination {
+        Destination {
+            active: 0,
+            tokens: PerLane::default(),
+            jobs: PerLane::default(),
+            idle: Vec::new(),
+            cap,
+            limit: cap,
+            successes: 0,
+            decreased_at: None,
+            rate,
+            suspension: None,
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.jobs.iter().map(|(_, jobs)| jobs.len()).sum()
+    }
+
+    /// Nothing here to remember: a destination without a rule can go.
+    fn is_unused(&self, now: Instant) -> bool {
         self.active == 0
-            && self.jobs.iter().all(|(_, jobs)| jobs.is_empty())
+            && self.waiting() == 0
             && self.idle.is_empty()
-            && self.dead_until.is_none()
+            && self.limit == self.cap
+            && self.suspension.is_none()
+            && self.rate.as_ref().is_none_or(|rate| rate.is_idle(now))
+    }
+
+    fn suspended_at(&self, now: Instant) -> Option<&Suspension> {
+        self.suspension
+            .as_ref()
+            .filter(|suspension| suspension.until > now)
     }
 }
 
 #[derive(Default)]
 struct ReadyList {
-    hops: Mutex<VecDeque<NextHop>>,
+    hops: Mutex<VecDeque<DestinationKey>>,
     notify: Notify,
 }
 
 pub struct Destinations {
-    cap: usize,
+    default_cap: usize,
     dead_for: Duration,
-    table: Mutex<HashMap<NextHop, Destination>>,
+    rules: Vec<DestinationRule>,
+    /// `route:HOST` per route: the label of a route's destination.
+    route_labels: Vec<String>,
+    table: Mutex<HashMap<DestinationKey, Destination>>,
+    dead: Mutex<HashMap<NextHop, (Instant, RemoteReply)>>,
     ready: PerLane<ReadyList>,
 }
 
 impl Destinations {
-    /// `cap`: concurrent deliveries per destination; `dead_for`: how long a
-    /// destination whose hosts all refused connections is skipped.
-    pub fn new(cap: usize, dead_for: Duration) -> Destinations {
+    /// `default_cap`: concurrent deliveries per destination without a rule;
+    /// `dead_for`: how long a next hop whose hosts all refused connections
+    /// is skipped.
+    pub fn new(
+        default_cap: usize,
+        dead_for: Duration,
+        rules: Vec<DestinationRule>,
+        routes: &[Route],
+    ) -> Destinations {
         Destinations {
-            cap: cap.max(1),
+            default_cap: default_cap.max(1),
             dead_for,
+            rules,
+            route_labels: routes
+                .iter()
+                .map(|route| format!("route:{}", route.host))
+                .collect(),
             table: Mutex::default(),
+            dead: Mutex::default(),
             ready: Default::default(),
         }
     }
 
-    /// Queues a job at its destination. A destination remembered as dead
-    /// gives the job back with the reason, to be deferred without a slot.
-    pub fn submit(&self, job: Job) -> Result<(), (Job, RemoteReply)> {
-        let hop = job.hop.clone();
-        let lane = job.lane();
-        let mut table = self.lock();
-        let destination = table.entry(hop.clone()).or_default();
-        if let Some(until) = destination.dead_until {
-            if until > Instant::now() {
-                let reason = destination.dead_reason.clone().unwrap_or_else(|| {
-                    RemoteReply::local("4.4.1", "destination unreachable (recently failed)")
-                });
-                return Err((job, reason));
+    /// The first rule matching a recipient domain (or its most preferred MX
+    /// host, for a next hop by MX), else the next hop itself; and whether
+    /// the rule matched by the MX host.
+    pub fn key_for(
+        &self,
+        domain: &str,
+        hop: &NextHop,
+        mx_host: Option<&str>,
+    ) -> (DestinationKey, bool) {
+        let mx_host = match hop {
+            NextHop::Mx(_) => mx_host,
+            NextHop::Route(_) => None,
+        };
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.matches(domain, None) {
+                return (DestinationKey::Rule(index), false);
             }
-            destination.dead_until = None;
-            destination.dead_reason = None;
+            if rule.matches(domain, mx_host) {
+                return (DestinationKey::Rule(index), true);
+            }
+        }
+        (DestinationKey::Hop(hop.clone()), false)
+    }
+
+    /// A domain's destination when it can be decided without its MX host:
+    /// a rule matching the domain comes before any rule with `mx:`
+    /// patterns, or no rule has them.
+    pub fn key_without_mx(&self, domain: &str, hop: &NextHop) -> Option<DestinationKey> {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.matches(domain, None) {
+                return Some(DestinationKey::Rule(index));
+            }
+            if rule.needs_mx() && matches!(hop, NextHop::Mx(_)) {
+                return None;
+            }
+        }
+        Some(DestinationKey::Hop(hop.clone()))
+    }
+
+    /// The name in metrics, stats, logs and Redis keys.
+    pub fn label(&self, key: &DestinationKey) -> String {
+        match key {
+            DestinationKey::Rule(index) => self.rules[*index].name.clone(),
+            DestinationKey::Hop(NextHop::Mx(domain)) => domain.clone(),
+            DestinationKey::Hop(NextHop::Route(index)) => self
+                .route_labels
+                .get(*index)
+                .cloned()
+                .unwrap_or_else(|| format!("route:{index}")),
+        }
+    }
+
+    fn create(&self, key: &DestinationKey) -> Destination {
+        match key {
+            DestinationKey::Rule(index) => {
+                let rule = &self.rules[*index];
+                Destination::new(
+                    rule.concurrency,
+                    rule.rate.map(|rate| RateLimiter::new(rate.interval())),
+                )
+            }
+            DestinationKey::Hop(_) => Destination::new(self.default_cap, None),
+        }
+    }
+
+    /// Queues a job at its destination, or says why it cannot start now:
+    /// its next hop is remembered as dead, the destination is suspended, or
+    /// its rate has no token before `SHORT_WAIT` (the token it will get is
+    /// then promised to the message).
+    pub fn submit(&self, job: Job) -> Result<(), Box<Rejected>> {
+        if let Some(reason) = self.is_dead(&job.hop) {
+            return Err(Box::new(Rejected {
+                job,
+                refusal: Refusal::Dead(reason),
+                throttle: None,
+            }));
+        }
+        let key = job.destination.clone();
+        let lane = job.lane();
+        let now = Instant::now();
+        let mut table = self.lock();
+        let destination = table
+            .entry(key.clone())
+            .or_insert_with(|| self.create(&key));
+        if let Some(suspension) = destination.suspended_at(now) {
+            let wait = self.suspended_wait(&key, suspension);
+            return Err(Box::new(Rejected {
+                job,
+                refusal: Refusal::Wait(wait),
+                throttle: Some(Throttle::Suspended),
+            }));
+        }
+        if let Some(rate) = &mut destination.rate
+            && let Admission::Later(at) = rate.admit(job.pass.id, now, SHORT_WAIT)
+        {
+            let wait = self.rate_wait(&key, at, now);
+            return Err(Box::new(Rejected {
+                job,
+                refusal: Refusal::Wait(wait),
+                throttle: Some(Throttle::Rate),
+            }));
         }
         destination.jobs[lane].push_back(job);
-        let pushes = self.grant_tokens(destination);
+        let pushes = grant_tokens(destination);
         drop(table);
-        self.push_ready(&hop, pushes);
+        self.push_ready(&key, pushes);
         Ok(())
     }
 
-    /// Jobs waiting at `hop` (admission control for new passes).
-    pub fn queued(&self, hop: &NextHop) -> usize {
-        self.lock()
-            .get(hop)
-            .map(|destination| destination.jobs.iter().map(|(_, jobs)| jobs.len()).sum())
-            .unwrap_or(0)
+    /// The name and interval of `key`'s rate, when it has one: what a fleet
+    /// rate is kept under in Redis.
+    pub fn rate_of(&self, key: &DestinationKey) -> Option<(&str, Duration)> {
+        let DestinationKey::Rule(index) = key else {
+            return None;
+        };
+        let rule = &self.rules[*index];
+        Some((rule.name.as_str(), rule.rate?.interval()))
+    }
+
+    /// The fleet (Redis) refused a start that the destination's own rate
+    /// allowed: the start is undone, and the message is promised the first
+    /// local slot from `wait` on, to be deferred until then.
+    pub fn fleet_refused(&self, key: &DestinationKey, id: QueueId, wait: Duration) -> Wait {
+        let now = Instant::now();
+        let at = {
+            let mut table = self.lock();
+            let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+            match &mut destination.rate {
+                Some(rate) => {
+                    rate.unstart();
+                    rate.promise(id, now, now + wait)
+                }
+                None => now + wait,
+            }
+        };
+        self.rate_wait(key, at, now)
+    }
+
+    /// Puts a job back at the front of its destination's queue: its
+    /// connection met an overload signal, and it runs again as soon as the
+    /// lowered limit allows.
+    pub fn requeue(&self, job: Job) {
+        let key = job.destination.clone();
+        let lane = job.lane();
+        let mut table = self.lock();
+        let destination = table
+            .entry(key.clone())
+            .or_insert_with(|| self.create(&key));
+        destination.jobs[lane].push_front(job);
+        let pushes = grant_tokens(destination);
+        drop(table);
+        self.push_ready(&key, pushes);
+    }
+
+    /// Jobs waiting at `key` (admission control for new passes).
+    pub fn queued(&self, key: &DestinationKey) -> usize {
+        self.lock().get(key).map_or(0, Destination::waiting)
     }
 
     /// Per destination known now, the jobs running there: each holds one
     /// place under the cap and at most one connection (open, or being
     /// looked up and opened), so this is the connections in use.
-    pub fn active_connections(&self) -> Vec<(NextHop, usize)> {
-        self.lock()
+    pub fn active_connections(&self) -> Vec<(String, usize)> {
+        let keys: Vec<(DestinationKey, usize)> = self
+            .lock()
             .iter()
-            .map(|(hop, destination)| (hop.clone(), destination.active))
+            .map(|(key, destination)| (key.clone(), destination.active))
+            .collect();
+        keys.into_iter()
+            .map(|(key, active)| (self.label(&key), active))
             .collect()
     }
 
@@ -140,17 +384,17 @@ impl Destinations {
         let ready = &self.ready[lane];
         loop {
             let notified = ready.notify.notified();
-            let hop = ready
+            let key = ready
                 .hops
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
-            let Some(hop) = hop else {
+            let Some(key) = key else {
                 notified.await;
                 continue;
             };
             let mut table = self.lock();
-            let Some(destination) = table.get_mut(&hop) else {
+            let Some(destination) = table.get_mut(&key) else {
                 continue;
             };
             destination.tokens[lane] = destination.tokens[lane].saturating_sub(1);
@@ -161,79 +405,228 @@ impl Destinations {
         }
     }
 
-    /// A job at `hop` ended: frees its place under the cap.
-    pub fn finished(&self, hop: &NextHop) {
+    /// A job at `key` ended: frees its place under the limit.
+    pub fn finished(&self, key: &DestinationKey) {
         let mut table = self.lock();
-        let Some(destination) = table.get_mut(hop) else {
+        let Some(destination) = table.get_mut(key) else {
             return;
         };
         destination.active = destination.active.saturating_sub(1);
-        let pushes = self.grant_tokens(destination);
-        if destination.is_unused() {
-            table.remove(hop);
+        let pushes = grant_tokens(destination);
+        if matches!(key, DestinationKey::Hop(_)) && destination.is_unused(Instant::now()) {
+            table.remove(key);
         }
         drop(table);
-        self.push_ready(hop, pushes);
+        self.push_ready(key, pushes);
     }
 
-    /// Hands out ready tokens while the destination is under its cap,
-    /// high-lane jobs first. Returns how many to push per lane.
-    fn grant_tokens(&self, destination: &mut Destination) -> PerLane<usize> {
-        let mut pushes = PerLane::default();
-        loop {
-            let in_use =
-                destination.active + destination.tokens[Lane::High] + destination.tokens[Lane::Low];
-            if in_use >= self.cap {
-                return pushes;
-            }
-            let lane = Lane::ALL
-                .into_iter()
-                .find(|&lane| destination.jobs[lane].len() > destination.tokens[lane]);
-            let Some(lane) = lane else { return pushes };
-            destination.tokens[lane] += 1;
-            pushes[lane] += 1;
-        }
-    }
-
-    fn push_ready(&self, hop: &NextHop, pushes: PerLane<usize>) {
+    fn push_ready(&self, key: &DestinationKey, pushes: PerLane<usize>) {
         for (lane, &count) in pushes.iter() {
             if count == 0 {
                 continue;
             }
             let list = &self.ready[lane];
-            let mut hops = list.hops.lock().unwrap_or_else(|p| p.into_inner());
+            let mut keys = list.hops.lock().unwrap_or_else(|p| p.into_inner());
             for _ in 0..count {
-                hops.push_back(hop.clone());
+                keys.push_back(key.clone());
             }
-            drop(hops);
+            drop(keys);
             for _ in 0..count {
                 list.notify.notify_one();
             }
         }
     }
 
+    /// Right before a transaction's MAIL command: `Ok` to start it now
+    /// (counted as a start), else how long to wait. A suspension always
+    /// refuses; the rate refuses a start closer than its interval to the
+    /// previous one, so starts are exactly spaced even when jobs promised
+    /// consecutive tokens arrive late together.
+    pub fn start_transaction(
+        &self,
+        key: &DestinationKey,
+        id: QueueId,
+    ) -> Result<(), (Duration, Wait, Throttle)> {
+        let now = Instant::now();
+        let mut table = self.lock();
+        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+        if let Some(suspension) = destination.suspended_at(now) {
+            let wait = self.suspended_wait(key, suspension);
+            let left = suspension.until - now;
+            return Err((left, wait, Throttle::Suspended));
+        }
+        if let Some(rate) = &mut destination.rate
+            && let Err(at) = rate.start(id, now)
+        {
+            // A short wait is the caller's to sleep; a longer one defers the
+            // message to a slot of its own.
+            let at = if at - now <= SHORT_WAIT {
+                at
+            } else {
+                rate.promise_next(id, now)
+            };
+            let wait = self.rate_wait(key, at, now);
+            return Err((at - now, wait, Throttle::Rate));
+        }
+        Ok(())
+    }
+
+    /// Gives back a rate token taken by `start_transaction` for a
+    /// transaction that never sent MAIL (the connection was gone).
+    pub fn unstart(&self, key: &DestinationKey) {
+        if let Some(rate) = self
+            .lock()
+            .get_mut(key)
+            .and_then(|destination| destination.rate.as_mut())
+        {
+            rate.unstart();
+        }
+    }
+
+    /// An overload signal (a 421, or a connection refused, reset or timed
+    /// out before the greeting) from a connection attempt begun at
+    /// `begun`: halves the limit (at least 1), once per round of
+    /// connections in flight. Returns the new limit when it changed.
+    pub fn overload(&self, key: &DestinationKey, begun: Instant) -> Option<usize> {
+        let mut table = self.lock();
+        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+        if destination.decreased_at.is_some_and(|at| begun < at) {
+            return None;
+        }
+        destination.decreased_at = Some(Instant::now());
+        destination.successes = 0;
+        let lowered = (destination.limit / 2).max(1);
+        let changed = lowered != destination.limit;
+        destination.limit = lowered;
+        changed.then_some(lowered)
+    }
+
+    /// A new connection completed a transaction: after as many of those as
+    /// the current limit, the limit rises by one, up to the cap. Counting
+    /// connections rather than every transaction on reused ones keeps the
+    /// probing for one more connection rare where connections are reused.
+    pub fn connection_succeeded(&self, key: &DestinationKey) {
+        let mut table = self.lock();
+        let Some(destination) = table.get_mut(key) else {
+            return;
+        };
+        if destination.limit >= destination.cap {
+            return;
+        }
+        destination.successes += 1;
+        if destination.successes >= destination.limit {
+            destination.successes = 0;
+            destination.limit += 1;
+            let pushes = grant_tokens(destination);
+            drop(table);
+            self.push_ready(key, pushes);
+        }
+    }
+
+    /// If `reply` contains one of the `suspend_on` substrings of `key`'s
+    /// rule: the wait of the destination's mail, and when this reply is what
+    /// suspended it (it was not suspended yet) for its `suspend_for`, what
+    /// the caller must announce, defer and close.
+    pub fn suspend_on(
+        &self,
+        key: &DestinationKey,
+        reply: &RemoteReply,
+    ) -> Option<(Wait, Option<Suspended>)> {
+        let DestinationKey::Rule(index) = key else {
+            return None;
+        };
+        let rule = &self.rules[*index];
+        if !rule.suspends_on(&reply.to_string()) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut table = self.lock();
+        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+        if let Some(suspension) = destination.suspended_at(now) {
+            return Some((self.suspended_wait(key, suspension), None));
+        }
+        let suspension = Suspension {
+            until: now + rule.suspend_for,
+            until_wall: SystemTime::now() + rule.suspend_for,
+            reply: reply.clone(),
+        };
+        let wait = self.suspended_wait(key, &suspension);
+        let until = suspension.until_wall;
+        destination.suspension = Some(suspension);
+        let mut jobs = Vec::new();
+        for lane in Lane::ALL {
+            jobs.extend(destination.jobs[lane].drain(..));
+            destination.tokens[lane] = 0;
+        }
+        let connections = destination
+            .idle
+            .drain(..)
+            .map(|(_, connection, _)| connection)
+            .collect();
+        Some((
+            wait,
+            Some(Suspended {
+                name: rule.name.clone(),
+                until,
+                reply: reply.clone(),
+                jobs,
+                connections,
+            }),
+        ))
+    }
+
+    /// The wait of mail for a suspended destination.
+    fn suspended_wait(&self, key: &DestinationKey, suspension: &Suspension) -> Wait {
+        Wait {
+            until: suspension.until_wall,
+            reply: RemoteReply::local(
+                "4.7.0",
+                format!(
+                    "destination {} suspended until {}: {}",
+                    self.label(key),
+                    crate::timefmt::rfc3339(suspension.until_wall),
+                    suspension.reply
+                ),
+            ),
+        }
+    }
+
+    fn rate_wait(&self, key: &DestinationKey, at: Instant, now: Instant) -> Wait {
+        let left = at.saturating_duration_since(now);
+        Wait {
+            until: SystemTime::now() + left,
+            reply: RemoteReply::local(
+                "4.7.0",
+                format!(
+                    "destination {} rate limit: next start in {:.1}s",
+                    self.label(key),
+                    left.as_secs_f64()
+                ),
+            ),
+        }
+    }
+
     /// Every host of `hop` refused or timed out: skip it for a while.
     pub fn mark_dead(&self, hop: &NextHop, reason: RemoteReply) {
-        let mut table = self.lock();
-        let destination = table.entry(hop.clone()).or_default();
-        destination.dead_until = Some(Instant::now() + self.dead_for);
-        destination.dead_reason = Some(reason);
+        lock(&self.dead).insert(hop.clone(), (Instant::now() + self.dead_for, reason));
     }
 
     pub fn is_dead(&self, hop: &NextHop) -> Option<RemoteReply> {
-        let table = self.lock();
-        let destination = table.get(hop)?;
-        match destination.dead_until {
-            Some(until) if until > Instant::now() => destination.dead_reason.clone(),
+        let dead = lock(&self.dead);
+        match dead.get(hop) {
+            Some((until, reason)) if *until > Instant::now() => Some(reason.clone()),
             _ => None,
         }
     }
 
-    /// An idle connection to `hop`, if one is fresh enough.
-    pub fn take_idle(&self, hop: &NextHop) -> Option<Connection> {
+    /// An idle connection kept by `key` for the pool `hop` (a next hop, or
+    /// the shared MX host of domains grouped by an `mx:` pattern), if one is
+    /// fresh enough.
+    pub fn take_idle(&self, key: &DestinationKey, hop: &NextHop) -> Option<Connection> {
         let mut table = self.lock();
-        let destination = table.get_mut(hop)?;
-        while let Some((connection, since)) = destination.idle.pop() {
+        let destination = table.get_mut(key)?;
+        while let Some(position) = destination.idle.iter().rposition(|(to, _, _)| to == hop) {
+            let (_, connection, since) = destination.idle.swap_remove(position);
             if since.elapsed() < IDLE_CONNECTION_TTL {
                 return Some(connection);
             }
@@ -242,16 +635,41 @@ impl Destinations {
         None
     }
 
-    /// Keeps a connection (already reset) for the next message to `hop`.
-    pub fn put_idle(&self, hop: &NextHop, connection: Connection) {
-        if connection.completed_transactions() >= MAX_TRANSACTIONS_PER_CONNECTION {
+    /// Before a job of `key` opens a new connection: the idle connections
+    /// (of other pools) that would take the destination past its limit of
+    /// open connections, oldest first, to be closed by the caller.
+    pub fn make_room(&self, key: &DestinationKey) -> Vec<Connection> {
+        let mut table = self.lock();
+        let Some(destination) = table.get_mut(key) else {
+            return Vec::new();
+        };
+        let mut evicted = Vec::new();
+        while !destination.idle.is_empty()
+            && destination.active + destination.idle.len() > destination.limit
+        {
+            evicted.push(destination.idle.remove(0).1);
+        }
+        evicted
+    }
+
+    /// Keeps a connection (already reset) for the next message to `hop`,
+    /// unless it has carried its share of transactions or the destination
+    /// is suspended.
+    pub fn put_idle(&self, key: &DestinationKey, hop: &NextHop, connection: Connection) {
+        let per_connection = match key {
+            DestinationKey::Rule(index) => self.rules[*index].messages_per_connection,
+            DestinationKey::Hop(_) => MAX_TRANSACTIONS_PER_CONNECTION,
+        };
+        if connection.completed_transactions() >= per_connection {
             tokio::spawn(connection.quit());
             return;
         }
+        let now = Instant::now();
         let mut table = self.lock();
-        let destination = table.entry(hop.clone()).or_default();
-        if destination.idle.len() < MAX_IDLE_CONNECTIONS {
-            destination.idle.push((connection, Instant::now()));
+        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+        if destination.idle.len() < MAX_IDLE_CONNECTIONS && destination.suspended_at(now).is_none()
+        {
+            destination.idle.push((hop.clone(), connection, now));
         } else {
             drop(table);
             tokio::spawn(connection.quit());
@@ -259,31 +677,242 @@ impl Destinations {
     }
 
     /// Takes the connections idle for longer than the TTL (to be closed with
-    /// QUIT by the caller) and forgets destinations nothing refers to.
-    pub fn sweep(&self) -> Vec<Connection> {
-        let mut stale = Vec::new();
+    /// QUIT by the caller), ends suspensions whose time is up (their names
+    /// returned, to be announced) and forgets destinations nothing refers to.
+    pub fn sweep(&self) -> Swept {
+        let now = Instant::now();
+        let mut swept = Swept {
+            connections: Vec::new(),
+            resumed: Vec::new(),
+        };
         let mut table = self.lock();
-        table.retain(|_, destination| {
+        let mut pushes = Vec::new();
+        table.retain(|key, destination| {
             let (keep, old): (Vec<_>, Vec<_>) = destination
                 .idle
                 .drain(..)
-                .partition(|(_, since)| since.elapsed() < IDLE_CONNECTION_TTL);
+                .partition(|(_, _, since)| since.elapsed() < IDLE_CONNECTION_TTL);
             destination.idle = keep;
-            stale.extend(old.into_iter().map(|(connection, _)| connection));
+            swept
+                .connections
+                .extend(old.into_iter().map(|(_, connection, _)| connection));
             if destination
-                .dead_until
-                .is_some_and(|until| until <= Instant::now())
+                .suspension
+                .as_ref()
+                .is_some_and(|suspension| suspension.until <= now)
             {
-                destination.dead_until = None;
+                destination.suspension = None;
+                swept.resumed.push(self.label(key));
+                pushes.push((key.clone(), grant_tokens(destination)));
             }
-            !destination.is_unused()
+            if let Some(rate) = &mut destination.rate {
+                rate.expire_promises(now);
+            }
+            if destination.active == 0
+                && destination.waiting() == 0
+                && destination
+                    .decreased_at
+                    .is_some_and(|at| now.duration_since(at) >= FEEDBACK_MEMORY)
+            {
+                destination.limit = destination.cap;
+                destination.decreased_at = None;
+                destination.successes = 0;
+            }
+            matches!(key, DestinationKey::Rule(_)) || !destination.is_unused(now)
         });
-        stale
+        drop(table);
+        for (key, pushes) in pushes {
+            self.push_ready(&key, pushes);
+        }
+        lock(&self.dead).retain(|_, (until, _)| *until > now);
+        swept
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NextHop, Destination>> {
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Each destination with a rule or a lowered limit, by label.
+    pub fn shaping(&self) -> Vec<DestinationShaping> {
+        let now = Instant::now();
+        let table = self.lock();
+        let mut rows: Vec<DestinationShaping> = table
+            .iter()
+            .filter(|(key, destination)| {
+                matches!(key, DestinationKey::Rule(_)) || destination.limit < destination.cap
+            })
+            .map(|(key, destination)| DestinationShaping {
+                destination: self.label(key),
+                concurrency_limit: destination.limit,
+                active: destination.active,
+                waiting: destination.waiting(),
+                suspended_until: destination
+                    .suspended_at(now)
+                    .map(|suspension| crate::timefmt::rfc3339(suspension.until_wall)),
+            })
+            .collect();
+        drop(table);
+        // Rules not used yet are shown too, at their full limit.
+        for rule in &self.rules {
+            if !rows.iter().any(|row| row.destination == rule.name) {
+                rows.push(DestinationShaping {
+                    destination: rule.name.clone(),
+                    concurrency_limit: rule.concurrency,
+                    active: 0,
+                    waiting: 0,
+                    suspended_until: None,
+                });
+            }
+        }
+        rows.sort_by(|a, b| a.destination.cmp(&b.destination));
+        rows
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DestinationKey, Destination>> {
+        lock(&self.table)
+    }
+}
+
+/// Hands out ready tokens while the destination is under its limit,
+/// high-lane jobs first. Returns how many to push per lane.
+fn grant_tokens(destination: &mut Destination) -> PerLane<usize> {
+    let mut pushes = PerLane::default();
+    if destination.suspended_at(Instant::now()).is_some() {
+        return pushes;
+    }
+    loop {
+        let in_use =
+            destination.active + destination.tokens[Lane::High] + destination.tokens[Lane::Low];
+        if in_use >= destination.limit {
+            return pushes;
+        }
+        let lane = Lane::ALL
+            .into_iter()
+            .find(|&lane| destination.jobs[lane].len() > destination.tokens[lane]);
+        let Some(lane) = lane else { return pushes };
+        destination.tokens[lane] += 1;
+        pushes[lane] += 1;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MatchPattern;
+
+    fn rule() -> DestinationRule {
+        DestinationRule {
+            name: "provider".into(),
+            patterns: vec![
+                MatchPattern::Domain("a.test".into()),
+                MatchPattern::Mx("*.provider.test".into()),
+            ],
+            concurrency: 4,
+            rate: None,
+            messages_per_connection: 10,
+            suspend_on: vec!["4.7.28".into()],
+            suspend_for: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn the_limit_halves_once_per_round_and_grows_by_one_per_round_of_successes() {
+        let destinations = Destinations::new(8, Duration::from_secs(60), Vec::new(), &[]);
+        let key = DestinationKey::Hop(NextHop::Mx("x.test".into()));
+        let round = Instant::now();
+        assert_eq!(destinations.overload(&key, round), Some(4));
+        // Another connection of the same round signals too: no second halving.
+        assert_eq!(destinations.overload(&key, round), None);
+        assert_eq!(destinations.overload(&key, Instant::now()), Some(2));
+        assert_eq!(destinations.shaping()[0].concurrency_limit, 2);
+        destinations.connection_succeeded(&key);
+        assert_eq!(destinations.shaping()[0].concurrency_limit, 2);
+        destinations.connection_succeeded(&key);
+        assert_eq!(destinations.shaping()[0].concurrency_limit, 3);
+        for _ in 0..3 + 4 + 5 + 6 + 7 {
+            destinations.connection_succeeded(&key);
+        }
+        // Back at the cap, the destination is no longer shown.
+        assert!(destinations.shaping().is_empty());
+        assert_eq!(destinations.overload(&key, Instant::now()), Some(4));
+        for _ in 0..10 {
+            destinations.overload(&key, Instant::now());
+        }
+        assert_eq!(
+            destinations.shaping()[0].concurrency_limit,
+            1,
+            "never below 1"
+        );
+    }
+
+    #[test]
+    fn rules_match_by_domain_first_then_by_mx_host() {
+        let destinations = Destinations::new(8, Duration::from_secs(60), vec![rule()], &[]);
+        let hop = |domain: &str| NextHop::Mx(domain.to_owned());
+        assert_eq!(
+            destinations.key_without_mx("a.test", &hop("a.test")),
+            Some(DestinationKey::Rule(0))
+        );
+        assert_eq!(destinations.key_without_mx("b.test", &hop("b.test")), None);
+        assert_eq!(
+            destinations.key_for("b.test", &hop("b.test"), Some("mx1.provider.test")),
+            (DestinationKey::Rule(0), true)
+        );
+        assert_eq!(
+            destinations.key_for("c.test", &hop("c.test"), Some("mx.elsewhere.test")),
+            (DestinationKey::Hop(hop("c.test")), false)
+        );
+        // A route's mail is never grouped by MX.
+        assert_eq!(
+            destinations.key_for("b.test", &NextHop::Route(0), Some("mx1.provider.test")),
+            (DestinationKey::Hop(NextHop::Route(0)), false)
+        );
+        assert_eq!(destinations.label(&DestinationKey::Rule(0)), "provider");
+    }
+
+    #[test]
+    fn a_suspending_reply_suspends_once_and_words_the_wait() {
+        let destinations = Destinations::new(8, Duration::from_secs(60), vec![rule()], &[]);
+        let key = DestinationKey::Rule(0);
+        let reply = RemoteReply {
+            code: 421,
+            status: "4.7.28".into(),
+            text: "unusual rate".into(),
+        };
+        let other = RemoteReply {
+            code: 421,
+            status: "4.7.0".into(),
+            text: "too many connections".into(),
+        };
+        assert!(destinations.suspend_on(&key, &other).is_none());
+        let (wait, suspended) = destinations.suspend_on(&key, &reply).expect("suspends");
+        let suspended = suspended.expect("newly suspended");
+        assert_eq!(suspended.name, "provider");
+        assert_eq!(suspended.until, wait.until);
+        assert!(
+            wait.reply
+                .text
+                .starts_with("destination provider suspended until "),
+            "{}",
+            wait.reply
+        );
+        assert!(
+            wait.reply.text.ends_with(": 421 4.7.28 unusual rate"),
+            "{}",
+            wait.reply
+        );
+        let (_, again) = destinations
+            .suspend_on(&key, &reply)
+            .expect("still matches");
+        assert!(again.is_none(), "already suspended");
+        let (left, refused, throttle) = destinations
+            .start_transaction(&key, QueueId(1))
+            .expect_err("no transaction while suspended");
+        assert!(left > Duration::from_secs(50));
+        assert_eq!(refused, wait);
+        assert_eq!(throttle, Throttle::Suspended);
+        assert!(destinations.shaping()[0].suspended_until.is_some());
     }
 }

@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::ClientSettings;
-use super::destination::{Destinations, NextHop};
+use super::cluster::Cluster;
+use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected};
 use super::job::{self, Job};
 use super::pass::Pass;
 use crate::config::{Config, LanesSettings, Route, TlsPolicy};
 use crate::dns::MxResolver;
+use crate::events::{Event, EventKind};
 use crate::queue::handle::{LoadError, QueueHandle};
 use crate::queue::transition::{self, Outcome};
 use crate::queue::{Lane, PerLane};
@@ -38,6 +40,8 @@ pub struct DeliveryContext {
     /// of a message goes.
     pub handle: QueueHandle,
     pub destinations: Destinations,
+    /// The Redis that destination rates are shared through, if any.
+    cluster: Option<Cluster>,
     pub resolver: MxResolver,
     pub tls_configs: TlsConfigs,
     pub client_settings: ClientSettings,
@@ -57,9 +61,19 @@ impl DeliveryContext {
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
         let delivery = &config.delivery;
+        let cluster = match &config.cluster.redis_url {
+            Some(url) => Some(Cluster::new(url, handle.metrics.clone())?),
+            None => None,
+        };
         Ok(DeliveryContext {
             handle,
-            destinations: Destinations::new(delivery.destination_concurrency, DEAD_DESTINATION_FOR),
+            destinations: Destinations::new(
+                delivery.destination_concurrency,
+                DEAD_DESTINATION_FOR,
+                config.destinations.clone(),
+                &config.routes,
+            ),
+            cluster,
             resolver: MxResolver::new(&config.dns, delivery.ip_version)?,
             tls_configs: TlsConfigs::load()?,
             client_settings: ClientSettings {
@@ -76,6 +90,39 @@ impl DeliveryContext {
             in_flight: PerLane::from_fn(|_| Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT))),
             tracker,
         })
+    }
+
+    /// The destination of a recipient domain going to `hop`: the first
+    /// `[[destination]]` rule that matches the domain or, for `mx:` patterns,
+    /// its most preferred MX host (looked up only when some rule has such a
+    /// pattern; the resolver's cache keeps the answer within its TTL), else
+    /// the next hop itself.
+    ///
+    /// Also the pool its connections are kept in: the next hop, or for
+    /// domains grouped by their MX host, that host, so one connection to a
+    /// provider's MX carries mail for all the provider's domains.
+    pub async fn destination_of(&self, domain: &str, hop: &NextHop) -> (DestinationKey, NextHop) {
+        if let Some(key) = self.destinations.key_without_mx(domain, hop) {
+            return (key, hop.clone());
+        }
+        let mx_host = self.resolver.preferred_exchange(domain).await;
+        match self.destinations.key_for(domain, hop, mx_host.as_deref()) {
+            (key, true) => {
+                let host = mx_host.unwrap_or_default();
+                (key, NextHop::Mx(format!("mx:{host}")))
+            }
+            (key, false) => (key, hop.clone()),
+        }
+    }
+
+    /// The Redis that destination rates are shared through, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// The tracker of tasks shutdown waits for.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
     }
 
     /// The next hop for a recipient domain: the first route naming it, else
@@ -161,14 +208,18 @@ async fn work(
             job = context.destinations.take(lane) => job,
             _ = shutdown.cancelled() => return,
         };
-        let hop = job.hop.clone();
+        let key = job.destination.clone();
         // Dropped however the job ends, so the gauge cannot drift.
-        let _slot = context.handle.metrics.delivery_slot(lane);
-        tokio::select! {
-            _ = job::run(&context, job) => {}
+        let slot = context.handle.metrics.delivery_slot(lane);
+        let again = tokio::select! {
+            again = job::run(&context, job) => again,
             _ = abort.cancelled() => return,
+        };
+        drop(slot);
+        context.destinations.finished(&key);
+        if let Some(job) = again {
+            context.destinations.requeue(job);
         }
-        context.destinations.finished(&hop);
     }
 }
 
@@ -179,8 +230,18 @@ async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
             _ = interval.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        for connection in context.destinations.sweep() {
+        let swept = context.destinations.sweep();
+        for connection in swept.connections {
             context.tracker.spawn(connection.quit());
+        }
+        for name in swept.resumed {
+            tracing::info!("destination {name} resumed");
+            context.handle.events.publish(Event::destination(
+                EventKind::Resumed,
+                &name,
+                None,
+                None,
+            ));
         }
     }
 }
@@ -230,7 +291,7 @@ async fn start_pass(
         return;
     }
 
-    let mut groups: HashMap<NextHop, Vec<usize>> = HashMap::new();
+    let mut domains: HashMap<String, Vec<usize>> = HashMap::new();
     for (index, recipient) in envelope.recipients.iter().enumerate() {
         if recipient.status.is_final() {
             continue;
@@ -240,10 +301,13 @@ async fn start_pass(
             .rsplit_once('@')
             .map(|(_, domain)| domain.to_ascii_lowercase())
             .unwrap_or_default();
-        groups
-            .entry(context.next_hop(&domain))
-            .or_default()
-            .push(index);
+        domains.entry(domain).or_default().push(index);
+    }
+    let mut groups: HashMap<(DestinationKey, NextHop, NextHop), Vec<usize>> = HashMap::new();
+    for (domain, indices) in domains {
+        let hop = context.next_hop(&domain);
+        let (key, pool) = context.destination_of(&domain, &hop).await;
+        groups.entry((key, hop, pool)).or_default().extend(indices);
     }
     if groups.is_empty() {
         // Every recipient is final (a crash after the last commit of a pass
@@ -256,7 +320,7 @@ async fn start_pass(
     }
     if groups
         .keys()
-        .any(|hop| context.destinations.queued(hop) >= MAX_QUEUED_PER_DESTINATION)
+        .any(|(key, _, _)| context.destinations.queued(key) >= MAX_QUEUED_PER_DESTINATION)
     {
         handle
             .queue
@@ -265,20 +329,27 @@ async fn start_pass(
     }
 
     let pass = Arc::new(Pass::new(id, envelope, groups.len(), permit));
-    for (hop, recipients) in groups {
+    for ((destination, hop, pool), recipients) in groups {
         let job = Job {
             pass: pass.clone(),
             hop,
+            pool,
+            destination,
             recipients,
+            requeues: 0,
         };
-        if let Err((job, reason)) = context.destinations.submit(job) {
-            // Dead destination: deferred at once, no lane slot used.
-            let results = job.all(Outcome::Deferred, reason);
-            let context = context.clone();
-            context
-                .tracker
-                .clone()
-                .spawn(async move { job.pass.record(&context.handle, results).await });
+        if let Err(rejected) = context.destinations.submit(job) {
+            let Rejected {
+                job,
+                refusal,
+                throttle,
+            } = *rejected;
+            if let Some(throttle) = throttle {
+                let label = context.destinations.label(&job.destination);
+                context.handle.metrics.shaping.throttled(&label, throttle);
+            }
+            // Deferred at once, no lane slot used.
+            defer(context, job, refusal);
         }
     }
 }
@@ -289,7 +360,21 @@ impl DeliveryContext {
         self.destinations
             .active_connections()
             .into_iter()
-            .map(|(hop, active)| (hop.label(&self.routes), active as u64))
+            .map(|(label, active)| (label, active as u64))
             .collect()
     }
+}
+
+/// Ends a job that cannot start: a dead next hop is an ordinary deferral; a
+/// wait (rate, suspension) defers without an attempt.
+pub fn defer(context: &Arc<DeliveryContext>, job: Job, refusal: Refusal) {
+    let results = match refusal {
+        Refusal::Dead(reason) => job.all(Outcome::Deferred, reason),
+        Refusal::Wait(wait) => job.all(Outcome::Waiting { until: wait.until }, wait.reply),
+    };
+    let context = context.clone();
+    context
+        .tracker
+        .clone()
+        .spawn(async move { job.pass.record(&context.handle, results).await });
 }

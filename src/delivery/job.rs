@@ -3,16 +3,21 @@
 //! most 100 recipients, connection reuse).
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use super::client::{
     Attempt, ConnectErrorKind, Connection, Credentials, Disposition, OutboundMessage,
     OutboundRecipient, RecipientOutcome, RemoteReply, Target, TlsMode,
 };
-use super::destination::NextHop;
+use super::destination::{DestinationKey, NextHop, Refusal, SHORT_WAIT, Wait};
 use super::engine::DeliveryContext;
 use super::pass::Pass;
 use crate::config::{RouteTls, TlsPolicy};
 use crate::dns::DnsError;
+use crate::events::{Event, EventKind};
+use crate::metrics::Throttle;
 use crate::queue::Lane;
 use crate::queue::transition::{Outcome, RecipientResult};
 
@@ -22,9 +27,25 @@ pub const MAX_RECIPIENTS_PER_TRANSACTION: usize = 100;
 pub struct Job {
     pub pass: Arc<Pass>,
     pub hop: NextHop,
+    /// Where its idle connections are kept: `hop`, or `mx:HOST` for
+    /// domains grouped by their shared MX host.
+    pub pool: NextHop,
+    /// Whose limits, rate and suspension the job is under.
+    pub destination: DestinationKey,
     /// Indices into the pass's envelope recipients.
     pub recipients: Vec<usize>,
+    /// Times the job was put back at its destination after an overload
+    /// signal.
+    pub requeues: u32,
 }
+
+/// Times a job is put back at its destination after overload signals
+/// before its recipients are deferred like any other temporary failure, so
+/// a server that always answers 421 still gets the exponential backoff.
+const MAX_REQUEUES: u32 = 3;
+/// When mail that met an overload signal after some of the job was done
+/// is tried again (no attempt counted).
+const OVERLOAD_RETRY: Duration = Duration::from_secs(2);
 
 impl Job {
     pub fn lane(&self) -> Lane {
@@ -32,7 +53,7 @@ impl Job {
     }
 
     /// Every recipient of the job gets the same result (dead destination,
-    /// no host reachable).
+    /// no host reachable, a wait).
     pub fn all(&self, outcome: Outcome, reply: RemoteReply) -> Vec<RecipientResult> {
         self.all_of(&self.recipients, outcome, reply)
     }
@@ -55,6 +76,10 @@ impl Job {
             })
             .collect()
     }
+
+    fn waiting(&self, indices: &[usize], wait: Wait) -> Vec<RecipientResult> {
+        self.all_of(indices, Outcome::Waiting { until: wait.until }, wait.reply)
+    }
 }
 
 /// What the queue records of a client disposition: a recipient to send in a
@@ -67,33 +92,67 @@ fn outcome_of(disposition: Disposition) -> Outcome {
     }
 }
 
-/// Runs the job to its end and reports to the pass.
-pub async fn run(context: &DeliveryContext, job: Job) {
-    let results = deliver(context, &job).await;
-    job.pass.record(&context.handle, results).await;
+/// How a job ended.
+enum Ended {
+    Results(Vec<RecipientResult>),
+    /// Nothing was done yet and the destination signalled overload: the
+    /// job goes back to its destination's queue.
+    Requeue,
 }
 
-async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
-    if let Some(reason) = context.destinations.is_dead(&job.hop) {
-        return job.all(Outcome::Deferred, reason);
+/// Runs the job to its end and reports to the pass; returns the job when
+/// it is to be queued again at its destination (after the caller has
+/// freed its place there).
+pub async fn run(context: &Arc<DeliveryContext>, job: Job) -> Option<Job> {
+    match deliver(context, &job).await {
+        Ended::Results(results) => {
+            job.pass.record(&context.handle, results).await;
+            None
+        }
+        Ended::Requeue => Some(Job {
+            requeues: job.requeues + 1,
+            ..job
+        }),
     }
+}
+
+async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
+    if let Some(reason) = context.destinations.is_dead(&job.hop) {
+        return Ended::Results(job.all(Outcome::Deferred, reason));
+    }
+    let destinations = &context.destinations;
+    let key = &job.destination;
     let mut pending: Vec<usize> = job.recipients.clone();
     let mut results = Vec::new();
     // A pooled connection needs no DNS: the next hop is looked up only when
     // a new connection is opened.
-    let mut reused = context.destinations.take_idle(&job.hop);
+    let mut reused = destinations.take_idle(key, &job.pool);
     let mut fresh_connection_tried = false;
     while !pending.is_empty() {
-        let mut connection = match reused.take() {
-            Some(connection) => connection,
+        let (mut connection, fresh) = match reused.take() {
+            Some(connection) => (connection, false),
             None if fresh_connection_tried => break,
             None => {
                 fresh_connection_tried = true;
+                for idle in destinations.make_room(key) {
+                    context.tracker().spawn(idle.quit());
+                }
+                let begun = Instant::now();
                 match open(context, job).await {
-                    Ok(connection) => connection,
-                    Err((outcome, reply)) => {
-                        results.extend(job.all_of(&pending, outcome, reply));
-                        return results;
+                    Ok(connection) => (connection, true),
+                    Err(failure) => {
+                        if let Some(wait) = suspension(context, job, &failure.reply) {
+                            results.extend(job.waiting(&pending, wait));
+                            return Ended::Results(results);
+                        }
+                        if failure.overload
+                            && overloaded(context, job, begun, &failure.reply)
+                            && results.is_empty()
+                        {
+                            return Ended::Requeue;
+                        }
+                        results.extend(job.all_of(&pending, failure.outcome, failure.reply));
+                        return Ended::Results(results);
                     }
                 }
             }
@@ -104,30 +163,86 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
             .copied()
             .take(MAX_RECIPIENTS_PER_TRANSACTION)
             .collect();
-        let attempt = transaction(context, job, &mut connection, &batch).await;
+        let started = Instant::now();
+        let attempt = match transaction(context, job, &mut connection, &batch).await {
+            Ok(attempt) => attempt,
+            Err(wait) => {
+                // Kept for the next job unless the destination is suspended.
+                destinations.put_idle(key, &job.pool, connection);
+                results.extend(job.waiting(&pending, wait));
+                return Ended::Results(results);
+            }
+        };
+        if attempt.nothing_sent && !attempt.connection_usable {
+            // The MAIL command never reached the server: no start.
+            destinations.unstart(key);
+        }
         if attempt.nothing_sent && !attempt.connection_usable && !fresh_connection_tried {
             // A reused connection the server had closed: try a fresh one.
             continue;
+        }
+        let overload = attempt
+            .outcomes
+            .iter()
+            .find(|outcome| outcome.reply.code == 421)
+            .map(|outcome| outcome.reply.clone());
+        let suspended = attempt
+            .outcomes
+            .iter()
+            .find_map(|outcome| suspension(context, job, &outcome.reply));
+        let delivered_any = attempt
+            .outcomes
+            .iter()
+            .any(|outcome| outcome.disposition == Disposition::Delivered);
+        if let Some(reply) = &overload
+            && overloaded(context, job, started, reply)
+            && suspended.is_none()
+            && results.is_empty()
+            && !delivered_any
+            && attempt
+                .outcomes
+                .iter()
+                .all(|outcome| outcome.disposition != Disposition::Bounced)
+        {
+            return Ended::Requeue;
         }
         let mut retry_now = Vec::new();
         for (&index, outcome) in batch.iter().zip(attempt.outcomes) {
             if outcome.disposition == Disposition::RetryNow {
                 retry_now.push(index);
-            } else {
-                results.push(RecipientResult {
-                    index,
-                    outcome: outcome_of(outcome.disposition),
-                    reply: outcome.reply,
-                    relay: relay.clone(),
-                    next_hop_offers_dsn: connection.offers_dsn(),
-                });
+                continue;
             }
+            let held_back = match (&suspended, outcome.disposition) {
+                (Some(wait), Disposition::Deferred) => Some((wait.until, wait.reply.clone())),
+                (None, Disposition::Deferred) if outcome.reply.code == 421 => {
+                    Some((SystemTime::now() + OVERLOAD_RETRY, outcome.reply.clone()))
+                }
+                _ => None,
+            };
+            let (outcome_kind, reply) = match held_back {
+                Some((until, reply)) => (Outcome::Waiting { until }, reply),
+                None => (outcome_of(outcome.disposition), outcome.reply),
+            };
+            results.push(RecipientResult {
+                index,
+                outcome: outcome_kind,
+                reply,
+                relay: relay.clone(),
+                next_hop_offers_dsn: connection.offers_dsn(),
+            });
+        }
+        if fresh && delivered_any {
+            destinations.connection_succeeded(key);
         }
         let progressed = retry_now.len() < batch.len();
         pending.retain(|index| !batch.contains(index) || retry_now.contains(index));
+        if let Some(wait) = suspended {
+            results.extend(job.waiting(&pending, wait));
+            return Ended::Results(results);
+        }
         if attempt.connection_usable && connection.reset().await.is_ok() {
             if pending.is_empty() || !progressed {
-                context.destinations.put_idle(&job.hop, connection);
+                destinations.put_idle(key, &job.pool, connection);
             } else {
                 reused = Some(connection);
             }
@@ -141,27 +256,149 @@ async fn deliver(context: &DeliveryContext, job: &Job) -> Vec<RecipientResult> {
         "too many recipients; retrying in a later transaction",
     );
     results.extend(job.all_of(&pending, Outcome::Deferred, leftover));
-    results
+    Ended::Results(results)
+}
+
+/// How often a worker sleeps through a short rate wait before it gives the
+/// job back (other jobs may take the slots it waited for).
+const SHORT_WAITS: usize = 3;
+
+/// Waits for the destination to allow a transaction to start now: a short
+/// wait for the rate is slept through (a few times at most); a longer one,
+/// or a suspension, is returned for the recipients to be deferred without
+/// an attempt.
+async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
+    let destinations = &context.destinations;
+    let mut naps = 0;
+    loop {
+        match destinations.start_transaction(&job.destination, job.pass.id) {
+            Ok(()) => {
+                // A fleet rate: Redis has the last word (when it answers).
+                let fleet = context
+                    .cluster()
+                    .zip(destinations.rate_of(&job.destination));
+                let Some((cluster, (name, interval))) = fleet else {
+                    return Ok(());
+                };
+                match cluster.try_start(name, interval).await {
+                    None => return Ok(()),
+                    Some(wait) if wait.is_zero() => return Ok(()),
+                    Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
+                        destinations.unstart(&job.destination);
+                        naps += 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                    Some(wait) => {
+                        let label = destinations.label(&job.destination);
+                        context
+                            .handle
+                            .metrics
+                            .shaping
+                            .throttled(&label, Throttle::Rate);
+                        return Err(destinations.fleet_refused(
+                            &job.destination,
+                            job.pass.id,
+                            wait,
+                        ));
+                    }
+                }
+            }
+            Err((left, _, Throttle::Rate)) if left <= SHORT_WAIT && naps < SHORT_WAITS => {
+                naps += 1;
+                tokio::time::sleep(left).await;
+            }
+            Err((_, wait, throttle)) => {
+                let label = destinations.label(&job.destination);
+                context.handle.metrics.shaping.throttled(&label, throttle);
+                return Err(wait);
+            }
+        }
+    }
+}
+
+/// An overload signal at the job's destination from a connection or
+/// transaction begun at `begun`: lowers its limit (logged), counts the
+/// throttle. Returns whether the job may go back to its destination's queue
+/// (it has requeues left and its next hop is not dead).
+fn overloaded(context: &DeliveryContext, job: &Job, begun: Instant, reply: &RemoteReply) -> bool {
+    let destinations = &context.destinations;
+    let label = destinations.label(&job.destination);
+    if let Some(limit) = destinations.overload(&job.destination, begun) {
+        tracing::info!(
+            "destination {label}: overloaded ({reply}); connection limit lowered to {limit}"
+        );
+    }
+    context
+        .handle
+        .metrics
+        .shaping
+        .throttled(&label, Throttle::Feedback);
+    job.requeues < MAX_REQUEUES && destinations.is_dead(&job.hop).is_none()
+}
+
+/// When `reply` contains one of its destination's `suspend_on` strings: the
+/// wait of its mail. A destination suspended by this reply is announced
+/// (log line, event) and its queued jobs are deferred to the end of the
+/// suspension, its idle connections closed.
+fn suspension(context: &Arc<DeliveryContext>, job: &Job, reply: &RemoteReply) -> Option<Wait> {
+    let (wait, suspended) = context.destinations.suspend_on(&job.destination, reply)?;
+    if let Some(suspended) = suspended {
+        let until = crate::timefmt::rfc3339(suspended.until);
+        tracing::warn!(
+            "destination {} suspended until {until}: {}",
+            suspended.name,
+            suspended.reply
+        );
+        context.handle.events.publish(Event::destination(
+            EventKind::Suspended,
+            &suspended.name,
+            Some(suspended.until),
+            Some(suspended.reply.to_string()),
+        ));
+        let shaping = &context.handle.metrics.shaping;
+        for other in suspended.jobs {
+            shaping.throttled(&suspended.name, Throttle::Suspended);
+            super::engine::defer(context, other, Refusal::Wait(wait.clone()));
+        }
+        for connection in suspended.connections {
+            context.tracker().spawn(connection.quit());
+        }
+    }
+    context.handle.metrics.shaping.throttled(
+        &context.destinations.label(&job.destination),
+        Throttle::Suspended,
+    );
+    Some(wait)
+}
+
+/// Why no connection could be opened.
+struct OpenFailure {
+    outcome: Outcome,
+    reply: RemoteReply,
+    /// A host refused the connection, timed out before its greeting or
+    /// greeted with 421: an overload signal.
+    overload: bool,
 }
 
 /// Looks the next hop up and connects to the first host that answers.
-async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, (Outcome, RemoteReply)> {
-    let targets = resolve(context, &job.hop).await.map_err(|error| {
-        let outcome = if error.is_permanent() {
-            Outcome::Bounced
-        } else {
-            Outcome::Deferred
-        };
-        (
-            outcome,
-            RemoteReply::local(error.enhanced_status(), error.to_string()),
-        )
-    })?;
-    let (tls, credentials) =
-        connection_policy(context, &job.hop).map_err(|reply| (Outcome::Deferred, reply))?;
-    connect(context, job, &targets, tls, credentials.as_ref())
+async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFailure> {
+    let targets = resolve(context, &job.hop)
         .await
-        .map_err(|reply| (Outcome::Deferred, reply))
+        .map_err(|error| OpenFailure {
+            outcome: if error.is_permanent() {
+                Outcome::Bounced
+            } else {
+                Outcome::Deferred
+            },
+            reply: RemoteReply::local(error.enhanced_status(), error.to_string()),
+            overload: false,
+        })?;
+    let (tls, credentials) = connection_policy(context, &job.hop).map_err(|reply| OpenFailure {
+        outcome: Outcome::Deferred,
+        reply,
+        overload: false,
+    })?;
+    connect(context, job, &targets, tls, credentials.as_ref()).await
 }
 
 async fn resolve(context: &DeliveryContext, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
@@ -247,9 +484,10 @@ async fn connect(
     targets: &[Target],
     tls: TlsMode,
     credentials: Option<&Credentials>,
-) -> Result<Connection, RemoteReply> {
+) -> Result<Connection, OpenFailure> {
     let mut last = RemoteReply::local("4.4.4", "no mail exchanger to try");
     let mut all_unreachable = true;
+    let mut overload = false;
     for target in targets {
         match Connection::open(
             target,
@@ -275,6 +513,13 @@ async fn connect(
                 ) {
                     all_unreachable = false;
                 }
+                overload |= match error.kind {
+                    ConnectErrorKind::Connect | ConnectErrorKind::Timeout => true,
+                    ConnectErrorKind::Greeting => {
+                        error.remote.as_ref().is_some_and(|reply| reply.code == 421)
+                    }
+                    _ => false,
+                };
                 last = error.reply();
             }
         }
@@ -282,16 +527,22 @@ async fn connect(
     if all_unreachable && !targets.is_empty() {
         context.destinations.mark_dead(&job.hop, last.clone());
     }
-    Err(last)
+    Err(OpenFailure {
+        outcome: Outcome::Deferred,
+        reply: last,
+        overload,
+    })
 }
 
-/// One transaction for `batch` over `connection`.
+/// One transaction for `batch` over `connection`, once the destination
+/// lets it start (checked right before MAIL, after the body is opened, so a
+/// rate spaces the starts the remote end sees); `Err` when it must wait.
 async fn transaction(
     context: &DeliveryContext,
     job: &Job,
     connection: &mut Connection,
     batch: &[usize],
-) -> Attempt {
+) -> Result<Attempt, Wait> {
     let envelope = job.pass.snapshot();
     let recipients: Vec<OutboundRecipient> = batch
         .iter()
@@ -319,7 +570,7 @@ async fn transaction(
         Err(error) => {
             tracing::error!(queue_id = %job.pass.id, "{}: cannot read body: {error}", job.pass.id);
             let reply = RemoteReply::local("4.3.0", "queue file read error");
-            return Attempt {
+            return Ok(Attempt {
                 outcomes: batch
                     .iter()
                     .map(|_| RecipientOutcome {
@@ -329,8 +580,9 @@ async fn transaction(
                     .collect(),
                 connection_usable: true,
                 nothing_sent: true,
-            };
+            });
         }
     };
-    connection.deliver(&message, body).await
+    gate(context, job).await?;
+    Ok(connection.deliver(&message, body).await)
 }

@@ -3,7 +3,9 @@
 
 mod body;
 pub mod client;
+pub(crate) mod cluster;
 pub(crate) mod destination;
 pub(crate) mod engine;
 pub(crate) mod job;
 pub(crate) mod pass;
+pub(crate) mod rate;

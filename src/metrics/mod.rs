@@ -9,6 +9,7 @@
 
 mod histogram;
 pub mod http;
+mod shaping;
 mod text;
 
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use histogram::Histogram;
 /// `(label, count)`: the delivery engine owns those counts, so they are
 /// asked for rather than mirrored here (like the queue gauges).
 pub type DestinationConnections = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+
+pub use shaping::{DestinationShaping, ShapingMetrics, Throttle};
 
 /// What became of one recipient in one delivery attempt
 /// (`relayq_recipients_total{outcome}`).
@@ -142,6 +145,8 @@ pub struct Metrics {
     delivery_seconds: [Histogram; 2],
     /// Every SMTP listener is bound and accepting.
     listeners_up: AtomicBool,
+    /// Output control: destination gauges, throttles, the cluster's Redis.
+    pub shaping: ShapingMetrics,
 }
 
 impl Default for Metrics {
@@ -167,6 +172,7 @@ impl Metrics {
                 Histogram::new(histogram::DELIVERY_SECONDS),
             ],
             listeners_up: AtomicBool::new(false),
+            shaping: ShapingMetrics::default(),
         }
     }
 

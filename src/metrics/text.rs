@@ -234,6 +234,7 @@ pub fn render(
             &metrics.delivery_seconds[lane_index(lane)].snapshot(),
         );
     }
+    metrics.shaping.render(&mut out);
     out
 }
 

@@ -49,8 +49,7 @@ pub struct Entry {
     pub phase: Phase,
     /// Arrival, in milliseconds since the Unix epoch (for ages).
     pub arrival_ms: u64,
-    /// Delivery attempts so far: a waiting message with attempts is
-    /// "deferred", without is "ready".
+    /// Delivery attempts so far (see [`Entry::state`]).
     pub attempts: u32,
     /// The domains of its open recipients (interned, see `domains`).
     pub domains: SetId,
@@ -82,11 +81,15 @@ impl State {
 }
 
 impl Entry {
+    /// A waiting message is "deferred" once attempted, and also before its
+    /// first attempt while its due time is ahead (its destination held it
+    /// back: a rate, a suspension); otherwise "ready".
     pub fn state(&self) -> State {
         match self.phase {
             Phase::Active | Phase::Finishing => State::Active,
             Phase::Held => State::Held,
             Phase::Waiting { .. } if self.attempts > 0 => State::Deferred,
+            Phase::Waiting { due } if due > Instant::now() => State::Deferred,
             Phase::Waiting { .. } => State::Ready,
         }
     }

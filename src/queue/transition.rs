@@ -175,6 +175,14 @@ pub enum Outcome {
     Delivered,
     Deferred,
     Bounced,
+    /// Not attempted: its destination held it back (no rate token yet, a
+    /// lowered connection limit, a suspension) until `until`. Deferred
+    /// without counting an attempt or growing the backoff, and without a
+    /// log line or event of its own (the destination's throttle metric and
+    /// the recipient's last reply say why).
+    Waiting {
+        until: SystemTime,
+    },
 }
 
 /// What a delivery pass has found so far: the envelope as the pass sees it,
@@ -184,6 +192,10 @@ pub struct PassResults {
     pub envelope: Envelope,
     pub recipients: Vec<RecipientChange>,
     pub notes: Vec<Note>,
+    /// Some recipient was attempted: the pass counts as an attempt.
+    pub attempted: bool,
+    /// The earliest end of a wait among recipients held back.
+    pub wait_until: Option<SystemTime>,
 }
 
 impl PassResults {
@@ -192,6 +204,8 @@ impl PassResults {
             envelope,
             recipients: Vec::new(),
             notes: Vec::new(),
+            attempted: false,
+            wait_until: None,
         }
     }
 
@@ -212,7 +226,14 @@ impl PassResults {
                 Outcome::Delivered => (RecipientStatus::Delivered, EventKind::Delivered),
                 Outcome::Bounced => (RecipientStatus::Bounced, EventKind::Bounced),
                 Outcome::Deferred => (RecipientStatus::Deferred, EventKind::Deferred),
+                Outcome::Waiting { until } => {
+                    recipient.status = RecipientStatus::Deferred;
+                    recipient.last_reply = Some(result.reply.to_string());
+                    self.wait_until = Some(self.wait_until.map_or(until, |at| at.min(until)));
+                    continue;
+                }
             };
+            self.attempted = true;
             recipient.status = status;
             recipient.last_reply = Some(result.reply.to_string());
             let note = match result.outcome {
@@ -222,7 +243,7 @@ impl PassResults {
                         .then_some(NoteKind::Relayed)
                 }
                 Outcome::Bounced => Some(NoteKind::Failed),
-                Outcome::Deferred => None,
+                Outcome::Deferred | Outcome::Waiting { .. } => None,
             };
             if let Some(kind) = note {
                 self.notes.push(Note {
@@ -281,6 +302,11 @@ impl PassResults {
     /// The end of the pass: one more attempt, expiry or the delay warning,
     /// an operator's operation left with the pass, then the removal or the
     /// next attempt (`jitter` in 0..1, see [`RetryPolicy::delay`]).
+    ///
+    /// A pass in which every open recipient was held back by its
+    /// destination ([`Outcome::Waiting`]) is no attempt: the count stays,
+    /// and the next attempt is the end of the wait, not a backoff. A pass
+    /// with both comes back at the earlier of the two.
     pub fn finish(
         self,
         id: QueueId,
@@ -293,8 +319,13 @@ impl PassResults {
             mut envelope,
             mut recipients,
             mut notes,
+            attempted,
+            wait_until,
         } = self;
-        envelope.attempts += 1;
+        let counts_as_attempt = attempted || wait_until.is_none();
+        if counts_as_attempt {
+            envelope.attempts += 1;
+        }
         let age = now.duration_since(envelope.arrival()).unwrap_or_default();
         // Time on hold counts neither toward expiry nor the delay warning.
         let counted_age = envelope.queued_age(now);
@@ -367,8 +398,14 @@ impl PassResults {
         let record = if removed || envelope.is_complete() {
             Record::Remove
         } else {
-            let retry_in = policy.delay(envelope.attempts, jitter);
-            envelope.next_attempt_ms = Some(unix_ms(now + retry_in));
+            let backoff = counts_as_attempt.then(|| now + policy.delay(envelope.attempts, jitter));
+            let next = match (backoff, wait_until) {
+                (Some(backoff), Some(wait)) => backoff.min(wait),
+                (Some(backoff), None) => backoff,
+                (None, Some(wait)) => wait,
+                (None, None) => now,
+            };
+            envelope.next_attempt_ms = Some(unix_ms(next));
             Record::Update
         };
         Transition {

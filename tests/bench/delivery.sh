@@ -14,7 +14,12 @@
 #   LAT_RATE=500           offered msg/s for the accepted->delivered probe
 #   LAT_DURATION=20        seconds (QUICK=1: 5); LAT_MODE=pool|new (pool: SESSIONS
 #                          persistent sessions; new: a connection per message)
-#   CASES="drain e2e latency"
+#   CASES="drain e2e latency"  (also "throttle": a sink serving THROTTLE_SESSIONS
+#                          sessions that answers 421 beyond; time to drain THROTTLE_MESSAGES)
+#   RULES=0                1: relayq gets [[destination]] rules that match none of the
+#                          mail (a domain rule with a rate, an mx: rule): what rules cost
+#                          when they do not bind
+#   THROTTLE_MESSAGES=10000 THROTTLE_SESSIONS=4 THROTTLE_PORT=2615
 #   SYSTEMS="relayq postfix"
 #   FILL_TIMEOUT=900 DRAIN_TIMEOUT=900 STALL=60  bounds (seconds); a drain
 #                          that makes no progress for STALL seconds stops
@@ -47,6 +52,10 @@ LAT_RATE=${LAT_RATE:-500}
 LAT_DURATION=${LAT_DURATION:-20}
 LAT_MODE=${LAT_MODE:-pool}
 CASES=${CASES:-"drain e2e latency"}
+RULES=${RULES:-0}
+THROTTLE_MESSAGES=${THROTTLE_MESSAGES:-10000}
+THROTTLE_SESSIONS=${THROTTLE_SESSIONS:-4}
+THROTTLE_PORT=${THROTTLE_PORT:-2615}
 SYSTEMS=${SYSTEMS:-"relayq postfix"}
 FILL_TIMEOUT=${FILL_TIMEOUT:-900}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-900}
@@ -74,7 +83,7 @@ fsub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
 fdiv() { awk -v a="$1" -v b="$2" -v f="${3:-%.1f}" 'BEGIN{ if (b > 0) printf f, a/b; else printf "NA" }'; }
 
 for v in DRAIN_MESSAGES E2E_MESSAGES DOMAINS SIZE SESSIONS LAT_RATE LAT_DURATION FILL_TIMEOUT DRAIN_TIMEOUT STALL \
-    IDLE_WAIT IDLE_PCT SINK_PORT PF_PORT RQ_PORT TSINK_PORT DNS_PORT; do
+    IDLE_WAIT IDLE_PCT SINK_PORT PF_PORT RQ_PORT TSINK_PORT DNS_PORT RULES THROTTLE_MESSAGES THROTTLE_SESSIONS THROTTLE_PORT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((DOMAINS >= 1 && DOMAINS <= 1000)) || die "DOMAINS must be 1..1000"
@@ -101,14 +110,14 @@ fi
 PY=$(command -v python3)
 id postfix >/dev/null 2>&1 || die "user 'postfix' missing"
 
-for p in $SINK_PORT $PF_PORT $RQ_PORT $TSINK_PORT $DNS_PORT; do port_busy "$p" && die "port $p is already in use"; done
+for p in $SINK_PORT $PF_PORT $RQ_PORT $TSINK_PORT $DNS_PORT $THROTTLE_PORT; do port_busy "$p" && die "port $p is already in use"; done
 
 # ------------------------------------------------------------------ workspace
 WORK=$(mktemp -d /tmp/relayq-dbench.XXXX) || die "mktemp"
 chmod 755 "$WORK"
 PROBLEMS=$WORK/problems.txt RES=$WORK/results.txt
 : >"$PROBLEMS"; : >"$RES"
-SINK_PID= TSINK_PID= DNS_PID= PF_DIR= PF_MASTER= RQ_PID= CUR_PID=
+SINK_PID= TSINK_PID= DNS_PID= PF_DIR= PF_MASTER= RQ_PID= CUR_PID= THR_PID=
 problem() { echo "$*" >>"$PROBLEMS"; log "problem: $*"; }
 
 cleanup() {
@@ -119,6 +128,7 @@ cleanup() {
     pf_stop
     [[ -n $SINK_PID ]] && stop_pid "$SINK_PID" sink 5
     [[ -n $TSINK_PID ]] && stop_pid "$TSINK_PID" timed-sink 5
+    [[ -n $THR_PID ]] && stop_pid "$THR_PID" throttle-sink 5
     [[ -n $DNS_PID ]] && stop_pid "$DNS_PID" dnsmasq 5
     if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"
@@ -238,6 +248,20 @@ max = "2s"
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
 EOF
+    if [[ $RULES == 1 ]]; then
+        # Rules that match none of the bench's mail: the cost of looking.
+        cat >>"$RQ_DIR/relayq.toml" <<EOF
+[[destination]]
+name = "partner"
+match = ["partner.example", "*.partner.example"]
+rate = "10/s"
+[[destination]]
+name = "provider"
+match = ["mx:*.provider.example"]
+concurrency = 10
+suspend_on = ["4.7.28"]
+EOF
+    fi
 }
 rq_start() { # starts relayq on $RQ_DIR; appends to $RQ_DIR/relayq-N.log
     rq_seq=$((rq_seq + 1))
@@ -304,6 +328,7 @@ row() { printf '%s\n' "$*" >>"$RES"; }
     echo "host: $(uname -srm); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')); $(free -g | awk '/Mem:/{print $2}') GiB RAM"
     echo "disk: $(df -hT "$WORK" | awk 'NR==2{print $1, $2}') (Postfix queue and relayq spool both in $WORK)"
     echo "postfix: $(postconf -d mail_version 2>/dev/null | cut -d' ' -f3); dnsmasq: $(dnsmasq --version | head -1 | awk '{print $3}'); $("$PY" --version 2>&1)"
+    echo "relayq [[destination]] rules that do not bind: $([[ $RULES == 1 ]] && echo yes || echo no)"
     echo "settings: DRAIN_MESSAGES=$DRAIN_MESSAGES E2E_MESSAGES=$E2E_MESSAGES DOMAINS=$DOMAINS SIZE=$SIZE SESSIONS=$SESSIONS LAT_RATE=$LAT_RATE LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE CASES='$CASES' SYSTEMS='$SYSTEMS'"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); clk_tck $HZ"
 } >"$WORK/meta.txt"
@@ -520,6 +545,105 @@ latency_postfix() {
     pf_set "relayhost = [127.0.0.1]:$SINK_PORT"
 }
 
+# ============================================================== 4. throttle
+# A remote that serves THROTTLE_SESSIONS sessions and answers 421 beyond them
+# (throttle_sink.py); THROTTLE_MESSAGES to one domain, queued while delivery
+# is gated, then drained: time, msg/s, refused connections per delivered
+# message. Shows the concurrency feedback of each system.
+thr_start() { # stats-file
+    wait_port_free "$THROTTLE_PORT" 10 || die "port $THROTTLE_PORT still busy"
+    "$PY" "$HERE/throttle_sink.py" --port "$THROTTLE_PORT" --sessions "$THROTTLE_SESSIONS" --stats "$1" \
+        --max-seconds $((DRAIN_TIMEOUT + 120)) >>"$WORK/throttle-sink.log" 2>&1 &
+    THR_PID=$!
+    wait_port "$THROTTLE_PORT" 10 || die "throttle sink did not listen"
+}
+thr_stop() { stop_pid "$THR_PID" throttle-sink 10; wait "$THR_PID" 2>/dev/null; THR_PID=; }
+thr_stat() { grep -oE "$1=[0-9.]+" "$2" | cut -d= -f2; }
+fill_one() { # port total tag: SESSIONS sessions, all to r@d1.test
+    local t0 t1
+    t0=$(now)
+    run_bg timeout -s TERM "$FILL_TIMEOUT" smtp-source -d -s "$SESSIONS" -m "$2" -l "$SIZE" -f "$SENDER" -t r@d1.test \
+        "127.0.0.1:$1" >"$WORK/fill-$3.out" 2>"$WORK/fill-$3.err"
+    FILL_RC=$?
+    t1=$(now)
+    FILL_SECS=$(fsub "$t1" "$t0")
+    ((FILL_RC == 0)) || problem "fill $3: smtp-source exit $FILL_RC: $(head -3 "$WORK/fill-$3.err" | tr '\n' '|')"
+}
+thr_record() { # prefix stats-file count t_start t_done status
+    R[${1}_thr_n]=$3
+    R[${1}_thr_status]=$6
+    R[${1}_thr_s]=$(fsub "$5" "$4")
+    R[${1}_thr_delivered]=$(thr_stat delivered "$2")
+    R[${1}_thr_refused]=$(thr_stat refused "$2")
+    R[${1}_thr_sessions]=$(thr_stat sessions "$2")
+    R[${1}_thr_max_open]=$(thr_stat max_open "$2")
+}
+throttle_relayq() {
+    local n=$THROTTLE_MESSAGES dir=$WORK/rq-thr stats=$WORK/thr-rq.stats keep_sink=$SINK_PORT keep_pid=$SINK_PID
+    log "throttle/relayq: fill $n msgs to one domain with delivery gated, then drain into a sink of $THROTTLE_SESSIONS sessions"
+    rq_config "$dir" "$THROTTLE_PORT"
+    SINK_PORT=$THROTTLE_PORT
+    tarpit_start
+    SINK_PORT=$keep_sink
+    local tarpit=$SINK_PID
+    SINK_PID=$keep_pid
+    rq_start || return 1
+    fill_one "$RQ_PORT" "$n" rq-thr
+    rq_stop "throttle fill"
+    [[ ${RQ_QUEUED:-} == "$n" ]] || problem "relayq throttle: $n sent, ${RQ_QUEUED:-?} queued at shutdown"
+    stop_pid "$tarpit" tarpit 5; wait "$tarpit" 2>/dev/null
+    thr_start "$stats"
+    quiet_wait
+    local want=${RQ_QUEUED:-$n} t_start cnt t_first t_done st
+    t_start=$(now)
+    rq_start || return 1
+    read -r cnt t_first t_done st < <(follow "$RQ_LOG" ': removed( queue_id=|$)' "$want" 0 "$DRAIN_TIMEOUT" "$STALL" "$RQ_PID")
+    R[rq_thr_cpu]=$(rq_cpu "$RQ_PID")
+    sleep 1.2
+    thr_stop
+    thr_record rq "$stats" "$cnt" "$t_start" "$t_done" "$st"
+    R[rq_thr_lowered]=$(grep -ac 'connection limit lowered' "$RQ_LOG")
+    R[rq_thr_deferred]=$(grep -ac 'status=deferred' "$RQ_LOG")
+    ((cnt >= want)) || problem "relayq throttle: only $cnt of $want removed ($st)"
+    # The 421s are the point here; only other trouble is a problem.
+    grep -aE 'panic|\bERROR\b' "$RQ_LOG" | head -3 | cut -c1-250 | sed 's/^/relayq throttle: /' >>"$PROBLEMS"
+    stop_pid "$RQ_PID" relayq 30; wait "$RQ_PID" 2>/dev/null; RQ_PID=
+    cp "$RQ_LOG" "$WORK/rq-thr.log"
+    rm -rf "$dir/spool"
+}
+throttle_postfix() {
+    local n=$THROTTLE_MESSAGES stats=$WORK/thr-pf.stats
+    log "throttle/postfix: fill $n msgs into the hold queue, then drain into a sink of $THROTTLE_SESSIONS sessions"
+    # Retry timing like relayq's bench config (2 s); concurrency feedback as shipped.
+    pf_set "relayhost = [127.0.0.1]:$THROTTLE_PORT" "minimal_backoff_time = 2s" "maximal_backoff_time = 2s" \
+        "queue_run_delay = 2s" "header_checks = regexp:$PF_DIR/etc/hold.regexp"
+    fill_one "$PF_PORT" "$n" pf-thr
+    local i h
+    for ((i = 0; i < 600; i++)); do
+        h=$(pf_hold_count)
+        ((h >= n)) && break
+        sleep 0.5
+    done
+    pf_set "header_checks ="
+    thr_start "$stats"
+    quiet_wait
+    local off t_start cnt t_first t_done st
+    off=$(fsize "$PF_DIR/maillog")
+    cpu_total "$PF_MASTER" "$WORK/pf-thr.0"
+    t_start=$(now)
+    postsuper -c "$PF_DIR/etc" -H ALL >>"$WORK/postsuper.log" 2>&1
+    postqueue -c "$PF_DIR/etc" -f >>"$WORK/postsuper.log" 2>&1
+    read -r cnt t_first t_done st < <(follow "$PF_DIR/maillog" ': removed( queue_id=|$)' "$h" "$off" "$DRAIN_TIMEOUT" "$STALL" "$PF_MASTER")
+    cpu_total "$PF_MASTER" "$WORK/pf-thr.1"
+    R[pf_thr_cpu]=$(cpu_diff "$WORK/pf-thr.0" "$WORK/pf-thr.1" | awk '{print $1}')
+    sleep 1.2
+    thr_stop
+    thr_record pf "$stats" "$cnt" "$t_start" "$t_done" "$st"
+    R[pf_thr_deferred]=$(tail -c +"$((off + 1))" "$PF_DIR/maillog" | grep -ac 'status=deferred')
+    ((cnt >= h)) || problem "postfix throttle: only $cnt of $h removed ($st)"
+    pf_set "relayhost = [127.0.0.1]:$SINK_PORT" "minimal_backoff_time = 300s" "maximal_backoff_time = 4000s" "queue_run_delay = 300s"
+}
+
 # ---------------------------------------------------------------------- run
 if case_on drain; then
     sys_on relayq && drain_relayq
@@ -534,6 +658,10 @@ fi
 if case_on latency; then
     sys_on relayq && latency_relayq
     if sys_on postfix; then [[ -n $PF_DIR ]] || pf_start_held "$SINK_PORT"; latency_postfix; fi
+fi
+if case_on throttle; then
+    sys_on relayq && throttle_relayq
+    if sys_on postfix; then [[ -n $PF_DIR ]] || pf_start_held "$SINK_PORT"; throttle_postfix; fi
 fi
 if [[ -n $PF_DIR ]]; then
     w=$(grep -acE 'warning|fatal|panic' "$PF_DIR/maillog")
@@ -600,6 +728,22 @@ OUT=$WORK/report.txt
             echo "            client: $(g ${s}_lat_ack)"
         done
         echo "   target: relayq p99 < 50 ms"
+        echo
+    fi
+    if case_on throttle; then
+        echo "4. Throttling remote: $THROTTLE_MESSAGES x ${SIZE} B to one domain, queued with delivery gated, then drained into"
+        echo "   throttle_sink.py, which serves $THROTTLE_SESSIONS sessions at once and greets more with 421 4.7.0 (then closes)"
+        printf '   %-8s %9s %9s %9s %9s %11s %9s %9s %10s %s\n' system msgs drain_s "msg/s" refused "refused/msg" sessions max_open deferrals status
+        for s in relayq postfix; do
+            sys_on $s || continue
+            p=$([[ $s == relayq ]] && echo rq || echo pf)
+            printf '   %-8s %9s %9s %9s %9s %11s %9s %9s %10s %s\n' "$s" "$(g ${p}_thr_n)" "$(g ${p}_thr_s)" \
+                "$(rate "$(g ${p}_thr_n)" "$(g ${p}_thr_s)")" "$(g ${p}_thr_refused)" \
+                "$(awk -v r="$(g ${p}_thr_refused)" -v d="$(g ${p}_thr_delivered)" 'BEGIN{ if (d+0 > 0) printf "%.4f", r/d; else printf "NA" }')" \
+                "$(g ${p}_thr_sessions)" "$(g ${p}_thr_max_open)" "$(g ${p}_thr_deferred)" "$(g ${p}_thr_status)"
+        done
+        sys_on relayq && echo "   relayq: $(g rq_thr_lowered) 'connection limit lowered' log lines; cpu ms/msg $(ms_per "$(g rq_thr_cpu)" "$(g rq_thr_n)") (drain)"
+        sys_on postfix && echo "   postfix: backoff and queue_run_delay 2 s (like relayq's bench retry), concurrency feedback as shipped; cpu ms/msg $(ms_per "$(g pf_thr_cpu)" "$(g pf_thr_n)") (drain)"
         echo
     fi
     echo "CPU: relayq = utime+stime of its process (all threads, /proc/PID/stat); postfix = master + whole process tree incl."

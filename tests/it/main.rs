@@ -8,6 +8,7 @@
 mod common;
 
 mod check_config;
+mod cluster_redis;
 mod connection_pressure;
 mod crash_soak;
 mod delivery_connections;
@@ -16,6 +17,11 @@ mod delivery_faults;
 mod delivery_mx;
 mod delivery_outcomes;
 mod delivery_tls;
+mod destination_config;
+mod destination_feedback;
+mod destination_rate;
+mod destination_rollup;
+mod destination_suspension;
 mod dns_resolution;
 mod durability;
 mod group_commit;

@@ -379,3 +379,85 @@ fn reports_follow_notify_and_never_go_to_the_null_sender() {
     assert!(reported(&message, &notes).is_empty());
     assert_eq!(unreported_failures(&message, &notes), 2);
 }
+
+#[test]
+fn held_back_recipients_wait_without_an_attempt_or_backoff() {
+    let mut message = envelope(&["a@x.org", "b@y.org"]);
+    message.attempts = 2;
+    let mut pass = PassResults::new(message);
+    let wait = |index, seconds| RecipientResult {
+        index,
+        outcome: Outcome::Waiting { until: at(seconds) },
+        reply: RemoteReply::local("4.7.0", "destination x rate limit: next start in 7.0s"),
+        relay: None,
+        next_hop_offers_dsn: false,
+    };
+    pass.record(vec![wait(0, 17), wait(1, 12)], Duration::ZERO, at(10));
+    assert!(pass.recipients.is_empty(), "a wait is not announced");
+    let transition = pass.finish(QueueId(7), None, &policy(None), at(10), 0.5);
+    assert_eq!(transition.envelope.attempts, 2, "no attempt counted");
+    assert_eq!(transition.record, Record::Update);
+    assert_eq!(transition.envelope.next_attempt_ms, Some(unix_ms(at(12))));
+    let recipient = &transition.envelope.recipients[0];
+    assert_eq!(recipient.status, RecipientStatus::Deferred);
+    assert_eq!(
+        recipient.last_reply.as_deref(),
+        Some("4.7.0 destination x rate limit: next start in 7.0s")
+    );
+    assert!(transition.recipients.is_empty());
+    assert!(transition.notes.is_empty());
+}
+
+#[test]
+fn an_attempt_beside_a_wait_counts_and_comes_back_at_the_earlier_time() {
+    let mut pass = PassResults::new(envelope(&["a@x.org", "b@y.org"]));
+    let waiting = RecipientResult {
+        index: 1,
+        outcome: Outcome::Waiting { until: at(20) },
+        reply: RemoteReply::local("4.7.0", "destination y suspended"),
+        relay: None,
+        next_hop_offers_dsn: false,
+    };
+    pass.record(
+        vec![result(0, Outcome::Deferred, 451, "4.3.0"), waiting],
+        Duration::ZERO,
+        at(10),
+    );
+    let transition = pass
+        .clone()
+        .finish(QueueId(7), None, &policy(None), at(10), 0.5);
+    assert_eq!(transition.envelope.attempts, 1);
+    assert_eq!(transition.envelope.next_attempt_ms, Some(unix_ms(at(20))));
+    assert_eq!(
+        transition.recipients.len(),
+        1,
+        "only the attempt is announced"
+    );
+
+    // A wait longer than the backoff: the backoff decides.
+    pass.wait_until = Some(at(100_000));
+    let transition = pass.finish(QueueId(7), None, &policy(None), at(10), 0.5);
+    let backoff = unix_ms(at(10) + policy(None).delay(1, 0.5));
+    assert_eq!(transition.envelope.next_attempt_ms, Some(backoff));
+}
+
+#[test]
+fn a_wait_past_the_maximum_age_still_expires() {
+    let mut pass = PassResults::new(envelope(&["a@x.org"]));
+    pass.record(
+        vec![RecipientResult {
+            index: 0,
+            outcome: Outcome::Waiting {
+                until: at(6 * 86400),
+            },
+            reply: RemoteReply::local("4.7.0", "destination x suspended"),
+            relay: None,
+            next_hop_offers_dsn: false,
+        }],
+        Duration::ZERO,
+        at(6 * 86400 - 1),
+    );
+    let transition = pass.finish(QueueId(7), None, &policy(None), at(6 * 86400), 0.5);
+    assert_eq!(transition.record, Record::Remove);
+    assert_eq!(transition.recipients[0].kind, EventKind::Expired);
+}

@@ -80,6 +80,10 @@ pub struct Script {
     /// Refuse a message with a content line longer than this many octets
     /// (without CRLF) with `500 5.5.0`, as a conforming MX does for 998.
     pub max_line_length: Option<usize>,
+    /// Serve at most this many sessions at once: a connection beyond them
+    /// is greeted with `421 4.7.0 Too many connections` and closed, and is
+    /// counted in `refused_sessions` rather than `sessions`.
+    pub max_sessions: Option<usize>,
 }
 
 impl Default for Script {
@@ -111,6 +115,7 @@ impl Default for Script {
             overlong_reply_at: None,
             idle_close: None,
             max_line_length: None,
+            max_sessions: None,
         }
     }
 }
@@ -148,6 +153,9 @@ struct State {
     max_concurrent: usize,
     command_batches: usize,
     final_dots: usize,
+    /// When each MAIL command arrived.
+    mail_times: Vec<Instant>,
+    refused_sessions: usize,
 }
 
 #[derive(Default)]
@@ -248,6 +256,16 @@ impl FakeMx {
         self.shared.state.lock().unwrap().active
     }
 
+    /// When each MAIL command arrived, in order: a transaction's start.
+    pub fn mail_times(&self) -> Vec<Instant> {
+        self.shared.state.lock().unwrap().mail_times.clone()
+    }
+
+    /// Connections refused with 421 because `max_sessions` were open.
+    pub fn refused_sessions(&self) -> usize {
+        self.shared.state.lock().unwrap().refused_sessions
+    }
+
     /// Every command line received, in order (AUTH exchanges included).
     pub fn commands(&self) -> Vec<String> {
         self.shared.state.lock().unwrap().commands.clone()
@@ -282,14 +300,27 @@ async fn serve(
         tokio::select! {
             _ = &mut stopped => return,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((mut stream, _)) = accepted else { continue };
+                let (script, acceptor) = current.lock().unwrap().clone();
+                let full = shared.update(|state| {
+                    let full = script.max_sessions.is_some_and(|max| state.active >= max);
+                    state.refused_sessions += usize::from(full);
+                    full
+                });
+                if full {
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let _ = stream.write_all(b"421 4.7.0 Too many connections\r\n").await;
+                        let _ = stream.shutdown().await;
+                    });
+                    continue;
+                }
                 let number = shared.update(|state| {
                     state.sessions += 1;
                     state.active += 1;
                     state.max_concurrent = state.max_concurrent.max(state.active);
                     state.sessions
                 });
-                let (script, acceptor) = current.lock().unwrap().clone();
                 let session = Session::new(stream, script, acceptor, shared.clone(), number);
                 tokio::spawn(session.run());
             }

@@ -4,6 +4,7 @@ pub mod delivery;
 pub mod dns_server;
 
 pub mod fake_mx;
+pub mod shaping;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -278,6 +278,8 @@ impl Session {
         }
         self.reset();
         self.mail_from = Some(line);
+        self.shared
+            .update(|state| state.mail_times.push(std::time::Instant::now()));
         self.reply_at(Stage::Mail, "250 2.1.0 Ok").await
     }
 
