@@ -41,13 +41,7 @@ fn control(input: &mut Unstructured) -> Result<Control> {
     let actions = (0..count)
         .map(|_| {
             input
-                .choose(&[
-                    Action::Failed,
-                    Action::Delayed,
-                    Action::Delivered,
-                    Action::Relayed,
-                    Action::Expanded,
-                ])
+                .choose(&[Action::Failed, Action::Delayed, Action::Relayed])
                 .copied()
         })
         .collect::<Result<_>>()?;

@@ -655,14 +655,22 @@ impl Destinations {
     /// Keeps a connection (already reset) for the next message to `hop`,
     /// unless it has carried its share of transactions or the destination
     /// is suspended.
-    pub fn put_idle(&self, key: &DestinationKey, hop: &NextHop, connection: Connection) {
+    /// Returns the connection when it is not kept (it carried its last
+    /// transaction, or the pool is full or suspended): the caller closes it
+    /// with QUIT on a tracked task.
+    #[must_use = "a connection not kept must be closed"]
+    pub fn put_idle(
+        &self,
+        key: &DestinationKey,
+        hop: &NextHop,
+        connection: Connection,
+    ) -> Option<Connection> {
         let per_connection = match key {
             DestinationKey::Rule(index) => self.rules[*index].messages_per_connection,
             DestinationKey::Hop(_) => MAX_TRANSACTIONS_PER_CONNECTION,
         };
         if connection.completed_transactions() >= per_connection {
-            tokio::spawn(connection.quit());
-            return;
+            return Some(connection);
         }
         let now = Instant::now();
         let mut table = self.lock();
@@ -670,9 +678,9 @@ impl Destinations {
         if destination.idle.len() < MAX_IDLE_CONNECTIONS && destination.suspended_at(now).is_none()
         {
             destination.idle.push((hop.clone(), connection, now));
+            None
         } else {
-            drop(table);
-            tokio::spawn(connection.quit());
+            Some(connection)
         }
     }
 

@@ -168,7 +168,9 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
             Ok(attempt) => attempt,
             Err(wait) => {
                 // Kept for the next job unless the destination is suspended.
-                destinations.put_idle(key, &job.pool, connection);
+                if let Some(closing) = destinations.put_idle(key, &job.pool, connection) {
+                    context.tracker().spawn(closing.quit());
+                }
                 results.extend(job.waiting(&pending, wait));
                 return Ended::Results(results);
             }
@@ -194,8 +196,14 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
             .outcomes
             .iter()
             .any(|outcome| outcome.disposition == Disposition::Delivered);
-        if let Some(reply) = &overload
-            && overloaded(context, job, started, reply)
+        // Whether this overload signal may still put the mail back at its
+        // destination: past MAX_REQUEUES it is an ordinary deferral, with
+        // an attempt counted and the message's backoff.
+        let overload_retry = match &overload {
+            Some(reply) => overloaded(context, job, started, reply),
+            None => false,
+        };
+        if overload_retry
             && suspended.is_none()
             && results.is_empty()
             && !delivered_any
@@ -214,7 +222,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
             }
             let held_back = match (&suspended, outcome.disposition) {
                 (Some(wait), Disposition::Deferred) => Some((wait.until, wait.reply.clone())),
-                (None, Disposition::Deferred) if outcome.reply.code == 421 => {
+                (None, Disposition::Deferred) if outcome.reply.code == 421 && overload_retry => {
                     Some((SystemTime::now() + OVERLOAD_RETRY, outcome.reply.clone()))
                 }
                 _ => None,
@@ -242,7 +250,9 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
         }
         if attempt.connection_usable && connection.reset().await.is_ok() {
             if pending.is_empty() || !progressed {
-                destinations.put_idle(key, &job.pool, connection);
+                if let Some(closing) = destinations.put_idle(key, &job.pool, connection) {
+                    context.tracker().spawn(closing.quit());
+                }
             } else {
                 reused = Some(connection);
             }
