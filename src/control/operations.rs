@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use relayq_spool::QueueId;
+use relayq_spool::{QueueId, SpoolError};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -232,59 +232,75 @@ async fn run_chunk(
     if claimed.is_empty() {
         return false;
     }
-    let ids: Vec<QueueId> = claimed.iter().map(|(id, _)| *id).collect();
-    let spool = handle.spool.clone();
-    let read = tokio::task::spawn_blocking(move || spool.envelopes(&ids)).await;
-    let envelopes = match read {
-        Ok(Ok(envelopes)) => envelopes,
-        failed => {
-            let error = match failed {
-                Ok(Err(error)) => error.to_string(),
-                Err(error) => error.to_string(),
-                Ok(Ok(_)) => String::new(),
-            };
-            tracing::error!("bulk {operation:?}: cannot read envelopes: {error}");
-            for (id, entry) in claimed {
-                queue.unclaim(id, entry);
-                let reason = format!("cannot read the envelope: {error}");
-                record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
-            }
-            return true;
-        }
-    };
     let now = SystemTime::now();
     let mut transitions: Vec<Transition> = Vec::with_capacity(claimed.len());
     let mut applied: Vec<(QueueId, Entry)> = Vec::with_capacity(claimed.len());
-    for ((id, entry), bytes) in claimed.into_iter().zip(envelopes) {
-        match bytes.map(|bytes| crate::queue::Envelope::decode(&bytes)) {
-            Some(Ok(envelope)) => {
-                transitions.push(transition::operator(id, envelope, operation, now));
-                applied.push((id, entry));
+    if operation == Operation::Delete {
+        // A delete changes nothing in the envelope and reports on none of its
+        // recipients: it is not read.
+        for (id, entry) in claimed {
+            transitions.push(transition::deleted(id, entry.lane, entry.arrival_ms, now));
+            applied.push((id, entry));
+        }
+    } else {
+        let envelopes = match read_envelopes(handle, &claimed).await {
+            Ok(envelopes) => envelopes,
+            Err(error) => {
+                tracing::error!("bulk {operation:?}: cannot read envelopes: {error}");
+                for (id, entry) in claimed {
+                    queue.unclaim(id, entry);
+                    let reason = format!("cannot read the envelope: {error}");
+                    record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
+                }
+                return true;
             }
-            Some(Err(error)) => {
-                queue.unclaim(id, entry);
-                let reason = format!("cannot read the envelope: {error}");
-                record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
-            }
-            None => {
-                queue.remove(id);
-                record(report, id, Err(Outcome::NotFound), bulk.report_ids);
+        };
+        for ((id, entry), bytes) in claimed.into_iter().zip(envelopes) {
+            match bytes.map(|bytes| crate::queue::Envelope::decode(&bytes)) {
+                Some(Ok(envelope)) => {
+                    transitions.push(transition::operator(id, envelope, operation, now));
+                    applied.push((id, entry));
+                }
+                Some(Err(error)) => {
+                    queue.unclaim(id, entry);
+                    let reason = format!("cannot read the envelope: {error}");
+                    record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
+                }
+                None => {
+                    queue.remove(id);
+                    record(report, id, Err(Outcome::NotFound), bulk.report_ids);
+                }
             }
         }
     }
+    let mut stop = false;
+    let mut done = Vec::with_capacity(applied.len());
     if let Err(error) = handle.apply_all(&transitions).await {
-        tracing::error!(
-            "bulk {operation:?}: cannot commit a chunk of {}: {error}",
+        // One message the spool refuses fails the whole commit: go on one
+        // at a time, so it fails alone.
+        tracing::warn!(
+            "bulk {operation:?}: a chunk of {} failed to commit ({error}); committing it one message at a time",
             applied.len()
         );
-        for (id, entry) in applied {
-            queue.unclaim(id, entry);
-            let reason = format!("cannot commit: {error}");
-            record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
+        for ((id, entry), transition) in applied.into_iter().zip(&transitions) {
+            match handle.apply(transition).await {
+                Ok(()) => done.push(id),
+                Err(SpoolError::NotFound(_)) => {
+                    queue.remove(id);
+                    record(report, id, Err(Outcome::NotFound), bulk.report_ids);
+                }
+                Err(error) => {
+                    queue.unclaim(id, entry);
+                    let reason = format!("cannot commit: {error}");
+                    record(report, id, Err(Outcome::Skipped(reason)), bulk.report_ids);
+                    stop = true;
+                }
+            }
         }
-        return true;
+    } else {
+        done.extend(applied.into_iter().map(|(id, _)| id));
     }
-    for (id, _) in applied {
+    for id in done {
         record(report, id, Ok(()), bulk.report_ids);
         // Another operator asked for the message while this chunk held it.
         if let Some(pending) = queue.drop_pending(id) {
@@ -294,7 +310,22 @@ async fn run_chunk(
             }
         }
     }
-    false
+    stop
+}
+
+/// The stored envelopes of `claimed`, in one read transaction on the
+/// blocking pool.
+async fn read_envelopes(
+    handle: &QueueHandle,
+    claimed: &[(QueueId, Entry)],
+) -> Result<Vec<Option<Vec<u8>>>, String> {
+    let ids: Vec<QueueId> = claimed.iter().map(|(id, _)| *id).collect();
+    let spool = handle.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.envelopes(&ids)).await {
+        Ok(Ok(envelopes)) => Ok(envelopes),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// For a message whose delivery pass is in flight: leaves a hold, delete

@@ -167,17 +167,29 @@ pub fn instant_for(due_ms: Option<u64>) -> Instant {
 
 impl Queue {
     /// Rebuilds the queue from every message in the spool, reading the
-    /// envelopes in chunks on the blocking pool (memory does not grow with
-    /// the spool beyond the schedule itself).
+    /// envelopes in chunks. All of it runs on one blocking-pool thread: the
+    /// decoded envelopes, garbage a moment later, and the schedule's
+    /// long-lived entries come from one allocator arena, so the memory a
+    /// restart leaves behind is the schedule's, not the decoding's (decoding
+    /// on one thread and inserting on another left glibc's arenas holding
+    /// hundreds of MB after a restart with a million queued).
     pub async fn rebuild(spool: &Spool) -> Result<(Queue, Recovery), SpoolError> {
+        let spool = spool.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || Queue::rebuild_blocking(&spool, &runtime))
+            .await
+            .map_err(|error| SpoolError::Io(std::io::Error::other(error)))?
+    }
+
+    fn rebuild_blocking(
+        spool: &Spool,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(Queue, Recovery), SpoolError> {
         let queue = Queue::default();
         let mut recovery = Recovery::default();
         let mut after = None;
         loop {
-            let reader = spool.clone();
-            let chunk = tokio::task::spawn_blocking(move || reader.scan_from(after, REBUILD_CHUNK))
-                .await
-                .map_err(|error| SpoolError::Io(std::io::Error::other(error)))??;
+            let chunk = spool.scan_from(after, REBUILD_CHUNK)?;
             let Some(&(last, _)) = chunk.last() else {
                 break;
             };
@@ -205,7 +217,7 @@ impl Queue {
             }
             recovery.completed += completed.len();
             if !completed.is_empty() {
-                spool.apply(completed).await?;
+                runtime.block_on(spool.apply(completed))?;
             }
         }
         Ok((queue, recovery))

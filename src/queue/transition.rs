@@ -436,6 +436,23 @@ pub fn complete(id: QueueId, envelope: Envelope, now: SystemTime) -> Transition 
     }
 }
 
+/// An operator's delete of a claimed message whose envelope was not read
+/// (a bulk delete): nothing in it changes and no recipient is reported, so
+/// the message's lane and arrival (for the announcement) are all it needs.
+pub fn deleted(id: QueueId, lane: Lane, arrival_ms: u64, now: SystemTime) -> Transition {
+    let arrival = SystemTime::UNIX_EPOCH + Duration::from_millis(arrival_ms);
+    Transition {
+        id,
+        lane,
+        envelope: Envelope::new(String::new(), Vec::new(), lane, arrival, 0),
+        record: Record::Remove,
+        recipients: Vec::new(),
+        notes: Vec::new(),
+        operator: Some(OperatorAction::Deleted),
+        now,
+    }
+}
+
 /// An operator's operation on a message it has claimed (not in a pass).
 pub fn operator(
     id: QueueId,

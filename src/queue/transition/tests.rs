@@ -461,3 +461,14 @@ fn a_wait_past_the_maximum_age_still_expires() {
     assert_eq!(transition.record, Record::Remove);
     assert_eq!(transition.recipients[0].kind, EventKind::Expired);
 }
+
+#[test]
+fn a_bulk_delete_needs_no_envelope() {
+    let transition = deleted(QueueId(4), Lane::Low, ARRIVAL, at(60));
+    assert_eq!(transition.record, Record::Remove);
+    assert_eq!(transition.operator, Some(OperatorAction::Deleted));
+    assert!(transition.notes.is_empty() && transition.recipients.is_empty());
+    assert_eq!(transition.lane, Lane::Low);
+    assert_eq!(transition.envelope.arrival(), at(0));
+    assert!(reported(&transition.envelope, &transition.notes).is_empty());
+}
