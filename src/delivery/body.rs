@@ -19,6 +19,24 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 
 pub type AsyncBody = Pin<Box<dyn AsyncRead + Send>>;
 
+/// Message `id`'s body when it is small enough to be read whole (blocking;
+/// `None` for a larger one, which is streamed by [`open`] instead). A delivery
+/// pass reads it with the envelope, in one trip to the blocking pool.
+pub fn read_small(spool: &Spool, id: QueueId) -> Result<Option<Bytes>, SpoolError> {
+    let mut reader = spool.read_body(id)?;
+    if reader.len() > READ_WHOLE {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(reader.len() as usize);
+    reader.read_to_end(&mut bytes).map_err(SpoolError::Io)?;
+    Ok(Some(Bytes::from(bytes)))
+}
+
+/// A body read whole, as the stream the client sends.
+pub fn from_bytes(bytes: Bytes) -> AsyncBody {
+    Box::pin(Cursor::new(bytes))
+}
+
 /// Opens message `id`'s body for streaming. The open (and the read of a
 /// small body) runs on the blocking pool, never on an async worker.
 pub async fn open(spool: &Spool, id: QueueId) -> Result<AsyncBody, SpoolError> {

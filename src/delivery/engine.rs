@@ -24,6 +24,8 @@ use crate::queue::transition::{self, Outcome};
 use crate::queue::{Lane, PerLane};
 use crate::tls::TlsConfigs;
 
+/// Due messages loaded together by a dispatcher (one blocking-pool trip).
+const LOAD_BATCH: usize = 32;
 /// Passes in flight per lane: bounds the memory a huge due backlog takes.
 const MAX_PASSES_IN_FLIGHT: usize = 10_000;
 /// Jobs waiting at one destination before new passes for it are postponed,
@@ -189,11 +191,24 @@ async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: Cancellat
             },
             _ = shutdown.cancelled() => return,
         };
-        let id = tokio::select! {
-            id = context.handle.queue.next_due(lane) => id,
+        // As many due messages as there are passes to start (at most
+        // LOAD_BATCH): their envelopes and small bodies are read in one trip
+        // to the blocking pool.
+        let mut permits = vec![permit];
+        while permits.len() < LOAD_BATCH {
+            match in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let ids = tokio::select! {
+            ids = context.handle.queue.next_due_batch(lane, permits.len()) => ids,
             _ = shutdown.cancelled() => return,
         };
-        start_pass(&context, lane, id, permit).await;
+        let loaded = load(&context.handle, &ids).await;
+        for ((id, loaded), permit) in ids.into_iter().zip(loaded).zip(permits) {
+            start_pass(&context, lane, id, loaded, permit).await;
+        }
     }
 }
 
@@ -246,16 +261,58 @@ async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
     }
 }
 
+/// A due message's envelope and, when small enough, its body.
+type Loaded = (crate::queue::Envelope, Option<bytes::Bytes>);
+
+/// The envelopes of due messages and their bodies when small: one trip to
+/// the blocking pool for all of them. A body that cannot be read now is
+/// left to the job, which opens it itself and reports what fails.
+async fn load(handle: &QueueHandle, ids: &[QueueId]) -> Vec<Result<Option<Loaded>, LoadError>> {
+    let spool = handle.spool.clone();
+    let wanted = ids.to_vec();
+    let read = tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|id| {
+                let envelope = spool.envelope(id)?;
+                let body = match envelope {
+                    Some(_) => super::body::read_small(&spool, id).ok().flatten(),
+                    None => None,
+                };
+                Ok::<_, relayq_spool::SpoolError>((envelope, body))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match read {
+        Ok(results) => results
+            .into_iter()
+            .map(|result| match result {
+                Ok((Some(bytes), body)) => {
+                    Ok(Some((crate::queue::Envelope::decode(&bytes)?, body)))
+                }
+                Ok((None, _)) => Ok(None),
+                Err(error) => Err(LoadError::Unreadable(error.to_string())),
+            })
+            .collect(),
+        Err(error) => ids
+            .iter()
+            .map(|_| Err(LoadError::Unreadable(error.to_string())))
+            .collect(),
+    }
+}
+
 /// Loads a due message and submits one job per destination.
 async fn start_pass(
     context: &Arc<DeliveryContext>,
     lane: Lane,
     id: QueueId,
+    loaded: Result<Option<Loaded>, LoadError>,
     permit: OwnedSemaphorePermit,
 ) {
     let handle = &context.handle;
-    let envelope = match handle.envelope(id).await {
-        Ok(Some(envelope)) => envelope,
+    let (envelope, body) = match loaded {
+        Ok(Some(loaded)) => loaded,
         Ok(None) => {
             handle.queue.remove(id);
             return;
@@ -328,7 +385,7 @@ async fn start_pass(
         return;
     }
 
-    let pass = Arc::new(Pass::new(id, envelope, groups.len(), permit));
+    let pass = Arc::new(Pass::new(id, envelope, body, groups.len(), permit));
     for ((destination, hop, pool), recipients) in groups {
         let job = Job {
             pass: pass.clone(),

@@ -575,7 +575,11 @@ async fn transaction(
         envid: envelope.envid.as_deref(),
         mt_priority: envelope.mt_priority,
     };
-    let body = match super::body::open(&context.handle.spool, job.pass.id).await {
+    let opened = match job.pass.body() {
+        Some(bytes) => Ok(super::body::from_bytes(bytes)),
+        None => super::body::open(&context.handle.spool, job.pass.id).await,
+    };
+    let body = match opened {
         Ok(body) => body,
         Err(error) => {
             tracing::error!(queue_id = %job.pass.id, "{}: cannot read body: {error}", job.pass.id);

@@ -1,7 +1,7 @@
 //! Delivery: the engine (lanes, destinations, passes), the outbound SMTP
 //! client, and delivery status notifications.
 
-mod body;
+pub(crate) mod body;
 pub mod client;
 pub(crate) mod cluster;
 pub(crate) mod destination;

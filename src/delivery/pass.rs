@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use relayq_spool::QueueId;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -28,6 +29,8 @@ pub struct Pass {
     /// From arrival to the start of the pass: the `delay=` of its log lines.
     delay: Duration,
     results: Mutex<PassResults>,
+    /// The message, when small enough to be read with its envelope.
+    body: Option<Bytes>,
     jobs_remaining: AtomicUsize,
     /// Bounds the passes in flight per lane; released when the pass ends.
     _in_flight: OwnedSemaphorePermit,
@@ -37,6 +40,7 @@ impl Pass {
     pub fn new(
         id: QueueId,
         envelope: Envelope,
+        body: Option<Bytes>,
         jobs: usize,
         in_flight: OwnedSemaphorePermit,
     ) -> Pass {
@@ -47,9 +51,15 @@ impl Pass {
                 .duration_since(envelope.arrival())
                 .unwrap_or_default(),
             results: Mutex::new(PassResults::new(envelope)),
+            body,
             jobs_remaining: AtomicUsize::new(jobs),
             _in_flight: in_flight,
         }
+    }
+
+    /// The message read with its envelope, if it was small enough.
+    pub fn body(&self) -> Option<Bytes> {
+        self.body.clone()
     }
 
     /// A copy of the envelope as the pass sees it.

@@ -384,17 +384,36 @@ impl Queue {
     /// Waits until a message of `lane` is due, marks it active and returns
     /// it. Cancel-safe: a message is taken only when this returns.
     pub async fn next_due(&self, lane: Lane) -> QueueId {
+        self.next_due_batch(lane, 1).await[0]
+    }
+
+    /// Waits until a message of `lane` is due, then marks active and returns
+    /// it and up to `max - 1` more that are due too (earliest first).
+    /// Cancel-safe: messages are taken only when this returns.
+    pub async fn next_due_batch(&self, lane: Lane, max: usize) -> Vec<QueueId> {
+        let max = max.max(1);
         loop {
             let notified = self.wake[lane].notified();
             let next_due = {
-                let mut state = self.lock();
+                let mut guard = self.lock();
+                let state = &mut *guard;
+                let now = Instant::now();
                 match state.waiting[lane].first().copied() {
-                    Some((due, id)) if due <= Instant::now() => {
-                        state.waiting[lane].remove(&(due, id));
-                        if let Some(entry) = state.entries.get_mut(&id) {
-                            entry.phase = Phase::Active;
+                    Some((due, _)) if due <= now => {
+                        let mut taken = Vec::with_capacity(max);
+                        while taken.len() < max {
+                            match state.waiting[lane].first().copied() {
+                                Some((due, id)) if due <= now => {
+                                    state.waiting[lane].remove(&(due, id));
+                                    if let Some(entry) = state.entries.get_mut(&id) {
+                                        entry.phase = Phase::Active;
+                                    }
+                                    taken.push(id);
+                                }
+                                _ => break,
+                            }
                         }
-                        return id;
+                        return taken;
                     }
                     other => other.map(|(due, _)| due),
                 }
@@ -497,6 +516,22 @@ mod tests {
         assert_eq!(queue.next_due(Lane::High).await, id(1));
         assert_eq!(started.elapsed(), Duration::from_secs(60));
         assert_eq!(queue.get(id(1)).unwrap().phase, Phase::Active);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_only_what_is_due_earliest_first() {
+        let queue = Queue::default();
+        let now = Instant::now();
+        queue.reschedule(id(1), Lane::Low, now);
+        queue.reschedule(id(2), Lane::Low, now - Duration::from_secs(1));
+        queue.reschedule(id(3), Lane::Low, now);
+        queue.reschedule(id(4), Lane::Low, now + Duration::from_secs(30));
+        assert_eq!(queue.next_due_batch(Lane::Low, 2).await, vec![id(2), id(1)]);
+        assert_eq!(queue.next_due_batch(Lane::Low, 5).await, vec![id(3)]);
+        assert_eq!(queue.get(id(3)).unwrap().phase, Phase::Active);
+        let started = Instant::now();
+        assert_eq!(queue.next_due_batch(Lane::Low, 5).await, vec![id(4)]);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
