@@ -196,7 +196,9 @@ impl Envelope {
     /// Releases a hold at `now`, banking the time it lasted.
     pub fn release(&mut self, now: SystemTime) {
         if let Some(since) = self.held_since_ms.take() {
-            self.held_ms += unix_ms(now).saturating_sub(since);
+            self.held_ms = self
+                .held_ms
+                .saturating_add(unix_ms(now).saturating_sub(since));
         }
         self.held = false;
     }
@@ -206,7 +208,7 @@ impl Envelope {
     pub fn queued_age(&self, now: SystemTime) -> Duration {
         let mut held = self.held_ms;
         if let Some(since) = self.held_since_ms {
-            held += unix_ms(now).saturating_sub(since);
+            held = held.saturating_add(unix_ms(now).saturating_sub(since));
         }
         let age = now.duration_since(self.arrival()).unwrap_or_default();
         age.saturating_sub(Duration::from_millis(held))
@@ -230,6 +232,17 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_hold_time_saturates_instead_of_overflowing() {
+        let mut envelope = sample();
+        envelope.held_ms = u64::MAX - 1;
+        envelope.held_since_ms = Some(0);
+        let now = UNIX_EPOCH + Duration::from_secs(10);
+        assert_eq!(envelope.queued_age(now), Duration::ZERO);
+        envelope.release(now);
+        assert_eq!(envelope.held_ms, u64::MAX);
+    }
 
     fn sample() -> Envelope {
         Envelope {
