@@ -282,3 +282,46 @@ fn metrics_bind_failure_names_the_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_operators_bounce_is_counted_as_a_bounced_recipient() {
+    let deferring = Script {
+        rcpt_reply: Arc::new(|_| "451 4.7.1 try again later".to_owned()),
+        ..Script::default()
+    };
+    let (port, _servers) = start_mx(vec![("127.0.21.1", deferring)]);
+    let dns = TestDns::start(zone());
+    let relay_config = config(&dns, port, "", METRICS)
+        .replace("initial = \"1s\"", "initial = \"1h\"")
+        .replace("max = \"1s\"", "max = \"1h\"");
+    let relay = TestRelay::start(&relay_config);
+    let address = metrics_address(&relay);
+    let id = submit(
+        &relay,
+        "app@sender.test",
+        &["one@dest.test", "two@dest.test"],
+        "Subject: given up\r\n\r\n",
+    );
+    wait_for_value(
+        address,
+        "relayq_recipients_total{lane=\"high\",outcome=\"deferred\"}",
+        2.0,
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .args(["queue", "bounce", &id, "--config"])
+        .arg(&relay.config_path)
+        .output()
+        .expect("run relayq queue bounce");
+    assert!(output.status.success(), "{output:?}");
+    let text = wait_for_value(
+        address,
+        "relayq_recipients_total{lane=\"high\",outcome=\"bounced\"}",
+        2.0,
+    );
+    let finished = "relayq_delivery_seconds_count{lane=\"high\"}";
+    assert_eq!(
+        value(&text, finished),
+        Some(2.0),
+        "bounced recipients are final"
+    );
+}
