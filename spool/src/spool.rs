@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase};
 
 use crate::body::{BodyDir, BodyReader, BodyWriter};
 use crate::change::{Change, Work};
@@ -164,34 +164,13 @@ impl Spool {
     /// Every stored message's id and envelope, in id order (blocking). A record that does not
     /// verify is logged and moved to the quarantine table instead of being returned.
     pub fn scan(&self) -> Result<Vec<(QueueId, Vec<u8>)>, SpoolError> {
-        let mut messages = Vec::new();
-        let mut corrupt = Vec::new();
-        self.read(|database| {
-            let txn = database.begin_read()?;
-            for entry in txn.open_table(ENVELOPES)?.iter()? {
-                let (key, value) = entry?;
-                let id = QueueId(key.value());
-                match decode_envelope(value.value()) {
-                    Ok(envelope) => messages.push((id, envelope.to_vec())),
-                    Err(error) => corrupt.push((id, format!("envelope: {error}"))),
-                }
-            }
-            Ok(())
-        })?;
-        // The read transaction has ended: quarantining goes through the committer.
-        for (id, reason) in corrupt {
-            tracing::error!(queue_id = %id, %reason, "spool record does not verify; quarantining it");
-            if let Err(error) = self.quarantine(id, &reason) {
-                tracing::error!(queue_id = %id, %error, "could not quarantine spool record");
-            }
-        }
-        Ok(messages)
+        self.scan_from(None, usize::MAX)
     }
 
     /// Up to `limit` stored messages' ids and envelopes after `after` (from the first when
     /// `None`), in id order (blocking): one short read transaction, so a walk over a large
-    /// spool never holds one for long. A record that does not verify is quarantined, as by
-    /// [`Spool::scan`].
+    /// spool never holds one for long. A record that does not verify is logged and moved to
+    /// the quarantine table instead of being returned.
     pub fn scan_from(
         &self,
         after: Option<QueueId>,
@@ -218,6 +197,7 @@ impl Spool {
             }
             Ok(())
         })?;
+        // The read transaction has ended: quarantining goes through the committer.
         for (id, reason) in corrupt {
             tracing::error!(queue_id = %id, %reason, "spool record does not verify; quarantining it");
             if let Err(error) = self.quarantine(id, &reason) {

@@ -11,7 +11,7 @@ use crate::common;
 use crate::common::TestRelay;
 use crate::common::delivery::{config, start_mx, submit, zone_with_sender_mx};
 use crate::common::dns_server::TestDns;
-use crate::common::fake_mx::Script;
+use crate::common::fake_mx::{FakeMx, Script};
 
 const WITHIN: Duration = Duration::from_secs(15);
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
@@ -88,20 +88,27 @@ fn wait_for_value(address: SocketAddr, series: &str, expected: f64) -> String {
     }
 }
 
-#[test]
-fn deferred_messages_are_counted_exactly() {
+/// A relay whose MX answers 451 to every RCPT, retrying an hour apart (so
+/// every message stays deferred while scraped), with its metrics address.
+/// The MX and DNS servers run as long as the returned pair is kept.
+fn deferring_relay() -> (TestRelay, SocketAddr, (Vec<FakeMx>, TestDns)) {
     let deferring = Script {
         rcpt_reply: Arc::new(|_| "451 4.7.1 try again later".to_owned()),
         ..Script::default()
     };
-    let (port, _servers) = start_mx(vec![("127.0.21.1", deferring)]);
+    let (port, servers) = start_mx(vec![("127.0.21.1", deferring)]);
     let dns = TestDns::start(zone());
-    // Retries an hour apart: every message stays deferred while scraped.
     let relay_config = config(&dns, port, "", METRICS)
         .replace("initial = \"1s\"", "initial = \"1h\"")
         .replace("max = \"1s\"", "max = \"1h\"");
     let relay = TestRelay::start(&relay_config);
     let address = metrics_address(&relay);
+    (relay, address, (servers, dns))
+}
+
+#[test]
+fn deferred_messages_are_counted_exactly() {
+    let (relay, address, _servers) = deferring_relay();
     const N: usize = 3;
     for n in 0..N {
         submit(
@@ -285,17 +292,7 @@ fn metrics_bind_failure_names_the_address() {
 
 #[test]
 fn an_operators_bounce_is_counted_as_a_bounced_recipient() {
-    let deferring = Script {
-        rcpt_reply: Arc::new(|_| "451 4.7.1 try again later".to_owned()),
-        ..Script::default()
-    };
-    let (port, _servers) = start_mx(vec![("127.0.21.1", deferring)]);
-    let dns = TestDns::start(zone());
-    let relay_config = config(&dns, port, "", METRICS)
-        .replace("initial = \"1s\"", "initial = \"1h\"")
-        .replace("max = \"1s\"", "max = \"1h\"");
-    let relay = TestRelay::start(&relay_config);
-    let address = metrics_address(&relay);
+    let (relay, address, _servers) = deferring_relay();
     let id = submit(
         &relay,
         "app@sender.test",
