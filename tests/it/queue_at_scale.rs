@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{TestRelay, WAIT, queued_id};
+use crate::common::{TestRelay, WAIT, queue, queue_json as json, queue_ok as ok, queued_id};
 
 /// The relay's mail is deferred (the test DNS answers SERVFAIL) and waits a
 /// day before its next attempt; bulk operations commit `chunk` per commit.
@@ -47,34 +47,6 @@ fn fill(
             });
         }
     });
-}
-
-fn queue(relay: &TestRelay, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&relay.config_path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run relayq queue")
-}
-
-fn ok(relay: &TestRelay, args: &[&str]) -> String {
-    let output = queue(relay, args);
-    assert!(
-        output.status.success(),
-        "relayq queue {args:?}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
-
-fn json(relay: &TestRelay, args: &[&str]) -> serde_json::Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&ok(relay, &args)).expect("JSON output")
 }
 
 fn listed(relay: &TestRelay, filters: &[&str]) -> Vec<serde_json::Value> {

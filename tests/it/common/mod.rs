@@ -353,6 +353,37 @@ impl SmtpClient {
     }
 }
 
+/// `relayq queue ARGS --config` of `relay`, as an operator runs it.
+pub fn queue(relay: &TestRelay, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(&relay.config_path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run relayq queue")
+}
+
+/// A queue command that must succeed; returns its stdout.
+pub fn queue_ok(relay: &TestRelay, args: &[&str]) -> String {
+    let output = queue(relay, args);
+    assert!(
+        output.status.success(),
+        "relayq queue {args:?}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// A queue command run with `--json` that must succeed; returns its JSON.
+pub fn queue_json(relay: &TestRelay, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&queue_ok(relay, &args)).expect("JSON output")
+}
+
 /// Extracts the queue id from `250 2.0.0 Ok: queued as ID`.
 pub fn queued_id(response: &Response) -> QueueId {
     assert_eq!(response.code, 250, "{response:?}");

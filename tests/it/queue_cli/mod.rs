@@ -14,7 +14,7 @@ mod usage_and_no_daemon;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::common::delivery::{start_mx, submit, zone_with_sender_mx};
 use crate::common::dns_server::TestDns;
 use crate::common::fake_mx::{FakeMx, Script, Stage};
 use crate::common::{TestRelay, WAIT};
+use crate::common::{queue, queue_json as json, queue_ok as ok};
 
 /// A relay whose destination `dest.test` defers every RCPT, and whose
 /// senders' domain `sender.test` has an accepting MX (for bounces).
@@ -98,35 +99,6 @@ fn setup_with(retry_initial: &str, max_age: &str, rcpt_delay: Duration) -> Setup
         _deferring_mx: deferring_mx,
         _dns: dns,
     }
-}
-
-fn queue(relay: &TestRelay, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&relay.config_path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run relayq queue")
-}
-
-/// Runs a queue command that must succeed; returns its stdout.
-fn ok(relay: &TestRelay, args: &[&str]) -> String {
-    let output = queue(relay, args);
-    assert!(
-        output.status.success(),
-        "relayq queue {args:?}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
-}
-
-fn json(relay: &TestRelay, args: &[&str]) -> serde_json::Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&ok(relay, &args)).expect("JSON output")
 }
 
 fn state_of(relay: &TestRelay, id: &str) -> Option<String> {
