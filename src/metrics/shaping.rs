@@ -8,11 +8,13 @@
 //! throttled job, which is never the per-message hot path of unthrottled
 //! mail.
 
-use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
+
+use serde::Serialize;
+
+use super::text::{escape_label_value, family, sample};
 
 /// One destination with a rule or a lowered limit, as `queue stats` and
 /// the metrics show it.
@@ -104,7 +106,8 @@ impl ShapingMetrics {
         for (name, help, value) in gauges {
             family(out, name, "gauge", help);
             for row in &rows {
-                sample(out, name, &[("destination", &row.destination)], value(row));
+                let destination = escape_label_value(&row.destination);
+                sample(out, name, &[("destination", &destination)], value(row));
             }
         }
         family(
@@ -128,7 +131,10 @@ impl ShapingMetrics {
                 sample(
                     out,
                     "relayq_destination_throttled_total",
-                    &[("destination", name), ("reason", reason.as_str())],
+                    &[
+                        ("destination", &escape_label_value(name)),
+                        ("reason", reason.as_str()),
+                    ],
                     count,
                 );
             }
@@ -144,32 +150,6 @@ impl ShapingMetrics {
             sample(out, "relayq_cluster_redis_up", &[], u64::from(redis == 2));
         }
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// One sample; label values (destination names, domains, route hosts) are
-/// escaped as the text format requires.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (index, (label, value)) in labels.iter().enumerate() {
-            if index > 0 {
-                out.push(',');
-            }
-            let escaped = value
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = write!(out, "{label}=\"{escaped}\"");
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
 }
 
 #[cfg(test)]

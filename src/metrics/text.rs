@@ -238,7 +238,7 @@ pub fn render(
     out
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -246,7 +246,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// A label value as the text format requires: backslash, double quote and
 /// line feed escaped. Destination names come from recipient domains, which
 /// may hold any of them.
-fn escape_label_value(value: &str) -> String {
+pub(super) fn escape_label_value(value: &str) -> String {
     let mut escaped = String::with_capacity(value.len());
     for character in value.chars() {
         match character {
@@ -262,7 +262,12 @@ fn escape_label_value(value: &str) -> String {
 /// One sample line. Label values are written as given: fixed ASCII words
 /// (lanes, states, outcomes, the crate version), or escaped by the caller
 /// (`escape_label_value`).
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+pub(super) fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: impl std::fmt::Display,
+) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
