@@ -5,6 +5,22 @@
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
+# install_packages PKG...: Debian packages the benchmark needs (none: no-op).
+# Postfix is installed without a configuration, and a system instance the
+# package started is stopped and disabled: each benchmark runs its own.
+install_packages() {
+    (($#)) || return 0
+    [[ $EUID == 0 ]] || die "need $*; run as root or install them"
+    log "installing $* (apt-get)"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "$@" >/dev/null \
+        || die "apt-get install $* failed"
+    if [[ " $* " == *" postfix "* ]]; then
+        postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1
+        command -v systemctl >/dev/null && { systemctl disable --now postfix >/dev/null 2>&1 || true; }
+    fi
+    return 0
+}
 port_busy() { ss -Hltun "sport = :$1" 2>/dev/null | grep -q .; }
 wait_port() { # port seconds
     local i

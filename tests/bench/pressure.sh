@@ -62,16 +62,7 @@ ulimit -n $((4 * (MAX_CONN + WAITING) + 256)) 2>/dev/null || log "could not rais
 NEED_PKGS=()
 if sys_on postfix; then command -v postfix >/dev/null || NEED_PKGS+=(postfix); fi
 command -v python3 >/dev/null || NEED_PKGS+=(python3)
-if ((${#NEED_PKGS[@]})); then
-    log "installing ${NEED_PKGS[*]} (apt-get)"
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${NEED_PKGS[@]}" >/dev/null \
-        || die "apt-get install ${NEED_PKGS[*]} failed"
-    if [[ " ${NEED_PKGS[*]} " == *" postfix "* ]]; then
-        postfix status >/dev/null 2>&1 && postfix stop >/dev/null 2>&1
-        command -v systemctl >/dev/null && { systemctl disable --now postfix >/dev/null 2>&1 || true; }
-    fi
-fi
+install_packages "${NEED_PKGS[@]}"
 PY=$(command -v python3)
 if sys_on postfix; then id postfix >/dev/null 2>&1 || die "user 'postfix' missing"; fi
 
