@@ -3,17 +3,15 @@
 //! without an attempt, then goes; the suspension is an event, a log line,
 //! a `queue stats` row and a metric.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::TestRelay;
 use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
 use crate::common::dns_server::TestDns;
 use crate::common::fake_mx::Script;
 use crate::common::shaping::{metrics_address, queue_json, queue_text, sample, scrape, wait_until};
+use crate::common::{TestRelay, spawn_tail};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const SUSPEND_FOR: Duration = Duration::from_secs(4);
@@ -46,23 +44,7 @@ fn a_suspending_reply_stops_the_destination_for_its_time() {
     ));
     let metrics = metrics_address(&relay);
 
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .args(["queue", "tail", "--config"])
-        .arg(&relay.config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tail");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let lines = lines.clone();
-        let stdout = tail.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
+    let (mut tail, lines) = spawn_tail(&relay, &[]);
     // `queue tail` is connected once it prints the first event.
     submit(
         &relay,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::common::delivery::{config, start_mx, zone_with_sender_mx};
 use crate::common::dns_server::TestDns;
 use crate::common::fake_mx::Script;
-use crate::common::{Response, SmtpClient, TestRelay, WAIT, queued_id};
+use crate::common::{Response, SmtpClient, TestRelay, WAIT, maildrop_files, queued_id};
 
 /// A high listener (first) and a low listener, a cap of 2 on the low lane,
 /// and the metrics endpoint.
@@ -344,15 +344,6 @@ fn sendmail(config: &Path, args: &[&str], input: &[u8]) -> (i32, String) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn maildrop_files(directory: &Path) -> Vec<String> {
-    std::fs::read_dir(directory)
-        .unwrap()
-        .map(|entry| entry.unwrap())
-        .filter(|entry| entry.file_type().unwrap().is_file())
-        .map(|entry| entry.file_name().into_string().unwrap())
-        .collect()
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{SpooledMessage, TestRelay, WAIT};
+use crate::common::{SpooledMessage, TestRelay, WAIT, maildrop_files};
 
 /// The origin of the harness's relay (its hostname).
 const ORIGIN: &str = "relay.test.example";
@@ -94,15 +94,6 @@ fn recipients(message: &SpooledMessage) -> Vec<String> {
 
 fn body_text(message: &SpooledMessage) -> String {
     String::from_utf8(message.body.clone()).unwrap()
-}
-
-fn maildrop_files(directory: &Path) -> Vec<String> {
-    std::fs::read_dir(directory)
-        .unwrap()
-        .map(|entry| entry.unwrap())
-        .filter(|entry| entry.file_type().unwrap().is_file())
-        .map(|entry| entry.file_name().into_string().unwrap())
-        .collect()
 }
 
 #[test]

@@ -384,6 +384,42 @@ pub fn queue_json(relay: &TestRelay, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&queue_ok(relay, &args)).expect("JSON output")
 }
 
+/// `relayq queue tail ARGS` of `relay`, its output lines collected as they
+/// come.
+pub fn spawn_tail(
+    relay: &TestRelay,
+    args: &[&str],
+) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .args(["queue", "tail"])
+        .args(args)
+        .arg("--config")
+        .arg(&relay.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tail");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let collected = lines.clone();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    (tail, lines)
+}
+
+/// The names of the files directly in `directory` (a maildrop).
+pub fn maildrop_files(directory: &Path) -> Vec<String> {
+    std::fs::read_dir(directory)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_type().unwrap().is_file())
+        .map(|entry| entry.file_name().into_string().unwrap())
+        .collect()
+}
+
 /// Extracts the queue id from `250 2.0.0 Ok: queued as ID`.
 pub fn queued_id(response: &Response) -> QueueId {
     assert_eq!(response.code, 250, "{response:?}");

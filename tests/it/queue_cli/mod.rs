@@ -13,8 +13,7 @@ mod tail;
 mod usage_and_no_daemon;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use crate::common::delivery::{start_mx, submit, zone_with_sender_mx};
 use crate::common::dns_server::TestDns;
 use crate::common::fake_mx::{FakeMx, Script, Stage};
 use crate::common::{TestRelay, WAIT};
-use crate::common::{queue, queue_json as json, queue_ok as ok};
+use crate::common::{queue, queue_json as json, queue_ok as ok, spawn_tail};
 
 /// A relay whose destination `dest.test` defers every RCPT, and whose
 /// senders' domain `sender.test` has an accepting MX (for bounces).
@@ -108,28 +107,6 @@ fn state_of(relay: &TestRelay, id: &str) -> Option<String> {
         .iter()
         .find(|message| message["id"] == id)
         .map(|message| message["state"].as_str().unwrap().to_owned())
-}
-
-/// `relayq queue tail ARGS`, its output lines collected as they come.
-fn spawn_tail(relay: &TestRelay, args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .args(["queue", "tail"])
-        .args(args)
-        .arg("--config")
-        .arg(&relay.config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tail");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let collected = lines.clone();
-    let stdout = tail.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            collected.lock().unwrap().push(line);
-        }
-    });
-    (tail, lines)
 }
 
 /// Submits messages from `from` to `to` until `tail` prints a line with the
