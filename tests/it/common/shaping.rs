@@ -17,15 +17,9 @@ pub fn queue_json(relay: &TestRelay, args: &[&str]) -> serde_json::Value {
 /// `relayq queue ARGS --json` parsed, or its error output (e.g. `show` of
 /// a message that has just left the queue).
 pub fn try_queue_json(relay: &TestRelay, args: &[&str]) -> Result<serde_json::Value, String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .arg("queue")
-        .args(args)
-        .arg("--json")
-        .arg("--config")
-        .arg(&relay.config_path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run relayq queue");
+    let mut args = args.to_vec();
+    args.push("--json");
+    let output = super::queue(relay, &args);
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
@@ -33,18 +27,7 @@ pub fn try_queue_json(relay: &TestRelay, args: &[&str]) -> Result<serde_json::Va
 }
 
 /// `relayq queue ARGS` (text), which must succeed.
-pub fn queue_text(relay: &TestRelay, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_relayq"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(&relay.config_path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run relayq queue");
-    assert!(output.status.success(), "relayq queue {args:?}");
-    String::from_utf8(output.stdout).expect("utf-8")
-}
+pub use super::queue_ok as queue_text;
 
 /// Polls `condition` every 50 ms until it holds, failing after `within`.
 pub fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
