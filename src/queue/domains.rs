@@ -45,28 +45,46 @@ impl DomainSets {
     pub const EMPTY: SetId = 0;
 
     /// Takes a reference to the set of `envelope`'s open-recipient domains.
+    /// Called on every insert into the schedule: a set and names already
+    /// interned cost no allocation but the small list of names.
     pub fn acquire_for(&mut self, envelope: &Envelope) -> SetId {
-        let mut domains: Vec<String> = envelope
+        let mut names: Vec<Arc<str>> = envelope
             .recipients
             .iter()
             .filter(|recipient| !recipient.status.is_final())
-            .map(|recipient| domain_of(&recipient.address))
+            .map(|recipient| {
+                let domain = recipient
+                    .address
+                    .rsplit_once('@')
+                    .map_or("", |(_, domain)| domain);
+                if domain.bytes().any(|byte| byte.is_ascii_uppercase()) {
+                    self.name(&domain.to_ascii_lowercase())
+                } else {
+                    self.name(domain)
+                }
+            })
             .collect();
-        domains.sort_unstable();
-        domains.dedup();
-        self.acquire(domains)
+        names.sort_unstable();
+        names.dedup();
+        self.acquire_names(names)
     }
 
     /// Takes a reference to the set of `domains` (sorted, distinct).
     pub fn acquire(&mut self, domains: Vec<String>) -> SetId {
-        if domains.is_empty() {
+        let names = domains.iter().map(|domain| self.name(domain)).collect();
+        self.acquire_names(names)
+    }
+
+    /// Takes a reference to the set of `names` (sorted, distinct).
+    fn acquire_names(&mut self, names: Vec<Arc<str>>) -> SetId {
+        if names.is_empty() {
             return Self::EMPTY;
         }
-        let key: Arc<[Arc<str>]> = domains.into_iter().map(|d| self.name(d)).collect();
-        if let Some(&id) = self.by_domains.get(&key) {
+        if let Some(&id) = self.by_domains.get(names.as_slice()) {
             self.slots[id as usize].count += 1;
             return id;
         }
+        let key: Arc<[Arc<str>]> = names.into();
         // A new set: each of its names gains a user.
         for name in key.iter() {
             *self.names.entry(name.clone()).or_insert(0) += 1;
@@ -144,20 +162,12 @@ impl DomainSets {
 
     /// The interned name for `domain`, or a new one (interned by the
     /// caller once a set holds it).
-    fn name(&self, domain: String) -> Arc<str> {
-        match self.names.get_key_value(domain.as_str()) {
+    fn name(&self, domain: &str) -> Arc<str> {
+        match self.names.get_key_value(domain) {
             Some((name, _)) => name.clone(),
             None => domain.into(),
         }
     }
-}
-
-/// The lower-cased domain of an address (empty when it has none).
-pub fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, domain)| domain.to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -190,6 +200,30 @@ mod tests {
         assert_eq!(sets.acquire(Vec::new()), DomainSets::EMPTY);
         sets.release(DomainSets::EMPTY);
         assert!(sets.domains(DomainSets::EMPTY).is_empty());
+    }
+
+    #[test]
+    fn an_envelope_shares_the_set_of_its_open_recipients_domains() {
+        use crate::queue::Lane;
+        use crate::queue::envelope::{Recipient, RecipientStatus};
+        let mut sets = DomainSets::default();
+        let mut recipients: Vec<Recipient> = ["a@B.org", "c@a.org", "d@b.org", "e@gone.org"]
+            .into_iter()
+            .map(|address| Recipient::new(address.to_owned()))
+            .collect();
+        recipients[3].status = RecipientStatus::Delivered;
+        let envelope = Envelope::new(
+            String::new(),
+            recipients,
+            Lane::High,
+            std::time::SystemTime::UNIX_EPOCH,
+            1,
+        );
+        let from_envelope = sets.acquire_for(&envelope);
+        let listed = sets.acquire(set(&["a.org", "b.org"]));
+        assert_eq!(from_envelope, listed);
+        let names: Vec<&str> = sets.domains(listed).iter().map(|name| &**name).collect();
+        assert_eq!(names, ["a.org", "b.org"]);
     }
 
     #[test]
