@@ -201,6 +201,15 @@ impl Body {
         self.len == 0
     }
 
+    /// The body's bytes when it is held in memory (a small body), `None` for
+    /// a file body.
+    pub fn inline_bytes(&self) -> Option<&[u8]> {
+        match &self.content {
+            Content::Inline(bytes) => Some(bytes),
+            Content::File { .. } => None,
+        }
+    }
+
     /// Bytes this body adds to a commit (file bodies are written separately).
     pub(crate) fn inline_len(&self) -> usize {
         match &self.content {

@@ -264,15 +264,49 @@ async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
 /// A due message's envelope and, when small enough, its body.
 type Loaded = (crate::queue::Envelope, Option<bytes::Bytes>);
 
-/// The envelopes of due messages and their bodies when small: one trip to
-/// the blocking pool for all of them. A body that cannot be read now is
-/// left to the job, which opens it itself and reports what fails.
+/// The envelopes of due messages and their bodies when small: from memory
+/// for messages on their first pass since acceptance (`queue::fresh`), the
+/// others from the spool in one trip to the blocking pool for all of them.
+/// A body that cannot be read now is left to the job, which opens it itself
+/// and reports what fails.
 async fn load(handle: &QueueHandle, ids: &[QueueId]) -> Vec<Result<Option<Loaded>, LoadError>> {
+    let mut loaded: Vec<Option<Result<Option<Loaded>, LoadError>>> = ids
+        .iter()
+        .map(|&id| {
+            handle
+                .queue
+                .take_fresh(id)
+                .map(|(envelope, body)| Ok(Some((envelope, Some(body)))))
+        })
+        .collect();
+    let wanted: Vec<QueueId> = ids
+        .iter()
+        .zip(&loaded)
+        .filter(|(_, fresh)| fresh.is_none())
+        .map(|(&id, _)| id)
+        .collect();
+    if !wanted.is_empty() {
+        let mut read = read_stored(handle, wanted).await.into_iter();
+        for slot in loaded.iter_mut().filter(|slot| slot.is_none()) {
+            *slot = read.next();
+        }
+    }
+    loaded
+        .into_iter()
+        .map(|slot| slot.unwrap_or_else(|| Err(LoadError::Unreadable("not read".into()))))
+        .collect()
+}
+
+/// Reads envelopes and small bodies from the spool, in one trip to the
+/// blocking pool.
+async fn read_stored(
+    handle: &QueueHandle,
+    ids: Vec<QueueId>,
+) -> Vec<Result<Option<Loaded>, LoadError>> {
     let spool = handle.spool.clone();
-    let wanted = ids.to_vec();
+    let count = ids.len();
     let read = tokio::task::spawn_blocking(move || {
-        wanted
-            .into_iter()
+        ids.into_iter()
             .map(|id| {
                 let envelope = spool.envelope(id)?;
                 let body = match envelope {
@@ -295,8 +329,7 @@ async fn load(handle: &QueueHandle, ids: &[QueueId]) -> Vec<Result<Option<Loaded
                 Err(error) => Err(LoadError::Unreadable(error.to_string())),
             })
             .collect(),
-        Err(error) => ids
-            .iter()
+        Err(error) => (0..count)
             .map(|_| Err(LoadError::Unreadable(error.to_string())))
             .collect(),
     }

@@ -49,6 +49,9 @@ impl QueueHandle {
         let mut changes = Vec::with_capacity(transitions.len());
         let mut queued_reports = Vec::with_capacity(transitions.len());
         for transition in transitions {
+            // Before the commit: from then on, nobody may deliver from the
+            // envelope as it was accepted.
+            self.queue.forget_fresh(transition.id);
             let reports = self.build_reports(transition).await;
             changes.push(record_change(transition));
             let mut queued = Vec::with_capacity(reports.len());

@@ -7,6 +7,7 @@
 
 pub(crate) mod domains;
 pub mod envelope;
+pub(crate) mod fresh;
 pub(crate) mod handle;
 mod lane;
 pub(crate) mod operations;
@@ -136,6 +137,8 @@ pub struct Queue {
     /// intake reads it and reserves room without taking the schedule's lock,
     /// and a reservation can never be granted past a lane's cap.
     occupancy: PerLane<AtomicUsize>,
+    /// Just-accepted messages, until their first pass.
+    fresh: fresh::Fresh,
 }
 
 /// Room for one message in a lane, taken by intake before it stores the
@@ -234,6 +237,34 @@ impl Queue {
         self.insert_with(id, envelope, Some(reservation));
     }
 
+    /// Adds a message intake has just stored, keeping its envelope and
+    /// (small) body in memory for its first pass. Kept before it enters the
+    /// schedule, so a dispatcher that sees it finds them.
+    pub fn insert_accepted(
+        &self,
+        id: QueueId,
+        envelope: &Envelope,
+        body: Option<bytes::Bytes>,
+        reservation: Option<Reservation>,
+    ) {
+        if let Some(body) = body {
+            self.fresh.keep(id, envelope.clone(), body);
+        }
+        self.insert_with(id, envelope, reservation);
+    }
+
+    /// Takes message `id`'s envelope and body as accepted, if they are still
+    /// in memory and no transition changed them since.
+    pub fn take_fresh(&self, id: QueueId) -> Option<(Envelope, bytes::Bytes)> {
+        self.fresh.take(id)
+    }
+
+    /// Called before a transition of message `id` is committed: its envelope
+    /// as accepted is no longer the one to deliver from.
+    pub fn forget_fresh(&self, id: QueueId) {
+        self.fresh.forget(id);
+    }
+
     fn insert_with(&self, id: QueueId, envelope: &Envelope, reservation: Option<Reservation>) {
         let phase = if envelope.held {
             Phase::Held
@@ -330,6 +361,7 @@ impl Queue {
     }
 
     pub fn remove(&self, id: QueueId) -> Option<Entry> {
+        self.fresh.forget(id);
         let mut state = self.lock();
         state.pending.remove(&id);
         let entry = state.entries.remove(&id)?;

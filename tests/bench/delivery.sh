@@ -26,6 +26,9 @@
 #   IDLE_WAIT=10 IDLE_PCT=40  wait (bounded) for a quieter machine before a case
 #   SINK_PORT=2611 PF_PORT=2612 RQ_PORT=2613 TSINK_PORT=2614 DNS_PORT=2653
 #   BUILD=1  RELAYQ_BIN=target/release/relayq  KEEP=0  RESULTS_DIR=tests/bench/results
+#   PERF_DIR=              set: `perf record` samples each relayq run (relayq alone,
+#                          not the sink or the clients) into PERF_DIR/relayq-N.data;
+#                          read with `perf report -i FILE --no-children --sort sym`
 #
 # Network: only 127.0.0.1. relayq never uses the system resolver here: its
 # [dns] nameservers is the dnsmasq started by this script on 127.0.0.1:DNS_PORT,
@@ -262,12 +265,20 @@ rq_start() { # starts relayq on $RQ_DIR; appends to $RQ_DIR/relayq-N.log
     "$RELAYQ_BIN" serve --config "$RQ_DIR/relayq.toml" >"$RQ_LOG" 2>&1 &
     RQ_PID=$!
     wait_port "$RQ_PORT" 60 || { problem "relayq did not listen: $(tail -3 "$RQ_LOG" | tr '\n' '|')"; stop_pid "$RQ_PID" relayq 5; RQ_PID=; return 1; }
+    if [[ -n ${PERF_DIR:-} ]]; then
+        mkdir -p "$PERF_DIR"
+        perf record -q -F 999 -p "$RQ_PID" -o "$PERF_DIR/relayq-$rq_seq.data" >/dev/null 2>&1 &
+        PERF_PID=$!
+    fi
 }
 # rq_stop LABEL: SIGTERM, check the exit and the log; sets RQ_QUEUED.
 rq_stop() {
     local label=$1 st rc bad
     RQ_QUEUED=
     [[ -n $RQ_PID ]] || return 0
+    if [[ -n ${PERF_PID:-} ]]; then
+        kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null; PERF_PID=
+    fi
     if kill -0 "$RQ_PID" 2>/dev/null; then
         stop_pid "$RQ_PID" relayq 30; st=$?
         wait "$RQ_PID" 2>/dev/null; rc=$?

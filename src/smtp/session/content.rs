@@ -242,6 +242,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         envelope.ret = mail.ret;
         envelope.envid = mail.envid;
         envelope.mt_priority = mail.mt_priority;
+        // A small body is kept for the first delivery pass, which then needs
+        // no read of the spool (queue::fresh).
+        let fresh_body = assembled
+            .body
+            .inline_bytes()
+            .filter(|body| body.len() <= crate::queue::fresh::MAX_BODY)
+            .map(bytes::Bytes::copy_from_slice);
         let storing = Instant::now();
         match self
             .shared
@@ -267,14 +274,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         "{id}: {line_breaks} line breaks inserted into lines longer than 998 octets"
                     );
                 }
-                match reservation {
-                    Some(reservation) => {
-                        self.shared
-                            .queue
-                            .insert_reserved(id, &envelope, reservation)
-                    }
-                    None => self.shared.queue.insert(id, &envelope),
-                }
+                self.shared
+                    .queue
+                    .insert_accepted(id, &envelope, fresh_body, reservation);
                 let mut event = Event::new(EventKind::Accepted, id, lane);
                 event.sender = Some(envelope.reverse_path.clone());
                 event.recipients = Some(envelope.recipients.len());
