@@ -1,5 +1,8 @@
 //! The envelope relayq keeps for each queued message, and its encoding in the
-//! spool (a versioned JSON document; the spool adds its own checksum).
+//! spool (a compact versioned record, [`codec`]; the spool adds its own
+//! checksum).
+
+mod codec;
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Lane;
 
-/// Bumped when the meaning of a field changes; new optional fields only need
-/// `#[serde(default)]`.
+/// Bumped when the meaning of a field changes; a new optional field is a new
+/// tag in [`codec`] (and `#[serde(default)]` here for JSON).
 pub const ENVELOPE_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +126,8 @@ impl RecipientStatus {
 pub enum EnvelopeError {
     #[error("envelope does not decode: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("envelope does not decode: {0}")]
+    Malformed(&'static str),
     #[error("envelope version {0} is newer than this relayq understands ({ENVELOPE_VERSION})")]
     UnknownVersion(u32),
 }
@@ -161,11 +166,11 @@ impl Envelope {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an envelope always serialises")
+        codec::encode(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        let envelope = codec::decode(bytes)?;
         if envelope.version > ENVELOPE_VERSION {
             return Err(EnvelopeError::UnknownVersion(envelope.version));
         }

@@ -1,0 +1,420 @@
+//! The envelope's stored form: a compact binary record.
+//!
+//! Decoding every envelope is most of a restart's work with a million
+//! queued messages, and each delivery pass decodes and re-encodes one, so
+//! the record is read field by field without a parser: a format byte,
+//! then the fields in a fixed order (integers as LEB128 varints, strings as
+//! a length and UTF-8 octets, options as a presence byte), then optional
+//! tagged fields that an older relayq skips. Envelopes written as JSON by
+//! earlier versions (first octet `{`) are still read.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::{Envelope, EnvelopeError, Lane, Notify, Recipient, RecipientStatus, Ret};
+
+/// First octet of a binary record. A JSON document never starts with it.
+const BINARY: u8 = 0xB1;
+
+/// Tags of the optional fields after the fixed part. A reader skips tags it
+/// does not know, so adding one needs no format change.
+const END: u8 = 0;
+
+pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + 48 * envelope.recipients.len());
+    out.push(BINARY);
+    varint(&mut out, u64::from(envelope.version));
+    string(&mut out, &envelope.reverse_path);
+    out.push(match envelope.lane {
+        Lane::High => 0,
+        Lane::Low => 1,
+    });
+    varint(&mut out, envelope.arrival_ms);
+    varint(&mut out, envelope.size);
+    match envelope.client_address {
+        None => out.push(0),
+        Some(IpAddr::V4(address)) => {
+            out.push(4);
+            out.extend_from_slice(&address.octets());
+        }
+        Some(IpAddr::V6(address)) => {
+            out.push(6);
+            out.extend_from_slice(&address.octets());
+        }
+    }
+    optional_string(&mut out, envelope.helo.as_deref());
+    let flags = u8::from(envelope.eight_bit_mime)
+        | u8::from(envelope.smtputf8) << 1
+        | u8::from(envelope.held) << 2
+        | u8::from(envelope.delay_warned) << 3;
+    out.push(flags);
+    out.push(match envelope.ret {
+        None => 0,
+        Some(Ret::Full) => 1,
+        Some(Ret::Headers) => 2,
+    });
+    optional_string(&mut out, envelope.envid.as_deref());
+    match envelope.mt_priority {
+        None => out.push(0),
+        Some(priority) => {
+            out.push(1);
+            out.push(priority as u8);
+        }
+    }
+    optional_varint(&mut out, envelope.held_since_ms);
+    varint(&mut out, envelope.held_ms);
+    varint(&mut out, u64::from(envelope.attempts));
+    optional_varint(&mut out, envelope.next_attempt_ms);
+    varint(&mut out, envelope.recipients.len() as u64);
+    for recipient in &envelope.recipients {
+        string(&mut out, &recipient.address);
+        optional_string(&mut out, recipient.orcpt.as_deref());
+        let notify = &recipient.notify;
+        out.push(
+            u8::from(notify.success)
+                | u8::from(notify.failure) << 1
+                | u8::from(notify.delay) << 2
+                | u8::from(notify.never) << 3,
+        );
+        out.push(match recipient.status {
+            RecipientStatus::Pending => 0,
+            RecipientStatus::Delivered => 1,
+            RecipientStatus::Deferred => 2,
+            RecipientStatus::Bounced => 3,
+        });
+        optional_string(&mut out, recipient.last_reply.as_deref());
+    }
+    out.push(END);
+    out
+}
+
+pub(super) fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+    match bytes.first() {
+        Some(&BINARY) => Reader { rest: &bytes[1..] }.envelope(),
+        // Earlier versions stored JSON (and it may have leading whitespace).
+        _ => Ok(serde_json::from_slice(bytes)?),
+    }
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn envelope(&mut self) -> Result<Envelope, EnvelopeError> {
+        let version = u32::try_from(self.varint()?).map_err(|_| malformed("version"))?;
+        let reverse_path = self.string()?;
+        let lane = match self.byte()? {
+            0 => Lane::High,
+            1 => Lane::Low,
+            _ => return Err(malformed("lane")),
+        };
+        let arrival_ms = self.varint()?;
+        let size = self.varint()?;
+        let client_address = match self.byte()? {
+            0 => None,
+            4 => Some(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
+            6 => Some(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
+            _ => return Err(malformed("client address")),
+        };
+        let helo = self.optional_string()?;
+        let flags = self.byte()?;
+        if flags > 0b1111 {
+            return Err(malformed("flags"));
+        }
+        let ret = match self.byte()? {
+            0 => None,
+            1 => Some(Ret::Full),
+            2 => Some(Ret::Headers),
+            _ => return Err(malformed("RET")),
+        };
+        let envid = self.optional_string()?;
+        let mt_priority = match self.byte()? {
+            0 => None,
+            1 => Some(self.byte()? as i8),
+            _ => return Err(malformed("MT-PRIORITY")),
+        };
+        let held_since_ms = self.optional_varint()?;
+        let held_ms = self.varint()?;
+        let attempts = u32::try_from(self.varint()?).map_err(|_| malformed("attempts"))?;
+        let next_attempt_ms = self.optional_varint()?;
+        let count = self.varint()?;
+        // Every recipient takes at least five octets: a count larger than
+        // what is left is damage, not a reason to allocate.
+        if count > (self.rest.len() / 5) as u64 {
+            return Err(malformed("recipient count"));
+        }
+        let mut recipients = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            recipients.push(self.recipient()?);
+        }
+        loop {
+            match self.byte()? {
+                END => break,
+                // A field a newer relayq added: skip it.
+                _ => {
+                    let length = self.length()?;
+                    self.take(length)?;
+                }
+            }
+        }
+        if !self.rest.is_empty() {
+            return Err(malformed("trailing octets"));
+        }
+        Ok(Envelope {
+            version,
+            reverse_path,
+            recipients,
+            lane,
+            arrival_ms,
+            size,
+            client_address,
+            helo,
+            eight_bit_mime: flags & 1 != 0,
+            smtputf8: flags & 2 != 0,
+            ret,
+            envid,
+            mt_priority,
+            held: flags & 4 != 0,
+            held_since_ms,
+            held_ms,
+            attempts,
+            next_attempt_ms,
+            delay_warned: flags & 8 != 0,
+        })
+    }
+
+    fn recipient(&mut self) -> Result<Recipient, EnvelopeError> {
+        let address = self.string()?;
+        let orcpt = self.optional_string()?;
+        let bits = self.byte()?;
+        if bits > 0b1111 {
+            return Err(malformed("NOTIFY"));
+        }
+        let notify = Notify {
+            success: bits & 1 != 0,
+            failure: bits & 2 != 0,
+            delay: bits & 4 != 0,
+            never: bits & 8 != 0,
+        };
+        let status = match self.byte()? {
+            0 => RecipientStatus::Pending,
+            1 => RecipientStatus::Delivered,
+            2 => RecipientStatus::Deferred,
+            3 => RecipientStatus::Bounced,
+            _ => return Err(malformed("recipient status")),
+        };
+        let last_reply = self.optional_string()?;
+        Ok(Recipient {
+            address,
+            orcpt,
+            notify,
+            status,
+            last_reply,
+        })
+    }
+
+    fn byte(&mut self) -> Result<u8, EnvelopeError> {
+        let (&first, rest) = self.rest.split_first().ok_or(malformed("truncated"))?;
+        self.rest = rest;
+        Ok(first)
+    }
+
+    fn take(&mut self, length: usize) -> Result<&[u8], EnvelopeError> {
+        if length > self.rest.len() {
+            return Err(malformed("truncated"));
+        }
+        let (taken, rest) = self.rest.split_at(length);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], EnvelopeError> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn varint(&mut self) -> Result<u64, EnvelopeError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(malformed("integer too large"));
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(malformed("integer too long"))
+    }
+
+    fn optional_varint(&mut self) -> Result<Option<u64>, EnvelopeError> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => self.varint().map(Some),
+            _ => Err(malformed("option")),
+        }
+    }
+
+    fn length(&mut self) -> Result<usize, EnvelopeError> {
+        usize::try_from(self.varint()?).map_err(|_| malformed("length"))
+    }
+
+    fn string(&mut self) -> Result<String, EnvelopeError> {
+        let length = self.length()?;
+        let bytes = self.take(length)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| malformed("text is not UTF-8"))
+    }
+
+    fn optional_string(&mut self) -> Result<Option<String>, EnvelopeError> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => self.string().map(Some),
+            _ => Err(malformed("option")),
+        }
+    }
+}
+
+fn malformed(what: &'static str) -> EnvelopeError {
+    EnvelopeError::Malformed(what)
+}
+
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn optional_varint(out: &mut Vec<u8>, value: Option<u64>) {
+    match value {
+        None => out.push(0),
+        Some(value) => {
+            out.push(1);
+            varint(out, value);
+        }
+    }
+}
+
+fn string(out: &mut Vec<u8>, text: &str) {
+    varint(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn optional_string(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        None => out.push(0),
+        Some(text) => {
+            out.push(1);
+            string(out, text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        let mut envelope = Envelope::new(
+            "app@example.com".into(),
+            vec![
+                Recipient::new("a@example.org".into()),
+                Recipient {
+                    address: "\"john doe\"@example.org".into(),
+                    orcpt: Some("john doe@example.org".into()),
+                    notify: Notify {
+                        failure: true,
+                        delay: true,
+                        ..Notify::default()
+                    },
+                    status: RecipientStatus::Deferred,
+                    last_reply: Some("451 4.3.0 try later".into()),
+                },
+            ],
+            Lane::Low,
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_790_000_000_123),
+            2048,
+        );
+        envelope.client_address = Some("2001:db8::1".parse().unwrap());
+        envelope.helo = Some("client".into());
+        envelope.smtputf8 = true;
+        envelope.ret = Some(Ret::Full);
+        envelope.envid = Some("x+y".into());
+        envelope.mt_priority = Some(-9);
+        envelope.held = true;
+        envelope.held_since_ms = Some(u64::MAX);
+        envelope.attempts = 7;
+        envelope.next_attempt_ms = Some(0);
+        envelope.delay_warned = true;
+        envelope
+    }
+
+    #[test]
+    fn every_field_survives_a_round_trip() {
+        let envelope = sample();
+        let encoded = encode(&envelope);
+        assert_eq!(encoded[0], BINARY);
+        assert_eq!(decode(&encoded).unwrap(), envelope);
+        let mut plain = Envelope::new(String::new(), vec![], Lane::High, std::time::UNIX_EPOCH, 0);
+        plain.client_address = Some("192.0.2.7".parse().unwrap());
+        assert_eq!(decode(&encode(&plain)).unwrap(), plain);
+    }
+
+    #[test]
+    fn json_written_by_earlier_versions_is_read() {
+        let envelope = sample();
+        let json = serde_json::to_vec(&envelope).unwrap();
+        assert_eq!(decode(&json).unwrap(), envelope);
+    }
+
+    #[test]
+    fn the_binary_form_is_much_smaller_than_json() {
+        let envelope = sample();
+        let json = serde_json::to_vec(&envelope).unwrap();
+        assert!(encode(&envelope).len() * 3 < json.len());
+    }
+
+    #[test]
+    fn fields_added_later_are_skipped() {
+        let envelope = sample();
+        let mut encoded = encode(&envelope);
+        assert_eq!(encoded.pop(), Some(END));
+        encoded.extend_from_slice(&[9, 3, b'a', b'b', b'c', END]);
+        assert_eq!(decode(&encoded).unwrap(), envelope);
+    }
+
+    #[test]
+    fn every_truncation_and_damage_is_an_error_not_a_panic() {
+        let encoded = encode(&sample());
+        for end in 0..encoded.len() {
+            assert!(decode(&encoded[..end]).is_err(), "truncated at {end}");
+        }
+        let mut trailing = encoded.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).is_err());
+        for index in 1..encoded.len() {
+            for value in [0x00, 0x7f, 0x80, 0xff] {
+                let mut damaged = encoded.clone();
+                damaged[index] = value;
+                let _ = decode(&damaged);
+            }
+        }
+        let mut huge_count = vec![BINARY, 1];
+        huge_count.extend_from_slice(&[0; 14]);
+        huge_count.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(
+            decode(&huge_count),
+            Err(EnvelopeError::Malformed("recipient count"))
+        ));
+        let overlong = [
+            BINARY, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
+        assert!(decode(&overlong).is_err());
+    }
+}
