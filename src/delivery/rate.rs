@@ -54,6 +54,19 @@ impl RateLimiter {
         }
     }
 
+    /// A reload changed the rate: slots are handed out anew from the last
+    /// start at the new interval, and the slots promised at the old one
+    /// are forgotten (their messages get new ones when they come back).
+    pub fn set_interval(&mut self, interval: Duration) {
+        if interval == self.interval {
+            return;
+        }
+        self.interval = interval;
+        self.next_free = self.last_start.map(|last| last + interval);
+        self.promises.clear();
+        self.not_before.clear();
+    }
+
     /// A slot for message `id`'s job: its promised one, else the next
     /// free one. `Now` when the slot is within `short_wait` (the start gate
     /// then holds the job until its slot).
