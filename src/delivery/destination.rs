@@ -199,6 +199,12 @@ impl Shaping {
             .map(|(_, rule)| rule)
     }
 
+    /// Whether `key` is a rule's destination, kept while the rule exists
+    /// (a next hop's, or a removed rule's, goes when nothing refers to it).
+    fn has_rule(&self, key: &DestinationKey) -> bool {
+        matches!(key, DestinationKey::Rule(name) if self.rule(name).is_some())
+    }
+
     /// The cap and rate interval a destination of `key` has now. A rule
     /// that a reload removed while its mail was in flight counts as a next
     /// hop without a rule.
@@ -461,7 +467,7 @@ impl Destinations {
         };
         destination.active = destination.active.saturating_sub(1);
         let pushes = grant_tokens(destination);
-        if matches!(key, DestinationKey::Hop(_)) && destination.is_unused(Instant::now()) {
+        if destination.is_unused(Instant::now()) && !self.shaping.load().has_rule(key) {
             table.remove(key);
         }
         drop(table);
@@ -748,6 +754,7 @@ impl Destinations {
             connections: Vec::new(),
             resumed: Vec::new(),
         };
+        let shaping = self.shaping.load();
         let mut table = self.lock();
         let mut pushes = Vec::new();
         table.retain(|key, destination| {
@@ -781,7 +788,7 @@ impl Destinations {
                 destination.decreased_at = None;
                 destination.successes = 0;
             }
-            matches!(key, DestinationKey::Rule(_)) || !destination.is_unused(now)
+            shaping.has_rule(key) || !destination.is_unused(now)
         });
         drop(table);
         for (key, pushes) in pushes {
@@ -794,11 +801,12 @@ impl Destinations {
     /// Each destination with a rule or a lowered limit, by label.
     pub fn shaping(&self) -> Vec<DestinationShaping> {
         let now = Instant::now();
+        let shaping = self.shaping.load();
         let table = self.lock();
         let mut rows: Vec<DestinationShaping> = table
             .iter()
             .filter(|(key, destination)| {
-                matches!(key, DestinationKey::Rule(_)) || destination.limit < destination.cap
+                shaping.has_rule(key) || destination.limit < destination.cap
             })
             .map(|(key, destination)| DestinationShaping {
                 destination: self.label(key),
@@ -812,7 +820,7 @@ impl Destinations {
             .collect();
         drop(table);
         // Rules not used yet are shown too, at their full limit.
-        for (_, rule) in &self.shaping.load().rules {
+        for (_, rule) in &shaping.rules {
             if !rows.iter().any(|row| row.destination == rule.name) {
                 rows.push(DestinationShaping {
                     destination: rule.name.clone(),
@@ -949,6 +957,62 @@ mod tests {
             destinations.label(&DestinationKey::Hop(route)),
             "route:smarthost.test"
         );
+    }
+
+    #[test]
+    fn a_reload_gives_known_destinations_their_new_caps_and_rates() {
+        let hourly = DestinationRule {
+            rate: Some(crate::config::Rate {
+                count: 1,
+                per: Duration::from_secs(3600),
+            }),
+            ..rule()
+        };
+        let destinations = Destinations::new(8, Duration::from_secs(60), &[hourly]);
+        let rule_key = DestinationKey::Rule("provider".into());
+        let hop_key = DestinationKey::Hop(NextHop::Mx("x.test".into()));
+        destinations.start_transaction(&rule_key, QueueId(1)).unwrap();
+        let (left, _, throttle) = destinations
+            .start_transaction(&rule_key, QueueId(2))
+            .expect_err("one start an hour");
+        assert!(left > Duration::from_secs(3000) && throttle == Throttle::Rate);
+        assert_eq!(destinations.overload(&hop_key, Instant::now()), Some(4));
+
+        let fast = DestinationRule {
+            concurrency: 10,
+            rate: Some(crate::config::Rate {
+                count: 100,
+                per: Duration::from_secs(1),
+            }),
+            ..rule()
+        };
+        destinations.reconfigure(16, &[fast]);
+        let limits: Vec<(String, usize)> = destinations
+            .shaping()
+            .into_iter()
+            .map(|row| (row.destination, row.concurrency_limit))
+            .collect();
+        // The rule's limit follows its new cap; a limit lowered by
+        // feedback stays lowered under the new, higher one.
+        assert_eq!(
+            limits,
+            [("provider".to_owned(), 10), ("x.test".to_owned(), 4)]
+        );
+        match destinations.start_transaction(&rule_key, QueueId(2)) {
+            Ok(()) => {}
+            Err((left, _, _)) => assert!(left <= Duration::from_millis(10), "{left:?}"),
+        }
+        // A rule the reload removed: its destination falls back to the
+        // defaults and is forgotten once unused.
+        destinations.reconfigure(16, &[]);
+        assert!(destinations.rate_of(&rule_key).is_none());
+        destinations.sweep();
+        let labels: Vec<String> = destinations
+            .shaping()
+            .into_iter()
+            .map(|row| row.destination)
+            .collect();
+        assert_eq!(labels, ["x.test"]);
     }
 
     #[test]

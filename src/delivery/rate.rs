@@ -203,6 +203,30 @@ mod tests {
     }
 
     #[test]
+    fn a_new_interval_forgets_the_old_promises() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut rate = RateLimiter::new(hour);
+        assert_eq!(rate.admit(id(1), now, Duration::ZERO), Admission::Now);
+        assert_eq!(rate.start(id(1), now), Ok(()));
+        assert_eq!(
+            rate.admit(id(2), now, Duration::ZERO),
+            Admission::Later(now + hour)
+        );
+        let second = Duration::from_secs(1);
+        rate.set_interval(second);
+        // The next slot is one new interval after the last start.
+        assert_eq!(
+            rate.admit(id(2), now, Duration::ZERO),
+            Admission::Later(now + second)
+        );
+        assert_eq!(
+            rate.admit(id(2), now + second, Duration::ZERO),
+            Admission::Now
+        );
+    }
+
+    #[test]
     fn the_gate_spaces_starts_exactly() {
         let now = Instant::now();
         let interval = Duration::from_millis(100);

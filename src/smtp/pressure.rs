@@ -435,6 +435,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reloaded_cap_frees_permits_or_takes_them_back_as_sessions_end() {
+        let pressure = pressure(3);
+        let first = admit(&pressure).await;
+        let second = admit(&pressure).await;
+        pressure.set_max_connections(1);
+        // One permit was free and is gone; one more is owed by a session.
+        assert_eq!(pressure.permits.available_permits(), 0);
+        drop(first);
+        assert_eq!(pressure.permits.available_permits(), 0, "paid the debt");
+        drop(second);
+        assert_eq!(pressure.permits.available_permits(), 1);
+        let third = admit(&pressure).await;
+        pressure.set_max_connections(4);
+        assert_eq!(pressure.permits.available_permits(), 3);
+        // Raising the cap while a lowering is still owed cancels the debt.
+        let held: Vec<Lease> = vec![admit(&pressure).await, admit(&pressure).await];
+        pressure.set_max_connections(1);
+        pressure.set_max_connections(2);
+        drop(third);
+        drop(held);
+        assert_eq!(pressure.permits.available_permits(), 2);
+    }
+
+    #[tokio::test]
     async fn permits_are_shared_by_every_caller() {
         let pressure = pressure(2);
         let first = admit(&pressure).await;
