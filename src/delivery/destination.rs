@@ -971,7 +971,9 @@ mod tests {
         let destinations = Destinations::new(8, Duration::from_secs(60), &[hourly]);
         let rule_key = DestinationKey::Rule("provider".into());
         let hop_key = DestinationKey::Hop(NextHop::Mx("x.test".into()));
-        destinations.start_transaction(&rule_key, QueueId(1)).unwrap();
+        destinations
+            .start_transaction(&rule_key, QueueId(1))
+            .unwrap();
         let (left, _, throttle) = destinations
             .start_transaction(&rule_key, QueueId(2))
             .expect_err("one start an hour");

@@ -155,6 +155,39 @@ impl TestRelay {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Rewrites the configuration file as `start` wrote it, with `extra`
+    /// in place of the original extra (same spool, same test DNS server).
+    /// The file is replaced in one rename, so a reload never reads half of
+    /// it. The daemon is not told: see `reload` and `sighup`.
+    pub fn rewrite_config(&self, extra: &str) {
+        let dns = self._dns.as_ref().map(|dns| dns.address);
+        let config = test_config(&self.spool_path(), extra, dns);
+        let staged = self.config_path.with_extension("toml.new");
+        std::fs::write(&staged, config).expect("write config");
+        std::fs::rename(&staged, &self.config_path).expect("replace config");
+    }
+
+    /// `relayq reload --config`, as an operator runs it.
+    pub fn reload(&self) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_relayq"))
+            .arg("reload")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run relayq reload")
+    }
+
+    /// Sends SIGHUP (what `kill -HUP` does).
+    pub fn sighup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
