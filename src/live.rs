@@ -40,7 +40,9 @@ pub struct Live {
     pub cluster: Option<Arc<Cluster>>,
     /// Timeouts and the EHLO name of outbound connections.
     pub client_settings: ClientSettings,
-    /// `config.routes`, shared by the next hops that lead to them.
+    /// `config.routes`, shared by the next hops that lead to them. A route
+    /// a reload did not change keeps its `Arc` (next hops compare routes
+    /// by identity).
     pub routes: Vec<Arc<Route>>,
 }
 
@@ -85,7 +87,16 @@ impl Live {
                 data_timeout: delivery.data_timeout,
                 final_timeout: delivery.final_timeout,
             },
-            routes: config.routes.iter().cloned().map(Arc::new).collect(),
+            routes: config
+                .routes
+                .iter()
+                .map(|route| {
+                    previous
+                        .and_then(|previous| previous.routes.iter().find(|old| ***old == *route))
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(route.clone()))
+                })
+                .collect(),
             config,
         })
     }

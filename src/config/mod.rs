@@ -179,7 +179,7 @@ pub struct DnsSettings {
 }
 
 /// One `[[route]]`: mail for these domains goes to a fixed host instead of MX.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Lowercased, non-empty; `"*"` matches every domain.
     pub domains: Vec<String>,

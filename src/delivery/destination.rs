@@ -28,13 +28,42 @@ use crate::metrics::{DestinationShaping, Throttle};
 use crate::queue::{Lane, PerLane};
 
 /// Where mail goes next: a recipient domain's MX hosts, or a configured
-/// route. A route is known by its settings, not its place in the file, so
-/// after a reload that changes a route no connection or memory of the old
-/// one is used for it.
+/// route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NextHop {
     Mx(String),
-    Route(Arc<Route>),
+    Route(RouteHop),
+}
+
+/// A configured route as a next hop, known by identity rather than by its
+/// place in the file: after a reload that changes a route, no connection
+/// or memory of the old one is used for it. `Live::build` keeps the same
+/// `Arc` for a route a reload left as it was, so its connections and
+/// limits carry over. Identity also keeps hashing a job's next hop as
+/// cheap as hashing an index.
+#[derive(Debug, Clone)]
+pub struct RouteHop(pub Arc<Route>);
+
+impl PartialEq for RouteHop {
+    fn eq(&self, other: &RouteHop) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RouteHop {}
+
+impl std::hash::Hash for RouteHop {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+impl std::ops::Deref for RouteHop {
+    type Target = Route;
+
+    fn deref(&self) -> &Route {
+        &self.0
+    }
 }
 
 /// What limits are kept for: a `[[destination]]` rule (by name, which
@@ -922,7 +951,7 @@ mod tests {
     fn rules_match_by_domain_first_then_by_mx_host() {
         let destinations = Destinations::new(8, Duration::from_secs(60), &[rule()]);
         let hop = |domain: &str| NextHop::Mx(domain.to_owned());
-        let route = NextHop::Route(Arc::new(Route {
+        let route = NextHop::Route(RouteHop(Arc::new(Route {
             domains: vec!["*".into()],
             host: "smarthost.test".into(),
             port: 587,
@@ -930,7 +959,7 @@ mod tests {
             verify_certificate: true,
             username: None,
             password_file: None,
-        }));
+        })));
         assert_eq!(
             destinations.key_without_mx("a.test", &hop("a.test")),
             Some(DestinationKey::Rule("provider".into()))

@@ -5,17 +5,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use relayq_spool::QueueId;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected};
+use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected, RouteHop};
 use super::job::{self, Job};
 use super::pass::Pass;
+use super::workers::{Engine, LaneWorkers};
 use crate::events::{Event, EventKind};
 use crate::live::Live;
 use crate::queue::handle::{LoadError, QueueHandle};
@@ -45,10 +45,10 @@ pub struct DeliveryContext {
     pub destinations: Destinations,
     pub tls_configs: TlsConfigs,
     in_flight: PerLane<Arc<Semaphore>>,
-    workers: PerLane<LaneWorkers>,
+    pub(super) workers: PerLane<LaneWorkers>,
     /// Tasks that commit or talk to a server are tracked, so shutdown waits
     /// for them.
-    tracker: TaskTracker,
+    pub(super) tracker: TaskTracker,
 }
 
 impl DeliveryContext {
@@ -122,72 +122,8 @@ pub fn next_hop(live: &Live, domain: &str) -> NextHop {
             .find(|route| route.domains.iter().any(|d| d == "*"))
     };
     match exact.or_else(wildcard) {
-        Some(route) => NextHop::Route(route.clone()),
+        Some(route) => NextHop::Route(RouteHop(route.clone())),
         None => NextHop::Mx(domain.to_owned()),
-    }
-}
-
-/// The workers of one lane: as many as its width. Narrowing lets the
-/// workers above the new width finish the job in hand and leave; widening
-/// starts new ones.
-#[derive(Default)]
-struct LaneWorkers {
-    width: AtomicUsize,
-    running: AtomicUsize,
-    /// Wakes idle workers when the width falls.
-    narrowed: Notify,
-}
-
-impl LaneWorkers {
-    /// Takes a place for a new worker if the lane is below its width.
-    fn claim(&self) -> bool {
-        let width = self.width.load(Ordering::Acquire);
-        self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                (running < width).then_some(running + 1)
-            })
-            .is_ok()
-    }
-
-    /// Gives up a worker's place if the lane is above its width.
-    fn retire_if_over(&self) -> bool {
-        let width = self.width.load(Ordering::Acquire);
-        self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                (running > width).then(|| running - 1)
-            })
-            .is_ok()
-    }
-
-    fn leave(&self) {
-        self.running.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The running engine: what a reload changes in it.
-pub struct Engine {
-    context: Arc<DeliveryContext>,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-}
-
-impl Engine {
-    /// Sets a lane's width (`lanes.*.concurrency`): new workers start at
-    /// once; workers above a lower width leave when their job is done.
-    pub fn set_width(&self, lane: Lane, width: usize) {
-        let workers = &self.context.workers[lane];
-        let before = workers.width.swap(width, Ordering::AcqRel);
-        if width < before {
-            workers.narrowed.notify_waiters();
-        }
-        while workers.claim() {
-            self.context.tracker.spawn(work(
-                self.context.clone(),
-                lane,
-                self.shutdown.clone(),
-                self.abort.clone(),
-            ));
-        }
     }
 }
 
@@ -217,11 +153,7 @@ pub fn spawn(
             abort.cancel();
         });
     }
-    let engine = Engine {
-        context: context.clone(),
-        shutdown: shutdown.clone(),
-        abort,
-    };
+    let engine = Engine::new(context.clone(), shutdown.clone(), abort);
     for lane in Lane::ALL {
         tracker.spawn(dispatch(context.clone(), lane, shutdown.clone()));
         engine.set_width(lane, live.config.lanes.get(lane).concurrency);
@@ -261,7 +193,7 @@ async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: Cancellat
     }
 }
 
-async fn work(
+pub(super) async fn work(
     context: Arc<DeliveryContext>,
     lane: Lane,
     shutdown: CancellationToken,

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::delivery::engine::{DeliveryContext, Engine};
+use crate::delivery::engine::DeliveryContext;
+use crate::delivery::workers::Engine;
 use crate::live::{Live, Settings};
 use crate::logging::LogLevel;
 use crate::metrics::Metrics;
