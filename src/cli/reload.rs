@@ -41,22 +41,46 @@ pub fn run(config: Option<&Path>) -> ExitCode {
 }
 
 /// The control socket named by the configuration. A file being reloaded
-/// may not validate — the daemon is the one to say so, and count it — so
-/// the socket is then taken from the keys that decide it alone.
+/// may not validate, or not even be TOML — the daemon is the one to say
+/// so, and count it — so the socket is then found from the lines that
+/// decide it alone.
 fn control_socket(explicit: Option<&Path>) -> PathBuf {
     if let Ok(config) = load_config(explicit) {
         return config.control.socket;
     }
     let path = explicit.unwrap_or(Path::new(super::SYSTEM_CONFIG));
-    let table: toml::Table = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_default();
-    let string =
-        |section: &str, key: &str| table.get(section)?.get(key)?.as_str().map(PathBuf::from);
-    string("control", "socket")
-        .or_else(|| string("spool", "path").map(|spool| spool.join("control.sock")))
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (socket, spool) = scan_socket(&text);
+    socket
+        .or_else(|| spool.map(|spool| spool.join("control.sock")))
         .unwrap_or_else(|| Config::builtin().control.socket)
+}
+
+/// `control.socket` and `spool.path` as written on their own lines
+/// (`key = "value"`), whatever the rest of the text is.
+fn scan_socket(text: &str) -> (Option<PathBuf>, Option<PathBuf>) {
+    let mut section = "";
+    let (mut socket, mut spool) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.trim_matches(['[', ']']).trim();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value
+            .trim()
+            .strip_prefix('"')
+            .and_then(|rest| rest.split_once('"'))
+            .map(|(value, _)| PathBuf::from(value));
+        match (section, key.trim()) {
+            ("control", "socket") => socket = value,
+            ("spool", "path") => spool = value,
+            _ => {}
+        }
+    }
+    (socket, spool)
 }
 
 fn describe(report: &Report) -> String {
@@ -74,4 +98,24 @@ fn describe(report: &Report) -> String {
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_found_in_a_file_that_is_not_valid() {
+        let text = "[spool]\npath = \"/srv/spool\"  # comment\n[smtp\nrelay_networks = [\n";
+        assert_eq!(scan_socket(text), (None, Some(PathBuf::from("/srv/spool"))));
+        let text = "[control]\nsocket = \"/run/relayq/c.sock\"\n[spool]\npath = \"/srv\"\n";
+        assert_eq!(
+            scan_socket(text),
+            (
+                Some(PathBuf::from("/run/relayq/c.sock")),
+                Some(PathBuf::from("/srv"))
+            )
+        );
+        assert_eq!(scan_socket("[[listener]]\naddress = \"x\"\n"), (None, None));
+    }
 }
