@@ -336,3 +336,26 @@ fn sighup_under_load_loses_and_duplicates_nothing() {
         relay.logs_text()
     );
 }
+
+#[test]
+fn the_log_level_changes_on_reload() {
+    let settings =
+        |level: &str| format!("[smtp]\nidle_timeout = \"1s\"\n[log]\nlevel = \"{level}\"\n");
+    // Without RUST_LOG, which would win over `log.level`.
+    let relay = TestRelay::start_with_env(&settings("info"), &[("RUST_LOG", "")]);
+    let idle_until_closed = || {
+        let mut client = relay.client();
+        assert_eq!(client.read().code, 220);
+        assert_eq!(client.read().code, 421, "closed for idling");
+    };
+    idle_until_closed();
+
+    relay.rewrite_config(&settings("relayq=debug,info"));
+    let output = relay.reload();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("log.level"), "{}", stdout(&output));
+    idle_until_closed();
+    relay.wait_for_log("session closed: command_timeout");
+    // Logs are in order: the session before the reload logged no such line.
+    assert_eq!(relay.log_lines("session closed: command_timeout").len(), 1);
+}

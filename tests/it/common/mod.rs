@@ -42,7 +42,8 @@ impl TestRelay {
         TestRelay::start_with_env(extra, &[])
     }
 
-    /// As `start`, with extra environment variables for the relay.
+    /// As `start`, with extra environment variables for the relay; an empty
+    /// value removes the variable (`RUST_LOG`, which the harness sets).
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> TestRelay {
         let directory = tempfile::tempdir().expect("temp dir");
         let config_path = directory.path().join("relayq.toml");
@@ -79,12 +80,19 @@ impl TestRelay {
     /// an earlier run are dropped.
     pub fn launch(&mut self) {
         self.logs.lock().unwrap().clear();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relayq"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relayq"));
+        command.env("RUST_LOG", "info");
+        for (name, value) in &self.env {
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
