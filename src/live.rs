@@ -33,8 +33,9 @@ pub struct Live {
     /// format) keep their values from the start: see `reload::changes`.
     pub config: Config,
     pub retry: RetryPolicy,
-    /// The lanes' `max_queued` caps, checked by intake.
-    pub admission: LaneAdmission,
+    /// The lanes' `max_queued` caps, checked by intake; kept across a
+    /// reload that does not change them (with its log rate limit).
+    pub admission: Arc<LaneAdmission>,
     pub resolver: MxResolver,
     /// The Redis that destination rates are shared through, if any.
     pub cluster: Option<Arc<Cluster>>,
@@ -72,11 +73,16 @@ impl Live {
             }
             (Some(url), _) => Some(Arc::new(Cluster::new(url, metrics.clone())?)),
         };
+        let max_queued = PerLane::from_fn(|lane| config.lanes.get(lane).max_queued);
+        let admission = match previous {
+            Some(previous) if *previous.admission.max_queued() == max_queued => {
+                previous.admission.clone()
+            }
+            _ => Arc::new(LaneAdmission::new(max_queued)),
+        };
         Ok(Live {
             retry: RetryPolicy::new(&config.retry),
-            admission: LaneAdmission::new(PerLane::from_fn(|lane| {
-                config.lanes.get(lane).max_queued
-            })),
+            admission,
             resolver,
             cluster,
             client_settings: ClientSettings {
