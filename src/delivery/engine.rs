@@ -48,7 +48,7 @@ pub struct DeliveryContext {
     pub(super) workers: PerLane<LaneWorkers>,
     /// Tasks that commit or talk to a server are tracked, so shutdown waits
     /// for them.
-    pub(super) tracker: TaskTracker,
+    tracker: TaskTracker,
 }
 
 impl DeliveryContext {

@@ -76,7 +76,7 @@ impl Engine {
             workers.narrowed.notify_waiters();
         }
         while workers.claim() {
-            self.context.tracker.spawn(super::engine::work(
+            self.context.tracker().spawn(super::engine::work(
                 self.context.clone(),
                 lane,
                 self.shutdown.clone(),
