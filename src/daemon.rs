@@ -13,12 +13,13 @@ use crate::config::Config;
 use crate::control;
 use crate::delivery::{self, engine::DeliveryContext};
 use crate::events::Events;
+use crate::live::{Live, Settings};
+use crate::logging::LogLevel;
 use crate::maildrop;
 use crate::metrics::{self, Metrics};
+use crate::queue::Queue;
 use crate::queue::handle::QueueHandle;
-use crate::queue::retry::RetryPolicy;
-use crate::queue::{PerLane, Queue};
-use crate::smtp::admission::LaneAdmission;
+use crate::reload::{self, Reloader};
 use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::SessionShared;
@@ -28,8 +29,12 @@ use crate::systemd::Notifier;
 /// How long in-flight sessions may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT; `SIGHUP` reloads the
+/// configuration. `log_level` changes the installed subscriber's level.
+pub async fn serve(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
+    // Registered first: SIGHUP's default action would end the process.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     let shutdown = CancellationToken::new();
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -37,11 +42,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         signal_shutdown.cancel();
     });
-    run(config, shutdown).await
+    run(config, log_level, Some(hangup), shutdown).await
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the daemon until `shutdown` is cancelled; reloads on `hangup`.
+pub async fn run(
+    config: Config,
+    log_level: LogLevel,
+    hangup: Option<tokio::signal::unix::Signal>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let spool_path = config.spool.path.clone();
     let opened = tokio::task::spawn_blocking(move || Spool::open(SpoolOptions::new(spool_path)))
         .await
@@ -66,16 +76,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let events = Events::new();
     let metrics = Arc::new(Metrics::new());
     let control_socket = control::bind(&config.control.socket)?;
+    let live = Live::build(config.clone(), None, &metrics).context("cannot set up delivery")?;
+    let settings = Settings::new(live);
     let handle = QueueHandle {
-        hostname: config.hostname.clone(),
+        settings: settings.clone(),
         spool: spool.clone(),
         queue: queue.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
-        policy: RetryPolicy::new(&config.retry),
     };
     let delivery = Arc::new(
-        DeliveryContext::new(&config, handle.clone(), tracker.clone())
+        DeliveryContext::new(&settings.snapshot(), handle.clone(), tracker.clone())
             .context("cannot set up delivery")?,
     );
     {
@@ -89,29 +100,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         });
     }
     let delivery_shutdown = CancellationToken::new();
-    delivery::engine::spawn(
+    let engine = delivery::engine::spawn(
         delivery.clone(),
-        &config.lanes,
+        &settings.snapshot(),
         &tracker,
         delivery_shutdown.clone(),
     );
 
     let free_space = FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space);
     let shared = Arc::new(SessionShared {
-        hostname: config.hostname.clone(),
-        origin: config.smtp.origin.clone(),
-        admin_address: config.smtp.admin_address.clone(),
-        relay_networks: config.smtp.relay_networks.clone(),
-        max_recipients: config.smtp.max_recipients,
-        max_message_size: config.spool.max_message_size,
-        idle_timeout: config.smtp.idle_timeout,
-        stress_idle_timeout: config.smtp.stress_idle_timeout,
-        min_data_rate: config.smtp.min_data_rate,
-        max_errors: config.smtp.max_errors,
+        settings: settings.clone(),
         spool: spool.clone(),
         queue: queue.clone(),
         free_space: free_space.clone(),
-        admission: LaneAdmission::new(PerLane::from_fn(|lane| config.lanes.get(lane).max_queued)),
         shutdown: shutdown.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
@@ -148,24 +149,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 Arc::new(move || delivery.active_connections())
             },
             spool: spool.clone(),
-            free_space,
+            free_space: free_space.clone(),
             shutdown: shutdown.clone(),
         });
         tracker.spawn(metrics::http::serve(socket, endpoint, tracker.clone()));
     }
     start_maildrop_import(&config, &shared, &tracker, &shutdown);
-    // The control API (`relayq queue …`); its socket is removed at shutdown.
+    let notifier = Arc::new(Notifier::from_env());
+    let reloader = Arc::new(Reloader {
+        file: config.source.clone(),
+        settings,
+        metrics: metrics.clone(),
+        engine,
+        delivery: delivery.clone(),
+        pressure: pressure.clone(),
+        free_space,
+        log_level,
+        notifier: notifier.clone(),
+        serial: tokio::sync::Mutex::new(()),
+    });
+    if let Some(hangup) = hangup {
+        tokio::spawn(reload::on_hangup(
+            reloader.clone(),
+            hangup,
+            shutdown.clone(),
+        ));
+    }
+    // The control API (`relayq queue …`, `relayq reload`); its socket is
+    // removed at shutdown.
     tracing::info!("control socket {}", config.control.socket.display());
-    let control_options = control::ControlOptions {
-        bulk_chunk: config.control.bulk_chunk,
-    };
-    control::spawn(
-        control_socket,
-        handle,
-        control_options,
-        &tracker,
-        shutdown.clone(),
-    );
+    control::spawn(control_socket, handle, reloader, &tracker, shutdown.clone());
 
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",
@@ -178,7 +191,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .unwrap_or_else(|| "built-in defaults".to_owned()),
     );
 
-    let notifier = Arc::new(Notifier::from_env());
     notifier.notify(&format!(
         "READY=1\nSTATUS=accepting mail; {} messages queued at start",
         recovery.high + recovery.low
@@ -257,7 +269,6 @@ fn start_maildrop_import(
     let settings = maildrop::ImportSettings {
         directory,
         lane: config.listeners[0].lane,
-        max_message_size: config.spool.max_message_size,
     };
     maildrop::spawn(settings, shared.clone(), tracker, shutdown.clone());
 }

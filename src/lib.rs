@@ -14,11 +14,13 @@ pub(crate) mod dsn;
 pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod live;
 pub mod logging;
 pub(crate) mod maildrop;
 pub(crate) mod metrics;
 pub(crate) mod outcome;
 pub mod queue;
+pub(crate) mod reload;
 pub mod smtp;
 pub(crate) mod storage;
 pub(crate) mod submission;

@@ -262,7 +262,6 @@ pub struct ImportSettings {
     /// The lane of the first listener: imported mail is treated as if it
     /// had arrived there.
     pub lane: Lane,
-    pub max_message_size: u64,
 }
 
 /// Spawns the importer: imports what is in the maildrop now, then polls
@@ -325,7 +324,14 @@ impl Importer {
 
     async fn import(&mut self, name: &str) {
         let path = self.settings.directory.join(name);
-        let limit = self.settings.max_message_size + ENVELOPE_ALLOWANCE;
+        let max_message_size = self
+            .shared
+            .settings
+            .snapshot()
+            .config
+            .spool
+            .max_message_size;
+        let limit = max_message_size + ENVELOPE_ALLOWANCE;
         let read_path = path.clone();
         let bytes = match tokio::task::spawn_blocking(move || read_bounded(&read_path, limit)).await
         {

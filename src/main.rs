@@ -1,6 +1,7 @@
 //! The `relayq` command: `serve` runs the daemon, `check-config` validates a
 //! configuration file, `queue` (or `mailq`) talks to the running daemon,
-//! `sendmail` submits a message (also when invoked as `sendmail`).
+//! `sendmail` submits a message (also when invoked as `sendmail`), `reload`
+//! makes the daemon re-read its configuration.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,14 @@ enum Commands {
     },
     /// Inspect and operate the queue of the running daemon (also `mailq`).
     Queue(relayq::cli::queue::QueueArgs),
+    /// Make the running daemon re-read its configuration file: exit 0 and
+    /// what changed, or 64 with the file, key and reason (nothing changed).
+    Reload {
+        /// Configuration that names the daemon's control socket (default as
+        /// for `serve`).
+        #[arg(long, short = 'c', env = "RELAYQ_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +109,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         Commands::CheckConfig { file } => check_config(&file),
         Commands::Sendmail { args } => run_sendmail(args),
         Commands::Queue(args) => relayq::cli::queue::run(args),
+        Commands::Reload { config } => relayq::cli::reload::run(config.as_deref()),
     }
 }
 
@@ -158,7 +168,7 @@ fn serve(explicit: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    relayq::logging::init(config.log.format, config.log.level.as_deref());
+    let log_level = relayq::logging::init(config.log.format, config.log.level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,7 +179,7 @@ fn serve(explicit: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_SOFTWARE);
         }
     };
-    match runtime.block_on(relayq::daemon::serve(config)) {
+    match runtime.block_on(relayq::daemon::serve(config, log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

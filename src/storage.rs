@@ -16,7 +16,8 @@ pub struct FreeSpace {
 
 struct Inner {
     path: PathBuf,
-    minimum: u64,
+    /// `spool.min_free_space`; a reload changes it.
+    minimum: AtomicU64,
     started: Instant,
     /// Milliseconds since `started` of the last reading, and its verdict.
     checked_at_ms: AtomicU64,
@@ -28,7 +29,7 @@ impl FreeSpace {
         let guard = FreeSpace {
             inner: Arc::new(Inner {
                 path,
-                minimum,
+                minimum: AtomicU64::new(minimum),
                 started: Instant::now(),
                 checked_at_ms: AtomicU64::new(0),
                 sufficient: std::sync::atomic::AtomicBool::new(true),
@@ -36,6 +37,12 @@ impl FreeSpace {
         };
         guard.refresh();
         guard
+    }
+
+    /// Applies a reloaded `spool.min_free_space`, checked at once.
+    pub fn set_minimum(&self, minimum: u64) {
+        self.inner.minimum.store(minimum, Ordering::Relaxed);
+        self.refresh();
     }
 
     /// Bytes available to unprivileged writers on the spool's file system.
@@ -55,7 +62,7 @@ impl FreeSpace {
 
     fn refresh(&self) {
         let sufficient = match self.available() {
-            Ok(available) => available >= self.inner.minimum,
+            Ok(available) => available >= self.inner.minimum.load(Ordering::Relaxed),
             Err(error) => {
                 tracing::warn!(path = %self.inner.path.display(), "cannot read free space: {error}");
                 true

@@ -47,6 +47,11 @@ impl Notifier {
         }
     }
 
+    /// A reload begins; `READY=1` says it ended (sd_notify(3)).
+    pub fn reloading(&self) {
+        self.notify("RELOADING=1\nSTATUS=reloading the configuration");
+    }
+
     /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when it is
     /// set for this process (sd_watchdog_enabled(3)).
     pub fn watchdog_interval(&self) -> Option<Duration> {

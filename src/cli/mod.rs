@@ -1,10 +1,12 @@
-//! Command-line clients of the daemon: `relayq queue …` (and `mailq`).
+//! Command-line clients of the daemon: `relayq queue …` (and `mailq`),
+//! `relayq reload`.
 //! They find the daemon through the configuration, resolved as `serve`
 //! resolves it.
 
 pub(crate) mod client;
 pub(crate) mod format;
 pub mod queue;
+pub mod reload;
 pub mod sendmail;
 
 use std::path::{Path, PathBuf};

@@ -21,6 +21,7 @@ use crate::queue::envelope::unix_ms;
 use crate::queue::handle::QueueHandle;
 use crate::queue::transition::Operation;
 use crate::queue::{Envelope, Lane, SetId};
+use crate::reload::Reloader;
 
 /// What a request gets back.
 pub enum Reply {
@@ -78,6 +79,19 @@ pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8]) -> Re
             Reply::error(405, "method not allowed")
         }
         _ => Reply::error(404, "no such endpoint"),
+    }
+}
+
+/// `POST /reload`: re-reads the daemon's configuration file. 200 with the
+/// keys changed and those that need a restart; 422 with the file, key and
+/// reason when the file is refused (nothing changed).
+pub async fn reload(reloader: &Reloader, request: &Request) -> Reply {
+    if request.method != "POST" {
+        return Reply::error(405, "method not allowed");
+    }
+    match reloader.reload().await {
+        Ok(report) => Reply::ok(&report),
+        Err(error) => Reply::error(422, &error.to_string()),
     }
 }
 

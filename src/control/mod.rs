@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::queue::handle::QueueHandle;
+use crate::reload::Reloader;
 use api::Reply;
 
 /// Control connections served at once (event streams included).
@@ -102,7 +103,7 @@ pub struct ControlOptions {
 pub fn spawn(
     socket: ControlSocket,
     context: QueueHandle,
-    options: ControlOptions,
+    reloader: Arc<Reloader>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -129,9 +130,10 @@ pub fn spawn(
                 _ = shutdown.cancelled() => break,
             };
             let context = context.clone();
+            let reloader = reloader.clone();
             let shutdown = shutdown.clone();
             connections.spawn(async move {
-                if let Err(error) = serve_connection(stream, &context, options, &shutdown).await {
+                if let Err(error) = serve_connection(stream, &context, &reloader, &shutdown).await {
                     tracing::debug!("control connection: {error}");
                 }
                 drop(permit);
@@ -144,7 +146,7 @@ pub fn spawn(
 async fn serve_connection(
     mut stream: UnixStream,
     context: &QueueHandle,
-    options: ControlOptions,
+    reloader: &Reloader,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let (request, body) =
@@ -154,11 +156,17 @@ async fn serve_connection(
             Ok(Err(error)) => return Err(error),
             Err(_) => return write_reply(&mut stream, Reply::error(408, "request timeout")).await,
         };
-    let reply = api::handle(context, &request, &body).await;
+    let reply = match request.path.trim_matches('/') {
+        "reload" => api::reload(reloader, &request).await,
+        _ => api::handle(context, &request, &body).await,
+    };
     match reply {
         Reply::Events { text } => stream_events(stream, context, shutdown, text).await,
         Reply::List { filter, limit } => stream_list(stream, context, &filter, limit).await,
         Reply::Bulk { bulk, progress } => {
+            let options = ControlOptions {
+                bulk_chunk: context.settings.snapshot().config.control.bulk_chunk,
+            };
             stream_bulk(stream, context, &bulk, progress, options, shutdown).await
         }
         reply => write_reply(&mut stream, reply).await,

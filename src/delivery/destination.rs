@@ -12,9 +12,10 @@
 //! to be deferred without an attempt, so they hold neither a slot nor a pass.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use relayq_spool::QueueId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -26,18 +27,50 @@ use crate::config::{DestinationRule, Route};
 use crate::metrics::{DestinationShaping, Throttle};
 use crate::queue::{Lane, PerLane};
 
-/// Where mail goes next: a recipient domain's MX hosts, or a configured route.
+/// Where mail goes next: a recipient domain's MX hosts, or a configured
+/// route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NextHop {
     Mx(String),
-    Route(usize),
+    Route(RouteHop),
 }
 
-/// What limits are kept for: a `[[destination]]` rule (by index), or a next
-/// hop without a rule.
+/// A configured route as a next hop, known by identity rather than by its
+/// place in the file: after a reload that changes a route, no connection
+/// or memory of the old one is used for it. `Live::build` keeps the same
+/// `Arc` for a route a reload left as it was, so its connections and
+/// limits carry over. Identity also keeps hashing a job's next hop as
+/// cheap as hashing an index.
+#[derive(Debug, Clone)]
+pub struct RouteHop(pub Arc<Route>);
+
+impl PartialEq for RouteHop {
+    fn eq(&self, other: &RouteHop) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RouteHop {}
+
+impl std::hash::Hash for RouteHop {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+impl std::ops::Deref for RouteHop {
+    type Target = Route;
+
+    fn deref(&self) -> &Route {
+        &self.0
+    }
+}
+
+/// What limits are kept for: a `[[destination]]` rule (by name, which
+/// stays the same across reloads), or a next hop without a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DestinationKey {
-    Rule(usize),
+    Rule(Arc<str>),
     Hop(NextHop),
 }
 
@@ -170,12 +203,54 @@ struct ReadyList {
     notify: Notify,
 }
 
-pub struct Destinations {
+/// The settings destinations are created with; replaced by a reload.
+struct Shaping {
     default_cap: usize,
+    /// In file order, each with its name as the key uses it.
+    rules: Vec<(Arc<str>, DestinationRule)>,
+}
+
+impl Shaping {
+    fn new(default_cap: usize, rules: &[DestinationRule]) -> Shaping {
+        Shaping {
+            default_cap: default_cap.max(1),
+            rules: rules
+                .iter()
+                .map(|rule| (Arc::from(rule.name.as_str()), rule.clone()))
+                .collect(),
+        }
+    }
+
+    fn rule(&self, name: &str) -> Option<&DestinationRule> {
+        self.rules
+            .iter()
+            .find(|(rule_name, _)| &**rule_name == name)
+            .map(|(_, rule)| rule)
+    }
+
+    /// Whether `key` is a rule's destination, kept while the rule exists
+    /// (a next hop's, or a removed rule's, goes when nothing refers to it).
+    fn has_rule(&self, key: &DestinationKey) -> bool {
+        matches!(key, DestinationKey::Rule(name) if self.rule(name).is_some())
+    }
+
+    /// The cap and rate interval a destination of `key` has now. A rule
+    /// that a reload removed while its mail was in flight counts as a next
+    /// hop without a rule.
+    fn limits(&self, key: &DestinationKey) -> (usize, Option<Duration>) {
+        match key {
+            DestinationKey::Rule(name) => match self.rule(name) {
+                Some(rule) => (rule.concurrency, rule.rate.map(|rate| rate.interval())),
+                None => (self.default_cap, None),
+            },
+            DestinationKey::Hop(_) => (self.default_cap, None),
+        }
+    }
+}
+
+pub struct Destinations {
     dead_for: Duration,
-    rules: Vec<DestinationRule>,
-    /// `route:HOST` per route: the label of a route's destination.
-    route_labels: Vec<String>,
+    shaping: ArcSwap<Shaping>,
     table: Mutex<HashMap<DestinationKey, Destination>>,
     dead: Mutex<HashMap<NextHop, (Instant, RemoteReply)>>,
     ready: PerLane<ReadyList>,
@@ -185,20 +260,10 @@ impl Destinations {
     /// `default_cap`: concurrent deliveries per destination without a rule;
     /// `dead_for`: how long a next hop whose hosts all refused connections
     /// is skipped.
-    pub fn new(
-        default_cap: usize,
-        dead_for: Duration,
-        rules: Vec<DestinationRule>,
-        routes: &[Route],
-    ) -> Destinations {
+    pub fn new(default_cap: usize, dead_for: Duration, rules: &[DestinationRule]) -> Destinations {
         Destinations {
-            default_cap: default_cap.max(1),
             dead_for,
-            rules,
-            route_labels: routes
-                .iter()
-                .map(|route| format!("route:{}", route.host))
-                .collect(),
+            shaping: ArcSwap::new(Arc::new(Shaping::new(default_cap, rules))),
             table: Mutex::default(),
             dead: Mutex::default(),
             ready: Default::default(),
@@ -218,12 +283,12 @@ impl Destinations {
             NextHop::Mx(_) => mx_host,
             NextHop::Route(_) => None,
         };
-        for (index, rule) in self.rules.iter().enumerate() {
+        for (name, rule) in &self.shaping.load().rules {
             if rule.matches(domain, None) {
-                return (DestinationKey::Rule(index), false);
+                return (DestinationKey::Rule(name.clone()), false);
             }
             if rule.matches(domain, mx_host) {
-                return (DestinationKey::Rule(index), true);
+                return (DestinationKey::Rule(name.clone()), true);
             }
         }
         (DestinationKey::Hop(hop.clone()), false)
@@ -233,9 +298,9 @@ impl Destinations {
     /// a rule matching the domain comes before any rule with `mx:`
     /// patterns, or no rule has them.
     pub fn key_without_mx(&self, domain: &str, hop: &NextHop) -> Option<DestinationKey> {
-        for (index, rule) in self.rules.iter().enumerate() {
+        for (name, rule) in &self.shaping.load().rules {
             if rule.matches(domain, None) {
-                return Some(DestinationKey::Rule(index));
+                return Some(DestinationKey::Rule(name.clone()));
             }
             if rule.needs_mx() && matches!(hop, NextHop::Mx(_)) {
                 return None;
@@ -247,26 +312,44 @@ impl Destinations {
     /// The name in metrics, stats, logs and Redis keys.
     pub fn label(&self, key: &DestinationKey) -> String {
         match key {
-            DestinationKey::Rule(index) => self.rules[*index].name.clone(),
+            DestinationKey::Rule(name) => name.to_string(),
             DestinationKey::Hop(NextHop::Mx(domain)) => domain.clone(),
-            DestinationKey::Hop(NextHop::Route(index)) => self
-                .route_labels
-                .get(*index)
-                .cloned()
-                .unwrap_or_else(|| format!("route:{index}")),
+            DestinationKey::Hop(NextHop::Route(route)) => format!("route:{}", route.host),
         }
     }
 
     fn create(&self, key: &DestinationKey) -> Destination {
-        match key {
-            DestinationKey::Rule(index) => {
-                let rule = &self.rules[*index];
-                Destination::new(
-                    rule.concurrency,
-                    rule.rate.map(|rate| RateLimiter::new(rate.interval())),
-                )
+        let (cap, interval) = self.shaping.load().limits(key);
+        Destination::new(cap, interval.map(RateLimiter::new))
+    }
+
+    /// Applies reloaded settings: new destinations are created with them,
+    /// and the ones known now take their new cap and rate at once (a limit
+    /// lowered by feedback stays lowered, within the new cap). Jobs in
+    /// flight finish; waiting jobs start as the new limits allow.
+    pub fn reconfigure(&self, default_cap: usize, rules: &[DestinationRule]) {
+        // Stored before the table is locked: a destination created meanwhile
+        // from the old settings is updated below.
+        self.shaping
+            .store(Arc::new(Shaping::new(default_cap, rules)));
+        let shaping = self.shaping.load();
+        let mut table = self.lock();
+        let mut pushes = Vec::new();
+        for (key, destination) in table.iter_mut() {
+            let (cap, interval) = shaping.limits(key);
+            if destination.limit == destination.cap || destination.limit > cap {
+                destination.limit = cap;
             }
-            DestinationKey::Hop(_) => Destination::new(self.default_cap, None),
+            destination.cap = cap;
+            match (&mut destination.rate, interval) {
+                (Some(rate), Some(interval)) => rate.set_interval(interval),
+                (rate, interval) => *rate = interval.map(RateLimiter::new),
+            }
+            pushes.push((key.clone(), grant_tokens(destination)));
+        }
+        drop(table);
+        for (key, pushes) in pushes {
+            self.push_ready(&key, pushes);
         }
     }
 
@@ -316,12 +399,12 @@ impl Destinations {
 
     /// The name and interval of `key`'s rate, when it has one: what a fleet
     /// rate is kept under in Redis.
-    pub fn rate_of(&self, key: &DestinationKey) -> Option<(&str, Duration)> {
-        let DestinationKey::Rule(index) = key else {
+    pub fn rate_of(&self, key: &DestinationKey) -> Option<(Arc<str>, Duration)> {
+        let DestinationKey::Rule(name) = key else {
             return None;
         };
-        let rule = &self.rules[*index];
-        Some((rule.name.as_str(), rule.rate?.interval()))
+        let interval = self.shaping.load().rule(name)?.rate?.interval();
+        Some((name.clone(), interval))
     }
 
     /// The fleet (Redis) refused a start that the destination's own rate
@@ -413,7 +496,7 @@ impl Destinations {
         };
         destination.active = destination.active.saturating_sub(1);
         let pushes = grant_tokens(destination);
-        if matches!(key, DestinationKey::Hop(_)) && destination.is_unused(Instant::now()) {
+        if destination.is_unused(Instant::now()) && !self.shaping.load().has_rule(key) {
             table.remove(key);
         }
         drop(table);
@@ -532,10 +615,11 @@ impl Destinations {
         key: &DestinationKey,
         reply: &RemoteReply,
     ) -> Option<(Wait, Option<Suspended>)> {
-        let DestinationKey::Rule(index) = key else {
+        let DestinationKey::Rule(name) = key else {
             return None;
         };
-        let rule = &self.rules[*index];
+        let shaping = self.shaping.load();
+        let rule = shaping.rule(name)?;
         if !rule.suspends_on(&reply.to_string()) {
             return None;
         }
@@ -666,7 +750,13 @@ impl Destinations {
         connection: Connection,
     ) -> Option<Connection> {
         let per_connection = match key {
-            DestinationKey::Rule(index) => self.rules[*index].messages_per_connection,
+            DestinationKey::Rule(name) => self
+                .shaping
+                .load()
+                .rule(name)
+                .map_or(MAX_TRANSACTIONS_PER_CONNECTION, |rule| {
+                    rule.messages_per_connection
+                }),
             DestinationKey::Hop(_) => MAX_TRANSACTIONS_PER_CONNECTION,
         };
         if connection.completed_transactions() >= per_connection {
@@ -693,6 +783,7 @@ impl Destinations {
             connections: Vec::new(),
             resumed: Vec::new(),
         };
+        let shaping = self.shaping.load();
         let mut table = self.lock();
         let mut pushes = Vec::new();
         table.retain(|key, destination| {
@@ -726,7 +817,7 @@ impl Destinations {
                 destination.decreased_at = None;
                 destination.successes = 0;
             }
-            matches!(key, DestinationKey::Rule(_)) || !destination.is_unused(now)
+            shaping.has_rule(key) || !destination.is_unused(now)
         });
         drop(table);
         for (key, pushes) in pushes {
@@ -739,11 +830,12 @@ impl Destinations {
     /// Each destination with a rule or a lowered limit, by label.
     pub fn shaping(&self) -> Vec<DestinationShaping> {
         let now = Instant::now();
+        let shaping = self.shaping.load();
         let table = self.lock();
         let mut rows: Vec<DestinationShaping> = table
             .iter()
             .filter(|(key, destination)| {
-                matches!(key, DestinationKey::Rule(_)) || destination.limit < destination.cap
+                shaping.has_rule(key) || destination.limit < destination.cap
             })
             .map(|(key, destination)| DestinationShaping {
                 destination: self.label(key),
@@ -757,7 +849,7 @@ impl Destinations {
             .collect();
         drop(table);
         // Rules not used yet are shown too, at their full limit.
-        for rule in &self.rules {
+        for (_, rule) in &shaping.rules {
             if !rows.iter().any(|row| row.destination == rule.name) {
                 rows.push(DestinationShaping {
                     destination: rule.name.clone(),
@@ -827,7 +919,7 @@ mod tests {
 
     #[test]
     fn the_limit_halves_once_per_round_and_grows_by_one_per_round_of_successes() {
-        let destinations = Destinations::new(8, Duration::from_secs(60), Vec::new(), &[]);
+        let destinations = Destinations::new(8, Duration::from_secs(60), &[]);
         let key = DestinationKey::Hop(NextHop::Mx("x.test".into()));
         let round = Instant::now();
         assert_eq!(destinations.overload(&key, round), Some(4));
@@ -857,16 +949,25 @@ mod tests {
 
     #[test]
     fn rules_match_by_domain_first_then_by_mx_host() {
-        let destinations = Destinations::new(8, Duration::from_secs(60), vec![rule()], &[]);
+        let destinations = Destinations::new(8, Duration::from_secs(60), &[rule()]);
         let hop = |domain: &str| NextHop::Mx(domain.to_owned());
+        let route = NextHop::Route(RouteHop(Arc::new(Route {
+            domains: vec!["*".into()],
+            host: "smarthost.test".into(),
+            port: 587,
+            tls: crate::config::RouteTls::Starttls,
+            verify_certificate: true,
+            username: None,
+            password_file: None,
+        })));
         assert_eq!(
             destinations.key_without_mx("a.test", &hop("a.test")),
-            Some(DestinationKey::Rule(0))
+            Some(DestinationKey::Rule("provider".into()))
         );
         assert_eq!(destinations.key_without_mx("b.test", &hop("b.test")), None);
         assert_eq!(
             destinations.key_for("b.test", &hop("b.test"), Some("mx1.provider.test")),
-            (DestinationKey::Rule(0), true)
+            (DestinationKey::Rule("provider".into()), true)
         );
         assert_eq!(
             destinations.key_for("c.test", &hop("c.test"), Some("mx.elsewhere.test")),
@@ -874,16 +975,81 @@ mod tests {
         );
         // A route's mail is never grouped by MX.
         assert_eq!(
-            destinations.key_for("b.test", &NextHop::Route(0), Some("mx1.provider.test")),
-            (DestinationKey::Hop(NextHop::Route(0)), false)
+            destinations.key_for("b.test", &route, Some("mx1.provider.test")),
+            (DestinationKey::Hop(route.clone()), false)
         );
-        assert_eq!(destinations.label(&DestinationKey::Rule(0)), "provider");
+        assert_eq!(
+            destinations.label(&DestinationKey::Rule("provider".into())),
+            "provider"
+        );
+        assert_eq!(
+            destinations.label(&DestinationKey::Hop(route)),
+            "route:smarthost.test"
+        );
+    }
+
+    #[test]
+    fn a_reload_gives_known_destinations_their_new_caps_and_rates() {
+        let hourly = DestinationRule {
+            rate: Some(crate::config::Rate {
+                count: 1,
+                per: Duration::from_secs(3600),
+            }),
+            ..rule()
+        };
+        let destinations = Destinations::new(8, Duration::from_secs(60), &[hourly]);
+        let rule_key = DestinationKey::Rule("provider".into());
+        let hop_key = DestinationKey::Hop(NextHop::Mx("x.test".into()));
+        destinations
+            .start_transaction(&rule_key, QueueId(1))
+            .unwrap();
+        let (left, _, throttle) = destinations
+            .start_transaction(&rule_key, QueueId(2))
+            .expect_err("one start an hour");
+        assert!(left > Duration::from_secs(3000) && throttle == Throttle::Rate);
+        assert_eq!(destinations.overload(&hop_key, Instant::now()), Some(4));
+
+        let fast = DestinationRule {
+            concurrency: 10,
+            rate: Some(crate::config::Rate {
+                count: 100,
+                per: Duration::from_secs(1),
+            }),
+            ..rule()
+        };
+        destinations.reconfigure(16, &[fast]);
+        let limits: Vec<(String, usize)> = destinations
+            .shaping()
+            .into_iter()
+            .map(|row| (row.destination, row.concurrency_limit))
+            .collect();
+        // The rule's limit follows its new cap; a limit lowered by
+        // feedback stays lowered under the new, higher one.
+        assert_eq!(
+            limits,
+            [("provider".to_owned(), 10), ("x.test".to_owned(), 4)]
+        );
+        match destinations.start_transaction(&rule_key, QueueId(2)) {
+            Ok(()) => {}
+            Err((left, _, _)) => assert!(left <= Duration::from_millis(10), "{left:?}"),
+        }
+        // A rule the reload removed: its destination falls back to the
+        // defaults and is forgotten once unused.
+        destinations.reconfigure(16, &[]);
+        assert!(destinations.rate_of(&rule_key).is_none());
+        destinations.sweep();
+        let labels: Vec<String> = destinations
+            .shaping()
+            .into_iter()
+            .map(|row| row.destination)
+            .collect();
+        assert_eq!(labels, ["x.test"]);
     }
 
     #[test]
     fn a_suspending_reply_suspends_once_and_words_the_wait() {
-        let destinations = Destinations::new(8, Duration::from_secs(60), vec![rule()], &[]);
-        let key = DestinationKey::Rule(0);
+        let destinations = Destinations::new(8, Duration::from_secs(60), &[rule()]);
+        let key = DestinationKey::Rule("provider".into());
         let reply = RemoteReply {
             code: 421,
             status: "4.7.28".into(),

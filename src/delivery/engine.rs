@@ -1,6 +1,7 @@
 //! The delivery engine: per lane one dispatcher (due messages → passes →
-//! jobs at their destinations) and a fixed number of workers (the lane's
-//! width) that run jobs which can start now.
+//! jobs at their destinations) and as many workers as the lane's width
+//! (`lanes.*.concurrency`, changed by a reload) that run jobs which can
+//! start now.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,14 +12,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::ClientSettings;
-use super::cluster::Cluster;
-use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected};
+use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected, RouteHop};
 use super::job::{self, Job};
 use super::pass::Pass;
-use crate::config::{Config, LanesSettings, Route, TlsPolicy};
-use crate::dns::MxResolver;
+use super::workers::{Engine, LaneWorkers};
 use crate::events::{Event, EventKind};
+use crate::live::Live;
 use crate::queue::handle::{LoadError, QueueHandle};
 use crate::queue::transition::{self, Outcome};
 use crate::queue::{Lane, PerLane};
@@ -36,21 +35,17 @@ const POSTPONE: Duration = Duration::from_secs(1);
 /// How long a destination whose hosts all refused connections is skipped.
 const DEAD_DESTINATION_FOR: Duration = Duration::from_secs(60);
 
-/// Everything delivery needs, shared by the engine's tasks.
+/// Everything delivery needs, shared by the engine's tasks. The settings a
+/// reload may change are not here: each pass takes the live snapshot when
+/// it starts ([`Pass::settings`]) and its jobs keep it.
 pub struct DeliveryContext {
-    /// The spool, schedule, events and metrics, through which every change
-    /// of a message goes.
+    /// The spool, schedule, events, metrics and live settings, through
+    /// which every change of a message goes.
     pub handle: QueueHandle,
     pub destinations: Destinations,
-    /// The Redis that destination rates are shared through, if any.
-    cluster: Option<Cluster>,
-    pub resolver: MxResolver,
     pub tls_configs: TlsConfigs,
-    pub client_settings: ClientSettings,
-    pub delivery_port: u16,
-    pub tls_policy: TlsPolicy,
-    pub routes: Vec<Route>,
     in_flight: PerLane<Arc<Semaphore>>,
+    pub(super) workers: PerLane<LaneWorkers>,
     /// Tasks that commit or talk to a server are tracked, so shutdown waits
     /// for them.
     tracker: TaskTracker,
@@ -58,91 +53,77 @@ pub struct DeliveryContext {
 
 impl DeliveryContext {
     pub fn new(
-        config: &Config,
+        live: &Live,
         handle: QueueHandle,
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
-        let delivery = &config.delivery;
-        let cluster = match &config.cluster.redis_url {
-            Some(url) => Some(Cluster::new(url, handle.metrics.clone())?),
-            None => None,
-        };
+        let config = &live.config;
         Ok(DeliveryContext {
             handle,
             destinations: Destinations::new(
-                delivery.destination_concurrency,
+                config.delivery.destination_concurrency,
                 DEAD_DESTINATION_FOR,
-                config.destinations.clone(),
-                &config.routes,
+                &config.destinations,
             ),
-            cluster,
-            resolver: MxResolver::new(&config.dns, delivery.ip_version)?,
             tls_configs: TlsConfigs::load()?,
-            client_settings: ClientSettings {
-                helo_name: config.hostname.clone(),
-                connect_timeout: delivery.connect_timeout,
-                greeting_timeout: delivery.greeting_timeout,
-                command_timeout: delivery.command_timeout,
-                data_timeout: delivery.data_timeout,
-                final_timeout: delivery.final_timeout,
-            },
-            delivery_port: delivery.port,
-            tls_policy: delivery.tls,
-            routes: config.routes.clone(),
             in_flight: PerLane::from_fn(|_| Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT))),
+            workers: PerLane::default(),
             tracker,
         })
-    }
-
-    /// The destination of a recipient domain going to `hop`: the first
-    /// `[[destination]]` rule that matches the domain or, for `mx:` patterns,
-    /// its most preferred MX host (looked up only when some rule has such a
-    /// pattern; the resolver's cache keeps the answer within its TTL), else
-    /// the next hop itself.
-    ///
-    /// Also the pool its connections are kept in: the next hop, or for
-    /// domains grouped by their MX host, that host, so one connection to a
-    /// provider's MX carries mail for all the provider's domains.
-    pub async fn destination_of(&self, domain: &str, hop: &NextHop) -> (DestinationKey, NextHop) {
-        if let Some(key) = self.destinations.key_without_mx(domain, hop) {
-            return (key, hop.clone());
-        }
-        let mx_host = self.resolver.preferred_exchange(domain).await;
-        match self.destinations.key_for(domain, hop, mx_host.as_deref()) {
-            (key, true) => {
-                let host = mx_host.unwrap_or_default();
-                (key, NextHop::Mx(format!("mx:{host}")))
-            }
-            (key, false) => (key, hop.clone()),
-        }
-    }
-
-    /// The Redis that destination rates are shared through, if any.
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.cluster.as_ref()
     }
 
     /// The tracker of tasks shutdown waits for.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
     }
+}
 
-    /// The next hop for a recipient domain: the first route naming it, else
-    /// a `*` route, else its MX hosts.
-    pub fn next_hop(&self, domain: &str) -> NextHop {
-        let exact = self
-            .routes
-            .iter()
-            .position(|route| route.domains.iter().any(|d| d == domain));
-        let wildcard = || {
-            self.routes
-                .iter()
-                .position(|route| route.domains.iter().any(|d| d == "*"))
-        };
-        match exact.or_else(wildcard) {
-            Some(index) => NextHop::Route(index),
-            None => NextHop::Mx(domain.to_owned()),
+/// The destination of a recipient domain going to `hop`: the first
+/// `[[destination]]` rule that matches the domain or, for `mx:` patterns,
+/// its most preferred MX host (looked up only when some rule has such a
+/// pattern; the resolver's cache keeps the answer within its TTL), else
+/// the next hop itself.
+///
+/// Also the pool its connections are kept in: the next hop, or for
+/// domains grouped by their MX host, that host, so one connection to a
+/// provider's MX carries mail for all the provider's domains.
+pub async fn destination_of(
+    context: &DeliveryContext,
+    live: &Live,
+    domain: &str,
+    hop: &NextHop,
+) -> (DestinationKey, NextHop) {
+    if let Some(key) = context.destinations.key_without_mx(domain, hop) {
+        return (key, hop.clone());
+    }
+    let mx_host = live.resolver.preferred_exchange(domain).await;
+    match context
+        .destinations
+        .key_for(domain, hop, mx_host.as_deref())
+    {
+        (key, true) => {
+            let host = mx_host.unwrap_or_default();
+            (key, NextHop::Mx(format!("mx:{host}")))
         }
+        (key, false) => (key, hop.clone()),
+    }
+}
+
+/// The next hop for a recipient domain: the first route naming it, else
+/// a `*` route, else its MX hosts.
+pub fn next_hop(live: &Live, domain: &str) -> NextHop {
+    let routes = &live.routes;
+    let exact = routes
+        .iter()
+        .find(|route| route.domains.iter().any(|d| d == domain));
+    let wildcard = || {
+        routes
+            .iter()
+            .find(|route| route.domains.iter().any(|d| d == "*"))
+    };
+    match exact.or_else(wildcard) {
+        Some(route) => NextHop::Route(RouteHop(route.clone())),
+        None => NextHop::Mx(domain.to_owned()),
     }
 }
 
@@ -157,10 +138,10 @@ pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 /// `DELIVERY_GRACE` to finish.
 pub fn spawn(
     context: Arc<DeliveryContext>,
-    lanes: &LanesSettings,
+    live: &Live,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) {
+) -> Engine {
     let abort = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -172,13 +153,13 @@ pub fn spawn(
             abort.cancel();
         });
     }
+    let engine = Engine::new(context.clone(), shutdown.clone(), abort);
     for lane in Lane::ALL {
         tracker.spawn(dispatch(context.clone(), lane, shutdown.clone()));
-        for _ in 0..lanes.get(lane).concurrency {
-            tracker.spawn(work(context.clone(), lane, shutdown.clone(), abort.clone()));
-        }
+        engine.set_width(lane, live.config.lanes.get(lane).concurrency);
     }
     tracker.spawn(sweep(context, shutdown));
+    engine
 }
 
 async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: CancellationToken) {
@@ -212,23 +193,33 @@ async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: Cancellat
     }
 }
 
-async fn work(
+pub(super) async fn work(
     context: Arc<DeliveryContext>,
     lane: Lane,
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
+    let workers = &context.workers[lane];
     loop {
+        let narrowed = workers.narrowed.notified();
+        tokio::pin!(narrowed);
+        // Registered before the width is read, so a narrowing in between
+        // still wakes this worker.
+        narrowed.as_mut().enable();
+        if workers.retire_if_over() {
+            return;
+        }
         let job = tokio::select! {
             job = context.destinations.take(lane) => job,
-            _ = shutdown.cancelled() => return,
+            _ = &mut narrowed => continue,
+            _ = shutdown.cancelled() => return workers.leave(),
         };
         let key = job.destination.clone();
         // Dropped however the job ends, so the gauge cannot drift.
         let slot = context.handle.metrics.delivery_slot(lane);
         let again = tokio::select! {
             again = job::run(&context, job) => again,
-            _ = abort.cancelled() => return,
+            _ = abort.cancelled() => return workers.leave(),
         };
         drop(slot);
         context.destinations.finished(&key);
@@ -393,10 +384,13 @@ async fn start_pass(
             .unwrap_or_default();
         domains.entry(domain).or_default().push(index);
     }
+    // The settings this pass and its jobs run under, whatever a reload
+    // changes meanwhile.
+    let live = handle.settings.snapshot();
     let mut groups: HashMap<(DestinationKey, NextHop, NextHop), Vec<usize>> = HashMap::new();
     for (domain, indices) in domains {
-        let hop = context.next_hop(&domain);
-        let (key, pool) = context.destination_of(&domain, &hop).await;
+        let hop = next_hop(&live, &domain);
+        let (key, pool) = destination_of(context, &live, &domain, &hop).await;
         groups.entry((key, hop, pool)).or_default().extend(indices);
     }
     if groups.is_empty() {
@@ -418,7 +412,7 @@ async fn start_pass(
         return;
     }
 
-    let pass = Arc::new(Pass::new(id, envelope, body, groups.len(), permit));
+    let pass = Arc::new(Pass::new(id, envelope, body, groups.len(), permit, live));
     for ((destination, hop, pool), recipients) in groups {
         let job = Job {
             pass: pass.clone(),

@@ -17,6 +17,7 @@ use super::pass::Pass;
 use crate::config::{RouteTls, TlsPolicy};
 use crate::dns::DnsError;
 use crate::events::{Event, EventKind};
+use crate::live::Live;
 use crate::metrics::Throttle;
 use crate::queue::Lane;
 use crate::queue::transition::{Outcome, RecipientResult};
@@ -284,13 +285,16 @@ async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
         match destinations.start_transaction(&job.destination, job.pass.id) {
             Ok(()) => {
                 // A fleet rate: Redis has the last word (when it answers).
-                let fleet = context
-                    .cluster()
+                let fleet = job
+                    .pass
+                    .settings
+                    .cluster
+                    .as_deref()
                     .zip(destinations.rate_of(&job.destination));
                 let Some((cluster, (name, interval))) = fleet else {
                     return Ok(());
                 };
-                match cluster.try_start(name, interval).await {
+                match cluster.try_start(&name, interval).await {
                     None => return Ok(()),
                     Some(wait) if wait.is_zero() => return Ok(()),
                     Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
@@ -392,7 +396,7 @@ struct OpenFailure {
 
 /// Looks the next hop up and connects to the first host that answers.
 async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFailure> {
-    let targets = resolve(context, &job.hop)
+    let targets = resolve(&job.pass.settings, &job.hop)
         .await
         .map_err(|error| OpenFailure {
             outcome: if error.is_permanent() {
@@ -403,38 +407,37 @@ async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFa
             reply: RemoteReply::local(error.enhanced_status(), error.to_string()),
             overload: false,
         })?;
-    let (tls, credentials) = connection_policy(context, &job.hop).map_err(|reply| OpenFailure {
-        outcome: Outcome::Deferred,
-        reply,
-        overload: false,
-    })?;
+    let (tls, credentials) =
+        connection_policy(&job.pass.settings, &job.hop).map_err(|reply| OpenFailure {
+            outcome: Outcome::Deferred,
+            reply,
+            overload: false,
+        })?;
     connect(context, job, &targets, tls, credentials.as_ref()).await
 }
 
-async fn resolve(context: &DeliveryContext, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
+async fn resolve(live: &Live, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
     match hop {
         NextHop::Mx(domain) => {
-            let targets = context.resolver.mail_targets(domain).await?;
+            let targets = live.resolver.mail_targets(domain).await?;
             Ok(targets
                 .into_iter()
                 .map(|target| Target {
                     host: target.host,
-                    address: std::net::SocketAddr::new(target.address, context.delivery_port),
+                    address: std::net::SocketAddr::new(target.address, live.config.delivery.port),
                 })
                 .collect())
         }
-        NextHop::Route(index) => {
-            let route = &context.routes[*index];
+        NextHop::Route(route) => {
             // A route host that does not resolve is a configuration problem,
             // not the recipient's: defer, never bounce.
-            let addresses =
-                context
-                    .resolver
-                    .host_addresses(&route.host)
-                    .await
-                    .map_err(|error| {
-                        DnsError::Temporary(format!("route host {}: {error}", route.host))
-                    })?;
+            let addresses = live
+                .resolver
+                .host_addresses(&route.host)
+                .await
+                .map_err(|error| {
+                    DnsError::Temporary(format!("route host {}: {error}", route.host))
+                })?;
             Ok(addresses
                 .into_iter()
                 .take(5)
@@ -449,20 +452,19 @@ async fn resolve(context: &DeliveryContext, hop: &NextHop) -> Result<Vec<Target>
 
 /// TLS mode and credentials for a next hop.
 fn connection_policy(
-    context: &DeliveryContext,
+    live: &Live,
     hop: &NextHop,
 ) -> Result<(TlsMode, Option<Credentials>), RemoteReply> {
     match hop {
         NextHop::Mx(_) => {
-            let tls = match context.tls_policy {
+            let tls = match live.config.delivery.tls {
                 TlsPolicy::Opportunistic => TlsMode::Opportunistic,
                 TlsPolicy::Required => TlsMode::Required,
                 TlsPolicy::Disabled => TlsMode::Disabled,
             };
             Ok((tls, None))
         }
-        NextHop::Route(index) => {
-            let route = &context.routes[*index];
+        NextHop::Route(route) => {
             let verify = route.verify_certificate;
             let tls = match route.tls {
                 RouteTls::Starttls => TlsMode::StartTls { verify },
@@ -501,7 +503,7 @@ async fn connect(
     for target in targets {
         match Connection::open(
             target,
-            &context.client_settings,
+            &job.pass.settings.client_settings,
             tls,
             credentials,
             &context.tls_configs,

@@ -6,14 +6,15 @@
 //! warning, an operator's operation left with the pass, the removal or the
 //! next attempt, and the DSNs.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use relayq_spool::QueueId;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::live::Live;
 use crate::queue::handle::QueueHandle;
 use crate::queue::retry::jitter_unit;
 use crate::queue::transition::{Operation, PassResults, RecipientResult};
@@ -26,6 +27,9 @@ const RECORD_FAILED_RETRY: Duration = Duration::from_secs(60);
 pub struct Pass {
     pub id: QueueId,
     pub lane: Lane,
+    /// The live settings when the pass started: its jobs and its record
+    /// (retry policy) use them to the end, whatever a reload changes.
+    pub settings: Arc<Live>,
     /// From arrival to the start of the pass: the `delay=` of its log lines.
     delay: Duration,
     results: Mutex<PassResults>,
@@ -43,10 +47,12 @@ impl Pass {
         body: Option<Bytes>,
         jobs: usize,
         in_flight: OwnedSemaphorePermit,
+        settings: Arc<Live>,
     ) -> Pass {
         Pass {
             id,
             lane: envelope.lane,
+            settings,
             delay: SystemTime::now()
                 .duration_since(envelope.arrival())
                 .unwrap_or_default(),
@@ -96,7 +102,7 @@ impl Pass {
         let transition = results.finish(
             self.id,
             pending.map(Operation::from),
-            &handle.policy,
+            &self.settings.retry,
             SystemTime::now(),
             jitter_unit(),
         );

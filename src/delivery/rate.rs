@@ -54,6 +54,19 @@ impl RateLimiter {
         }
     }
 
+    /// A reload changed the rate: slots are handed out anew from the last
+    /// start at the new interval, and the slots promised at the old one
+    /// are forgotten (their messages get new ones when they come back).
+    pub fn set_interval(&mut self, interval: Duration) {
+        if interval == self.interval {
+            return;
+        }
+        self.interval = interval;
+        self.next_free = self.last_start.map(|last| last + interval);
+        self.promises.clear();
+        self.not_before.clear();
+    }
+
     /// A slot for message `id`'s job: its promised one, else the next
     /// free one. `Now` when the slot is within `short_wait` (the start gate
     /// then holds the job until its slot).
@@ -187,6 +200,30 @@ mod tests {
             Admission::Later(now + 3 * second)
         );
         assert!(!rate.is_idle(now + second));
+    }
+
+    #[test]
+    fn a_new_interval_forgets_the_old_promises() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut rate = RateLimiter::new(hour);
+        assert_eq!(rate.admit(id(1), now, Duration::ZERO), Admission::Now);
+        assert_eq!(rate.start(id(1), now), Ok(()));
+        assert_eq!(
+            rate.admit(id(2), now, Duration::ZERO),
+            Admission::Later(now + hour)
+        );
+        let second = Duration::from_secs(1);
+        rate.set_interval(second);
+        // The next slot is one new interval after the last start.
+        assert_eq!(
+            rate.admit(id(2), now, Duration::ZERO),
+            Admission::Later(now + second)
+        );
+        assert_eq!(
+            rate.admit(id(2), now + second, Duration::ZERO),
+            Admission::Now
+        );
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub struct Metrics {
     delivery_seconds: [Histogram; 2],
     /// Every SMTP listener is bound and accepting.
     listeners_up: AtomicBool,
+    /// `relayq_config_reloads_total`: index 0 `ok`, 1 `error`.
+    config_reloads: [AtomicU64; 2],
     /// Output control: destination gauges, throttles, the cluster's Redis.
     pub shaping: ShapingMetrics,
 }
@@ -172,6 +174,7 @@ impl Metrics {
                 Histogram::new(histogram::DELIVERY_SECONDS),
             ],
             listeners_up: AtomicBool::new(false),
+            config_reloads: Default::default(),
             shaping: ShapingMetrics::default(),
         }
     }
@@ -234,6 +237,11 @@ impl Metrics {
     /// The listeners entered or left stress mode (connection pressure).
     pub fn set_smtp_stress(&self, stressed: bool) {
         self.smtp_stress.store(stressed, Ordering::Relaxed);
+    }
+
+    /// A configuration reload ended: applied (`ok`) or refused (`error`).
+    pub fn config_reloaded(&self, ok: bool) {
+        self.config_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// All SMTP listeners are bound (for `/healthz`).

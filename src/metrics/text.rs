@@ -183,6 +183,21 @@ pub fn render(
 
     family(
         &mut out,
+        "relayq_config_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP, relayq reload), by result: ok (applied) or error (the file did not validate or load; nothing changed).",
+    );
+    for (index, result) in ["ok", "error"].into_iter().enumerate() {
+        sample(
+            &mut out,
+            "relayq_config_reloads_total",
+            &[("result", result)],
+            metrics.config_reloads[index].load(Ordering::Relaxed),
+        );
+    }
+
+    family(
+        &mut out,
         "relayq_smtp_stress",
         "gauge",
         "1 while the SMTP sessions in use are near smtp.max_connections (shorter deadlines), else 0.",

@@ -1,6 +1,7 @@
 //! The handle through which delivery and the control API change queued
 //! messages: the spool, the schedule, the events, the metrics, and what
-//! applying a [`Transition`] needs besides (host name, retry policy).
+//! applying a [`Transition`] needs besides (the live settings: host name,
+//! retry policy).
 //!
 //! [`QueueHandle::apply`] is the one place a transition is carried out: one
 //! spool commit (the message's new record and the DSNs it implies), then the
@@ -14,11 +15,11 @@ use std::time::Duration;
 use relayq_spool::{Body, Change, EnvelopeEdit, QueueId, Spool, SpoolError};
 
 use super::envelope::{EnvelopeError, Recipient, Ret};
-use super::retry::RetryPolicy;
 use super::transition::{self, Cause, Note, NoteKind, Record, Transition};
 use super::{Envelope, Queue};
 use crate::dsn::{self, Action, ReportedRecipient};
 use crate::events::{Event, EventKind, Events};
+use crate::live::Settings;
 use crate::metrics::Metrics;
 
 /// Header section bytes read for RET=HDRS reports.
@@ -27,13 +28,13 @@ const MAX_HEADER_SECTION: usize = 256 * 1024;
 /// Everything a transition touches. Cheap to clone.
 #[derive(Clone)]
 pub struct QueueHandle {
-    /// Reporting-MTA of DSNs and their Message-ID domain.
-    pub hostname: String,
+    /// The live settings: `hostname` (Reporting-MTA of DSNs and their
+    /// Message-ID domain) and the retry policy.
+    pub settings: Settings,
     pub spool: Spool,
     pub queue: Arc<Queue>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
-    pub policy: RetryPolicy,
 }
 
 impl QueueHandle {
@@ -176,16 +177,18 @@ impl QueueHandle {
         }
         let original = self.read_original(id, envelope.ret).await;
         let now = transition.now;
+        let live = self.settings.snapshot();
+        let hostname = &live.config.hostname;
         reported
             .into_iter()
             .map(|(kind, notes)| {
                 let recipients: Vec<ReportedRecipient> = notes
                     .iter()
-                    .map(|note| self.reported_recipient(envelope, kind, note))
+                    .map(|note| reported_recipient(envelope, kind, note, live.retry.max_age))
                     .collect();
                 let report_id = self.spool.allocate_id();
                 let message = dsn::build(&dsn::Report {
-                    reporting_mta: &self.hostname,
+                    reporting_mta: hostname,
                     queue_id: &id.to_string(),
                     sender: &envelope.reverse_path,
                     envid: envelope.envid.as_deref(),
@@ -194,7 +197,7 @@ impl QueueHandle {
                     recipients: &recipients,
                     original: &original,
                     now,
-                    message_id: format!("<{report_id}.dsn@{}>", self.hostname),
+                    message_id: format!("<{report_id}.dsn@{hostname}>"),
                 });
                 let mut report = Envelope::new(
                     String::new(),
@@ -209,30 +212,6 @@ impl QueueHandle {
                 (report_id, report, Body::from_bytes(message))
             })
             .collect()
-    }
-
-    fn reported_recipient(
-        &self,
-        envelope: &Envelope,
-        kind: NoteKind,
-        note: &Note,
-    ) -> ReportedRecipient {
-        let recipient = &envelope.recipients[note.index];
-        ReportedRecipient {
-            final_recipient: recipient.address.clone(),
-            original_recipient: recipient.orcpt.clone(),
-            action: match kind {
-                NoteKind::Failed => Action::Failed,
-                NoteKind::Delayed => Action::Delayed,
-                NoteKind::Relayed => Action::Relayed,
-            },
-            status: note.reply.status.clone(),
-            diagnostic: (!note.reply.is_local()).then(|| note.reply.to_string()),
-            remote_mta: note.relay.as_ref().map(|relay| relay.host.clone()),
-            last_attempt: Some(note.at),
-            will_retry_until: (kind == NoteKind::Delayed)
-                .then(|| envelope.arrival() + self.policy.max_age),
-        }
     }
 
     /// The original message for a report: the header section, or (RET=FULL)
@@ -319,4 +298,28 @@ pub enum LoadError {
     /// The record is there but does not decode: set it aside.
     #[error("{0}")]
     Undecodable(#[from] EnvelopeError),
+}
+
+/// What a DSN says of one recipient.
+fn reported_recipient(
+    envelope: &Envelope,
+    kind: NoteKind,
+    note: &Note,
+    max_age: Duration,
+) -> ReportedRecipient {
+    let recipient = &envelope.recipients[note.index];
+    ReportedRecipient {
+        final_recipient: recipient.address.clone(),
+        original_recipient: recipient.orcpt.clone(),
+        action: match kind {
+            NoteKind::Failed => Action::Failed,
+            NoteKind::Delayed => Action::Delayed,
+            NoteKind::Relayed => Action::Relayed,
+        },
+        status: note.reply.status.clone(),
+        diagnostic: (!note.reply.is_local()).then(|| note.reply.to_string()),
+        remote_mta: note.relay.as_ref().map(|relay| relay.host.clone()),
+        last_attempt: Some(note.at),
+        will_retry_until: (kind == NoteKind::Delayed).then(|| envelope.arrival() + max_age),
+    }
 }

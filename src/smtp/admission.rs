@@ -42,6 +42,11 @@ impl LaneAdmission {
         }
     }
 
+    /// The caps this admission enforces.
+    pub fn max_queued(&self) -> &PerLane<Option<usize>> {
+        &self.max_queued
+    }
+
     fn is_full(&self, queue: &Queue, lane: Lane) -> bool {
         self.max_queued[lane].is_some_and(|limit| queue.occupancy(lane) >= limit)
     }

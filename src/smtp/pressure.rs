@@ -16,7 +16,7 @@
 //! keeps sessions from being woken on every connect and disconnect at the
 //! threshold. Under stress sessions use `smtp.stress_idle_timeout`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,10 +40,15 @@ const WORKING: u64 = u64::MAX;
 /// The connection permits and sessions of one server (all its listeners).
 pub struct Pressure {
     permits: Arc<Semaphore>,
+    /// `smtp.max_connections`; a reload changes it.
+    max_connections: AtomicUsize,
+    /// Permits a lowered `max_connections` took away that were in use: the
+    /// sessions holding them give them up when they end.
+    owed: AtomicUsize,
     /// Stress begins at this many sessions in use (90%)...
-    stress_from: usize,
+    stress_from: AtomicUsize,
     /// ...and ends below this many (75%).
-    stress_until: usize,
+    stress_until: AtomicUsize,
     registry: Mutex<Registry>,
     stress: watch::Sender<bool>,
     /// Marks are milliseconds since this instant.
@@ -72,13 +77,52 @@ impl Pressure {
         let max_connections = max_connections.max(1);
         Arc::new(Pressure {
             permits: Arc::new(Semaphore::new(max_connections)),
-            stress_from: max_connections - max_connections / 10,
-            stress_until: max_connections - max_connections / 4,
+            max_connections: AtomicUsize::new(max_connections),
+            owed: AtomicUsize::new(0),
+            stress_from: AtomicUsize::new(max_connections - max_connections / 10),
+            stress_until: AtomicUsize::new(max_connections - max_connections / 4),
             registry: Mutex::new(Registry::default()),
             stress: watch::channel(false).0,
             epoch: Instant::now(),
             metrics,
         })
+    }
+
+    /// Applies a reloaded `smtp.max_connections`. Raising it frees permits
+    /// at once; lowering it takes the free ones away now and the rest as
+    /// sessions end, so no open session is closed for it.
+    pub fn set_max_connections(&self, max_connections: usize) {
+        let max_connections = max_connections.max(1);
+        let before = self.max_connections.swap(max_connections, Ordering::AcqRel);
+        self.stress_from
+            .store(max_connections - max_connections / 10, Ordering::Relaxed);
+        self.stress_until
+            .store(max_connections - max_connections / 4, Ordering::Relaxed);
+        if max_connections > before {
+            let mut more = max_connections - before;
+            let _ = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                    let paid = owed.min(more);
+                    more = max_connections - before - paid;
+                    Some(owed - paid)
+                });
+            self.permits.add_permits(more);
+        } else if max_connections < before {
+            let fewer = before - max_connections;
+            let taken = self.permits.forget_permits(fewer);
+            self.owed.fetch_add(fewer - taken, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether an ending session's permit is to be forgotten rather than
+    /// returned (a lowered `max_connections` is still owed permits).
+    fn pay_owed(&self) -> bool {
+        self.owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                owed.checked_sub(1)
+            })
+            .is_ok()
     }
 
     /// Takes a connection permit for a client that was just accepted. When
@@ -130,7 +174,7 @@ impl Pressure {
                 pressure: self.clone(),
                 index,
                 slot,
-                _permit: permit,
+                permit: Some(permit),
             }),
         }
     }
@@ -148,9 +192,9 @@ impl Pressure {
     fn update_stress(&self, in_use: usize) {
         let changed = self.stress.send_if_modified(|stressed| {
             let next = if *stressed {
-                in_use >= self.stress_until
+                in_use >= self.stress_until.load(Ordering::Relaxed)
             } else {
-                in_use >= self.stress_from
+                in_use >= self.stress_from.load(Ordering::Relaxed)
             };
             std::mem::replace(stressed, next) != next
         });
@@ -237,7 +281,8 @@ struct Registered {
     index: usize,
     slot: Arc<Slot>,
     stress: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    /// `None` only while dropping.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Why a wait on the client was interrupted.
@@ -305,9 +350,14 @@ impl Lease {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        // Deregistered before `_permit` is released (fields drop after
-        // this), so the registry never counts fewer sessions than permits.
+        // Deregistered before the permit is released, so the registry
+        // never counts fewer sessions than permits.
         self.pressure.deregister(self.index);
+        if let Some(permit) = self.permit.take()
+            && self.pressure.pay_owed()
+        {
+            permit.forget();
+        }
     }
 }
 
@@ -382,6 +432,30 @@ mod tests {
         leases.truncate(6); // 7 in use
         assert_eq!(observer.interrupted().await, Interruption::StressChanged);
         assert!(!observer.stressed());
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_cap_frees_permits_or_takes_them_back_as_sessions_end() {
+        let pressure = pressure(3);
+        let first = admit(&pressure).await;
+        let second = admit(&pressure).await;
+        pressure.set_max_connections(1);
+        // One permit was free and is gone; one more is owed by a session.
+        assert_eq!(pressure.permits.available_permits(), 0);
+        drop(first);
+        assert_eq!(pressure.permits.available_permits(), 0, "paid the debt");
+        drop(second);
+        assert_eq!(pressure.permits.available_permits(), 1);
+        let third = admit(&pressure).await;
+        pressure.set_max_connections(4);
+        assert_eq!(pressure.permits.available_permits(), 3);
+        // Raising the cap while a lowering is still owed cancels the debt.
+        let held: Vec<Lease> = vec![admit(&pressure).await, admit(&pressure).await];
+        pressure.set_max_connections(1);
+        pressure.set_max_connections(2);
+        drop(third);
+        drop(held);
+        assert_eq!(pressure.permits.available_permits(), 2);
     }
 
     #[tokio::test]

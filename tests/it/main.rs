@@ -33,6 +33,7 @@ mod long_lines;
 mod metrics;
 mod queue_at_scale;
 mod queue_cli;
+mod reload;
 mod sendmail;
 mod smtp_client;
 mod systemd;

@@ -1,6 +1,7 @@
 //! systemd integration: with `NOTIFY_SOCKET` set (as `Type=notify` does),
 //! relayq says READY=1 once it listens, pings the watchdog when
-//! `WATCHDOG_USEC` asks for it, and says STOPPING=1 on SIGTERM.
+//! `WATCHDOG_USEC` asks for it, says RELOADING=1 then READY=1 around a
+//! reload, and STOPPING=1 on SIGTERM.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -82,4 +83,18 @@ fn a_watchdog_meant_for_another_process_is_not_pinged() {
         socket.recv(&mut buffer).is_err(),
         "no WATCHDOG=1 when WATCHDOG_PID names another process"
     );
+}
+
+#[test]
+fn a_reload_is_notified_as_reloading_then_ready() {
+    let (directory, socket) = notify_socket();
+    let path = directory.path().join("notify");
+    let relay = TestRelay::start_with_env("", &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    read_until(&socket, "READY=1");
+    let output = relay.reload();
+    assert!(output.status.success(), "{output:?}");
+    let reloading = read_until(&socket, "RELOADING=1");
+    assert_eq!(reloading.len(), 1, "{reloading:?}");
+    let ready = read_until(&socket, "READY=1");
+    assert_eq!(ready.len(), 1, "READY=1 right after RELOADING=1: {ready:?}");
 }

@@ -179,15 +179,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let received = format!(
             "Received: from {helo} ([{ip}])\r\n\tby {host} (relayq) with {protocol} id {id}{for_clause};\r\n\t{date}\r\n",
             ip = self.client_ip(),
-            host = shared.hostname,
+            host = self.live.config.hostname,
         );
         let trace = TraceHeaders {
             received,
-            message_id: format!("<{id}@{}>", shared.hostname),
+            message_id: format!("<{id}@{}>", self.live.config.hostname),
             date,
         };
-        let builder =
-            MessageBuilder::new(shared.spool.body_writer(), trace, shared.max_message_size);
+        let builder = MessageBuilder::new(
+            shared.spool.body_writer(),
+            trace,
+            self.live.config.spool.max_message_size,
+        );
         (id, builder)
     }
 
@@ -219,7 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The lane is final now: reserve room in it before storing, so that
         // sessions committing at the same time cannot overfill it. A refused
         // message is dropped here, its body file with it: nothing is stored.
-        let admission = &self.shared.admission;
+        let admission = &self.live.admission;
         let reservation = match admission.reserve(&self.shared.queue, lane) {
             Ok(reservation) => reservation,
             Err(full) => {

@@ -14,17 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use ipnet::IpNet;
 use relayq_spool::Spool;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::LaneAdmission;
 use super::command::{self, Command, ParseContext};
 use super::pressure::{Interruption, Lease};
 use super::reply::{self, Reply};
 use crate::events::Events;
+use crate::live::{Live, Settings};
 use crate::metrics::{Metrics, RefusalReason, ShedReason};
 use crate::queue::{Lane, Queue};
 use crate::storage::FreeSpace;
@@ -43,27 +42,14 @@ const READ_CHUNK: usize = 16 * 1024;
 /// client that does not read, so that a shed session frees its permit fast.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Everything sessions share; built once by the daemon.
+/// Everything sessions share; built once by the daemon. The settings a
+/// reload may change are in [`Settings`]: each session takes a snapshot at
+/// connect and keeps it (ARCHITECTURE.md, "Live settings and reload").
 pub struct SessionShared {
-    pub hostname: String,
-    /// Appended to bare local names (`root` → `root@origin`).
-    pub origin: String,
-    /// Where mail to local names and the host's own domain goes, if set.
-    pub admin_address: Option<String>,
-    pub relay_networks: Vec<IpNet>,
-    pub max_recipients: usize,
-    pub max_message_size: u64,
-    pub idle_timeout: Duration,
-    /// `idle_timeout` in stress mode; never longer than it.
-    pub stress_idle_timeout: Duration,
-    /// Octets per second a DATA/BDAT transfer must average.
-    pub min_data_rate: u64,
-    pub max_errors: u32,
+    pub settings: Settings,
     pub spool: Spool,
     pub queue: Arc<Queue>,
     pub free_space: FreeSpace,
-    /// The lanes' caps (`lanes.*.max_queued`), checked at MAIL and after the data.
-    pub admission: LaneAdmission,
     pub events: Events,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
@@ -78,6 +64,8 @@ enum Next {
 pub struct Session<S> {
     stream: S,
     shared: Arc<SessionShared>,
+    /// The live settings as they were when the session began.
+    live: Arc<Live>,
     client: SocketAddr,
     /// The listener's lane: the last rule of lane selection.
     listener_lane: Lane,
@@ -115,6 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Session<S> {
         Session {
             stream,
+            live: shared.settings.snapshot(),
             shared,
             client,
             listener_lane,
@@ -153,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.reply(reply::insufficient_storage_at_connect());
             return self.flush().await;
         }
-        let greeting = format!("{} ESMTP relayq", self.shared.hostname);
+        let greeting = format!("{} ESMTP relayq", self.live.config.hostname);
         self.reply(Reply::new(220, "", greeting));
         loop {
             let mut handled = false;
@@ -334,7 +323,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn read_more(&mut self, request: Request, interruptible: bool) -> std::io::Result<bool> {
         self.input.reserve(READ_CHUNK);
         let shutdown = self.shared.shutdown.clone();
-        let min_data_rate = self.shared.min_data_rate;
+        let min_data_rate = self.live.config.smtp.min_data_rate;
         let started = Instant::now();
         self.lease.waiting(request.mark(min_data_rate));
         let waited = loop {
@@ -382,9 +371,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The idle timeout in force: shorter in stress mode.
     fn timeout(&mut self) -> Duration {
         if self.lease.stressed() {
-            self.shared.stress_idle_timeout
+            self.live.config.smtp.stress_idle_timeout
         } else {
-            self.shared.idle_timeout
+            self.live.config.smtp.idle_timeout
         }
     }
 }
@@ -393,7 +382,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 impl<S> Session<S> {
     /// Closes the session once the client made too many errors.
     fn after_error(&mut self) -> Next {
-        if self.errors >= self.shared.max_errors {
+        if self.errors >= self.live.config.smtp.max_errors {
             self.reply(reply::too_many_errors());
             Next::Close
         } else {

@@ -24,14 +24,14 @@ impl<S> Session<S> {
         self.transaction = None;
         self.bdat = None;
         if !extended {
-            let text = self.shared.hostname.clone();
+            let text = self.live.config.hostname.clone();
             self.reply(Reply::new(250, "2.0.0", text));
             return;
         }
         let lines = [
-            self.shared.hostname.clone(),
+            self.live.config.hostname.clone(),
             "PIPELINING".to_owned(),
-            format!("SIZE {}", self.shared.max_message_size),
+            format!("SIZE {}", self.live.config.spool.max_message_size),
             "8BITMIME".to_owned(),
             "SMTPUTF8".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
@@ -53,7 +53,7 @@ impl<S> Session<S> {
         }
         if mail
             .declared_size
-            .is_some_and(|size| size > self.shared.max_message_size)
+            .is_some_and(|size| size > self.live.config.spool.max_message_size)
         {
             self.reply_error(reply::message_too_big());
             return;
@@ -67,7 +67,7 @@ impl<S> Session<S> {
             self.reply_error(reply::insufficient_storage_at_mail());
             return;
         }
-        let admission = &self.shared.admission;
+        let admission = &self.live.admission;
         if let Err(full) =
             admission.check_at_mail(&self.shared.queue, mail.mt_priority, self.listener_lane)
         {
@@ -79,7 +79,7 @@ impl<S> Session<S> {
         }
         let reverse_path = match &mail.reverse_path {
             None => String::new(),
-            Some(mailbox) => mailbox.qualified(&self.shared.origin),
+            Some(mailbox) => mailbox.qualified(&self.live.config.smtp.origin),
         };
         self.transaction = Some(Transaction {
             mail,
@@ -96,7 +96,9 @@ impl<S> Session<S> {
         };
         let client_ip = self.client_ip();
         if !self
-            .shared
+            .live
+            .config
+            .smtp
             .relay_networks
             .iter()
             .any(|network| network.contains(&client_ip))
@@ -105,7 +107,7 @@ impl<S> Session<S> {
             self.reply_error(Reply::new(554, "5.7.1", text));
             return;
         }
-        if transaction.recipients.len() >= self.shared.max_recipients {
+        if transaction.recipients.len() >= self.live.config.smtp.max_recipients {
             self.reply(Reply::new(452, "4.5.3", "Error: too many recipients"));
             return;
         }
@@ -130,13 +132,13 @@ impl<S> Session<S> {
         let is_local = match &mailbox.domain {
             None => true,
             Some(domain) => {
-                domain.eq_ignore_ascii_case(&self.shared.origin)
-                    || domain.eq_ignore_ascii_case(&self.shared.hostname)
+                domain.eq_ignore_ascii_case(&self.live.config.smtp.origin)
+                    || domain.eq_ignore_ascii_case(&self.live.config.hostname)
             }
         };
-        match &self.shared.admin_address {
+        match &self.live.config.smtp.admin_address {
             Some(admin) if is_local => admin.clone(),
-            _ => mailbox.qualified(&self.shared.origin),
+            _ => mailbox.qualified(&self.live.config.smtp.origin),
         }
     }
 }

@@ -42,7 +42,8 @@ impl TestRelay {
         TestRelay::start_with_env(extra, &[])
     }
 
-    /// As `start`, with extra environment variables for the relay.
+    /// As `start`, with extra environment variables for the relay; an empty
+    /// value removes the variable (`RUST_LOG`, which the harness sets).
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> TestRelay {
         let directory = tempfile::tempdir().expect("temp dir");
         let config_path = directory.path().join("relayq.toml");
@@ -79,12 +80,19 @@ impl TestRelay {
     /// an earlier run are dropped.
     pub fn launch(&mut self) {
         self.logs.lock().unwrap().clear();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relayq"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relayq"));
+        command.env("RUST_LOG", "info");
+        for (name, value) in &self.env {
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -153,6 +161,39 @@ impl TestRelay {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Rewrites the configuration file as `start` wrote it, with `extra`
+    /// in place of the original extra (same spool, same test DNS server).
+    /// The file is replaced in one rename, so a reload never reads half of
+    /// it. The daemon is not told: see `reload` and `sighup`.
+    pub fn rewrite_config(&self, extra: &str) {
+        let dns = self._dns.as_ref().map(|dns| dns.address);
+        let config = test_config(&self.spool_path(), extra, dns);
+        let staged = self.config_path.with_extension("toml.new");
+        std::fs::write(&staged, config).expect("write config");
+        std::fs::rename(&staged, &self.config_path).expect("replace config");
+    }
+
+    /// `relayq reload --config`, as an operator runs it.
+    pub fn reload(&self) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_relayq"))
+            .arg("reload")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run relayq reload")
+    }
+
+    /// Sends SIGHUP (what `kill -HUP` does).
+    pub fn sighup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
     }
 
     /// SIGKILL: no chance to flush or clean up.
