@@ -19,9 +19,11 @@ use crate::queue::handle::QueueHandle;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{PerLane, Queue};
 use crate::smtp::admission::LaneAdmission;
+use crate::smtp::auth::AuthFailures;
+use crate::smtp::credentials::{self, Current};
 use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
-use crate::smtp::session::SessionShared;
+use crate::smtp::session::{Security, SessionShared};
 use crate::storage::FreeSpace;
 use crate::systemd::Notifier;
 
@@ -115,18 +117,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
+        users: credentials::users(&config)?.map(|users| Arc::new(Current::new(users))),
+        auth_failures: Arc::new(AuthFailures::new()),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
     let mut listeners = Vec::new();
-    for listener in &config.listeners {
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let security = Security {
+            tls: listener.tls,
+            acceptor: credentials::listener_acceptor(&config, index)?
+                .map(|acceptor| Arc::new(Current::new(acceptor))),
+            auth: listener.auth,
+        };
         let socket = server::bind(listener.address)
             .with_context(|| format!("cannot listen on {}", listener.address))?;
         let bound = socket.local_addr()?;
-        tracing::info!("listening on {bound} (lane {})", listener.lane);
+        tracing::info!(
+            "listening on {bound} (lane {}, tls {}, auth {})",
+            listener.lane,
+            listener.tls,
+            listener.auth
+        );
         listeners.push(tokio::spawn(server::accept_loop(
             socket,
             listener.lane,
+            security,
             shared.clone(),
             pressure.clone(),
             tracker.clone(),

@@ -44,7 +44,10 @@ fn empty_file_gives_the_defaults() {
         config.listeners,
         [ListenerSettings {
             address: address("127.0.0.1:2525"),
-            lane: Lane::High
+            lane: Lane::High,
+            tls: ListenerTls::None,
+            tls_files: None,
+            auth: ListenerAuth::None,
         }]
     );
     let networks: Vec<String> = config

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::pressure::Pressure;
-use super::session::{Session, SessionShared};
+use super::session::{Security, Session, SessionShared};
+use super::stream::InboundStream;
 use crate::queue::Lane;
 
 /// Binds a listening socket with a backlog large enough for bursts of
@@ -25,7 +26,9 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Accepts connections until `shutdown`. Every listener's loop draws on the
+/// Accepts connections until `shutdown`. Each session takes the listener's
+/// `security` as it is when the connection is accepted (its certificate is
+/// replaced on reload). Every listener's loop draws on the
 /// same `pressure` (one pool of `smtp.max_connections` permits per server).
 /// A loop takes the permit right after accept and accepts nothing more until
 /// it has one, so over the cap at most one client per listener is held
@@ -34,6 +37,7 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn accept_loop(
     listener: TcpListener,
     lane: Lane,
+    security: Security,
     shared: Arc<SessionShared>,
     pressure: Arc<Pressure>,
     tracker: TaskTracker,
@@ -58,10 +62,12 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let security = security.clone();
         tracker.spawn(async move {
             let _active = shared.metrics.smtp_connection();
-            Session::new(stream, client, lane, shared)
+            Session::new(InboundStream::Plain(stream), client, lane, shared)
                 .with_lease(lease)
+                .with_security(security)
                 .run()
                 .await;
         });
