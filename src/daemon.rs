@@ -137,7 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "listening on {bound} (lane {}, tls {}, auth {})",
             listener.lane,
             listener.tls,
-            listener.auth
+            listener.auth,
         );
         listeners.push(tokio::spawn(server::accept_loop(
             socket,
