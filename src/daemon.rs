@@ -119,6 +119,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: metrics.clone(),
         users: credentials::users(&config)?.map(|users| Arc::new(Current::new(users))),
         auth_failures: Arc::new(AuthFailures::new()),
+        password_checks: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+        )),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());

@@ -119,9 +119,16 @@ impl<S> Session<S> {
         } = credentials;
         let verified = !other_identity && {
             let user = user.clone();
-            tokio::task::spawn_blocking(move || users.verify(&user, &password))
+            let checks = self.shared.password_checks.clone();
+            match checks.acquire_owned().await {
+                Ok(permit) => tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    users.verify(&user, &password)
+                })
                 .await
-                .unwrap_or(false)
+                .unwrap_or(false),
+                Err(_) => false,
+            }
         };
         let client = self.client_ip();
         if verified {

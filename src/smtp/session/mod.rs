@@ -79,6 +79,9 @@ pub struct SessionShared {
     pub users: Option<Arc<Current<Users>>>,
     /// Failed AUTH attempts per client address, across sessions.
     pub auth_failures: Arc<AuthFailures>,
+    /// Password checks running at once on the blocking pool, at most one
+    /// per core: a flood of AUTH must not starve the pool's other users.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the loop does after a command.
