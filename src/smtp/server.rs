@@ -26,14 +26,15 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Accepts connections until `shutdown`. Each session takes the listener's
-/// `security` as it is when the connection is accepted (its certificate is
-/// replaced on reload). Every listener's loop draws on the
+/// Accepts connections until `shutdown`. Every listener's loop draws on the
 /// same `pressure` (one pool of `smtp.max_connections` permits per server).
 /// A loop takes the permit right after accept and accepts nothing more until
 /// it has one, so over the cap at most one client per listener is held
 /// without a greeting while the others wait in the kernel's backlog; that
 /// client is the evidence the pressure logic sheds an idle session for.
+///
+/// A session uses the listener's certificate as it is at the session's TLS
+/// handshake; a reload replaces it for later handshakes only.
 pub async fn accept_loop(
     listener: TcpListener,
     lane: Lane,
