@@ -20,7 +20,7 @@ use crate::queue::retry::RetryPolicy;
 use crate::queue::{PerLane, Queue};
 use crate::smtp::admission::LaneAdmission;
 use crate::smtp::auth::AuthFailures;
-use crate::smtp::credentials::{self, Current};
+use crate::smtp::credentials::Loaded;
 use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::{Security, SessionShared};
@@ -98,6 +98,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         delivery_shutdown.clone(),
     );
 
+    // Certificates and the users file; a reload replaces them through this.
+    let credentials = Loaded::load(&config)?;
     let free_space = FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space);
     let shared = Arc::new(SessionShared {
         hostname: config.hostname.clone(),
@@ -117,7 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
-        users: credentials::users(&config)?.map(|users| Arc::new(Current::new(users))),
+        users: credentials.users.clone(),
         auth_failures: Arc::new(AuthFailures::new()),
         password_checks: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, |cores| cores.get()),
@@ -129,8 +131,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for (index, listener) in config.listeners.iter().enumerate() {
         let security = Security {
             tls: listener.tls,
-            acceptor: credentials::listener_acceptor(&config, index)?
-                .map(|acceptor| Arc::new(Current::new(acceptor))),
+            acceptor: credentials.acceptors[index].clone(),
             auth: listener.auth,
         };
         let socket = server::bind(listener.address)

@@ -47,6 +47,54 @@ impl<T> Current<T> {
     }
 }
 
+/// Everything intake loaded from disk, as the sessions share it: what a
+/// reload replaces.
+pub struct Loaded {
+    /// One per `[[listener]]`, in order; `None` for a plain listener.
+    pub acceptors: Vec<Option<Arc<Current<TlsAcceptor>>>>,
+    /// `None` when `smtp.users_file` is not set.
+    pub users: Option<Arc<Current<Users>>>,
+}
+
+impl Loaded {
+    pub fn load(config: &Config) -> Result<Loaded, ConfigError> {
+        let acceptors = (0..config.listeners.len())
+            .map(|index| {
+                listener_acceptor(config, index)
+                    .map(|acceptor| acceptor.map(|acceptor| Arc::new(Current::new(acceptor))))
+            })
+            .collect::<Result<_, _>>()?;
+        let users = users(config)?.map(|users| Arc::new(Current::new(users)));
+        Ok(Loaded { acceptors, users })
+    }
+
+    /// Reads the certificates and the users file `config` names again (even
+    /// when their paths did not change) and puts them in place for new
+    /// sessions; all or nothing. Listeners are matched by position, since a
+    /// change to `[[listener]]` itself needs a restart; a value that had no
+    /// place at start (a listener that became TLS, a users file that
+    /// appeared) is left for that restart.
+    pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
+        let mut acceptors = Vec::new();
+        for (index, current) in self.acceptors.iter().enumerate() {
+            if let Some(current) = current
+                && index < config.listeners.len()
+                && let Some(acceptor) = listener_acceptor(config, index)?
+            {
+                acceptors.push((current, acceptor));
+            }
+        }
+        let users = users(config)?;
+        for (current, acceptor) in acceptors {
+            current.replace(acceptor);
+        }
+        if let (Some(current), Some(users)) = (&self.users, users) {
+            current.replace(users);
+        }
+        Ok(())
+    }
+}
+
 /// The TLS acceptor of `config.listeners[index]`; `None` for a plain listener.
 pub fn listener_acceptor(
     config: &Config,
@@ -74,13 +122,9 @@ pub fn users(config: &Config) -> Result<Option<Users>, ConfigError> {
         .map_err(|error| config_error(config, "smtp.users_file", error.to_string()))
 }
 
-/// Loads everything [`listener_acceptor`] and [`users`] would, for
-/// `check-config`.
+/// Loads everything [`Loaded::load`] would, for `check-config`.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
-    for index in 0..config.listeners.len() {
-        listener_acceptor(config, index)?;
-    }
-    users(config).map(drop)
+    Loaded::load(config).map(drop)
 }
 
 /// A rustls server configuration (ring provider) for a certificate chain
@@ -141,5 +185,48 @@ fn config_error(config: &Config, key: &str, reason: String) -> ConfigError {
         file: config.source.clone().unwrap_or_default(),
         key: key.to_owned(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA512_SECRET: &str = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+
+    fn config(directory: &Path) -> Config {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[smtp]\nusers_file = \"{}\"\n",
+            directory.join("users").display()
+        );
+        Config::parse(&text, &directory.join("relayq.toml")).unwrap()
+    }
+
+    #[test]
+    fn reload_rereads_the_users_file_and_keeps_the_old_one_on_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let users_path = directory.path().join("users");
+        std::fs::write(&users_path, format!("alice:{SHA512_SECRET}\n")).unwrap();
+        let config = config(directory.path());
+        let loaded = Loaded::load(&config).unwrap();
+        assert!(loaded.acceptors.iter().all(Option::is_none));
+        let users = loaded.users.as_ref().unwrap();
+        let before = users.get();
+        assert!(before.verify("alice", b"secret"));
+
+        std::fs::write(&users_path, format!("bob:{SHA512_SECRET}\n")).unwrap();
+        loaded.reload(&config).unwrap();
+        assert!(users.get().verify("bob", b"secret"));
+        assert!(!users.get().verify("alice", b"secret"));
+        // A session that started before keeps what it took.
+        assert!(before.verify("alice", b"secret"));
+
+        std::fs::write(&users_path, "carol:plaintext\n").unwrap();
+        let error = loaded.reload(&config).unwrap_err().to_string();
+        assert!(
+            error.contains("smtp.users_file: ") && error.contains("line 1: unknown hash format"),
+            "{error}"
+        );
+        assert!(users.get().verify("bob", b"secret"));
     }
 }
