@@ -159,3 +159,25 @@ fn check_config_reads_the_certificate_key_and_users_files() {
     let (code, stderr) = check_config(&format!("{listener}[smtp]\n{}", good.users_file()));
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn a_failed_handshake_ends_only_that_session() {
+    let files = ListenerFiles::new("");
+    let relay = TestRelay::start(&files.listener("starttls", "none"));
+    let mut client = TlsClient::connect(relay.address);
+    client.greet();
+    let reply = client.command("STARTTLS");
+    assert_eq!(reply.code, 220);
+    // Plaintext where a ClientHello belongs.
+    client.send_raw(b"EHLO client.test.example\r\n");
+    assert!(
+        client.try_read().is_none(),
+        "plaintext answered after STARTTLS"
+    );
+
+    let mut client = TlsClient::connect(relay.address);
+    client.greet();
+    client.starttls();
+    client.ehlo();
+    queued_id(&client.send_message("app@example.com", &["user@example.org"], CONTENT));
+}
