@@ -147,6 +147,14 @@ SEEDS = {
         "lowercase": b"250-mx\r\n250-auth=login plain\r\n250 pipelining\r\n",
         "refused": b"554 5.7.1 no thanks\r\n",
     },
+    "sasl": {
+        "plain": b"\x00AGFsaWNlAHNlY3JldA==",
+        "plain-empty-challenge": b"\x01\nAGJvYgBwdw==",
+        "login": b"\x04\nYWxpY2U=\ncHc=",
+        "login-initial": b"\x0cYWxpY2U=\ncHc=",
+        "cancel": b"\x01\n*",
+        "users": b"\x02# accounts\nalice:$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\n",
+    },
 }
 
 

@@ -20,9 +20,11 @@ use crate::metrics::{self, Metrics};
 use crate::queue::Queue;
 use crate::queue::handle::QueueHandle;
 use crate::reload::{self, Reloader};
+use crate::smtp::auth::AuthFailures;
+use crate::smtp::credentials::Loaded;
 use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
-use crate::smtp::session::SessionShared;
+use crate::smtp::session::{Security, SessionShared};
 use crate::storage::FreeSpace;
 use crate::systemd::Notifier;
 
@@ -107,6 +109,8 @@ pub async fn run(
         delivery_shutdown.clone(),
     );
 
+    // Certificates and the users file; a reload replaces them through this.
+    let credentials = Arc::new(Loaded::load(&config)?);
     let free_space = FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space);
     let shared = Arc::new(SessionShared {
         settings: settings.clone(),
@@ -116,18 +120,34 @@ pub async fn run(
         shutdown: shutdown.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
+        users: credentials.users.clone(),
+        auth_failures: Arc::new(AuthFailures::new()),
+        password_checks: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+        )),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
     let mut listeners = Vec::new();
-    for listener in &config.listeners {
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let security = Security {
+            tls: listener.tls,
+            acceptor: credentials.acceptors[index].clone(),
+            auth: listener.auth,
+        };
         let socket = server::bind(listener.address)
             .with_context(|| format!("cannot listen on {}", listener.address))?;
         let bound = socket.local_addr()?;
-        tracing::info!("listening on {bound} (lane {})", listener.lane);
+        tracing::info!(
+            "listening on {bound} (lane {}, tls {}, auth {})",
+            listener.lane,
+            listener.tls,
+            listener.auth,
+        );
         listeners.push(tokio::spawn(server::accept_loop(
             socket,
             listener.lane,
+            security,
             shared.clone(),
             pressure.clone(),
             tracker.clone(),
@@ -166,6 +186,7 @@ pub async fn run(
         free_space,
         log_level,
         notifier: notifier.clone(),
+        credentials: credentials.clone(),
         serial: tokio::sync::Mutex::new(()),
     });
     if let Some(hangup) = hangup {

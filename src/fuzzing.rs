@@ -18,6 +18,8 @@ pub use crate::queue::Lane;
 pub use crate::queue::envelope::{
     ENVELOPE_VERSION, Envelope, EnvelopeError, Notify, Recipient, RecipientStatus, Ret,
 };
+pub use crate::smtp::auth::Users;
+pub use crate::smtp::auth::sasl::{Exchange, Mechanism, Progress, SaslError, start as start_sasl};
 pub use crate::smtp::command::{Command, ParseContext, parse as parse_command};
 pub use crate::smtp::data::{DataReader, LineEndings};
 pub use crate::submission::Submission;

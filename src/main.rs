@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use relayq::cli::sendmail;
 use relayq::config::Config;
+use relayq::smtp::credentials;
 
 /// sysexits.h EX_USAGE / EX_CONFIG-style exit for bad configuration.
 const EXIT_USAGE: u8 = 64;
@@ -140,7 +141,9 @@ fn list_queue(config: Option<PathBuf>) -> ExitCode {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    // The certificates and the users file are read as the daemon would.
+    let loaded = Config::load(file).and_then(|config| credentials::check(&config));
+    match loaded {
         Ok(_) => {
             println!("{}: configuration ok", file.display());
             ExitCode::SUCCESS
@@ -158,6 +161,7 @@ fn load_for_serve(explicit: Option<PathBuf>) -> Result<Config, relayq::config::C
         None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG)),
         None => Ok(Config::builtin()),
     }
+    .and_then(|config| credentials::check(&config).map(|()| config))
 }
 
 fn serve(explicit: Option<PathBuf>) -> ExitCode {

@@ -46,6 +46,7 @@ fn envelope(input: &mut Unstructured) -> Result<Envelope> {
         size: input.arbitrary()?,
         client_address: input.arbitrary()?,
         helo: input.arbitrary()?,
+        auth_user: input.arbitrary()?,
         eight_bit_mime: input.arbitrary()?,
         smtputf8: input.arbitrary()?,
         ret: match input.int_in_range(0..=2u8)? {

@@ -143,6 +143,9 @@ pub fn show(detail: &MessageDetail) -> String {
         let helo = detail.helo.as_deref().unwrap_or("unknown");
         field("Client", &format!("{client} (helo {helo})"));
     }
+    if let Some(user) = &detail.auth_user {
+        field("Auth user", user);
+    }
     if let Some(envid) = &detail.envid {
         field("Envid", envid);
     }

@@ -150,6 +150,31 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// `listener.tls`: TLS on an intake listener.
+    pub enum ListenerTls {
+        /// Plain SMTP only.
+        None => "none",
+        /// Plain SMTP upgraded by the client's STARTTLS (RFC 3207).
+        Starttls => "starttls",
+        /// TLS from the first byte (RFC 8314), usually port 465.
+        Implicit => "implicit",
+    }
+}
+
+keyword_enum! {
+    /// `listener.auth`: SMTP AUTH (RFC 4954) on an intake listener; offered
+    /// only once the session is under TLS.
+    pub enum ListenerAuth {
+        /// AUTH is not offered.
+        None => "none",
+        /// Clients may authenticate; those that do may relay from anywhere.
+        Optional => "optional",
+        /// MAIL is refused until the client authenticated.
+        Required => "required",
+    }
+}
+
+keyword_enum! {
     /// `log.format`.
     pub enum LogFormat {
         /// One Postfix-like line per event.

@@ -33,7 +33,7 @@ use ipnet::IpNet;
 
 use crate::queue::Lane;
 
-pub use self::keywords::{IpVersion, LogFormat, RouteTls, TlsPolicy};
+pub use self::keywords::{IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
 pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
 use self::validate::SystemDefaults;
@@ -81,6 +81,21 @@ pub struct ListenerSettings {
     pub address: SocketAddr,
     /// The lane for mail accepted on this listener.
     pub lane: Lane,
+    pub tls: ListenerTls,
+    /// The certificate and key files; set exactly when `tls` is not `None`.
+    /// Read by `smtp::credentials`, not here, so that a reload re-reads them.
+    pub tls_files: Option<TlsFiles>,
+    /// Not `None` only when `tls` is not `None` either: AUTH is offered only
+    /// under TLS (RFC 4954 §4).
+    pub auth: ListenerAuth,
+}
+
+/// A listener's `certificate` and `private_key` (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
 }
 
 /// `[smtp]`: the receiving side.
@@ -107,6 +122,9 @@ pub struct SmtpSettings {
     pub min_data_rate: u64,
     /// Protocol errors in one session before `421` and close.
     pub max_errors: u32,
+    /// `user:HASH` lines for SMTP AUTH; set whenever a listener has `auth`
+    /// other than `none`. Read by `smtp::credentials`.
+    pub users_file: Option<PathBuf>,
 }
 
 /// `[lanes.high]` and `[lanes.low]`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::{Invalid, IpVersion, LogFormat, RouteTls, TlsPolicy};
+use super::{Invalid, IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteTls, TlsPolicy};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +48,10 @@ pub(super) struct RawSpool {
 pub(super) struct RawListener {
     pub address: Option<String>,
     pub lane: Option<String>,
+    pub tls: Option<ListenerTls>,
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    pub auth: Option<ListenerAuth>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +66,7 @@ pub(super) struct RawSmtp {
     pub stress_idle_timeout: Option<RawDuration>,
     pub min_data_rate: Option<u64>,
     pub max_errors: Option<u32>,
+    pub users_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -44,7 +44,10 @@ fn empty_file_gives_the_defaults() {
         config.listeners,
         [ListenerSettings {
             address: address("127.0.0.1:2525"),
-            lane: Lane::High
+            lane: Lane::High,
+            tls: ListenerTls::None,
+            tls_files: None,
+            auth: ListenerAuth::None,
         }]
     );
     let networks: Vec<String> = config
@@ -577,4 +580,69 @@ fn lane_caps_are_optional_and_per_lane() {
     let config = parse(&uncommented).unwrap();
     assert_eq!(config.lanes.high.max_queued, Some(100_000));
     assert_eq!(config.lanes.low.max_queued, Some(100_000));
+}
+
+#[test]
+fn listener_tls_and_auth() {
+    let config = parse(
+        "[[listener]]\naddress = \"0.0.0.0:587\"\ntls = \"starttls\"\n\
+         certificate = \"/etc/relayq/tls/fullchain.pem\"\nprivate_key = \"/etc/relayq/tls/key.pem\"\n\
+         auth = \"required\"\n[smtp]\nusers_file = \"/etc/relayq/users\"\n",
+    )
+    .unwrap();
+    let listener = &config.listeners[0];
+    assert_eq!(listener.tls, ListenerTls::Starttls);
+    assert_eq!(listener.auth, ListenerAuth::Required);
+    assert_eq!(
+        listener.tls_files,
+        Some(TlsFiles {
+            certificate: PathBuf::from("/etc/relayq/tls/fullchain.pem"),
+            private_key: PathBuf::from("/etc/relayq/tls/key.pem"),
+        })
+    );
+    assert_eq!(
+        config.smtp.users_file.as_deref(),
+        Some(Path::new("/etc/relayq/users"))
+    );
+}
+
+#[test]
+fn listener_tls_and_auth_errors_name_the_key() {
+    let listener = "[[listener]]\naddress = \"127.0.0.1:587\"\n";
+    assert_eq!(
+        error(&format!(
+            "{listener}tls = \"implicit\"\nprivate_key = \"k.pem\"\n"
+        )),
+        "relayq.toml: listener[0].certificate: required when tls is set"
+    );
+    assert_eq!(
+        error(&format!(
+            "{listener}tls = \"starttls\"\ncertificate = \"c.pem\"\n"
+        )),
+        "relayq.toml: listener[0].private_key: required when tls is set"
+    );
+    assert!(
+        error(&format!(
+            "{listener}certificate = \"c.pem\"\nprivate_key = \"k.pem\"\n"
+        ))
+        .starts_with(
+            "relayq.toml: listener[0].tls: certificate and private_key are used only with"
+        )
+    );
+    assert!(
+        error(&format!("{listener}tls = \"yes\"\n"))
+            .starts_with("relayq.toml: listener[0].tls: unknown value \"yes\", expected \"none\", \"starttls\" or \"implicit\"")
+    );
+    assert_eq!(
+        error(&format!(
+            "{listener}auth = \"required\"\n[smtp]\nusers_file = \"u\"\n"
+        )),
+        "relayq.toml: listener[0].auth: needs tls = \"starttls\" or \"implicit\": AUTH is offered only under TLS"
+    );
+    assert_eq!(
+        error(&format!(
+            "{listener}tls = \"implicit\"\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\nauth = \"optional\"\n"
+        )),
+        "relayq.toml: smtp.users_file: required: listener[0] has auth = \"optional\""
+    );
 }

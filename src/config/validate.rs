@@ -17,8 +17,9 @@ use super::values::{
 };
 use super::{
     Config, ControlSettings, DeliverySettings, DnsSettings, Invalid, IpVersion, LaneSettings,
-    LanesSettings, ListenerSettings, LogFormat, LogSettings, MetricsSettings, RetrySettings, Route,
-    RouteTls, SmtpSettings, SpoolSettings, TlsPolicy,
+    LanesSettings, ListenerAuth, ListenerSettings, ListenerTls, LogFormat, LogSettings,
+    MetricsSettings, RetrySettings, Route, RouteTls, SmtpSettings, SpoolSettings, TlsFiles,
+    TlsPolicy,
 };
 use crate::queue::Lane;
 
@@ -174,6 +175,7 @@ pub(super) fn config(
             0 => return Err(Invalid::new("smtp.max_errors", "must be at least 1")),
             count => count,
         },
+        users_file: users_file(raw.smtp.users_file, &listeners)?,
     };
 
     let lanes = LanesSettings {
@@ -300,6 +302,9 @@ fn listeners(raw: Option<Vec<RawListener>>) -> Result<Vec<ListenerSettings>, Inv
         return Ok(vec![ListenerSettings {
             address: DEFAULT_LISTENER.parse().expect("valid socket address"),
             lane: Lane::High,
+            tls: ListenerTls::None,
+            tls_files: None,
+            auth: ListenerAuth::None,
         }]);
     };
     if raw.is_empty() {
@@ -332,9 +337,71 @@ fn listeners(raw: Option<Vec<RawListener>>) -> Result<Vec<ListenerSettings>, Inv
                 .map_err(|reason| Invalid::new(key("lane"), reason))?,
             None => Lane::High,
         };
-        listeners.push(ListenerSettings { address, lane });
+        let tls = listener.tls.unwrap_or(ListenerTls::None);
+        let tls_files = match (tls, listener.certificate, listener.private_key) {
+            (ListenerTls::None, None, None) => None,
+            (ListenerTls::None, _, _) => {
+                return Err(Invalid::new(
+                    key("tls"),
+                    "certificate and private_key are used only with tls = \"starttls\" or \"implicit\"",
+                ));
+            }
+            (_, None, _) => {
+                return Err(Invalid::new(key("certificate"), "required when tls is set"));
+            }
+            (_, _, None) => {
+                return Err(Invalid::new(key("private_key"), "required when tls is set"));
+            }
+            (_, Some(certificate), Some(private_key)) => {
+                non_empty_path(&certificate, &key("certificate"))?;
+                non_empty_path(&private_key, &key("private_key"))?;
+                Some(TlsFiles {
+                    certificate,
+                    private_key,
+                })
+            }
+        };
+        let auth = listener.auth.unwrap_or(ListenerAuth::None);
+        if auth != ListenerAuth::None && tls == ListenerTls::None {
+            // RFC 4954 §4: passwords are never taken over a plain connection.
+            return Err(Invalid::new(
+                key("auth"),
+                "needs tls = \"starttls\" or \"implicit\": AUTH is offered only under TLS",
+            ));
+        }
+        listeners.push(ListenerSettings {
+            address,
+            lane,
+            tls,
+            tls_files,
+            auth,
+        });
     }
     Ok(listeners)
+}
+
+/// `smtp.users_file`: required as soon as one listener takes AUTH.
+fn users_file(
+    raw: Option<PathBuf>,
+    listeners: &[ListenerSettings],
+) -> Result<Option<PathBuf>, Invalid> {
+    let authenticating = listeners
+        .iter()
+        .position(|listener| listener.auth != ListenerAuth::None);
+    match (raw, authenticating) {
+        (None, Some(index)) => Err(Invalid::new(
+            "smtp.users_file",
+            format!(
+                "required: listener[{index}] has auth = \"{}\"",
+                listeners[index].auth
+            ),
+        )),
+        (Some(path), _) => {
+            non_empty_path(&path, "smtp.users_file")?;
+            Ok(Some(path))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn relay_networks(raw: Option<Vec<String>>) -> Result<Vec<IpNet>, Invalid> {

@@ -145,6 +145,7 @@ async fn show(context: &QueueHandle, request: &Request, id: &str) -> Reply {
         message: MessageView::new(id, &entry, &envelope),
         client_address: envelope.client_address.map(|address| address.to_string()),
         helo: envelope.helo.clone(),
+        auth_user: envelope.auth_user.clone(),
         envid: envelope.envid.clone(),
         ret: envelope
             .ret

@@ -39,6 +39,9 @@ pub struct MessageDetail {
     pub message: MessageView,
     pub client_address: Option<String>,
     pub helo: Option<String>,
+    /// The user the client authenticated as (SMTP AUTH); null when it did not.
+    #[serde(default)]
+    pub auth_user: Option<String>,
     pub envid: Option<String>,
     pub ret: Option<String>,
     pub mt_priority: Option<i8>,

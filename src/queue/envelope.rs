@@ -28,6 +28,9 @@ pub struct Envelope {
     pub size: u64,
     pub client_address: Option<IpAddr>,
     pub helo: Option<String>,
+    /// The user the client authenticated as (SMTP AUTH), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
     #[serde(default)]
     pub eight_bit_mime: bool,
     #[serde(default)]
@@ -151,6 +154,7 @@ impl Envelope {
             size,
             client_address: None,
             helo: None,
+            auth_user: None,
             eight_bit_mime: false,
             smtputf8: false,
             ret: None,
@@ -239,6 +243,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auth_user_is_optional_in_stored_envelopes() {
+        let mut envelope = sample();
+        assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);
+        envelope.auth_user = None;
+        let encoded = envelope.encode();
+        assert!(!String::from_utf8_lossy(&encoded).contains("auth_user"));
+        // Spools written before the field existed read as unauthenticated.
+        assert_eq!(Envelope::decode(&encoded).unwrap().auth_user, None);
+    }
+
+    #[test]
     fn a_damaged_hold_time_saturates_instead_of_overflowing() {
         let mut envelope = sample();
         envelope.held_ms = u64::MAX - 1;
@@ -268,6 +283,7 @@ mod tests {
             size: 2048,
             client_address: Some("127.0.0.1".parse().unwrap()),
             helo: Some("client".into()),
+            auth_user: Some("app".into()),
             eight_bit_mime: true,
             smtputf8: false,
             ret: Some(Ret::Headers),

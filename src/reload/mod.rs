@@ -23,6 +23,7 @@ use crate::live::{Live, Settings};
 use crate::logging::LogLevel;
 use crate::metrics::Metrics;
 use crate::queue::Lane;
+use crate::smtp::credentials::Loaded;
 use crate::smtp::pressure::Pressure;
 use crate::storage::FreeSpace;
 use crate::systemd::Notifier;
@@ -61,6 +62,8 @@ pub struct Reloader {
     pub free_space: FreeSpace,
     pub log_level: LogLevel,
     pub notifier: Arc<Notifier>,
+    /// Listener certificates and the users file, re-read on every reload.
+    pub credentials: Arc<Loaded>,
     /// One reload at a time: each compares with the settings the previous
     /// one left.
     pub serial: tokio::sync::Mutex<()>,
@@ -101,15 +104,19 @@ impl Reloader {
         let file = self.file.clone().ok_or(ReloadError::NoFile)?;
         let running = self.settings.snapshot();
         let metrics = self.metrics.clone();
+        let credentials = self.credentials.clone();
         let path = file.clone();
         // Reading files (the configuration, resolv.conf, keys) blocks.
-        let built = tokio::task::spawn_blocking(move || {
+        let built = tokio::task::spawn_blocking(move || -> Result<(Live, Changes), ReloadError> {
             let config = Config::load(&path)?;
             let changes = changes::compare(&running.config, &config);
             let config = changes::keep_restart_keys(&running.config, config);
-            Live::build(config, Some(&running), &metrics)
-                .map(|live| (live, changes))
-                .map_err(|error| ReloadError::Unusable { file: path, error })
+            let live = Live::build(config, Some(&running), &metrics)
+                .map_err(|error| ReloadError::Unusable { file: path, error })?;
+            // Last, because it replaces the certificates and the users file
+            // as soon as all of them load.
+            credentials.reload(&live.config)?;
+            Ok((live, changes))
         })
         .await
         .map_err(|error| ReloadError::Unusable {

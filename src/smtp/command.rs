@@ -5,13 +5,14 @@
 //! `<postmaster>` and `<a@>` are handled the way RFC 5321 wants.
 
 use smtp_proto::{
-    Error as ProtoError, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_BY_NOTIFY, MAIL_BY_RETURN,
-    MAIL_BY_TRACE, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8,
-    RCPT_CONNEG, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
-    RCPT_RRVS_CONTINUE, RCPT_RRVS_REJECT, Request,
+    AUTH_LOGIN, AUTH_PLAIN, Error as ProtoError, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME,
+    MAIL_BY_NOTIFY, MAIL_BY_RETURN, MAIL_BY_TRACE, MAIL_CONPERM, MAIL_REQUIRETLS, MAIL_RET_FULL,
+    MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_CONNEG, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE,
+    RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RCPT_RRVS_CONTINUE, RCPT_RRVS_REJECT, Request,
 };
 
 use super::address::{self, AddressError, Mailbox};
+use super::auth::sasl::Mechanism;
 use super::reply::Reply;
 use crate::queue::envelope::{Notify, Ret};
 
@@ -32,7 +33,14 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
-    /// Recognised but not offered by this server (STARTTLS, AUTH, EXPN, ...).
+    StartTls,
+    /// RFC 4954 AUTH. `mechanism` is `None` for one this server does not
+    /// know; `initial_response` is the base64 text (`=` for empty) if given.
+    Auth {
+        mechanism: Option<Mechanism>,
+        initial_response: Option<String>,
+    },
+    /// Recognised but not offered by this server (EXPN, ETRN, ...).
     NotImplemented(&'static str),
 }
 
@@ -94,8 +102,18 @@ pub fn parse(line: &[u8], context: ParseContext) -> Result<Command, Reply> {
         Request::Quit => Command::Quit,
         Request::Vrfy { .. } => Command::Vrfy,
         Request::Help { .. } => Command::Help,
-        Request::StartTls => Command::NotImplemented("STARTTLS"),
-        Request::Auth { .. } => Command::NotImplemented("AUTH"),
+        Request::StartTls => Command::StartTls,
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Command::Auth {
+            mechanism: match mechanism {
+                AUTH_PLAIN => Some(Mechanism::Plain),
+                AUTH_LOGIN => Some(Mechanism::Login),
+                _ => None,
+            },
+            initial_response: (!initial_response.is_empty()).then_some(initial_response),
+        },
         Request::Expn { .. } => Command::NotImplemented("EXPN"),
         Request::Etrn { .. } => Command::NotImplemented("ETRN"),
         Request::Atrn { .. } => Command::NotImplemented("ATRN"),
@@ -436,7 +454,39 @@ mod tests {
                 last: true
             }
         );
-        assert_eq!(parse_ok("STARTTLS"), Command::NotImplemented("STARTTLS"));
+        assert_eq!(parse_ok("STARTTLS"), Command::StartTls);
         assert_eq!(parse_ok("noop"), Command::Noop);
+    }
+
+    #[test]
+    fn auth() {
+        assert_eq!(
+            parse_ok("AUTH PLAIN AGFsaWNlAHB3"),
+            Command::Auth {
+                mechanism: Some(Mechanism::Plain),
+                initial_response: Some("AGFsaWNlAHB3".into())
+            }
+        );
+        assert_eq!(
+            parse_ok("auth login"),
+            Command::Auth {
+                mechanism: Some(Mechanism::Login),
+                initial_response: None
+            }
+        );
+        assert_eq!(
+            parse_ok("AUTH PLAIN ="),
+            Command::Auth {
+                mechanism: Some(Mechanism::Plain),
+                initial_response: Some("=".into())
+            }
+        );
+        assert!(matches!(
+            parse_ok("AUTH CRAM-MD5"),
+            Command::Auth {
+                mechanism: None,
+                ..
+            }
+        ));
     }
 }

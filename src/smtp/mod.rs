@@ -3,7 +3,9 @@
 
 pub(crate) mod address;
 pub(crate) mod admission;
+pub(crate) mod auth;
 pub mod command;
+pub mod credentials;
 pub mod data;
 pub(crate) mod long_lines;
 pub(crate) mod message;
@@ -11,3 +13,4 @@ pub(crate) mod pressure;
 pub(crate) mod reply;
 pub(crate) mod server;
 pub(crate) mod session;
+pub(crate) mod stream;

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::pressure::Pressure;
-use super::session::{Session, SessionShared};
+use super::session::{Security, Session, SessionShared};
+use super::stream::InboundStream;
 use crate::queue::Lane;
 
 /// Binds a listening socket with a backlog large enough for bursts of
@@ -31,9 +32,13 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 /// it has one, so over the cap at most one client per listener is held
 /// without a greeting while the others wait in the kernel's backlog; that
 /// client is the evidence the pressure logic sheds an idle session for.
+///
+/// A session uses the listener's certificate as it is at the session's TLS
+/// handshake; a reload replaces it for later handshakes only.
 pub async fn accept_loop(
     listener: TcpListener,
     lane: Lane,
+    security: Security,
     shared: Arc<SessionShared>,
     pressure: Arc<Pressure>,
     tracker: TaskTracker,
@@ -58,10 +63,12 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let security = security.clone();
         tracker.spawn(async move {
             let _active = shared.metrics.smtp_connection();
-            Session::new(stream, client, lane, shared)
+            Session::new(InboundStream::Plain(stream), client, lane, shared)
                 .with_lease(lease)
+                .with_security(security)
                 .run()
                 .await;
         });

@@ -18,6 +18,8 @@ const BINARY: u8 = 0xB1;
 /// Tags of the optional fields after the fixed part. A reader skips tags it
 /// does not know, so adding one needs no format change.
 const END: u8 = 0;
+/// The authenticated submitter (RFC 4954), a string.
+const AUTH_USER: u8 = 1;
 
 pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 48 * envelope.recipients.len());
@@ -83,6 +85,10 @@ pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
         });
         optional_string(&mut out, recipient.last_reply.as_deref());
     }
+    if let Some(user) = &envelope.auth_user {
+        out.push(AUTH_USER);
+        string(&mut out, user);
+    }
     out.push(END);
     out
 }
@@ -147,9 +153,11 @@ impl Reader<'_> {
         for _ in 0..count {
             recipients.push(self.recipient()?);
         }
+        let mut auth_user = None;
         loop {
             match self.byte()? {
                 END => break,
+                AUTH_USER => auth_user = Some(self.string()?),
                 // A field a newer relayq added: skip it.
                 _ => {
                     let length = self.length()?;
@@ -180,6 +188,7 @@ impl Reader<'_> {
             attempts,
             next_attempt_ms,
             delay_warned: flags & 8 != 0,
+            auth_user,
         })
     }
 
@@ -352,6 +361,7 @@ mod tests {
         envelope.attempts = 7;
         envelope.next_attempt_ms = Some(0);
         envelope.delay_warned = true;
+        envelope.auth_user = Some("alice".into());
         envelope
     }
 

@@ -164,11 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let shared = &self.shared;
         let id = shared.spool.allocate_id();
         let transaction = self.transaction.as_ref();
-        let protocol = match (self.extended, transaction.is_some_and(|t| t.mail.smtputf8)) {
-            (_, true) => "UTF8SMTP",
-            (true, false) => "ESMTP",
-            (false, false) => "SMTP",
-        };
+        let protocol = self.received_protocol();
         let now = SystemTime::now();
         let date = timefmt::rfc5322(now);
         let helo = self.helo.as_deref().unwrap_or("unknown");
@@ -240,6 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         );
         envelope.client_address = Some(self.client_ip());
         envelope.helo = self.helo.clone();
+        envelope.auth_user = self.auth_user.clone();
         envelope.eight_bit_mime = mail.eight_bit_mime;
         envelope.smtputf8 = mail.smtputf8;
         envelope.ret = mail.ret;

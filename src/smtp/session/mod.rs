@@ -5,8 +5,10 @@
 //! Replies are buffered and flushed only when no complete command is left in
 //! the input, which is what makes PIPELINING (RFC 2920) cheap for clients.
 
+mod auth;
 mod content;
 mod pace;
+mod starttls;
 mod transaction;
 
 use std::net::{IpAddr, SocketAddr};
@@ -19,9 +21,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::sasl::Exchange;
+use super::auth::{AuthFailures, Users};
 use super::command::{self, Command, ParseContext};
+use super::credentials::Current;
 use super::pressure::{Interruption, Lease};
 use super::reply::{self, Reply};
+use super::stream::StartTls;
 use crate::events::Events;
 use crate::live::{Live, Settings};
 use crate::metrics::{Metrics, RefusalReason, ShedReason};
@@ -30,6 +36,8 @@ use crate::storage::FreeSpace;
 use content::BdatState;
 use pace::Request;
 use transaction::Transaction;
+
+pub use starttls::Security;
 
 /// RFC 5321 allows 512 octets; DSN parameters push RCPT past that, so up to
 /// 2048 octets (without CRLF) are accepted.
@@ -53,6 +61,13 @@ pub struct SessionShared {
     pub events: Events,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// The accounts for AUTH; `None` when no listener offers it.
+    pub users: Option<Arc<Current<Users>>>,
+    /// Failed AUTH attempts per client address, across sessions.
+    pub auth_failures: Arc<AuthFailures>,
+    /// Password checks running at once on the blocking pool, at most one
+    /// per core: a flood of AUTH must not starve the pool's other users.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the loop does after a command.
@@ -84,6 +99,16 @@ pub struct Session<S> {
     lease: Lease,
     /// When the wait for the next command line began.
     command_since: Instant,
+    /// What the listener offers beyond plain SMTP: TLS, AUTH.
+    security: Security,
+    /// The session runs under TLS (implicit, or after STARTTLS).
+    secure: bool,
+    /// The user the client authenticated as (RFC 4954); such a client may
+    /// relay from any address.
+    auth_user: Option<String>,
+    /// An AUTH exchange waiting for the client's next response line, which
+    /// is not a command.
+    sasl: Option<Exchange>,
 }
 
 /// How a wait on the client ended.
@@ -117,7 +142,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             discarding_line: false,
             lease: Lease::unregistered(),
             command_since: Instant::now(),
+            security: Security::plain(),
+            secure: false,
+            auth_user: None,
+            sasl: None,
         }
+    }
+
+    /// Offers what the listener offers beyond plain SMTP.
+    pub fn with_security(mut self, security: Security) -> Session<S> {
+        self.security = security;
+        self
     }
 
     /// Puts the session under the server's connection pressure logic.
@@ -125,7 +160,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.lease = lease;
         self
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + StartTls + Unpin> Session<S> {
     /// Runs the session to its end. I/O errors end it quietly: the client
     /// went away, and nothing it sent was acknowledged without being stored.
     pub async fn run(mut self) {
@@ -136,6 +173,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
+        // RFC 8314 §3.3: the handshake comes before anything else, the
+        // greeting included.
+        if self.security.is_implicit() && !self.handshake().await {
+            return Ok(());
+        }
         if !self.shared.free_space.is_sufficient() {
             let metrics = &self.shared.metrics;
             metrics.message_refused(self.listener_lane, RefusalReason::Disk);
@@ -207,6 +249,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn handle_line(&mut self, line: &[u8]) -> std::io::Result<Next> {
+        if let Some(exchange) = self.sasl.take() {
+            return Ok(self.auth_response(exchange, line).await);
+        }
         let context = ParseContext {
             extended: self.extended,
             smtputf8: self.transaction.as_ref().is_some_and(|t| t.mail.smtputf8),
@@ -253,6 +298,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "2.5.0",
                 "Cannot VRFY user, but will accept message and attempt delivery",
             )),
+            Command::StartTls => return self.starttls().await,
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => return Ok(self.auth(mechanism, initial_response.as_deref()).await),
             Command::Help => self.reply(Reply::new(
                 214,
                 "2.0.0",
@@ -266,7 +316,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         Ok(self.after_error())
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Sends the buffered replies. A client that does not read them is
     /// waiting like any other: the write is bounded by the idle timeout and
     /// the session can be shed meanwhile (both end it with an error).
@@ -402,5 +454,24 @@ impl<S> Session<S> {
     /// The client's address with IPv4-mapped IPv6 shown as IPv4.
     fn client_ip(&self) -> IpAddr {
         self.client.ip().to_canonical()
+    }
+
+    /// The `with` protocol of the `Received:` header: RFC 3848 adds `S`
+    /// under TLS and `A` once authenticated, and RFC 6531 §3.7.3 does the
+    /// same to `UTF8SMTP`.
+    fn received_protocol(&self) -> &'static str {
+        let smtputf8 = self.transaction.as_ref().is_some_and(|t| t.mail.smtputf8);
+        let authenticated = self.auth_user.is_some();
+        match (self.extended, smtputf8, self.secure, authenticated) {
+            (false, false, ..) => "SMTP",
+            (_, true, false, false) => "UTF8SMTP",
+            (_, true, true, false) => "UTF8SMTPS",
+            (_, true, false, true) => "UTF8SMTPA",
+            (_, true, true, true) => "UTF8SMTPSA",
+            (true, false, false, false) => "ESMTP",
+            (true, false, true, false) => "ESMTPS",
+            (true, false, false, true) => "ESMTPA",
+            (true, false, true, true) => "ESMTPSA",
+        }
     }
 }

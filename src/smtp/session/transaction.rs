@@ -28,7 +28,7 @@ impl<S> Session<S> {
             self.reply(Reply::new(250, "2.0.0", text));
             return;
         }
-        let lines = [
+        let mut lines = vec![
             self.live.config.hostname.clone(),
             "PIPELINING".to_owned(),
             format!("SIZE {}", self.live.config.spool.max_message_size),
@@ -39,6 +39,12 @@ impl<S> Session<S> {
             "DSN".to_owned(),
             "MT-PRIORITY MIXER".to_owned(),
         ];
+        if self.security.offers_starttls() && !self.secure {
+            lines.push("STARTTLS".to_owned());
+        }
+        if self.offers_auth() && self.auth_user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
         write_multiline(250, &lines, &mut self.output);
     }
 
@@ -49,6 +55,10 @@ impl<S> Session<S> {
         }
         if self.transaction.is_some() {
             self.reply_error(reply::bad_sequence("Error: nested MAIL command"));
+            return;
+        }
+        if self.needs_auth() {
+            self.reply_error(Reply::new(530, "5.7.0", "Authentication required"));
             return;
         }
         if mail
@@ -95,13 +105,15 @@ impl<S> Session<S> {
             return;
         };
         let client_ip = self.client_ip();
-        if !self
-            .live
-            .config
-            .smtp
-            .relay_networks
-            .iter()
-            .any(|network| network.contains(&client_ip))
+        // An authenticated client relays from anywhere (RFC 4954 §1).
+        if self.auth_user.is_none()
+            && !self
+                .live
+                .config
+                .smtp
+                .relay_networks
+                .iter()
+                .any(|network| network.contains(&client_ip))
         {
             let text = format!("<{}>: Relay access denied", rcpt.forward_path);
             self.reply_error(Reply::new(554, "5.7.1", text));

@@ -5,6 +5,7 @@ pub mod dns_server;
 
 pub mod fake_mx;
 pub mod shaping;
+pub mod tls_client;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

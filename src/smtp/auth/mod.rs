@@ -1,0 +1,11 @@
+//! SMTP AUTH on intake (RFC 4954): the users file and password checks
+//! (`users`), the SASL exchanges (`sasl`), and the per-address lockout after
+//! repeated failures (`failures`). The session drives them in
+//! `session/auth.rs`.
+
+pub(crate) mod failures;
+pub(crate) mod sasl;
+pub(crate) mod users;
+
+pub use failures::AuthFailures;
+pub use users::Users;
