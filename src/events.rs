@@ -80,6 +80,14 @@ pub struct Event {
     pub size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// How a delivery attempt's session was protected: `none`,
+    /// `unverified` or `verified` (README "MTA-STS").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'static str>,
+    /// The policy a delivery attempt was under: `none`, `mta-sts-testing`
+    /// or `mta-sts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +113,8 @@ impl Event {
             recipients: None,
             size: None,
             relay: None,
+            tls: None,
+            policy: None,
             status: None,
             reply: None,
             client: None,
@@ -132,6 +142,8 @@ impl Event {
             recipients: None,
             size: None,
             relay: None,
+            tls: None,
+            policy: None,
             status: None,
             reply,
             client: None,
@@ -169,6 +181,8 @@ impl Event {
         field("nrcpt", self.recipients.map(|n| n.to_string()));
         field("size", self.size.map(|n| n.to_string()));
         field("relay", self.relay.clone());
+        field("tls", self.tls.map(str::to_owned));
+        field("policy", self.policy.map(str::to_owned));
         field("delay", self.delay.map(|d| format!("{d:.1}")));
         field("dsn", self.status.clone());
         if let Some(reply) = &self.reply {

@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod logging;
 pub(crate) mod maildrop;
 pub(crate) mod metrics;
+pub(crate) mod mta_sts;
 pub(crate) mod outcome;
 pub mod queue;
 pub mod smtp;

@@ -19,6 +19,7 @@ use super::pass::Pass;
 use crate::config::{Config, LanesSettings, Route, TlsPolicy};
 use crate::dns::MxResolver;
 use crate::events::{Event, EventKind};
+use crate::mta_sts::MtaSts;
 use crate::queue::handle::{LoadError, QueueHandle};
 use crate::queue::transition::{self, Outcome};
 use crate::queue::{Lane, PerLane};
@@ -46,6 +47,8 @@ pub struct DeliveryContext {
     cluster: Option<Cluster>,
     pub resolver: MxResolver,
     pub tls_configs: TlsConfigs,
+    /// `None` when `delivery.mta_sts` is off.
+    pub mta_sts: Option<MtaSts>,
     pub client_settings: ClientSettings,
     pub delivery_port: u16,
     pub tls_policy: TlsPolicy,
@@ -67,6 +70,15 @@ impl DeliveryContext {
             Some(url) => Some(Cluster::new(url, handle.metrics.clone())?),
             None => None,
         };
+        let resolver = MxResolver::new(&config.dns, delivery.ip_version)?;
+        let tls_configs = TlsConfigs::with_trust_anchors(&delivery.extra_trust_anchors)?;
+        let mta_sts = delivery.mta_sts.then(|| {
+            MtaSts::new(
+                resolver.clone(),
+                tls_configs.verifying(),
+                &config.spool.path,
+            )
+        });
         Ok(DeliveryContext {
             handle,
             destinations: Destinations::new(
@@ -76,8 +88,9 @@ impl DeliveryContext {
                 &config.routes,
             ),
             cluster,
-            resolver: MxResolver::new(&config.dns, delivery.ip_version)?,
-            tls_configs: TlsConfigs::load()?,
+            resolver,
+            tls_configs,
+            mta_sts,
             client_settings: ClientSettings {
                 helo_name: config.hostname.clone(),
                 connect_timeout: delivery.connect_timeout,

@@ -18,6 +18,8 @@ use crate::config::{RouteTls, TlsPolicy};
 use crate::dns::DnsError;
 use crate::events::{Event, EventKind};
 use crate::metrics::Throttle;
+use crate::mta_sts::ActivePolicy;
+use crate::outcome::Protection;
 use crate::queue::Lane;
 use crate::queue::transition::{Outcome, RecipientResult};
 
@@ -73,6 +75,7 @@ impl Job {
                 reply: reply.clone(),
                 relay: None,
                 next_hop_offers_dsn: false,
+                protection: Protection::default(),
             })
             .collect()
     }
@@ -116,10 +119,30 @@ pub async fn run(context: &Arc<DeliveryContext>, job: Job) -> Option<Job> {
     }
 }
 
+/// Delivers under the MTA-STS policy of the recipient domain, if it has
+/// one (MX delivery only); every result says which policy it was under.
 async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
     if let Some(reason) = context.destinations.is_dead(&job.hop) {
         return Ended::Results(job.all(Outcome::Deferred, reason));
     }
+    let sts = match (&job.hop, &context.mta_sts) {
+        (NextHop::Mx(domain), Some(mta_sts)) => mta_sts.policy_for(domain).await,
+        _ => None,
+    };
+    let mut ended = deliver_under(context, job, sts.as_ref()).await;
+    if let (Ended::Results(results), Some(active)) = (&mut ended, &sts) {
+        for result in results {
+            result.protection.policy = active.kind();
+        }
+    }
+    ended
+}
+
+async fn deliver_under(
+    context: &Arc<DeliveryContext>,
+    job: &Job,
+    sts: Option<&ActivePolicy>,
+) -> Ended {
     let destinations = &context.destinations;
     let key = &job.destination;
     let mut pending: Vec<usize> = job.recipients.clone();
@@ -138,7 +161,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
                     context.tracker().spawn(idle.quit());
                 }
                 let begun = Instant::now();
-                match open(context, job).await {
+                match open(context, job, sts).await {
                     Ok(connection) => (connection, true),
                     Err(failure) => {
                         if let Some(wait) = suspension(context, job, &failure.reply) {
@@ -157,6 +180,33 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
                 }
             }
         };
+        if let Some(active) = sts
+            && let Some(reason) = active.refusal(connection.target(), connection.tls())
+        {
+            if active.enforced() {
+                // Nothing is sent over a session the policy refuses: a
+                // pooled one is closed and a fresh one opened instead.
+                context.tracker().spawn(connection.quit());
+                if fresh {
+                    results.extend(job.all_of(
+                        &pending,
+                        Outcome::Deferred,
+                        refused_by_policy(active, &reason),
+                    ));
+                    return Ended::Results(results);
+                }
+                continue;
+            }
+            tracing::warn!(
+                queue_id = %job.pass.id,
+                policy = "mta-sts-testing",
+                "{}: relay={}, policy=mta-sts-testing: MTA-STS policy of {} would refuse: {reason}",
+                job.pass.id,
+                connection.target(),
+                active.domain,
+            );
+        }
+        let protection = crate::mta_sts::protection(connection.tls(), sts);
         let relay = Some(connection.target().clone());
         let batch: Vec<usize> = pending
             .iter()
@@ -237,6 +287,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
                 reply,
                 relay: relay.clone(),
                 next_hop_offers_dsn: connection.offers_dsn(),
+                protection,
             });
         }
         if fresh && delivered_any {
@@ -390,9 +441,24 @@ struct OpenFailure {
     overload: bool,
 }
 
-/// Looks the next hop up and connects to the first host that answers.
-async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFailure> {
-    let targets = resolve(context, &job.hop)
+/// The deferral of mail that an enforced MTA-STS policy does not let go
+/// (RFC 8461 §5: 4.7.5 is what RFC 3463 calls a cryptographic failure).
+fn refused_by_policy(active: &ActivePolicy, reason: &str) -> RemoteReply {
+    RemoteReply::local(
+        "4.7.5",
+        format!("MTA-STS policy of {}: {reason}", active.domain),
+    )
+}
+
+/// Looks the next hop up and connects to the first host that answers. An
+/// enforced MTA-STS policy leaves only the MX hosts it names, each over
+/// STARTTLS with a certificate verified for its name.
+async fn open(
+    context: &DeliveryContext,
+    job: &Job,
+    sts: Option<&ActivePolicy>,
+) -> Result<Connection, OpenFailure> {
+    let mut targets = resolve(context, &job.hop)
         .await
         .map_err(|error| OpenFailure {
             outcome: if error.is_permanent() {
@@ -403,12 +469,29 @@ async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFa
             reply: RemoteReply::local(error.enhanced_status(), error.to_string()),
             overload: false,
         })?;
-    let (tls, credentials) = connection_policy(context, &job.hop).map_err(|reply| OpenFailure {
-        outcome: Outcome::Deferred,
-        reply,
-        overload: false,
-    })?;
-    connect(context, job, &targets, tls, credentials.as_ref()).await
+    let (mut tls, credentials) =
+        connection_policy(context, &job.hop).map_err(|reply| OpenFailure {
+            outcome: Outcome::Deferred,
+            reply,
+            overload: false,
+        })?;
+    let enforced = sts.filter(|active| active.enforced());
+    if let Some(active) = enforced {
+        targets.retain(|target| active.policy.allows(&target.host));
+        if targets.is_empty() {
+            let reason = format!(
+                "no MX host matches the policy's mx ({})",
+                active.policy.mx.join(", ")
+            );
+            return Err(OpenFailure {
+                outcome: Outcome::Deferred,
+                reply: refused_by_policy(active, &reason),
+                overload: false,
+            });
+        }
+        tls = TlsMode::Required;
+    }
+    connect(context, job, &targets, tls, credentials.as_ref(), enforced).await
 }
 
 async fn resolve(context: &DeliveryContext, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
@@ -494,6 +577,7 @@ async fn connect(
     targets: &[Target],
     tls: TlsMode,
     credentials: Option<&Credentials>,
+    enforced: Option<&ActivePolicy>,
 ) -> Result<Connection, OpenFailure> {
     let mut last = RemoteReply::local("4.4.4", "no mail exchanger to try");
     let mut all_unreachable = true;
@@ -530,7 +614,12 @@ async fn connect(
                     }
                     _ => false,
                 };
-                last = error.reply();
+                last = match (enforced, error.kind) {
+                    (Some(active), ConnectErrorKind::Tls | ConnectErrorKind::TlsRequired) => {
+                        refused_by_policy(active, &error.detail)
+                    }
+                    _ => error.reply(),
+                };
             }
         }
     }

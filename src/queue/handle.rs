@@ -112,22 +112,28 @@ impl QueueHandle {
             event.status = Some(change.reply.status.clone());
             event.delay = Some(delay);
             match &change.cause {
-                Cause::Attempt { relay } => {
+                Cause::Attempt { relay, protection } => {
                     let word = match change.kind {
                         EventKind::Delivered => "sent",
                         EventKind::Bounced => "bounced",
                         _ => "deferred",
                     };
                     let relay = relay.as_ref().map(ToString::to_string);
+                    let tls = protection.tls.as_str();
+                    let policy = protection.policy.as_str();
                     tracing::info!(
                         queue_id = %id,
-                        "{id}: to=<{}>, relay={}, delay={delay:.1}, dsn={}, status={word} ({})",
+                        tls,
+                        policy,
+                        "{id}: to=<{}>, relay={}, tls={tls}, policy={policy}, delay={delay:.1}, dsn={}, status={word} ({})",
                         change.address,
                         relay.as_deref().unwrap_or("none"),
                         change.reply.status,
                         change.reply,
                     );
                     event.relay = relay;
+                    event.tls = Some(tls);
+                    event.policy = Some(policy);
                     event.reply = Some(change.reply.to_string());
                 }
                 Cause::Expired { age } => {
