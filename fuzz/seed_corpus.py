@@ -147,6 +147,13 @@ SEEDS = {
         "lowercase": b"250-mx\r\n250-auth=login plain\r\n250 pipelining\r\n",
         "refused": b"554 5.7.1 no thanks\r\n",
     },
+    "mta_sts": {
+        "policy": b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n",
+        "txt": b"v=STSv1; id=20160831085700Z;",
+        "response": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+        "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nvers\r\n0\r\n\r\n",
+        "redirect": b"HTTP/1.1 301 Moved\r\nLocation: https://elsewhere/\r\n\r\n",
+    },
 }
 
 

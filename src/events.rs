@@ -220,3 +220,30 @@ impl Events {
         self.sender.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_events_say_how_they_were_protected() {
+        let mut event = Event::new(EventKind::Delivered, QueueId(1), Lane::High);
+        event.recipient = Some("user@example.org".into());
+        event.relay = Some("mx.example.org[192.0.2.7]:25".into());
+        event.tls = Some("verified");
+        event.policy = Some("mta-sts");
+        let text = event.to_text();
+        assert!(
+            text.contains(" relay=mx.example.org[192.0.2.7]:25 tls=verified policy=mta-sts"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["tls"], "verified");
+        assert_eq!(json["policy"], "mta-sts");
+
+        let accepted = Event::new(EventKind::Accepted, QueueId(1), Lane::High);
+        let json = serde_json::to_value(&accepted).unwrap();
+        assert!(json.get("tls").is_none() && json.get("policy").is_none());
+        assert!(!accepted.to_text().contains("tls="));
+    }
+}

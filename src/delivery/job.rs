@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::client::{
     Attempt, ConnectErrorKind, Connection, Credentials, Disposition, OutboundMessage,
-    OutboundRecipient, RecipientOutcome, RemoteReply, Target, TlsMode,
+    OutboundRecipient, RecipientOutcome, RemoteReply, Target, TlsInfo, TlsMode,
 };
 use super::destination::{DestinationKey, NextHop, Refusal, SHORT_WAIT, Wait};
 use super::engine::DeliveryContext;
@@ -19,7 +19,7 @@ use crate::dns::DnsError;
 use crate::events::{Event, EventKind};
 use crate::metrics::Throttle;
 use crate::mta_sts::ActivePolicy;
-use crate::outcome::Protection;
+use crate::outcome::{Protection, TlsProtection};
 use crate::queue::Lane;
 use crate::queue::transition::{Outcome, RecipientResult};
 
@@ -180,8 +180,9 @@ async fn deliver_under(
                 }
             }
         };
+        let tls = tls_protection(connection.tls());
         if let Some(active) = sts
-            && let Some(reason) = active.refusal(connection.target(), connection.tls())
+            && let Some(reason) = active.refusal(connection.target(), tls)
         {
             if active.enforced() {
                 // Nothing is sent over a session the policy refuses: a
@@ -199,14 +200,14 @@ async fn deliver_under(
             }
             tracing::warn!(
                 queue_id = %job.pass.id,
-                policy = "mta-sts-testing",
+                policy = %"mta-sts-testing",
                 "{}: relay={}, policy=mta-sts-testing: MTA-STS policy of {} would refuse: {reason}",
                 job.pass.id,
                 connection.target(),
                 active.domain,
             );
         }
-        let protection = crate::mta_sts::protection(connection.tls(), sts);
+        let protection = crate::mta_sts::protection(tls, sts);
         let relay = Some(connection.target().clone());
         let batch: Vec<usize> = pending
             .iter()
@@ -439,6 +440,15 @@ struct OpenFailure {
     /// A host refused the connection, timed out before its greeting or
     /// greeted with 421: an overload signal.
     overload: bool,
+}
+
+/// Whether a session is encrypted, and with a verified certificate.
+fn tls_protection(tls: Option<&TlsInfo>) -> TlsProtection {
+    match tls {
+        None => TlsProtection::None,
+        Some(info) if info.verified => TlsProtection::Verified,
+        Some(_) => TlsProtection::Unverified,
+    }
 }
 
 /// The deferral of mail that an enforced MTA-STS policy does not let go

@@ -24,9 +24,8 @@ use rustls::ClientConfig;
 
 use self::cache::CachedPolicy;
 use self::policy::{Mode, Policy};
-use crate::delivery::client::{Target, TlsInfo};
 use crate::dns::MxResolver;
-use crate::outcome::{PolicyKind, Protection, TlsProtection};
+use crate::outcome::{PolicyKind, Protection, Target, TlsProtection};
 
 /// The whole fetch of a policy file: connect, TLS, request, response.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +54,7 @@ impl ActivePolicy {
 
     /// Why the policy refuses a session with `target` protected by `tls`,
     /// or `None` when it allows it (RFC 8461 §4).
-    pub fn refusal(&self, target: &Target, tls: Option<&TlsInfo>) -> Option<String> {
+    pub fn refusal(&self, target: &Target, tls: TlsProtection) -> Option<String> {
         if !self.policy.allows(&target.host) {
             return Some(format!(
                 "MX host {} does not match the policy's mx ({})",
@@ -64,24 +63,21 @@ impl ActivePolicy {
             ));
         }
         match tls {
-            None => Some(format!("{target} offers no STARTTLS")),
-            Some(info) if !info.verified => Some(format!(
+            TlsProtection::None => Some(format!("{target} offers no STARTTLS")),
+            TlsProtection::Unverified => Some(format!(
                 "the certificate of {target} is not valid for {}",
                 target.host
             )),
-            Some(_) => None,
+            TlsProtection::Verified => None,
         }
     }
 }
 
-/// How a session with `tls` and the policy `active` was protected.
-pub fn protection(tls: Option<&TlsInfo>, active: Option<&ActivePolicy>) -> Protection {
+/// How a session protected by `tls` under the policy `active` was
+/// protected, in the words of log lines and events.
+pub fn protection(tls: TlsProtection, active: Option<&ActivePolicy>) -> Protection {
     Protection {
-        tls: match tls {
-            None => TlsProtection::None,
-            Some(info) if info.verified => TlsProtection::Verified,
-            Some(_) => TlsProtection::Unverified,
-        },
+        tls,
         policy: active.map_or(PolicyKind::None, ActivePolicy::kind),
     }
 }
@@ -288,11 +284,11 @@ mod tests {
         }
     }
 
-    fn tls(verified: bool) -> TlsInfo {
-        TlsInfo {
-            protocol: "TLSv1.3".into(),
-            cipher: "TLS13_AES_128_GCM_SHA256".into(),
-            verified,
+    fn tls(verified: bool) -> TlsProtection {
+        if verified {
+            TlsProtection::Verified
+        } else {
+            TlsProtection::Unverified
         }
     }
 
@@ -300,31 +296,26 @@ mod tests {
     fn what_a_policy_refuses() {
         let enforce = active("enforce");
         assert!(enforce.enforced());
-        assert_eq!(
-            enforce.refusal(&target("mx.sts.test"), Some(&tls(true))),
-            None
-        );
-        let other = enforce
-            .refusal(&target("other.test"), Some(&tls(true)))
-            .unwrap();
+        assert_eq!(enforce.refusal(&target("mx.sts.test"), tls(true)), None);
+        let other = enforce.refusal(&target("other.test"), tls(true)).unwrap();
         assert!(other.contains("does not match"), "{other}");
-        let plain = enforce.refusal(&target("mx.sts.test"), None).unwrap();
-        assert!(plain.contains("no STARTTLS"), "{plain}");
-        let unverified = enforce
-            .refusal(&target("mx.sts.test"), Some(&tls(false)))
+        let plain = enforce
+            .refusal(&target("mx.sts.test"), TlsProtection::None)
             .unwrap();
+        assert!(plain.contains("no STARTTLS"), "{plain}");
+        let unverified = enforce.refusal(&target("mx.sts.test"), tls(false)).unwrap();
         assert!(unverified.contains("not valid"), "{unverified}");
     }
 
     #[test]
     fn protection_words() {
         let testing = active("testing");
-        let protection = protection(Some(&tls(false)), Some(&testing));
+        let protection = protection(tls(false), Some(&testing));
         assert_eq!(protection.tls.as_str(), "unverified");
         assert_eq!(protection.policy.as_str(), "mta-sts-testing");
-        let none = super::protection(None, None);
+        let none = super::protection(TlsProtection::None, None);
         assert_eq!((none.tls.as_str(), none.policy.as_str()), ("none", "none"));
-        let verified = super::protection(Some(&tls(true)), Some(&active("enforce")));
+        let verified = super::protection(tls(true), Some(&active("enforce")));
         assert_eq!(
             (verified.tls.as_str(), verified.policy.as_str()),
             ("verified", "mta-sts")

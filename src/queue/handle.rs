@@ -123,8 +123,8 @@ impl QueueHandle {
                     let policy = protection.policy.as_str();
                     tracing::info!(
                         queue_id = %id,
-                        tls,
-                        policy,
+                        tls = %tls,
+                        policy = %policy,
                         "{id}: to=<{}>, relay={}, tls={tls}, policy={policy}, delay={delay:.1}, dsn={}, status={word} ({})",
                         change.address,
                         relay.as_deref().unwrap_or("none"),
