@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use hickory_resolver::proto::rr::Name;
 use rustls::ClientConfig;
 
 use self::cache::CachedPolicy;
@@ -132,7 +133,12 @@ impl MtaSts {
         if domain.starts_with('[') {
             return None;
         }
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // IDN as punycode: the name in the policy host's certificate.
+        let domain = Name::from_utf8(domain.trim_end_matches('.'))
+            .map(|name| name.to_ascii())
+            .unwrap_or_else(|_| domain.to_owned())
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         let announced = match self
             .resolver
             .txt_records(&format!("_mta-sts.{domain}"))
@@ -180,7 +186,20 @@ impl MtaSts {
             .entry(domain.to_owned())
             .or_default()
             .clone();
-        let _one_at_a_time = gate.lock().await;
+        let policy = {
+            let _one_at_a_time = gate.lock().await;
+            self.refresh_alone(domain, id).await
+        };
+        let mut fetching = lock(&self.fetching);
+        // Nobody else waits for this domain's gate: forget it, so the map
+        // holds only fetches in progress.
+        if Arc::strong_count(&gate) == 2 {
+            fetching.remove(domain);
+        }
+        policy
+    }
+
+    async fn refresh_alone(&self, domain: &str, id: &str) -> Option<Policy> {
         // Fetched meanwhile by another delivery?
         if let Some(cached) = self.cached(domain)
             && cached.id == id
