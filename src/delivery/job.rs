@@ -451,8 +451,8 @@ fn tls_protection(tls: Option<&TlsInfo>) -> TlsProtection {
     }
 }
 
-/// The deferral of mail that an enforced MTA-STS policy does not let go
-/// (RFC 8461 §5: 4.7.5 is what RFC 3463 calls a cryptographic failure).
+/// The deferral of mail that an enforced MTA-STS policy does not let go:
+/// 4.7.5, "cryptographic failure" (RFC 3463), and a reason naming MTA-STS.
 fn refused_by_policy(active: &ActivePolicy, reason: &str) -> RemoteReply {
     RemoteReply::local(
         "4.7.5",

@@ -33,6 +33,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a failed fetch of a policy id is not tried again, so a domain
 /// whose policy host is down does not cost every delivery a fetch.
 const FAILED_FETCH_MEMORY: Duration = Duration::from_secs(300);
+/// How long a TXT lookup that failed (timeout, SERVFAIL) is not repeated
+/// for the domain, so name servers that drop TXT queries do not cost every
+/// delivery the resolver's timeouts; the cached policy, if any, applies.
+const FAILED_LOOKUP_MEMORY: Duration = Duration::from_secs(60);
 
 /// A policy that applies to a delivery (mode `enforce` or `testing`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +104,8 @@ struct State {
     policies: HashMap<String, CachedPolicy>,
     /// `(domain, id)` whose fetch failed, and when.
     failed: HashMap<(String, String), SystemTime>,
+    /// Domains whose TXT lookup failed, and when.
+    lookup_failed: HashMap<String, SystemTime>,
 }
 
 impl MtaSts {
@@ -117,7 +123,7 @@ impl MtaSts {
             cache_path,
             state: Mutex::new(State {
                 policies,
-                failed: HashMap::new(),
+                ..State::default()
             }),
             fetching: Mutex::default(),
             saving: tokio::sync::Mutex::new(()),
@@ -139,7 +145,28 @@ impl MtaSts {
             .unwrap_or_else(|_| domain.to_owned())
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        let announced = match self
+        let announced = self.announced_id(&domain).await;
+        let cached = self.cached(&domain);
+        let policy = match (announced, cached) {
+            (Some(id), Some(cached)) if cached.id == id => Some(cached.policy),
+            (Some(id), cached) => match self.refresh(&domain, &id).await {
+                Some(policy) => Some(policy),
+                None => cached.map(|cached| cached.policy),
+            },
+            (None, cached) => cached.map(|cached| cached.policy),
+        }?;
+        (policy.mode != Mode::None).then_some(ActivePolicy { domain, policy })
+    }
+
+    /// The policy id in the domain's `_mta-sts` TXT record, if it has one
+    /// that is valid and it could be looked up.
+    async fn announced_id(&self, domain: &str) -> Option<String> {
+        if let Some(at) = lock(&self.state).lookup_failed.get(domain)
+            && at.elapsed().unwrap_or_default() < FAILED_LOOKUP_MEMORY
+        {
+            return None;
+        }
+        match self
             .resolver
             .txt_records(&format!("_mta-sts.{domain}"))
             .await
@@ -154,19 +181,16 @@ impl MtaSts {
             },
             Err(reason) => {
                 tracing::info!("MTA-STS {domain}: {reason}; using the cached policy, if any");
+                let mut state = lock(&self.state);
+                state
+                    .lookup_failed
+                    .retain(|_, at| at.elapsed().unwrap_or_default() < FAILED_LOOKUP_MEMORY);
+                state
+                    .lookup_failed
+                    .insert(domain.to_owned(), SystemTime::now());
                 None
             }
-        };
-        let cached = self.cached(&domain);
-        let policy = match (announced, cached) {
-            (Some(id), Some(cached)) if cached.id == id => Some(cached.policy),
-            (Some(id), cached) => match self.refresh(&domain, &id).await {
-                Some(policy) => Some(policy),
-                None => cached.map(|cached| cached.policy),
-            },
-            (None, cached) => cached.map(|cached| cached.policy),
-        }?;
-        (policy.mode != Mode::None).then_some(ActivePolicy { domain, policy })
+        }
     }
 
     /// The cached policy of `domain` while within its `max_age`.
