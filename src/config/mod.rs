@@ -157,8 +157,8 @@ pub struct DeliverySettings {
     /// Honour MTA-STS (RFC 8461) policies of recipient domains delivered
     /// to by MX.
     pub mta_sts: bool,
-    /// `tls_ca_file`: extra trust anchors for MX certificates and MTA-STS
-    /// policy hosts, read and parsed at load time (so a missing or broken
+    /// `tls_ca_file`: extra trust anchors for the certificates of MX hosts,
+    /// MTA-STS policy hosts and routes, read and parsed at load time (so a missing or broken
     /// file is a configuration error). Empty when the key is not set.
     pub extra_trust_anchors: Vec<rustls::pki_types::CertificateDer<'static>>,
 }

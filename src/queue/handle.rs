@@ -230,7 +230,13 @@ impl QueueHandle {
                 NoteKind::Relayed => Action::Relayed,
             },
             status: note.reply.status.clone(),
-            diagnostic: (!note.reply.is_local()).then(|| note.reply.to_string()),
+            // A local condition (expiry with its last reply, DNS, an
+            // MTA-STS refusal) is a diagnostic too, of relayq's own type.
+            diagnostic: Some(if note.reply.is_local() {
+                note.reply.text.clone()
+            } else {
+                note.reply.to_string()
+            }),
             remote_mta: note.relay.as_ref().map(|relay| relay.host.clone()),
             last_attempt: Some(note.at),
             will_retry_until: (kind == NoteKind::Delayed)

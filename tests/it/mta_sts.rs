@@ -181,6 +181,28 @@ fn enforce_defers_when_the_mx_offers_no_starttls() {
 }
 
 #[test]
+fn past_retry_max_age_the_refusal_bounces_naming_mta_sts() {
+    let site = Site::new("bounce", 11);
+    let (port, servers) = start_mx(vec![
+        (&site.mx_ip, Script::default()),
+        ("127.0.88.250", Script::default()),
+    ]);
+    let dns = TestDns::start(site.zone("b1"));
+    let _policy_host = site.policy_server(&policy("enforce", &site.mx_host(), 86400));
+    let relay =
+        TestRelay::start(&relay_config(&dns, port).replace("max_age = \"1h\"", "max_age = \"2s\""));
+    let id = site.submit(&relay);
+    let bounces = expect_messages(&relay, &servers[1], 1, WITHIN);
+    let report = String::from_utf8_lossy(&bounces[0].data).into_owned();
+    assert!(
+        report.contains("Action: failed") && report.contains("MTA-STS policy of bounce.sts.test"),
+        "{report}"
+    );
+    relay.wait_for_log(&format!("{id}: removed"));
+    assert_no_transaction(&servers[0]);
+}
+
+#[test]
 fn enforce_defers_when_the_certificate_names_another_host() {
     let site = Site::new("wrongname", 3);
     let (port, servers) = start_mx(vec![(&site.mx_ip, site.mx_script("other.sts.test"))]);
