@@ -417,3 +417,21 @@ fn check_config_names_an_unusable_tls_ca_file() {
         );
     }
 }
+
+#[test]
+fn json_logs_carry_tls_and_policy_fields() {
+    let site = Site::new("json", 12);
+    let (port, servers) = start_mx(vec![(&site.mx_ip, site.mx_script(&site.mx_host()))]);
+    let dns = TestDns::start(site.zone("j1"));
+    let _policy_host = site.policy_server(&policy("testing", &site.mx_host(), 86400));
+    let relay = TestRelay::start(&format!(
+        "{}\n[log]\nformat = \"json\"\n",
+        relay_config(&dns, port)
+    ));
+    let id = site.submit(&relay);
+    let line = wait_for_delivery(&relay, &id, "sent");
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(entry["tls"], "verified", "{line}");
+    assert_eq!(entry["policy"], "mta-sts-testing", "{line}");
+    expect_messages(&relay, &servers[0], 1, WITHIN);
+}
