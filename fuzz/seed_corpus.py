@@ -155,6 +155,13 @@ SEEDS = {
         "cancel": b"\x01\n*",
         "users": b"\x02# accounts\nalice:$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\n",
     },
+    "mta_sts": {
+        "policy": b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n",
+        "txt": b"v=STSv1; id=20160831085700Z;",
+        "response": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+        "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nvers\r\n0\r\n\r\n",
+        "redirect": b"HTTP/1.1 301 Moved\r\nLocation: https://elsewhere/\r\n\r\n",
+    },
 }
 
 

@@ -80,6 +80,14 @@ pub struct Event {
     pub size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// How a delivery attempt's session was protected: `none`,
+    /// `unverified` or `verified` (README "MTA-STS").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'static str>,
+    /// The policy a delivery attempt was under: `none`, `mta-sts-testing`
+    /// or `mta-sts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +113,8 @@ impl Event {
             recipients: None,
             size: None,
             relay: None,
+            tls: None,
+            policy: None,
             status: None,
             reply: None,
             client: None,
@@ -132,6 +142,8 @@ impl Event {
             recipients: None,
             size: None,
             relay: None,
+            tls: None,
+            policy: None,
             status: None,
             reply,
             client: None,
@@ -169,6 +181,8 @@ impl Event {
         field("nrcpt", self.recipients.map(|n| n.to_string()));
         field("size", self.size.map(|n| n.to_string()));
         field("relay", self.relay.clone());
+        field("tls", self.tls.map(str::to_owned));
+        field("policy", self.policy.map(str::to_owned));
         field("delay", self.delay.map(|d| format!("{d:.1}")));
         field("dsn", self.status.clone());
         if let Some(reply) = &self.reply {
@@ -204,5 +218,32 @@ impl Events {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_events_say_how_they_were_protected() {
+        let mut event = Event::new(EventKind::Delivered, QueueId(1), Lane::High);
+        event.recipient = Some("user@example.org".into());
+        event.relay = Some("mx.example.org[192.0.2.7]:25".into());
+        event.tls = Some("verified");
+        event.policy = Some("mta-sts");
+        let text = event.to_text();
+        assert!(
+            text.contains(" relay=mx.example.org[192.0.2.7]:25 tls=verified policy=mta-sts"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["tls"], "verified");
+        assert_eq!(json["policy"], "mta-sts");
+
+        let accepted = Event::new(EventKind::Accepted, QueueId(1), Lane::High);
+        let json = serde_json::to_value(&accepted).unwrap();
+        assert!(json.get("tls").is_none() && json.get("policy").is_none());
+        assert!(!accepted.to_text().contains("tls="));
     }
 }

@@ -18,6 +18,7 @@ pub(crate) mod live;
 pub mod logging;
 pub(crate) mod maildrop;
 pub(crate) mod metrics;
+pub(crate) mod mta_sts;
 pub(crate) mod outcome;
 pub mod queue;
 pub(crate) mod reload;

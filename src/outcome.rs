@@ -1,5 +1,6 @@
 //! What a delivery attempt found out about a recipient: the server's reply
-//! (or a local condition written the same way) and the host that gave it.
+//! (or a local condition written the same way), the host that gave it, and
+//! how the session was protected.
 //! Plain data shared by the outbound client, which produces it, and the
 //! queue's transitions, which record it.
 
@@ -77,5 +78,56 @@ impl fmt::Display for Target {
             self.address.ip(),
             self.address.port()
         )
+    }
+}
+
+/// How a delivery attempt was protected: the `tls=` and `policy=` of its
+/// log line and event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Protection {
+    pub tls: TlsProtection,
+    pub policy: PolicyKind,
+}
+
+/// Whether the session was encrypted, and whether the certificate verified
+/// for the host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsProtection {
+    /// Plaintext, or no session at all.
+    #[default]
+    None,
+    Unverified,
+    Verified,
+}
+
+impl TlsProtection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsProtection::None => "none",
+            TlsProtection::Unverified => "unverified",
+            TlsProtection::Verified => "verified",
+        }
+    }
+}
+
+/// Which policy the delivery was under (RFC 8461 modes; `none` mode and
+/// no policy read alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyKind {
+    #[default]
+    None,
+    /// `mode: testing`: refusals are only logged.
+    MtaStsTesting,
+    /// `mode: enforce`.
+    MtaSts,
+}
+
+impl PolicyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::None => "none",
+            PolicyKind::MtaStsTesting => "mta-sts-testing",
+            PolicyKind::MtaSts => "mta-sts",
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! Everything uses the `ring` provider explicitly; there is no process-wide
 //! default provider to depend on.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -48,6 +49,11 @@ impl TlsConfigs {
         }
         anyhow::ensure!(added > 0, "no CA certificate found in the PEM data");
         TlsConfigs::from_roots(roots)
+    }
+
+    /// The system's roots plus `extra` (`delivery.tls_ca_file`).
+    pub fn with_trust_anchors(extra: &[CertificateDer<'static>]) -> anyhow::Result<TlsConfigs> {
+        TlsConfigs::from_roots(roots_with(extra)?)
     }
 
     /// Configurations trusting exactly `roots`.
@@ -106,6 +112,38 @@ impl TlsConfigs {
             .verify_server_cert(end_entity, intermediates, server_name, &[], UnixTime::now())
             .is_ok()
     }
+}
+
+/// The system's roots plus `extra`: what MX certificates and MTA-STS policy
+/// hosts are verified against.
+pub fn roots_with(extra: &[CertificateDer<'static>]) -> anyhow::Result<RootCertStore> {
+    let mut roots = native_roots();
+    for certificate in extra {
+        roots
+            .add(certificate.clone())
+            .context("adding a tls_ca_file certificate to the trust store")?;
+    }
+    Ok(roots)
+}
+
+/// The CA certificates of a PEM file, each checked to be usable as a trust
+/// anchor. The error names the file and reads as a config error's reason.
+pub fn read_trust_anchors(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut certificates = Vec::new();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        let certificate = certificate
+            .map_err(|error| format!("{}: not a PEM certificate file: {error}", path.display()))?;
+        RootCertStore::empty()
+            .add(certificate.clone())
+            .map_err(|error| format!("{}: unusable CA certificate: {error}", path.display()))?;
+        certificates.push(certificate);
+    }
+    if certificates.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(certificates)
 }
 
 fn native_roots() -> RootCertStore {

@@ -7,8 +7,9 @@
 //! (`delivery.connect_timeout`, `route[0].tls`) and the reason.
 //!
 //! Invariant: a [`Config`] that exists is valid; code using it does not
-//! re-check ranges or combinations. The only I/O here is reading the file and
-//! detecting the built-in defaults (host name, state directory); a route's
+//! re-check ranges or combinations. The only I/O here is reading the file,
+//! the `delivery.tls_ca_file` certificates, and detecting the built-in
+//! defaults (host name, state directory); a route's
 //! password file is read by the delivery code through [`Route::read_password`].
 
 mod keywords;
@@ -171,6 +172,13 @@ pub struct DeliverySettings {
     pub data_timeout: Duration,
     /// The reply to the final dot.
     pub final_timeout: Duration,
+    /// Honour MTA-STS (RFC 8461) policies of recipient domains delivered
+    /// to by MX.
+    pub mta_sts: bool,
+    /// `tls_ca_file`: extra trust anchors for the certificates of MX hosts,
+    /// MTA-STS policy hosts and routes, read and parsed at load time (so a missing or broken
+    /// file is a configuration error). Empty when the key is not set.
+    pub extra_trust_anchors: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// `[retry]`: when deferred mail is tried again, and when it is given up.

@@ -96,6 +96,8 @@ pub(super) struct RawDelivery {
     pub command_timeout: Option<RawDuration>,
     pub data_timeout: Option<RawDuration>,
     pub final_timeout: Option<RawDuration>,
+    pub mta_sts: Option<bool>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -217,6 +217,15 @@ pub(super) fn config(
             DEFAULT_FINAL_TIMEOUT,
             "delivery.final_timeout",
         )?,
+        mta_sts: raw.delivery.mta_sts.unwrap_or(true),
+        extra_trust_anchors: match &raw.delivery.tls_ca_file {
+            Some(path) => {
+                non_empty_path(path, "delivery.tls_ca_file")?;
+                crate::tls::read_trust_anchors(path)
+                    .map_err(|reason| Invalid::new("delivery.tls_ca_file", reason))?
+            }
+            None => Vec::new(),
+        },
     };
 
     let retry = retry(raw.retry)?;

@@ -18,6 +18,7 @@ use super::pass::Pass;
 use super::workers::{Engine, LaneWorkers};
 use crate::events::{Event, EventKind};
 use crate::live::Live;
+use crate::mta_sts::MtaSts;
 use crate::queue::handle::{LoadError, QueueHandle};
 use crate::queue::transition::{self, Outcome};
 use crate::queue::{Lane, PerLane};
@@ -44,6 +45,9 @@ pub struct DeliveryContext {
     pub handle: QueueHandle,
     pub destinations: Destinations,
     pub tls_configs: TlsConfigs,
+    /// `None` when `delivery.mta_sts` is off. Built at start, with the
+    /// start's resolver and trust anchors.
+    pub mta_sts: Option<MtaSts>,
     in_flight: PerLane<Arc<Semaphore>>,
     pub(super) workers: PerLane<LaneWorkers>,
     /// Tasks that commit or talk to a server are tracked, so shutdown waits
@@ -58,6 +62,14 @@ impl DeliveryContext {
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
         let config = &live.config;
+        let tls_configs = TlsConfigs::with_trust_anchors(&config.delivery.extra_trust_anchors)?;
+        let mta_sts = config.delivery.mta_sts.then(|| {
+            MtaSts::new(
+                live.resolver.clone(),
+                tls_configs.verifying(),
+                &config.spool.path,
+            )
+        });
         Ok(DeliveryContext {
             handle,
             destinations: Destinations::new(
@@ -65,7 +77,8 @@ impl DeliveryContext {
                 DEAD_DESTINATION_FOR,
                 &config.destinations,
             ),
-            tls_configs: TlsConfigs::load()?,
+            tls_configs,
+            mta_sts,
             in_flight: PerLane::from_fn(|_| Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT))),
             workers: PerLane::default(),
             tracker,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::client::{
     Attempt, ConnectErrorKind, Connection, Credentials, Disposition, OutboundMessage,
-    OutboundRecipient, RecipientOutcome, RemoteReply, Target, TlsMode,
+    OutboundRecipient, RecipientOutcome, RemoteReply, Target, TlsInfo, TlsMode,
 };
 use super::destination::{DestinationKey, NextHop, Refusal, SHORT_WAIT, Wait};
 use super::engine::DeliveryContext;
@@ -19,6 +19,8 @@ use crate::dns::DnsError;
 use crate::events::{Event, EventKind};
 use crate::live::Live;
 use crate::metrics::Throttle;
+use crate::mta_sts::ActivePolicy;
+use crate::outcome::{Protection, TlsProtection};
 use crate::queue::Lane;
 use crate::queue::transition::{Outcome, RecipientResult};
 
@@ -74,6 +76,7 @@ impl Job {
                 reply: reply.clone(),
                 relay: None,
                 next_hop_offers_dsn: false,
+                protection: Protection::default(),
             })
             .collect()
     }
@@ -117,10 +120,30 @@ pub async fn run(context: &Arc<DeliveryContext>, job: Job) -> Option<Job> {
     }
 }
 
+/// Delivers under the MTA-STS policy of the recipient domain, if it has
+/// one (MX delivery only); every result says which policy it was under.
 async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
     if let Some(reason) = context.destinations.is_dead(&job.hop) {
         return Ended::Results(job.all(Outcome::Deferred, reason));
     }
+    let sts = match (&job.hop, &context.mta_sts) {
+        (NextHop::Mx(domain), Some(mta_sts)) => mta_sts.policy_for(domain).await,
+        _ => None,
+    };
+    let mut ended = deliver_under(context, job, sts.as_ref()).await;
+    if let (Ended::Results(results), Some(active)) = (&mut ended, &sts) {
+        for result in results {
+            result.protection.policy = active.kind();
+        }
+    }
+    ended
+}
+
+async fn deliver_under(
+    context: &Arc<DeliveryContext>,
+    job: &Job,
+    sts: Option<&ActivePolicy>,
+) -> Ended {
     let destinations = &context.destinations;
     let key = &job.destination;
     let mut pending: Vec<usize> = job.recipients.clone();
@@ -139,7 +162,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
                     context.tracker().spawn(idle.quit());
                 }
                 let begun = Instant::now();
-                match open(context, job).await {
+                match open(context, job, sts).await {
                     Ok(connection) => (connection, true),
                     Err(failure) => {
                         if let Some(wait) = suspension(context, job, &failure.reply) {
@@ -158,6 +181,34 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
                 }
             }
         };
+        let tls = tls_protection(connection.tls());
+        if let Some(active) = sts
+            && let Some(reason) = active.refusal(connection.target(), tls)
+        {
+            if active.enforced() {
+                // Nothing is sent over a session the policy refuses: a
+                // pooled one is closed and a fresh one opened instead.
+                context.tracker().spawn(connection.quit());
+                if fresh {
+                    results.extend(job.all_of(
+                        &pending,
+                        Outcome::Deferred,
+                        refused_by_policy(active, &reason),
+                    ));
+                    return Ended::Results(results);
+                }
+                continue;
+            }
+            tracing::warn!(
+                queue_id = %job.pass.id,
+                policy = %"mta-sts-testing",
+                "{}: relay={}, policy=mta-sts-testing: MTA-STS policy of {} would refuse: {reason}",
+                job.pass.id,
+                connection.target(),
+                active.domain,
+            );
+        }
+        let protection = crate::mta_sts::protection(tls, sts);
         let relay = Some(connection.target().clone());
         let batch: Vec<usize> = pending
             .iter()
@@ -238,6 +289,7 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
                 reply,
                 relay: relay.clone(),
                 next_hop_offers_dsn: connection.offers_dsn(),
+                protection,
             });
         }
         if fresh && delivered_any {
@@ -394,9 +446,33 @@ struct OpenFailure {
     overload: bool,
 }
 
-/// Looks the next hop up and connects to the first host that answers.
-async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFailure> {
-    let targets = resolve(&job.pass.settings, &job.hop)
+/// Whether a session is encrypted, and with a verified certificate.
+fn tls_protection(tls: Option<&TlsInfo>) -> TlsProtection {
+    match tls {
+        None => TlsProtection::None,
+        Some(info) if info.verified => TlsProtection::Verified,
+        Some(_) => TlsProtection::Unverified,
+    }
+}
+
+/// The deferral of mail that an enforced MTA-STS policy does not let go:
+/// 4.7.5, "cryptographic failure" (RFC 3463), and a reason naming MTA-STS.
+fn refused_by_policy(active: &ActivePolicy, reason: &str) -> RemoteReply {
+    RemoteReply::local(
+        "4.7.5",
+        format!("MTA-STS policy of {}: {reason}", active.domain),
+    )
+}
+
+/// Looks the next hop up and connects to the first host that answers. An
+/// enforced MTA-STS policy leaves only the MX hosts it names, each over
+/// STARTTLS with a certificate verified for its name.
+async fn open(
+    context: &DeliveryContext,
+    job: &Job,
+    sts: Option<&ActivePolicy>,
+) -> Result<Connection, OpenFailure> {
+    let mut targets = resolve(&job.pass.settings, &job.hop)
         .await
         .map_err(|error| OpenFailure {
             outcome: if error.is_permanent() {
@@ -407,13 +483,29 @@ async fn open(context: &DeliveryContext, job: &Job) -> Result<Connection, OpenFa
             reply: RemoteReply::local(error.enhanced_status(), error.to_string()),
             overload: false,
         })?;
-    let (tls, credentials) =
+    let (mut tls, credentials) =
         connection_policy(&job.pass.settings, &job.hop).map_err(|reply| OpenFailure {
             outcome: Outcome::Deferred,
             reply,
             overload: false,
         })?;
-    connect(context, job, &targets, tls, credentials.as_ref()).await
+    let enforced = sts.filter(|active| active.enforced());
+    if let Some(active) = enforced {
+        targets.retain(|target| active.policy.allows(&target.host));
+        if targets.is_empty() {
+            let reason = format!(
+                "no MX host matches the policy's mx ({})",
+                active.policy.mx.join(", ")
+            );
+            return Err(OpenFailure {
+                outcome: Outcome::Deferred,
+                reply: refused_by_policy(active, &reason),
+                overload: false,
+            });
+        }
+        tls = TlsMode::Required;
+    }
+    connect(context, job, &targets, tls, credentials.as_ref(), enforced).await
 }
 
 async fn resolve(live: &Live, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
@@ -496,6 +588,7 @@ async fn connect(
     targets: &[Target],
     tls: TlsMode,
     credentials: Option<&Credentials>,
+    enforced: Option<&ActivePolicy>,
 ) -> Result<Connection, OpenFailure> {
     let mut last = RemoteReply::local("4.4.4", "no mail exchanger to try");
     let mut all_unreachable = true;
@@ -532,7 +625,12 @@ async fn connect(
                     }
                     _ => false,
                 };
-                last = error.reply();
+                last = match (enforced, error.kind) {
+                    (Some(active), ConnectErrorKind::Tls | ConnectErrorKind::TlsRequired) => {
+                        refused_by_policy(active, &error.detail)
+                    }
+                    _ => error.reply(),
+                };
             }
         }
     }

@@ -76,6 +76,17 @@ impl MxResolver {
         }
     }
 
+    /// The TXT records of `name` (each record's strings joined, RFC 7208
+    /// §3.3 and RFC 8461 §3.1 alike), lossily decoded; none for NXDOMAIN or
+    /// NODATA. `Err` is a readable reason (timeout, SERVFAIL, a bad name).
+    pub async fn txt_records(&self, name: &str) -> Result<Vec<String>, String> {
+        let name = super::names::absolute_name(name).map_err(|error| error.to_string())?;
+        match self.query(&name, RecordType::TXT, txt_of).await? {
+            Answer::Records(records) => Ok(records),
+            Answer::NoData | Answer::NxDomain => Ok(Vec::new()),
+        }
+    }
+
     pub(super) fn static_host(&self, name: &Name) -> Option<HostAddresses> {
         let hosts = &self.inner.hosts;
         let addresses = |record_type| -> Vec<IpAddr> {
@@ -141,6 +152,18 @@ pub(super) fn mx_of(data: &RData) -> Option<Exchange<Name>> {
             preference: mx.preference,
             host: (!mx.exchange.is_root()).then(|| mx.exchange.clone()),
         }),
+        _ => None,
+    }
+}
+
+pub(super) fn txt_of(data: &RData) -> Option<String> {
+    match data {
+        RData::TXT(txt) => Some(
+            txt.txt_data
+                .iter()
+                .map(|part| String::from_utf8_lossy(part))
+                .collect(),
+        ),
         _ => None,
     }
 }

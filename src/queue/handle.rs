@@ -116,22 +116,28 @@ impl QueueHandle {
             event.status = Some(change.reply.status.clone());
             event.delay = Some(delay);
             match &change.cause {
-                Cause::Attempt { relay } => {
+                Cause::Attempt { relay, protection } => {
                     let word = match change.kind {
                         EventKind::Delivered => "sent",
                         EventKind::Bounced => "bounced",
                         _ => "deferred",
                     };
                     let relay = relay.as_ref().map(ToString::to_string);
+                    let tls = protection.tls.as_str();
+                    let policy = protection.policy.as_str();
                     tracing::info!(
                         queue_id = %id,
-                        "{id}: to=<{}>, relay={}, delay={delay:.1}, dsn={}, status={word} ({})",
+                        tls = %tls,
+                        policy = %policy,
+                        "{id}: to=<{}>, relay={}, tls={tls}, policy={policy}, delay={delay:.1}, dsn={}, status={word} ({})",
                         change.address,
                         relay.as_deref().unwrap_or("none"),
                         change.reply.status,
                         change.reply,
                     );
                     event.relay = relay;
+                    event.tls = Some(tls);
+                    event.policy = Some(policy);
                     event.reply = Some(change.reply.to_string());
                 }
                 Cause::Expired { age } => {
@@ -317,7 +323,13 @@ fn reported_recipient(
             NoteKind::Relayed => Action::Relayed,
         },
         status: note.reply.status.clone(),
-        diagnostic: (!note.reply.is_local()).then(|| note.reply.to_string()),
+        // A local condition (expiry with its last reply, DNS, an MTA-STS
+        // refusal) is a diagnostic too, of relayq's own type.
+        diagnostic: Some(if note.reply.is_local() {
+            note.reply.text.clone()
+        } else {
+            note.reply.to_string()
+        }),
         remote_mta: note.relay.as_ref().map(|relay| relay.host.clone()),
         last_attempt: Some(note.at),
         will_retry_until: (kind == NoteKind::Delayed).then(|| envelope.arrival() + max_age),

@@ -17,7 +17,7 @@ use super::envelope::{Notify, RecipientStatus, unix_ms};
 use super::retry::RetryPolicy;
 use super::{Envelope, Lane, PendingOperation};
 use crate::events::EventKind;
-use crate::outcome::{RemoteReply, Target};
+use crate::outcome::{Protection, RemoteReply, Target};
 
 /// The enhanced status and text of an operator's bounce.
 pub const OPERATOR_BOUNCE_STATUS: &str = "5.0.0";
@@ -43,7 +43,10 @@ pub enum Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
     /// A delivery attempt: the server that answered, if one did.
-    Attempt { relay: Option<Target> },
+    Attempt {
+        relay: Option<Target>,
+        protection: Protection,
+    },
     /// `retry.max_age` passed; `age` since arrival.
     Expired { age: Duration },
     /// An operator's bounce.
@@ -167,6 +170,8 @@ pub struct RecipientResult {
     pub relay: Option<Target>,
     /// The next hop offered DSN (so it handles NOTIFY=SUCCESS itself).
     pub next_hop_offers_dsn: bool,
+    /// TLS and policy of the attempt (none when no session was opened).
+    pub protection: Protection,
 }
 
 /// A recipient's outcome in one attempt.
@@ -260,6 +265,7 @@ impl PassResults {
                 reply: result.reply,
                 cause: Cause::Attempt {
                     relay: result.relay,
+                    protection: result.protection,
                 },
                 delay,
             });

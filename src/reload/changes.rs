@@ -16,19 +16,23 @@ pub struct Changes {
 
 /// Keys that a running daemon cannot change: sockets it has bound, the
 /// spool it has open, the maildrop it watches, the log format of the
-/// installed subscriber.
-const RESTART_KEYS: [&str; 6] = [
+/// installed subscriber, the MTA-STS policy store and the trust anchors
+/// it and the outbound TLS configurations were built with.
+const RESTART_KEYS: [&str; 8] = [
     "listener",
     "spool.path",
     "control.socket",
     "control.maildrop",
     "metrics.listen",
     "log.format",
+    "delivery.mta_sts",
+    "delivery.tls_ca_file",
 ];
 
 /// Compares the running configuration with a new one.
 pub fn compare(running: &Config, new: &Config) -> Changes {
     let mut changes = Changes::default();
+    let new_delivery = keep_restart_keys(running, new.clone()).delivery;
     let live: [(&'static str, bool); 14] = [
         ("hostname", running.hostname != new.hostname),
         (
@@ -42,7 +46,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
         ("smtp", running.smtp != new.smtp),
         ("lanes.high", running.lanes.high != new.lanes.high),
         ("lanes.low", running.lanes.low != new.lanes.low),
-        ("delivery", running.delivery != new.delivery),
+        ("delivery", running.delivery != new_delivery),
         ("retry", running.retry != new.retry),
         ("dns", running.dns != new.dns),
         ("route", running.routes != new.routes),
@@ -58,13 +62,15 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
         .collect();
-    let restart: [bool; 6] = [
+    let restart: [bool; 8] = [
         running.listeners != new.listeners,
         running.spool.path != new.spool.path,
         running.control.socket != new.control.socket,
         running.control.maildrop != new.control.maildrop,
         running.metrics.listen != new.metrics.listen,
         running.log.format != new.log.format,
+        running.delivery.mta_sts != new.delivery.mta_sts,
+        running.delivery.extra_trust_anchors != new.delivery.extra_trust_anchors,
     ];
     changes.restart = RESTART_KEYS
         .into_iter()
@@ -103,6 +109,10 @@ pub fn keep_restart_keys(running: &Config, mut new: Config) -> Config {
     new.control.maildrop.clone_from(&running.control.maildrop);
     new.metrics.listen = running.metrics.listen;
     new.log.format = running.log.format;
+    new.delivery.mta_sts = running.delivery.mta_sts;
+    new.delivery
+        .extra_trust_anchors
+        .clone_from(&running.delivery.extra_trust_anchors);
     new
 }
 
@@ -120,6 +130,18 @@ mod tests {
             Path::new("/var/lib/relayq"),
         )
         .expect("valid")
+    }
+
+    #[test]
+    fn mta_sts_and_its_trust_anchors_need_a_restart() {
+        let running = config("");
+        let new = config("[delivery]\nmta_sts = false\nport = 2525\n");
+        let changes = compare(&running, &new);
+        assert_eq!(changes.applied, ["delivery"]);
+        assert_eq!(changes.restart, ["delivery.mta_sts"]);
+        assert!(keep_restart_keys(&running, new).delivery.mta_sts);
+        let only_sts = compare(&running, &config("[delivery]\nmta_sts = false\n"));
+        assert!(only_sts.applied.is_empty(), "{only_sts:?}");
     }
 
     #[test]

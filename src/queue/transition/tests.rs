@@ -54,6 +54,7 @@ fn result(index: usize, outcome: Outcome, code: u16, status: &str) -> RecipientR
         },
         relay: Some(target()),
         next_hop_offers_dsn: false,
+        protection: Default::default(),
     }
 }
 
@@ -391,6 +392,7 @@ fn held_back_recipients_wait_without_an_attempt_or_backoff() {
         reply: RemoteReply::local("4.7.0", "destination x rate limit: next start in 7.0s"),
         relay: None,
         next_hop_offers_dsn: false,
+        protection: Default::default(),
     };
     pass.record(vec![wait(0, 17), wait(1, 12)], Duration::ZERO, at(10));
     assert!(pass.recipients.is_empty(), "a wait is not announced");
@@ -417,6 +419,7 @@ fn an_attempt_beside_a_wait_counts_and_comes_back_at_the_earlier_time() {
         reply: RemoteReply::local("4.7.0", "destination y suspended"),
         relay: None,
         next_hop_offers_dsn: false,
+        protection: Default::default(),
     };
     pass.record(
         vec![result(0, Outcome::Deferred, 451, "4.3.0"), waiting],
@@ -453,6 +456,7 @@ fn a_wait_past_the_maximum_age_still_expires() {
             reply: RemoteReply::local("4.7.0", "destination x suspended"),
             relay: None,
             next_hop_offers_dsn: false,
+            protection: Default::default(),
         }],
         Duration::ZERO,
         at(6 * 86400 - 1),

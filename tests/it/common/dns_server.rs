@@ -13,7 +13,7 @@ use std::time::Duration;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -28,6 +28,7 @@ struct Node {
     mx: Vec<(u16, String)>,
     a: Vec<Ipv4Addr>,
     aaaa: Vec<Ipv6Addr>,
+    txt: Vec<String>,
     servfail: bool,
     nxdomain: bool,
     delay: Option<Duration>,
@@ -59,6 +60,12 @@ impl Zone {
     pub fn aaaa(mut self, name: &str, address: &str) -> Self {
         let address = address.parse().expect("IPv6 address");
         self.node(name).aaaa.push(address);
+        self
+    }
+
+    /// A TXT record holding `text` as one string.
+    pub fn txt(mut self, name: &str, text: &str) -> Self {
+        self.node(name).txt.push(text.to_owned());
         self
     }
 
@@ -244,6 +251,11 @@ impl ZoneHandler {
                 .aaaa
                 .iter()
                 .map(|a| record(RData::AAAA(AAAA(*a))))
+                .collect(),
+            RecordType::TXT => node
+                .txt
+                .iter()
+                .map(|text| record(RData::TXT(TXT::new(vec![text.clone()]))))
                 .collect(),
             _ => Vec::new(),
         };

@@ -4,6 +4,7 @@ pub mod delivery;
 pub mod dns_server;
 
 pub mod fake_mx;
+pub mod policy_server;
 pub mod shaping;
 pub mod tls_client;
 
