@@ -5,7 +5,9 @@
 
 use std::process::Command;
 
-use crate::common::tls_client::{ListenerFiles, TlsClient};
+use rustls::pki_types::pem::PemObject;
+
+use crate::common::tls_client::{ListenerFiles, TlsClient, presented_certificate};
 use crate::common::{TestRelay, queue_json, queued_id};
 
 const CONTENT: &[u8] =
@@ -180,4 +182,38 @@ fn a_failed_handshake_ends_only_that_session() {
     client.starttls();
     client.ehlo();
     queued_id(&client.send_message("app@example.com", &["user@example.org"], CONTENT));
+}
+
+#[test]
+fn a_reload_rereads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
+    let files = ListenerFiles::new("");
+    let relay = TestRelay::start(&files.listener("starttls", "none"));
+    let (identity, _) = crate::common::fake_mx::test_ca();
+    let first = rustls::pki_types::CertificateDer::from_pem_slice(identity.cert_pem.as_bytes())
+        .expect("the test certificate");
+    assert_eq!(presented_certificate(relay.address), first.to_vec());
+
+    // Rotated in place, as certbot does: same paths, new files.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let rotated = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(files.path("cert.pem"), rotated.pem()).unwrap();
+    std::fs::write(files.path("key.pem"), key.serialize_pem()).unwrap();
+    let output = relay.reload();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(presented_certificate(relay.address), rotated.der().to_vec());
+
+    // A file that is not a certificate: the reload changes nothing.
+    std::fs::write(files.path("cert.pem"), "not a certificate\n").unwrap();
+    let output = relay.reload();
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("listener[0].certificate"), "{said}");
+    assert_eq!(presented_certificate(relay.address), rotated.der().to_vec());
 }
