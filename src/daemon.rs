@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::control;
 use crate::delivery::{self, engine::DeliveryContext};
+use crate::dkim::{Signers, SigningKeys};
 use crate::events::Events;
 use crate::maildrop;
 use crate::metrics::{self, Metrics};
@@ -42,6 +43,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dkim = Arc::new(SigningKeys::new(Signers::load_for(&config)?));
     let spool_path = config.spool.path.clone();
     let opened = tokio::task::spawn_blocking(move || Spool::open(SpoolOptions::new(spool_path)))
         .await
@@ -115,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
+        dkim: dkim.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());

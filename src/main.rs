@@ -130,7 +130,12 @@ fn list_queue(config: Option<PathBuf>) -> ExitCode {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    // The DKIM key files are part of the configuration to check.
+    let checked = Config::load(file).and_then(|config| {
+        relayq::dkim::Signers::load_for(&config)?;
+        Ok(config)
+    });
+    match checked {
         Ok(_) => {
             println!("{}: configuration ok", file.display());
             ExitCode::SUCCESS

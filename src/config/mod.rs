@@ -11,6 +11,7 @@
 //! detecting the built-in defaults (host name, state directory); a route's
 //! password file is read by the delivery code through [`Route::read_password`].
 
+mod dkim;
 mod keywords;
 mod raw;
 mod shaping;
@@ -33,6 +34,7 @@ use ipnet::IpNet;
 
 use crate::queue::Lane;
 
+pub use self::dkim::DkimSettings;
 pub use self::keywords::{IpVersion, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
 pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
@@ -56,6 +58,8 @@ pub struct Config {
     /// `[[destination]]` rules in file order (the first that matches wins);
     /// names are unique.
     pub destinations: Vec<DestinationRule>,
+    /// `[[dkim]]` blocks in file order; no two with the same domain and selector.
+    pub dkim: Vec<DkimSettings>,
     pub cluster: ClusterSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,

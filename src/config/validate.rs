@@ -241,6 +241,7 @@ pub(super) fn config(
     let destinations =
         super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
     let cluster = super::shaping::cluster(raw.cluster)?;
+    let dkim = super::dkim::dkim(raw.dkim)?;
 
     let control = ControlSettings {
         socket: raw
@@ -287,6 +288,7 @@ pub(super) fn config(
         dns,
         routes,
         destinations,
+        dkim,
         cluster,
         control,
         metrics,

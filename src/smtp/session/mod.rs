@@ -24,6 +24,7 @@ use super::admission::LaneAdmission;
 use super::command::{self, Command, ParseContext};
 use super::pressure::{Interruption, Lease};
 use super::reply::{self, Reply};
+use crate::dkim::SigningKeys;
 use crate::events::Events;
 use crate::metrics::{Metrics, RefusalReason, ShedReason};
 use crate::queue::{Lane, Queue};
@@ -67,6 +68,8 @@ pub struct SessionShared {
     pub events: Events,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// The DKIM keys; a reload replaces their contents.
+    pub dkim: Arc<SigningKeys>,
 }
 
 /// What the loop does after a command.

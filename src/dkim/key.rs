@@ -1,0 +1,114 @@
+//! Reading a DKIM private key file: PEM, PKCS#8 or PKCS#1, RSA of at least
+//! 1024 bits (RFC 8301 §3.2) or Ed25519 (RFC 8463).
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use mail_auth::common::crypto::{Algorithm, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::Writable;
+use rsa::traits::PublicKeyParts;
+use rsa::{RsaPrivateKey, pkcs1::DecodeRsaPrivateKey, pkcs8::DecodePrivateKey};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
+
+/// RFC 8301 §3.2: signers MUST use RSA keys of at least 1024 bits.
+pub(crate) const MIN_RSA_BITS: usize = 1024;
+
+/// A private key ready to sign.
+pub(crate) enum PrivateKey {
+    Rsa(RsaKey<Sha256>),
+    Ed25519(Ed25519Key),
+}
+
+impl SigningKey for PrivateKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        match self {
+            PrivateKey::Rsa(key) => key.sign(input),
+            PrivateKey::Ed25519(key) => key.sign(input),
+        }
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            PrivateKey::Rsa(key) => key.algorithm(),
+            PrivateKey::Ed25519(key) => key.algorithm(),
+        }
+    }
+}
+
+/// Why a key file cannot be used; displayed after the file name.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error("cannot read: {0}")]
+    Unreadable(io::Error),
+    #[error(
+        "not a PEM private key (expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"; encrypted keys are not supported)"
+    )]
+    NotPem,
+    #[error("an EC (SEC1) key: DKIM signs with RSA or Ed25519")]
+    Ec,
+    #[error("not an RSA or Ed25519 private key")]
+    UnknownAlgorithm,
+    #[error("not a valid RSA private key: {0}")]
+    InvalidRsa(String),
+    #[error("RSA key of {0} bits is too short: RFC 8301 requires at least 1024 (2048 recommended)")]
+    RsaTooShort(usize),
+}
+
+/// Reads and parses the key file at `path`.
+pub(crate) fn read(path: &Path) -> Result<PrivateKey, KeyError> {
+    let text = fs::read(path).map_err(KeyError::Unreadable)?;
+    parse_pem(&text)
+}
+
+/// Parses a PEM private key (the first private key block in `text`).
+pub(crate) fn parse_pem(text: &[u8]) -> Result<PrivateKey, KeyError> {
+    let der = match PrivateKeyDer::from_pem_slice(text) {
+        Ok(der) => der,
+        Err(pem::Error::NoItemsFound) | Err(_) => return Err(KeyError::NotPem),
+    };
+    match der {
+        PrivateKeyDer::Pkcs1(der) => rsa_from_pkcs1(der),
+        PrivateKeyDer::Pkcs8(der) => from_pkcs8(der),
+        PrivateKeyDer::Sec1(_) => Err(KeyError::Ec),
+        _ => Err(KeyError::UnknownAlgorithm),
+    }
+}
+
+fn rsa_from_pkcs1(der: PrivatePkcs1KeyDer<'_>) -> Result<PrivateKey, KeyError> {
+    let parsed = RsaPrivateKey::from_pkcs1_der(der.secret_pkcs1_der())
+        .map_err(|error| KeyError::InvalidRsa(error.to_string()))?;
+    check_rsa_size(&parsed)?;
+    RsaKey::from_key_der(PrivateKeyDer::Pkcs1(der))
+        .map(PrivateKey::Rsa)
+        .map_err(|error| KeyError::InvalidRsa(error.to_string()))
+}
+
+fn from_pkcs8(der: PrivatePkcs8KeyDer<'_>) -> Result<PrivateKey, KeyError> {
+    if let Ok(key) = Ed25519Key::from_pkcs8_der(der.secret_pkcs8_der()) {
+        return Ok(PrivateKey::Ed25519(key));
+    }
+    let parsed = match RsaPrivateKey::from_pkcs8_der(der.secret_pkcs8_der()) {
+        Ok(parsed) => parsed,
+        // An algorithm identifier other than rsaEncryption (EC, Ed448, ...).
+        Err(rsa::pkcs8::Error::PublicKey(_)) | Err(rsa::pkcs8::Error::KeyMalformed) => {
+            return Err(KeyError::UnknownAlgorithm);
+        }
+        Err(error) => return Err(KeyError::InvalidRsa(error.to_string())),
+    };
+    check_rsa_size(&parsed)?;
+    RsaKey::from_key_der(PrivateKeyDer::Pkcs8(der))
+        .map(PrivateKey::Rsa)
+        .map_err(|error| KeyError::InvalidRsa(error.to_string()))
+}
+
+fn check_rsa_size(key: &RsaPrivateKey) -> Result<(), KeyError> {
+    let bits = key.n().bits();
+    if bits < MIN_RSA_BITS {
+        return Err(KeyError::RsaTooShort(bits));
+    }
+    Ok(())
+}
