@@ -148,11 +148,15 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn load_for_serve(explicit: Option<PathBuf>) -> Result<Config, relayq::config::ConfigError> {
-    match explicit {
-        Some(path) => Config::load(&path),
-        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG)),
-        None => Ok(Config::builtin()),
-    }
+    let config = match explicit {
+        Some(path) => Config::load(&path)?,
+        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG))?,
+        None => Config::builtin(),
+    };
+    // Unusable DKIM key files are configuration errors (exit 64), found
+    // before the daemon starts; it loads the keys again for itself.
+    relayq::dkim::Signers::load_for(&config)?;
+    Ok(config)
 }
 
 fn serve(explicit: Option<PathBuf>) -> ExitCode {

@@ -237,7 +237,7 @@ pub(crate) fn author_domain(from: Option<&mail_parser::Address<'_>>) -> Option<S
 }
 
 /// `domain` or its closest parent for which `configured` holds.
-fn closest_domain<'a>(domain: &'a str, configured: impl Fn(&str) -> bool) -> Option<&'a str> {
+fn closest_domain(domain: &str, configured: impl Fn(&str) -> bool) -> Option<&str> {
     let mut candidate = domain;
     loop {
         if configured(candidate) {

@@ -158,7 +158,11 @@ pub(crate) fn signature_field(
         cb: Canonicalization::Relaxed,
         ..Signature::default()
     };
-    let headers = Canonicalization::Relaxed.canonical_headers(selected(&signature.h, fields));
+    // `CanonicalHeaders` writes its list last to first (it is built from a
+    // top-down scan of the message), so it takes the selection reversed.
+    let mut headers = selected(&signature.h, fields);
+    headers.reverse();
+    let headers = Canonicalization::Relaxed.canonical_headers(headers);
     signature.b = signer.key.sign(SignedData {
         headers,
         signature: &signature,
