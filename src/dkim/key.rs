@@ -5,19 +5,30 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use mail_auth::common::crypto::{Algorithm, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::crypto::{Algorithm, CryptoError, Ed25519Key, Sha256, SigningKey};
 use mail_auth::common::headers::Writable;
+use rsa::rand_core::OsRng;
 use rsa::traits::PublicKeyParts;
-use rsa::{RsaPrivateKey, pkcs1::DecodeRsaPrivateKey, pkcs8::DecodePrivateKey};
+use rsa::{Pkcs1v15Sign, RsaPrivateKey, pkcs1::DecodeRsaPrivateKey, pkcs8::DecodePrivateKey};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
 
 /// RFC 8301 §3.2: signers MUST use RSA keys of at least 1024 bits.
 pub(crate) const MIN_RSA_BITS: usize = 1024;
 
+/// The DER DigestInfo prefix of a SHA-256 hash in an RSASSA-PKCS1-v1_5
+/// signature (RFC 8017 §9.2, note 1).
+const SHA256_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
+];
+
 /// A private key ready to sign.
 pub(crate) enum PrivateKey {
-    Rsa(RsaKey<Sha256>),
+    /// Signed here rather than by `mail_auth`'s RSA key, whose signing
+    /// skips blinding: with a random blinding factor per signature, its
+    /// timing says nothing about the key.
+    Rsa(RsaPrivateKey),
     Ed25519(Ed25519Key),
 }
 
@@ -26,14 +37,24 @@ impl SigningKey for PrivateKey {
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
         match self {
-            PrivateKey::Rsa(key) => key.sign(input),
+            PrivateKey::Rsa(key) => {
+                let digest = self.hash(input);
+                let padding = Pkcs1v15Sign {
+                    hash_len: Some(32),
+                    prefix: SHA256_DIGEST_INFO.into(),
+                };
+                key.sign_with_rng(&mut OsRng, padding, digest.as_ref())
+                    .map_err(|error| {
+                        mail_auth::Error::Crypto(CryptoError::Library(error.to_string()))
+                    })
+            }
             PrivateKey::Ed25519(key) => key.sign(input),
         }
     }
 
     fn algorithm(&self) -> Algorithm {
         match self {
-            PrivateKey::Rsa(key) => key.algorithm(),
+            PrivateKey::Rsa(_) => Algorithm::RsaSha256,
             PrivateKey::Ed25519(key) => key.algorithm(),
         }
     }
@@ -79,36 +100,34 @@ pub(crate) fn parse_pem(text: &[u8]) -> Result<PrivateKey, KeyError> {
 }
 
 fn rsa_from_pkcs1(der: PrivatePkcs1KeyDer<'_>) -> Result<PrivateKey, KeyError> {
-    let parsed = RsaPrivateKey::from_pkcs1_der(der.secret_pkcs1_der())
+    let key = RsaPrivateKey::from_pkcs1_der(der.secret_pkcs1_der())
         .map_err(|error| KeyError::InvalidRsa(error.to_string()))?;
-    check_rsa_size(&parsed)?;
-    RsaKey::from_key_der(PrivateKeyDer::Pkcs1(der))
-        .map(PrivateKey::Rsa)
-        .map_err(|error| KeyError::InvalidRsa(error.to_string()))
+    rsa_key(key)
 }
 
 fn from_pkcs8(der: PrivatePkcs8KeyDer<'_>) -> Result<PrivateKey, KeyError> {
     if let Ok(key) = Ed25519Key::from_pkcs8_der(der.secret_pkcs8_der()) {
         return Ok(PrivateKey::Ed25519(key));
     }
-    let parsed = match RsaPrivateKey::from_pkcs8_der(der.secret_pkcs8_der()) {
-        Ok(parsed) => parsed,
+    let key = match RsaPrivateKey::from_pkcs8_der(der.secret_pkcs8_der()) {
+        Ok(key) => key,
         // An algorithm identifier other than rsaEncryption (EC, Ed448, ...).
         Err(rsa::pkcs8::Error::PublicKey(_)) | Err(rsa::pkcs8::Error::KeyMalformed) => {
             return Err(KeyError::UnknownAlgorithm);
         }
         Err(error) => return Err(KeyError::InvalidRsa(error.to_string())),
     };
-    check_rsa_size(&parsed)?;
-    RsaKey::from_key_der(PrivateKeyDer::Pkcs8(der))
-        .map(PrivateKey::Rsa)
-        .map_err(|error| KeyError::InvalidRsa(error.to_string()))
+    rsa_key(key)
 }
 
-fn check_rsa_size(key: &RsaPrivateKey) -> Result<(), KeyError> {
+/// Checks the size and precomputes the CRT values (fast signing).
+fn rsa_key(mut key: RsaPrivateKey) -> Result<PrivateKey, KeyError> {
     let bits = key.n().bits();
     if bits < MIN_RSA_BITS {
         return Err(KeyError::RsaTooShort(bits));
     }
-    Ok(())
+    key.validate()
+        .and_then(|()| key.precompute())
+        .map_err(|error| KeyError::InvalidRsa(error.to_string()))?;
+    Ok(PrivateKey::Rsa(key))
 }
