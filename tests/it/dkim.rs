@@ -329,3 +329,34 @@ fn check_config_names_unusable_key_files() {
         }
     }
 }
+
+#[test]
+fn mail_imported_from_the_maildrop_is_signed_too() {
+    let directory = tempfile::tempdir().unwrap();
+    let key = make_key(directory.path(), "example.com", "ed", None);
+    let ip = "127.0.63.1";
+    let (port, servers) = start_mx(vec![(ip, Script::default())]);
+    let dns = TestDns::start(
+        zone_with_sender_mx("127.0.63.99")
+            .mx("dest.test", 10, "mx.dest.test")
+            .a("mx.dest.test", ip),
+    );
+    let relay = TestRelay::start(&config(
+        &dns,
+        port,
+        "",
+        &dkim_block("example.com", "ed", &key),
+    ));
+    // What `relayq sendmail` leaves while the daemon is down.
+    let maildrop = relay.spool_path().join("maildrop");
+    let dropped = "relayq-maildrop 1\nsender app@example.com\nrecipient rcpt@dest.test\n\n\
+                   From: cron@example.com\r\nSubject: from cron\r\n\r\nreport\r\n";
+    std::fs::write(maildrop.join(".tmp-x"), dropped).unwrap();
+    std::fs::rename(maildrop.join(".tmp-x"), maildrop.join("1.x")).unwrap();
+    relay.wait_for_log("imported from maildrop file 1.x");
+    let received = expect_messages(&relay, &servers[0], 1, WITHIN);
+    assert_eq!(
+        verify(&received[0].data, &[&key]),
+        vec![passes("example.com", "ed")]
+    );
+}
