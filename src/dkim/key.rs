@@ -7,6 +7,7 @@ use std::path::Path;
 
 use mail_auth::common::crypto::{Algorithm, CryptoError, Ed25519Key, Sha256, SigningKey};
 use mail_auth::common::headers::Writable;
+use ring::rand::SystemRandom;
 use rsa::rand_core::OsRng;
 use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, RsaPrivateKey, pkcs1::DecodeRsaPrivateKey, pkcs8::DecodePrivateKey};
@@ -23,11 +24,17 @@ const SHA256_DIGEST_INFO: [u8; 19] = [
     0x00, 0x04, 0x20,
 ];
 
+/// RSA modulus sizes `ring` signs with; it is about three times faster than
+/// the `rsa` crate, which takes the sizes outside this range.
+const RING_RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
+
 /// A private key ready to sign.
 pub(crate) enum PrivateKey {
-    /// Signed here rather than by `mail_auth`'s RSA key, whose signing
-    /// skips blinding: with a random blinding factor per signature, its
-    /// timing says nothing about the key.
+    /// RSA of 2048 to 4096 bits, signed by `ring` (constant-time).
+    RingRsa(ring::rsa::KeyPair),
+    /// Other RSA sizes. Signed here rather than by `mail_auth`'s RSA key,
+    /// whose signing skips blinding: with a random blinding factor per
+    /// signature, its timing says nothing about the key.
     Rsa(RsaPrivateKey),
     Ed25519(Ed25519Key),
 }
@@ -37,6 +44,22 @@ impl SigningKey for PrivateKey {
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
         match self {
+            PrivateKey::RingRsa(key) => {
+                // ring hashes the signed data itself.
+                let mut data = Vec::with_capacity(1024);
+                input.write(&mut data);
+                let mut signature = vec![0; key.public().modulus_len()];
+                key.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    &data,
+                    &mut signature,
+                )
+                .map_err(|error| {
+                    mail_auth::Error::Crypto(CryptoError::Library(error.to_string()))
+                })?;
+                Ok(signature)
+            }
             PrivateKey::Rsa(key) => {
                 let digest = self.hash(input);
                 let padding = Pkcs1v15Sign {
@@ -54,7 +77,7 @@ impl SigningKey for PrivateKey {
 
     fn algorithm(&self) -> Algorithm {
         match self {
-            PrivateKey::Rsa(_) => Algorithm::RsaSha256,
+            PrivateKey::RingRsa(_) | PrivateKey::Rsa(_) => Algorithm::RsaSha256,
             PrivateKey::Ed25519(key) => key.algorithm(),
         }
     }
@@ -102,7 +125,7 @@ pub(crate) fn parse_pem(text: &[u8]) -> Result<PrivateKey, KeyError> {
 fn rsa_from_pkcs1(der: PrivatePkcs1KeyDer<'_>) -> Result<PrivateKey, KeyError> {
     let key = RsaPrivateKey::from_pkcs1_der(der.secret_pkcs1_der())
         .map_err(|error| KeyError::InvalidRsa(error.to_string()))?;
-    rsa_key(key)
+    rsa_key(key, || ring::rsa::KeyPair::from_der(der.secret_pkcs1_der()))
 }
 
 fn from_pkcs8(der: PrivatePkcs8KeyDer<'_>) -> Result<PrivateKey, KeyError> {
@@ -117,14 +140,25 @@ fn from_pkcs8(der: PrivatePkcs8KeyDer<'_>) -> Result<PrivateKey, KeyError> {
         }
         Err(error) => return Err(KeyError::InvalidRsa(error.to_string())),
     };
-    rsa_key(key)
+    rsa_key(key, || {
+        ring::rsa::KeyPair::from_pkcs8(der.secret_pkcs8_der())
+    })
 }
 
-/// Checks the size and precomputes the CRT values (fast signing).
-fn rsa_key(mut key: RsaPrivateKey) -> Result<PrivateKey, KeyError> {
+/// Checks the size; takes `ring`'s form of the key (`ring_key`) for the
+/// sizes it signs, else precomputes the CRT values for the `rsa` crate.
+fn rsa_key(
+    mut key: RsaPrivateKey,
+    ring_key: impl FnOnce() -> Result<ring::rsa::KeyPair, ring::error::KeyRejected>,
+) -> Result<PrivateKey, KeyError> {
     let bits = key.n().bits();
     if bits < MIN_RSA_BITS {
         return Err(KeyError::RsaTooShort(bits));
+    }
+    if RING_RSA_BITS.contains(&bits) {
+        return ring_key()
+            .map(PrivateKey::RingRsa)
+            .map_err(|error| KeyError::InvalidRsa(error.to_string()));
     }
     key.validate()
         .and_then(|()| key.precompute())

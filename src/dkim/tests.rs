@@ -41,20 +41,23 @@ fn most_specific_domain_wins() {
 }
 
 #[test]
-fn loads_rsa_and_ed25519_keys_in_each_format() {
+fn loads_rsa_and_ed25519_keys_in_each_format_and_signs() {
     let directory = tempfile::tempdir().unwrap();
-    let rsa = openssl_key(
+    let rsa1024 = openssl_key(
         directory.path(),
-        "rsa.pem",
+        "rsa1024.pem",
         &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
     );
-    let signers = load_one(&rsa, "example.com", "s").unwrap();
-    assert!(!signers.is_empty());
-    // The same key as PKCS#1 ("BEGIN RSA PRIVATE KEY").
-    let pkcs1 = directory.path().join("rsa1.pem");
+    let rsa2048 = openssl_key(
+        directory.path(),
+        "rsa2048.pem",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    );
+    // The 2048-bit key again as PKCS#1 ("BEGIN RSA PRIVATE KEY").
+    let pkcs1 = directory.path().join("rsa2048-pkcs1.pem");
     let output = Command::new("openssl")
         .args(["rsa", "-traditional", "-in"])
-        .arg(&rsa)
+        .arg(&rsa2048)
         .arg("-out")
         .arg(&pkcs1)
         .output()
@@ -65,9 +68,25 @@ fn loads_rsa_and_ed25519_keys_in_each_format() {
             .unwrap()
             .contains("BEGIN RSA PRIVATE KEY")
     );
-    load_one(&pkcs1, "example.com", "s").unwrap();
     let ed25519 = openssl_key(directory.path(), "ed.pem", &["-algorithm", "ed25519"]);
-    load_one(&ed25519, "example.com", "s").unwrap();
+    for (path, ring, algorithm) in [
+        (&rsa1024, false, "rsa-sha256"),
+        (&rsa2048, true, "rsa-sha256"),
+        (&pkcs1, true, "rsa-sha256"),
+        (&ed25519, false, "ed25519-sha256"),
+    ] {
+        let key = key::read(path).unwrap();
+        assert_eq!(matches!(key, PrivateKey::RingRsa(_)), ring, "{path:?}");
+        let signers = Arc::new(load_one(path, "example.com", "s").unwrap());
+        let pending = signers.start("example.com", &[b"From: a@example.com\r\n"]);
+        let signed = pending.unwrap().finish(SystemTime::now());
+        assert!(signed.failures.is_empty(), "{:?}", signed.failures);
+        assert!(
+            signed.fields.contains(&format!("a={algorithm};")),
+            "{}",
+            signed.fields
+        );
+    }
 }
 
 #[test]
