@@ -227,13 +227,20 @@ impl SigningKeys {
     }
 }
 
-/// The first address of a `From:` value's domain, as far as the
-/// `mail_parser` view of the header section has it.
+/// The domain of a `From:` value's first address, lowercase and in ASCII
+/// (an internationalized name in its xn-- form, as `[[dkim]]` domains are
+/// written).
 pub(crate) fn author_domain(from: Option<&mail_parser::Address<'_>>) -> Option<String> {
     let address = from?.first()?.address()?;
     let (_, domain) = address.rsplit_once('@')?;
     let domain = domain.trim();
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+    if domain.is_empty() {
+        None
+    } else if domain.is_ascii() {
+        Some(domain.to_ascii_lowercase())
+    } else {
+        idna::domain_to_ascii(domain).ok()
+    }
 }
 
 /// `domain` or its closest parent for which `configured` holds.

@@ -167,4 +167,11 @@ fn author_domain_is_the_first_from_address() {
         .parse_headers(&b"Subject: x\r\n\r\n"[..])
         .unwrap();
     assert_eq!(author_domain(parsed.from()), None);
+    let parsed = mail_parser::MessageParser::new()
+        .parse_headers("From: a@Bücher.example\r\n\r\n".as_bytes())
+        .unwrap();
+    assert_eq!(
+        author_domain(parsed.from()),
+        Some("xn--bcher-kva.example".to_string())
+    );
 }
