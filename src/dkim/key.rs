@@ -86,7 +86,7 @@ impl SigningKey for PrivateKey {
 /// Why a key file cannot be used; displayed after the file name.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KeyError {
-    #[error("cannot read: {0}")]
+    #[error("cannot read: {}", without_os_code(.0))]
     Unreadable(io::Error),
     #[error(
         "not a PEM private key (expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"; encrypted keys are not supported)"
@@ -100,6 +100,15 @@ pub(crate) enum KeyError {
     InvalidRsa(String),
     #[error("RSA key of {0} bits is too short: RFC 8301 requires at least 1024 (2048 recommended)")]
     RsaTooShort(usize),
+}
+
+/// `io::Error`'s message without the `(os error N)` suffix.
+fn without_os_code(error: &io::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" (os error ") {
+        Some(cut) if message.ends_with(')') => message[..cut].to_string(),
+        _ => message,
+    }
 }
 
 /// Reads and parses the key file at `path`.
