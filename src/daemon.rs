@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::control;
 use crate::delivery::{self, engine::DeliveryContext};
+use crate::dkim::{Signers, SigningKeys};
 use crate::events::Events;
 use crate::live::{Live, Settings};
 use crate::logging::LogLevel;
@@ -54,6 +55,7 @@ pub async fn run(
     hangup: Option<tokio::signal::unix::Signal>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let dkim = Arc::new(SigningKeys::new(Signers::load_for(&config)?));
     let spool_path = config.spool.path.clone();
     let opened = tokio::task::spawn_blocking(move || Spool::open(SpoolOptions::new(spool_path)))
         .await
@@ -125,6 +127,7 @@ pub async fn run(
         password_checks: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         )),
+        dkim: dkim.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
@@ -187,6 +190,7 @@ pub async fn run(
         log_level,
         notifier: notifier.clone(),
         credentials: credentials.clone(),
+        dkim: dkim.clone(),
         serial: tokio::sync::Mutex::new(()),
     });
     if let Some(hangup) = hangup {

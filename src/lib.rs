@@ -9,6 +9,7 @@ pub mod config;
 pub(crate) mod control;
 pub mod daemon;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub(crate) mod dsn;
 pub(crate) mod events;

@@ -141,9 +141,14 @@ fn list_queue(config: Option<PathBuf>) -> ExitCode {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    // The certificates and the users file are read as the daemon would.
-    let loaded = Config::load(file).and_then(|config| credentials::check(&config));
-    match loaded {
+    // The certificates, the users file and the DKIM key files are read as
+    // the daemon would.
+    let checked = Config::load(file).and_then(|config| {
+        credentials::check(&config)?;
+        relayq::dkim::Signers::load_for(&config)?;
+        Ok(config)
+    });
+    match checked {
         Ok(_) => {
             println!("{}: configuration ok", file.display());
             ExitCode::SUCCESS
@@ -156,12 +161,17 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn load_for_serve(explicit: Option<PathBuf>) -> Result<Config, relayq::config::ConfigError> {
-    match explicit {
-        Some(path) => Config::load(&path),
-        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG)),
-        None => Ok(Config::builtin()),
-    }
-    .and_then(|config| credentials::check(&config).map(|()| config))
+    let config = match explicit {
+        Some(path) => Config::load(&path)?,
+        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG))?,
+        None => Config::builtin(),
+    };
+    // Unusable certificates, users files and DKIM keys are configuration
+    // errors (exit 64), found before the daemon starts; it loads them again
+    // for itself.
+    credentials::check(&config)?;
+    relayq::dkim::Signers::load_for(&config)?;
+    Ok(config)
 }
 
 fn serve(explicit: Option<PathBuf>) -> ExitCode {

@@ -143,6 +143,62 @@ impl BodyWriter {
         self.len == 0
     }
 
+    /// Ends the body with `prefix` in front of everything written: for data computed from the
+    /// whole content, such as a signature header field. An in-memory body takes it in place; a
+    /// file body is copied once, behind the prefix, into a new file (in the page cache, like
+    /// every write here). Blocking I/O for a file body.
+    pub fn finish_with_prefix(self, prefix: &[u8]) -> io::Result<Body> {
+        let BodyWriter {
+            dir,
+            len,
+            crc,
+            sink,
+            ..
+        } = self;
+        let mut whole_crc = crc32fast::Hasher::new();
+        whole_crc.update(prefix);
+        whole_crc.combine(&crc);
+        let content = match sink {
+            Sink::Memory(bytes) => {
+                let mut whole = Vec::with_capacity(prefix.len() + bytes.len());
+                whole.extend_from_slice(prefix);
+                whole.extend_from_slice(&bytes);
+                Content::Inline(whole)
+            }
+            Sink::File { writer, file } => {
+                drop(
+                    writer
+                        .into_inner()
+                        .map_err(|error| with_path(&file.path, error.into_error()))?,
+                );
+                let path = dir.temp_path();
+                let handle = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|error| with_path(&path, error))?;
+                let copy = OwnedFile { path, keep: false };
+                let mut writer = BufWriter::with_capacity(FILE_BUFFER, handle);
+                writer.write_all(prefix)?;
+                let mut source =
+                    File::open(&file.path).map_err(|error| with_path(&file.path, error))?;
+                io::copy(&mut source, &mut writer)?;
+                let handle = writer
+                    .into_inner()
+                    .map_err(|error| with_path(&copy.path, error.into_error()))?;
+                // Dropping `file` deletes the original.
+                drop(file);
+                Content::File { handle, file: copy }
+            }
+        };
+        Ok(Body {
+            len: len + prefix.len() as u64,
+            crc: whole_crc.finalize(),
+            content,
+        })
+    }
+
     /// Ends the body: flushes a file body to the page cache (not to disk).
     pub fn finish(self) -> io::Result<Body> {
         let BodyWriter { len, crc, sink, .. } = self;

@@ -12,6 +12,7 @@
 //! defaults (host name, state directory); a route's
 //! password file is read by the delivery code through [`Route::read_password`].
 
+mod dkim;
 mod keywords;
 mod raw;
 mod shaping;
@@ -34,6 +35,7 @@ use ipnet::IpNet;
 
 use crate::queue::Lane;
 
+pub use self::dkim::DkimSettings;
 pub use self::keywords::{IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
 pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
@@ -57,6 +59,8 @@ pub struct Config {
     /// `[[destination]]` rules in file order (the first that matches wins);
     /// names are unique.
     pub destinations: Vec<DestinationRule>,
+    /// `[[dkim]]` blocks in file order; no two with the same domain and selector.
+    pub dkim: Vec<DkimSettings>,
     pub cluster: ClusterSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,

@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     pub dns: RawDns,
     pub route: Vec<RawRoute>,
     pub destination: Vec<RawDestination>,
+    pub dkim: Vec<RawDkim>,
     pub cluster: RawCluster,
     pub control: RawControl,
     pub metrics: RawMetrics,
@@ -139,6 +140,15 @@ pub(super) struct RawDestination {
     pub messages_per_connection: Option<u32>,
     pub suspend_on: Vec<String>,
     pub suspend_for: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDkim {
+    pub domain: Option<String>,
+    pub selector: Option<String>,
+    pub private_key: Option<PathBuf>,
+    pub headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

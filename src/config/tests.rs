@@ -173,7 +173,7 @@ fn example_route_is_valid_when_uncommented() {
 #[test]
 fn every_key_of_the_example_is_set_or_shown() {
     // Only keys the example leaves commented out, because their default is "unset".
-    for key in ["admin_address", "delay_warning", "[[route]]"] {
+    for key in ["admin_address", "delay_warning", "[[route]]", "[[dkim]]"] {
         assert!(EXAMPLE.contains(&format!("# {key}")), "{key} is missing");
     }
 }
@@ -644,5 +644,43 @@ fn listener_tls_and_auth_errors_name_the_key() {
             "{listener}tls = \"implicit\"\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\nauth = \"optional\"\n"
         )),
         "relayq.toml: smtp.users_file: required: listener[0] has auth = \"optional\""
+    );
+}
+
+#[test]
+fn dkim_blocks_are_validated() {
+    let config = parse(
+        "[[dkim]]\ndomain = \"Example.COM.\"\nselector = \"rsa2026\"\nprivate_key = \"/k.pem\"\n\
+         [[dkim]]\ndomain = \"example.com\"\nselector = \"ed\"\nprivate_key = \"/e.pem\"\n\
+         headers = [\"From\", \"Subject\"]\n",
+    )
+    .unwrap();
+    assert_eq!(config.dkim.len(), 2);
+    assert_eq!(config.dkim[0].domain, "example.com");
+    assert_eq!(config.dkim[0].headers, None);
+    assert_eq!(
+        config.dkim[1].headers.as_deref(),
+        Some(&["From".to_string(), "Subject".to_string()][..])
+    );
+    let block = "[[dkim]]\ndomain = \"example.com\"\nselector = \"s\"\nprivate_key = \"/k.pem\"\n";
+    assert!(
+        error(&format!("{block}bogus = 1\n"))
+            .starts_with("relayq.toml: dkim[0].bogus: unknown key")
+    );
+    assert_eq!(
+        error("[[dkim]]\ndomain = \"example.com\"\nprivate_key = \"/k.pem\"\n"),
+        "relayq.toml: dkim[0].selector: required"
+    );
+    assert!(error(&format!("{block}{block}")).starts_with("relayq.toml: dkim[1].selector: "));
+    assert!(
+        error(&format!("{block}headers = [\"Subject\"]\n"))
+            .starts_with("relayq.toml: dkim[0].headers: must include \"From\"")
+    );
+    assert!(
+        error(&block.replace("\"s\"", "\"a b\"")).starts_with("relayq.toml: dkim[0].selector: ")
+    );
+    assert!(
+        error(&block.replace("example.com", "exa mple.com"))
+            .starts_with("relayq.toml: dkim[0].domain: ")
     );
 }

@@ -252,6 +252,7 @@ pub(super) fn config(
     let destinations =
         super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
     let cluster = super::shaping::cluster(raw.cluster)?;
+    let dkim = super::dkim::dkim(raw.dkim)?;
 
     let control = ControlSettings {
         socket: raw
@@ -298,6 +299,7 @@ pub(super) fn config(
         dns,
         routes,
         destinations,
+        dkim,
         cluster,
         control,
         metrics,

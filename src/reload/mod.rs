@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::delivery::engine::DeliveryContext;
 use crate::delivery::workers::Engine;
+use crate::dkim::{Signers, SigningKeys};
 use crate::live::{Live, Settings};
 use crate::logging::LogLevel;
 use crate::metrics::Metrics;
@@ -64,6 +65,8 @@ pub struct Reloader {
     pub notifier: Arc<Notifier>,
     /// Listener certificates and the users file, re-read on every reload.
     pub credentials: Arc<Loaded>,
+    /// The DKIM keys, re-read on every reload.
+    pub dkim: Arc<SigningKeys>,
     /// One reload at a time: each compares with the settings the previous
     /// one left.
     pub serial: tokio::sync::Mutex<()>,
@@ -107,23 +110,27 @@ impl Reloader {
         let credentials = self.credentials.clone();
         let path = file.clone();
         // Reading files (the configuration, resolv.conf, keys) blocks.
-        let built = tokio::task::spawn_blocking(move || -> Result<(Live, Changes), ReloadError> {
-            let config = Config::load(&path)?;
-            let changes = changes::compare(&running.config, &config);
-            let config = changes::keep_restart_keys(&running.config, config);
-            let live = Live::build(config, Some(&running), &metrics)
-                .map_err(|error| ReloadError::Unusable { file: path, error })?;
-            // Last, because it replaces the certificates and the users file
-            // as soon as all of them load.
-            credentials.reload(&live.config)?;
-            Ok((live, changes))
-        })
+        let built = tokio::task::spawn_blocking(
+            move || -> Result<(Live, Changes, Signers), ReloadError> {
+                let config = Config::load(&path)?;
+                let changes = changes::compare(&running.config, &config);
+                let config = changes::keep_restart_keys(&running.config, config);
+                let live = Live::build(config, Some(&running), &metrics)
+                    .map_err(|error| ReloadError::Unusable { file: path, error })?;
+                let signers = Signers::load_for(&live.config)?;
+                // Last, because it replaces the certificates and the users file
+                // as soon as all of them load.
+                credentials.reload(&live.config)?;
+                Ok((live, changes, signers))
+            },
+        )
         .await
         .map_err(|error| ReloadError::Unusable {
             file: file.clone(),
             error: anyhow::anyhow!("reload task failed: {error}"),
         })?;
-        let (live, changes) = built?;
+        let (live, changes, signers) = built?;
+        self.dkim.replace(signers);
         self.apply(live, &changes);
         Ok(Report { file, changes })
     }

@@ -2,14 +2,19 @@
 //! broken (`super::long_lines`), trace headers first, the client's header
 //! section checked for Message-ID/Date/Precedence, then the rest streamed
 //! through (to a file once it is large), with the size limit enforced as
-//! bytes arrive.
+//! bytes arrive. With DKIM keys, a message whose From: domain has one is
+//! signed over the header section as stored and the body hashed as it
+//! passes ([`crate::dkim`]); the signatures go in front at the end.
 
 use std::io;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use mail_parser::MessageParser;
 use relayq_spool::{Body, BodyWriter};
 
 use super::long_lines::LineBreaker;
+use crate::dkim::{PendingSignature, Signed, Signers};
 
 /// The header section is held in memory until its end is seen, up to this
 /// size; a longer one is passed through unexamined.
@@ -31,6 +36,8 @@ pub struct AssembledMessage {
     pub facts: HeaderFacts,
     /// Line breaks inserted into lines longer than 998 octets.
     pub line_breaks: u64,
+    /// The DKIM signatures made (none when no key covers the From: domain).
+    pub dkim: Signed,
 }
 
 /// Headers relayq adds to the message it stores.
@@ -54,6 +61,10 @@ pub struct MessageBuilder {
     lines: LineBreaker,
     /// The content with long lines broken, reused from push to push.
     broken: Vec<u8>,
+    /// The DKIM keys in force when the message started; `None` when there are none.
+    signers: Option<Arc<Signers>>,
+    /// Set at the end of the header section when a key covers the From: domain.
+    signing: Option<PendingSignature>,
 }
 
 impl MessageBuilder {
@@ -68,7 +79,21 @@ impl MessageBuilder {
             facts: HeaderFacts::default(),
             lines: LineBreaker::new(),
             broken: Vec::new(),
+            signers: None,
+            signing: None,
         }
+    }
+
+    /// Signs the message with the keys of its From: domain, if any has keys.
+    pub fn with_signers(mut self, signers: Option<Arc<Signers>>) -> MessageBuilder {
+        self.signers = signers;
+        self
+    }
+
+    /// Whether [`MessageBuilder::finish`] will compute DKIM signatures (known
+    /// once the header section ended): CPU work for a blocking thread.
+    pub fn signs(&self) -> bool {
+        self.signing.is_some()
     }
 
     /// Appends content (already unstuffed and CRLF-normalised). The limit
@@ -95,23 +120,26 @@ impl MessageBuilder {
     /// Takes content whose lines are within the limit.
     fn store(&mut self, data: &[u8]) -> io::Result<()> {
         let Some(section) = self.header_section.as_mut() else {
-            return self.write(data);
+            return self.write_body(data);
         };
         let search_from = section.len().saturating_sub(3);
         section.extend_from_slice(data);
         if let Some(end) = header_section_end(section, search_from) {
             let mut section = self.header_section.take().unwrap_or_default();
             let rest = section.split_off(end);
-            self.write_header_section(&section)?;
-            self.write(&rest)?;
+            self.write_header_section(&section, true)?;
+            self.write_body(&rest)?;
         } else if section.len() > MAX_HEADER_SECTION {
+            // Unexamined, so unsigned: the From: may come later.
             let section = self.header_section.take().unwrap_or_default();
-            self.write_header_section(&section)?;
+            self.write_header_section(&section, false)?;
         }
         Ok(())
     }
 
-    /// Completes the message; `None` if it went over the size limit.
+    /// Completes the message; `None` if it went over the size limit. When
+    /// [`MessageBuilder::signs`], this signs (CPU-bound) and, for a large
+    /// message, copies the body file once: call it off the async workers.
     pub fn finish(mut self) -> io::Result<Option<AssembledMessage>> {
         if self.writer.is_some() {
             let mut rest = Vec::new();
@@ -119,18 +147,39 @@ impl MessageBuilder {
             self.store(&rest)?;
         }
         if let Some(section) = self.header_section.take() {
-            self.write_header_section(&section)?;
+            // The content ended inside the header section: it is all header.
+            self.write_header_section(&section, true)?;
         }
         let Some(writer) = self.writer.take() else {
             return Ok(None);
         };
-        let size = writer.len();
+        let dkim = match self.signing.take() {
+            Some(pending) => pending.finish(SystemTime::now()),
+            None => Signed::default(),
+        };
+        let size = writer.len() + dkim.fields.len() as u64;
+        let body = if dkim.fields.is_empty() {
+            writer.finish()?
+        } else {
+            writer.finish_with_prefix(dkim.fields.as_bytes())?
+        };
         Ok(Some(AssembledMessage {
-            body: writer.finish()?,
+            body,
             size,
             facts: self.facts,
             line_breaks: self.lines.breaks(),
+            dkim,
         }))
+    }
+
+    /// Writes content that follows the header section.
+    fn write_body(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some(signing) = self.signing.as_mut()
+            && self.writer.is_some()
+        {
+            signing.update(data);
+        }
+        self.write(data)
     }
 
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
@@ -141,11 +190,16 @@ impl MessageBuilder {
     }
 
     /// Writes the trace headers, any missing Message-ID/Date, then the
-    /// client's header section as received.
-    fn write_header_section(&mut self, section: &[u8]) -> io::Result<()> {
+    /// client's header section as received; when `complete` (the whole
+    /// header section), starts signing if a key covers the From: domain.
+    fn write_header_section(&mut self, section: &[u8], complete: bool) -> io::Result<()> {
         let mut has_message_id = false;
         let mut has_date = false;
+        let mut author_domain = None;
         if let Some(parsed) = MessageParser::new().parse_headers(section) {
+            if complete && self.signers.is_some() {
+                author_domain = crate::dkim::author_domain(parsed.from());
+            }
             for header in parsed.headers() {
                 let name = header.name();
                 has_message_id |= name.eq_ignore_ascii_case("Message-ID");
@@ -164,7 +218,11 @@ impl MessageBuilder {
             prefix.push_str(&format!("Date: {}\r\n", self.trace.date));
         }
         self.write(prefix.as_bytes())?;
-        self.write(section)
+        self.write(section)?;
+        if let (Some(signers), Some(domain)) = (&self.signers, author_domain) {
+            self.signing = signers.start(&domain, &[prefix.as_bytes(), section]);
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,9 @@
 #   MODES="new reuse"     new = new TCP connection per message; reuse = smtp-source -d
 #   RUNS=1                repeat every case; the report quotes medians
 #   RECEIVERS="sink postfix relayq"
+#   DKIM="none"           relayq's DKIM signing, one relayq receiver each: none,
+#                         ed25519, rsa2048 (e.g. DKIM="none ed25519 rsa2048";
+#                         signed receivers are reported as relayq-ed25519 etc.)
 #   CASE_TIMEOUT=120      seconds; a case still running then is stopped and
 #                         reported as time-bounded (msgs = what got through)
 #   DRAIN_TIMEOUT=300     seconds to wait for Postfix to empty its queue between cases
@@ -43,6 +46,7 @@ SESSIONS=${SESSIONS:-"20 100"}
 MODES=${MODES:-"new reuse"}
 RUNS=${RUNS:-1}
 RECEIVERS=${RECEIVERS:-"sink postfix relayq"}
+DKIM=${DKIM:-none}
 CASE_TIMEOUT=${CASE_TIMEOUT:-120}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
 LAT_RATES=${LAT_RATES-"200 500"}
@@ -74,6 +78,7 @@ for v in MESSAGES RUNS CASE_TIMEOUT DRAIN_TIMEOUT IDLE_WAIT IDLE_PCT LAT_DURATIO
 done
 for s in $SIZES $SESSIONS; do [[ $s =~ ^[0-9]+$ && $s -gt 0 ]] || die "bad size/session count '$s'"; done
 for m in $MODES; do [[ $m == new || $m == reuse ]] || die "MODES: 'new' or 'reuse', got '$m'"; done
+for d in $DKIM; do [[ $d == none || $d == ed25519 || $d == rsa2048 ]] || die "DKIM: none, ed25519 or rsa2048, got '$d'"; done
 (( RUNS >= 1 && RUNS <= 20 )) || die "RUNS must be 1..20"
 (( CASE_TIMEOUT >= 5 && CASE_TIMEOUT <= 3600 )) || die "CASE_TIMEOUT must be 5..3600"
 
@@ -155,8 +160,27 @@ pf_drain() { # wait until Postfix has delivered everything to the sink
     return 1
 }
 
+# The relayq receiver's name for a DKIM setting.
+rq_label() { [[ $1 == none ]] && echo relayq || echo "relayq-$1"; }
+
+# rq_dkim SETTING: the [[dkim]] block signing the bench senders' mail
+# (bench@example.com, latency@bench.example.com) with a key made once per run.
+rq_dkim() {
+    local key=$WORK/dkim-$1.pem
+    case $1 in
+        none) return 0 ;;
+        ed25519) [[ -s $key ]] || openssl genpkey -algorithm ed25519 -out "$key" 2>/dev/null ;;
+        rsa2048) [[ -s $key ]] || openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$key" 2>/dev/null ;;
+    esac
+    [[ -s $key ]] || die "openssl could not make a $1 key"
+    printf '[[dkim]]\ndomain = "example.com"\nselector = "bench"\nprivate_key = "%s"\n' "$key"
+}
+
 rq_seq=0
+# rq_start [DKIM]: a fresh relayq, signing with the DKIM setting (default none).
 rq_start() {
+    local dkim_block
+    dkim_block=$(rq_dkim "${1:-none}") || { echo "relayq: could not make a ${1} DKIM key with openssl" >>"$PROBLEMS"; return 1; }
     rq_seq=$((rq_seq + 1))
     RQ_DIR=$WORK/relayq-$rq_seq
     mkdir -p "$RQ_DIR"
@@ -176,6 +200,7 @@ port = $SINK_PORT
 tls = "none"
 [dns]
 nameservers = ["127.0.0.1:9"]
+$dkim_block
 EOF
     "$RELAYQ_BIN" serve --config "$RQ_DIR/relayq.toml" >"$RQ_DIR/relayq.log" 2>&1 &
     RQ_PID=$!
@@ -310,7 +335,7 @@ run_case() {
         cpu_all=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | awk '{print $1}')
         by=$(cpu_diff "$WORK/$tag.cpu0" "$WORK/$tag.cpu2" | cut -s -d' ' -f2-)
         extra="$extra drain_s=$(fsub "$td1" "$td0")"
-    elif [[ $rcv == relayq ]]; then
+    elif [[ $rcv == relayq* ]]; then
         kill -0 "$pid" 2>/dev/null || status=DIED
         local td0 td1
         td0=$(now)
@@ -340,7 +365,7 @@ latency() { # receiver port rate
     if [[ -s $f ]]; then
         cat "$f" >>"$LATF"
         "$PY" "$HERE/report.py" --lat-line "$f" >&2
-        if [[ $rcv == relayq ]]; then
+        if [[ $rcv == relayq* ]]; then
             "$PY" "$HERE/report.py" --lat-problem "$f" >>"$PROBLEMS"
             local ok
             ok=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["ok"])' "$f")
@@ -359,7 +384,7 @@ latency() { # receiver port rate
     echo "disk: $(df -hT "$WORK" | awk 'NR==2{print $1, $2, $3}') (temp dir $WORK; Postfix queue and relayq spool both here)"
     echo "postfix: $(postconf -d mail_version 2>/dev/null | cut -d' ' -f3); smtp-source/smtp-sink from the same package"
     echo "python: $("$PY" --version 2>&1)"
-    echo "settings: MESSAGES=$MESSAGES SIZES='$SIZES' SESSIONS='$SESSIONS' MODES='$MODES' RUNS=$RUNS CASE_TIMEOUT=$CASE_TIMEOUT LAT_RATES='$LAT_RATES' LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE LAT_SIZE=$LAT_SIZE"
+    echo "settings: MESSAGES=$MESSAGES SIZES='$SIZES' SESSIONS='$SESSIONS' MODES='$MODES' DKIM='$DKIM' RUNS=$RUNS CASE_TIMEOUT=$CASE_TIMEOUT LAT_RATES='$LAT_RATES' LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE LAT_SIZE=$LAT_SIZE"
     echo "clk_tck: $(getconf CLK_TCK)"
     # Context for every fsync-bound number below: latency of one 4 KB
     # write + fdatasync in the temp dir, 200 times.
@@ -415,9 +440,11 @@ for ((run = 1; run <= RUNS; run++)); do
                     run_case "$run" postfix "$PF_PORT" "$PF_MASTER" "$mode" "$sess" "$size"
                 fi
                 if has relayq && ((RQ_OK)); then
-                    if rq_start; then
-                        run_case "$run" relayq "$RQ_PORT" "$RQ_PID" "$mode" "$sess" "$size"
-                    fi
+                    for dkim in $DKIM; do
+                        if rq_start "$dkim"; then
+                            run_case "$run" "$(rq_label "$dkim")" "$RQ_PORT" "$RQ_PID" "$mode" "$sess" "$size"
+                        fi
+                    done
                 fi
             done
         done
@@ -429,12 +456,14 @@ if [[ -n $LAT_RATES ]]; then
         log "latency probe: $rate msg/s offered for ${LAT_DURATION}s, mode $LAT_MODE, $LAT_SIZE bytes"
         if has sink; then has postfix && pf_drain; quiet_wait; latency sink "$SINK_PORT" "$rate"; fi
         if has postfix; then pf_drain; quiet_wait; latency postfix "$PF_PORT" "$rate"; fi
-        if has relayq && ((RQ_OK)) && rq_start; then
-            has postfix && pf_drain
-            quiet_wait
-            latency relayq "$RQ_PORT" "$rate"
-            rq_stop "latency $rate/s" # no-op if latency() stopped it already
-        fi
+        for dkim in $DKIM; do
+            if has relayq && ((RQ_OK)) && rq_start "$dkim"; then
+                has postfix && pf_drain
+                quiet_wait
+                latency "$(rq_label "$dkim")" "$RQ_PORT" "$rate"
+                rq_stop "latency $rate/s" # no-op if latency() stopped it already
+            fi
+        done
     done
 fi
 

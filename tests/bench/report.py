@@ -6,8 +6,9 @@ import os
 import statistics
 import sys
 
-ORDER = {"sink": 0, "postfix": 1, "relayq": 2}
-NAMES = {"sink": "smtp-sink", "postfix": "postfix", "relayq": "relayq"}
+ORDER = {"sink": 0, "postfix": 1, "relayq": 2, "relayq-ed25519": 3, "relayq-rsa2048": 4}
+NAMES = {"sink": "smtp-sink", "postfix": "postfix", "relayq": "relayq",
+         "relayq-ed25519": "rq-ed25519", "relayq-rsa2048": "rq-rsa2048"}
 
 
 def human_size(n):
@@ -198,7 +199,7 @@ def main():
             f"{NAMES.get(rcv, rcv):10} {mode:5} {sess:>4} {human_size(size):>7} {fnum(a['cpu_in'], 3):>8} "
             f"{fnum(a['cpu_all'], 3):>8} {fnum(a['client'], 3):>7}  {' '.join(by.split()[:8])}"
         )
-    rq = [x for x in rows if x["rcv"] == "relayq"]
+    rq = [x for x in rows if x["rcv"].startswith("relayq")]
     if rq:
         w("")
         w("relayq after each case: messages still queued at shutdown + relayed to the sink (must equal")

@@ -22,6 +22,7 @@ mod destination_feedback;
 mod destination_rate;
 mod destination_rollup;
 mod destination_suspension;
+mod dkim;
 mod dns_resolution;
 mod durability;
 mod group_commit;

@@ -138,3 +138,32 @@ async fn a_damaged_body_file_is_reported() {
     let missing = spool.read_body(id);
     assert!(matches!(missing, Err(SpoolError::Corrupt { id: bad, .. }) if bad == id));
 }
+
+#[tokio::test]
+async fn a_prefix_goes_in_front_of_a_file_or_inline_body() {
+    let (dir, spool) = temp_spool();
+    let prefix = b"Signature: computed from the rest\r\n";
+    for size in [100, LARGE] {
+        let bytes = content(size, 5);
+        let mut writer = spool.body_writer();
+        writer.write_all(&bytes).unwrap();
+        let prefixed = writer.finish_with_prefix(prefix).unwrap();
+        assert_eq!(prefixed.len(), (prefix.len() + size) as u64);
+        let id = spool.allocate_id();
+        spool.store(id, Vec::new(), prefixed).await.unwrap();
+        let files = body_files(dir.path());
+        assert_eq!(
+            files.len(),
+            usize::from(size == LARGE),
+            "only the copy is left"
+        );
+        // The reader checks the recorded checksum of a file body at its end.
+        let mut expected = prefix.to_vec();
+        expected.extend_from_slice(&bytes);
+        assert!(
+            read_all(spool.read_body(id).unwrap()) == expected,
+            "body differs"
+        );
+        spool.remove(id).await.unwrap();
+    }
+}

@@ -186,7 +186,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             shared.spool.body_writer(),
             trace,
             self.live.config.spool.max_message_size,
-        );
+        )
+        .with_signers(shared.dkim.current());
         (id, builder)
     }
 
@@ -196,7 +197,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.reply(reply::bad_sequence("Error: need MAIL command"));
             return;
         };
-        let assembled = match builder.finish() {
+        let finished = if builder.signs() {
+            // Signing takes milliseconds of CPU (RSA): other sessions'
+            // intake must not wait for it.
+            tokio::task::spawn_blocking(move || builder.finish())
+                .await
+                .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked)))
+        } else {
+            builder.finish()
+        };
+        let assembled = match finished {
             Ok(Some(assembled)) => assembled,
             Ok(None) => {
                 self.reply_error(reply::message_too_big());
@@ -268,6 +278,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     stored.batch_size,
                     self.client_ip(),
                 );
+                for failure in &assembled.dkim.failures {
+                    tracing::error!(queue_id = %id, "{id}: not DKIM-signed with {failure}");
+                }
+                if !assembled.dkim.signatures.is_empty() {
+                    tracing::info!(
+                        queue_id = %id,
+                        "{id}: DKIM-signed by {}",
+                        assembled.dkim.signatures.join(", ")
+                    );
+                }
                 if line_breaks > 0 {
                     tracing::info!(
                         queue_id = %id,

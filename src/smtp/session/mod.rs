@@ -28,6 +28,7 @@ use super::credentials::Current;
 use super::pressure::{Interruption, Lease};
 use super::reply::{self, Reply};
 use super::stream::StartTls;
+use crate::dkim::SigningKeys;
 use crate::events::Events;
 use crate::live::{Live, Settings};
 use crate::metrics::{Metrics, RefusalReason, ShedReason};
@@ -68,6 +69,8 @@ pub struct SessionShared {
     /// Password checks running at once on the blocking pool, at most one
     /// per core: a flood of AUTH must not starve the pool's other users.
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// The DKIM keys; a reload replaces their contents.
+    pub dkim: Arc<SigningKeys>,
 }
 
 /// What the loop does after a command.

@@ -1,0 +1,269 @@
+//! DKIM signing (RFC 6376, RFC 8463) of mail as it is accepted (README
+//! "DKIM").
+//!
+//! [`Signers::load`] turns the validated `[[dkim]]` settings into keys ready
+//! to sign; [`SigningKeys`] holds the current set for intake, replaceable as
+//! a whole. At the end of the header section intake asks for the signers of
+//! the From: address's domain ([`Signers::start`]); the returned
+//! [`PendingSignature`] hashes the body as it streams to the spool, and
+//! [`PendingSignature::finish`] (RSA: run it off the async worker threads)
+//! yields the `DKIM-Signature:` fields to put in front of the stored message.
+//!
+//! Invariant: a message is signed once, at acceptance; the stored message is
+//! what every delivery sends.
+
+mod key;
+mod sign;
+
+use std::collections::HashMap;
+#[cfg(test)]
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{Config, ConfigError, DkimSettings};
+
+pub(crate) use self::key::KeyError;
+use self::key::PrivateKey;
+use self::sign::BodyHash;
+
+/// One key for one domain.
+pub(crate) struct Signer {
+    /// `d=`: lowercase, without a trailing dot.
+    domain: String,
+    /// `s=`.
+    selector: String,
+    /// The names to sign when present; `From` among them.
+    headers: Vec<String>,
+    key: PrivateKey,
+}
+
+impl Signer {
+    pub(crate) fn header_names(&self) -> &[String] {
+        &self.headers
+    }
+}
+
+/// The loaded keys of every `[[dkim]]` block, by domain.
+#[derive(Default)]
+pub struct Signers {
+    /// Each domain's signers in file order; no empty lists.
+    by_domain: HashMap<String, Vec<Signer>>,
+}
+
+/// A key file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", .path.display())]
+pub struct LoadError {
+    /// The `[[dkim]]` block, counted from 0.
+    pub index: usize,
+    pub path: PathBuf,
+    source: KeyError,
+}
+
+impl Signers {
+    /// Reads every block's key file. The first that is missing, unreadable,
+    /// not a key, or an RSA key under 1024 bits is the error.
+    pub fn load(settings: &[DkimSettings]) -> Result<Signers, LoadError> {
+        let mut by_domain: HashMap<String, Vec<Signer>> = HashMap::new();
+        for (index, block) in settings.iter().enumerate() {
+            let key = key::read(&block.private_key).map_err(|source| LoadError {
+                index,
+                path: block.private_key.clone(),
+                source,
+            })?;
+            let headers = match &block.headers {
+                Some(names) => names.clone(),
+                None => sign::RECOMMENDED_HEADERS.map(str::to_owned).to_vec(),
+            };
+            by_domain
+                .entry(block.domain.clone())
+                .or_default()
+                .push(Signer {
+                    domain: block.domain.clone(),
+                    selector: block.selector.clone(),
+                    headers,
+                    key,
+                });
+        }
+        Ok(Signers { by_domain })
+    }
+
+    /// [`Signers::load`] for a configuration, failing with a
+    /// [`ConfigError`] that names the configuration file, the block's
+    /// `private_key` key and the key file.
+    pub fn load_for(config: &Config) -> Result<Signers, ConfigError> {
+        Signers::load(&config.dkim).map_err(|error| ConfigError {
+            file: config
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("(built-in configuration)")),
+            key: format!("dkim[{}].private_key", error.index),
+            reason: error.to_string(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_domain.is_empty()
+    }
+
+    /// The configured domain that signs mail from `author_domain`
+    /// (lowercase): the domain itself or its closest parent with signers.
+    fn signing_domain<'a>(&self, author_domain: &'a str) -> Option<&'a str> {
+        closest_domain(author_domain, |domain| self.by_domain.contains_key(domain))
+    }
+
+    /// Starts signing a message whose stored header section is the
+    /// concatenation of `header_section` (complete fields, without the blank
+    /// line) and whose From: address is in `author_domain`; `None` when no
+    /// `[[dkim]]` domain covers it.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        author_domain: &str,
+        header_section: &[&[u8]],
+    ) -> Option<PendingSignature> {
+        let author_domain = author_domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = self.signing_domain(&author_domain)?.to_owned();
+        Some(PendingSignature {
+            signers: self.clone(),
+            domain,
+            header_section: header_section.concat(),
+            body: BodyHash::new(),
+            separator: 2,
+        })
+    }
+}
+
+/// A message being signed: the header section as stored, and the body hash
+/// so far.
+pub(crate) struct PendingSignature {
+    signers: Arc<Signers>,
+    /// The key of `signers.by_domain` that signs.
+    domain: String,
+    header_section: Vec<u8>,
+    body: BodyHash,
+    /// Octets of the blank line after the header section not seen yet: they
+    /// separate header and body, and are part of neither.
+    separator: usize,
+}
+
+/// The outcome of signing one message.
+#[derive(Debug, Default)]
+pub(crate) struct Signed {
+    /// `DKIM-Signature:` fields, CRLF-terminated, in `[[dkim]]` order.
+    pub fields: String,
+    /// `domain/selector` of each signature made.
+    pub signatures: Vec<String>,
+    /// `domain/selector: reason` of each key that failed to sign.
+    pub failures: Vec<String>,
+}
+
+impl PendingSignature {
+    /// Takes the content that follows the header section, in order.
+    pub(crate) fn update(&mut self, mut content: &[u8]) {
+        if self.separator > 0 {
+            let skip = self.separator.min(content.len());
+            self.separator -= skip;
+            content = &content[skip..];
+        }
+        self.body.update(content);
+    }
+
+    /// Signs with every key of the domain. CPU-bound (an RSA signature takes
+    /// milliseconds): not for an async worker thread.
+    pub(crate) fn finish(self, now: SystemTime) -> Signed {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let body_hash = self.body.finish();
+        let fields = sign::fields(&self.header_section);
+        let mut signed = Signed::default();
+        let signers = self.signers.by_domain.get(&self.domain);
+        for signer in signers.map(Vec::as_slice).unwrap_or_default() {
+            let name = format!("{}/{}", signer.domain, signer.selector);
+            match sign::signature_field(signer, &fields, &body_hash, now) {
+                Ok(field) => {
+                    signed.fields.push_str(&field);
+                    signed.signatures.push(name);
+                }
+                Err(error) => signed.failures.push(format!("{name}: {error}")),
+            }
+        }
+        signed
+    }
+}
+
+/// The signers intake uses: one shared, replaceable set (a reload builds a
+/// new one with [`Signers::load`] and swaps it in; messages already being
+/// signed finish with the keys they started with).
+#[derive(Default)]
+pub struct SigningKeys {
+    current: RwLock<Option<Arc<Signers>>>,
+}
+
+impl SigningKeys {
+    pub fn new(signers: Signers) -> SigningKeys {
+        let keys = SigningKeys::default();
+        keys.replace(signers);
+        keys
+    }
+
+    /// The current signers; `None` when there are none, so that unsigned
+    /// intake does no signing work at all.
+    pub(crate) fn current(&self) -> Option<Arc<Signers>> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, signers: Signers) {
+        let signers = (!signers.is_empty()).then(|| Arc::new(signers));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = signers;
+    }
+}
+
+/// The domain of a `From:` value's first address, lowercase and in ASCII
+/// (an internationalized name in its xn-- form, as `[[dkim]]` domains are
+/// written).
+pub(crate) fn author_domain(from: Option<&mail_parser::Address<'_>>) -> Option<String> {
+    let address = from?.first()?.address()?;
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = domain.trim();
+    if domain.is_empty() {
+        None
+    } else if domain.is_ascii() {
+        Some(domain.to_ascii_lowercase())
+    } else {
+        idna::domain_to_ascii(domain).ok()
+    }
+}
+
+/// `domain` or its closest parent for which `configured` holds.
+fn closest_domain(domain: &str, configured: impl Fn(&str) -> bool) -> Option<&str> {
+    let mut candidate = domain;
+    loop {
+        if configured(candidate) {
+            return Some(candidate);
+        }
+        candidate = candidate.split_once('.')?.1;
+    }
+}
+
+/// For tests of the key rules without the daemon.
+#[cfg(test)]
+fn load_one(path: &Path, domain: &str, selector: &str) -> Result<Signers, LoadError> {
+    Signers::load(&[DkimSettings {
+        domain: domain.into(),
+        selector: selector.into(),
+        private_key: path.to_path_buf(),
+        headers: None,
+    }])
+}
+
+#[cfg(test)]
+mod tests;

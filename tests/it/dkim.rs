@@ -1,0 +1,362 @@
+//! DKIM signing at acceptance, checked by an independent verifier (dkimpy,
+//! Debian's python3-dkim, with python3-nacl for Ed25519) on what the fake MX
+//! received; and `check-config` on unusable key files. Keys are made at test
+//! time with the openssl command line tool.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::common::TestRelay;
+use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::{Received, Script};
+
+const WITHIN: Duration = Duration::from_secs(15);
+
+/// The interpreter Debian's python3-dkim is installed for (a `python3`
+/// earlier in PATH, such as pyenv's, does not see it).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Verifies every DKIM-Signature of the message on stdin against the key
+/// records in argv[1] (JSON: name → TXT record) and prints one JSON verdict
+/// per signature, top first.
+const VERIFIER: &str = r#"
+import json, sys, dkim
+records = json.loads(sys.argv[1])
+message = sys.stdin.buffer.read()
+def lookup(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    return records.get(name.rstrip("."), "").encode()
+checker = dkim.DKIM(message)
+count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
+verdicts = []
+for index in range(count):
+    try:
+        ok, why = checker.verify(idx=index, dnsfunc=lookup), ""
+    except dkim.ValidationError as error:
+        ok, why = False, str(error)
+    print(index, ok, why, file=sys.stderr)
+    verdicts.append({"d": checker.domain.decode(), "s": checker.selector.decode(), "pass": bool(ok)})
+print(json.dumps(verdicts))
+"#;
+
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    domain: String,
+    selector: String,
+    pass: bool,
+}
+
+/// A private key file and the DNS record that publishes its public key.
+struct TestKey {
+    path: PathBuf,
+    /// `SELECTOR._domainkey.DOMAIN`.
+    name: String,
+    record: String,
+}
+
+fn openssl(arguments: &[&str]) -> Vec<u8> {
+    let output = Command::new("openssl")
+        .args(arguments)
+        .output()
+        .expect("the openssl command line tool runs");
+    assert!(output.status.success(), "openssl {arguments:?}: {output:?}");
+    output.stdout
+}
+
+/// Makes a key (`rsa_bits`: RSA of that size, else Ed25519) and derives
+/// its record as the README says.
+fn make_key(directory: &Path, domain: &str, selector: &str, rsa_bits: Option<u32>) -> TestKey {
+    let path = directory.join(format!("{selector}.{domain}.pem"));
+    let out = path.to_str().unwrap();
+    let bits;
+    let mut arguments = vec!["genpkey", "-out", out, "-algorithm"];
+    match rsa_bits {
+        Some(size) => {
+            bits = format!("rsa_keygen_bits:{size}");
+            arguments.extend(["RSA", "-pkeyopt", &bits]);
+        }
+        None => arguments.push("ed25519"),
+    }
+    openssl(&arguments);
+    let public = openssl(&["pkey", "-in", out, "-pubout", "-outform", "DER"]);
+    let record = match rsa_bits {
+        Some(_) => format!(
+            "v=DKIM1; k=rsa; p={}",
+            base64::engine::general_purpose::STANDARD.encode(&public)
+        ),
+        // The raw 32-octet key: the end of the SubjectPublicKeyInfo (RFC 8463 §4.2).
+        None => format!(
+            "v=DKIM1; k=ed25519; p={}",
+            base64::engine::general_purpose::STANDARD.encode(&public[public.len() - 32..])
+        ),
+    };
+    TestKey {
+        path,
+        name: format!("{selector}._domainkey.{domain}"),
+        record,
+    }
+}
+
+fn dkim_block(domain: &str, selector: &str, key: &TestKey) -> String {
+    format!(
+        "[[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nprivate_key = \"{}\"\n",
+        key.path.display()
+    )
+}
+
+fn verify(message: &[u8], keys: &[&TestKey]) -> Vec<Verdict> {
+    let records: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|key| (key.name.clone(), key.record.clone().into()))
+        .collect();
+    let mut child = Command::new(PYTHON)
+        .arg("-c")
+        .arg(VERIFIER)
+        .arg(serde_json::Value::Object(records).to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 runs (the tests need python3-dkim and python3-nacl)");
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the verifier failed (are python3-dkim and python3-nacl installed?): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let verdicts: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    eprintln!("verifier: {}", String::from_utf8_lossy(&output.stderr));
+    verdicts
+        .iter()
+        .map(|verdict| Verdict {
+            domain: verdict["d"].as_str().unwrap().to_owned(),
+            selector: verdict["s"].as_str().unwrap().to_owned(),
+            pass: verdict["pass"].as_bool().unwrap(),
+        })
+        .collect()
+}
+
+fn passes(domain: &str, selector: &str) -> Verdict {
+    Verdict {
+        domain: domain.into(),
+        selector: selector.into(),
+        pass: true,
+    }
+}
+
+fn with_subject<'a>(messages: &'a [Received], subject: &str) -> &'a [u8] {
+    let needle = format!("Subject: {subject}\r\n");
+    let found = messages
+        .iter()
+        .find(|message| String::from_utf8_lossy(&message.data).contains(&needle));
+    &found
+        .unwrap_or_else(|| panic!("no message {subject:?}"))
+        .data
+}
+
+#[test]
+fn mail_is_signed_by_the_closest_domain_of_its_author_and_verifies() {
+    let directory = tempfile::tempdir().unwrap();
+    let rsa = make_key(directory.path(), "example.com", "rsa", Some(2048));
+    let ed25519 = make_key(directory.path(), "example.com", "ed", None);
+    let mail = make_key(directory.path(), "mail.example.com", "m1024", Some(1024));
+    let ip = "127.0.61.1";
+    let (port, servers) = start_mx(vec![(ip, Script::default())]);
+    let dns = TestDns::start(
+        zone_with_sender_mx("127.0.61.99")
+            .mx("dest.test", 10, "mx.dest.test")
+            .a("mx.dest.test", ip),
+    );
+    let blocks = [
+        dkim_block("example.com", "rsa", &rsa),
+        dkim_block("example.com", "ed", &ed25519),
+        dkim_block("mail.example.com", "m1024", &mail),
+    ]
+    .concat();
+    let relay = TestRelay::start(&config(&dns, port, "", &blocks));
+
+    // Large enough to be stored as a file body (over 128 KiB).
+    let large_body = "a line of a large message, with  spaces  \r\n".repeat(8000);
+    let cases = [
+        ("top", "Ann <ann@Example.COM>", large_body.as_str()),
+        ("sub", "bob@sub.example.com", "hello\r\n"),
+        ("closest", "cy@x.mail.example.com", "hello\r\n"),
+        ("other", "dee@other.test", "hello\r\n"),
+    ];
+    for (subject, from, body) in &cases {
+        submit(
+            &relay,
+            "app@sender.test",
+            &["rcpt@dest.test"],
+            &format!("From: {from}\r\nTo: rcpt@dest.test\r\nSubject: {subject}\r\n\r\n{body}"),
+        );
+    }
+    let received = expect_messages(&relay, &servers[0], cases.len(), WITHIN);
+    let keys = [&rsa, &ed25519, &mail];
+
+    let top = with_subject(&received, "top");
+    assert!(top.starts_with(b"DKIM-Signature: v=1; a=rsa-sha256; s=rsa; d=example.com;"));
+    let text = String::from_utf8_lossy(top);
+    let second = text
+        .find("\r\nDKIM-Signature: v=1; a=ed25519-sha256; s=ed;")
+        .unwrap();
+    assert!(
+        text[second..].contains("\r\nReceived: from "),
+        "after the trace headers"
+    );
+    assert_eq!(
+        verify(top, &keys),
+        vec![passes("example.com", "rsa"), passes("example.com", "ed")]
+    );
+    assert_eq!(
+        verify(with_subject(&received, "sub"), &keys),
+        vec![passes("example.com", "rsa"), passes("example.com", "ed")],
+        "a subdomain's mail is signed with d= the configured domain"
+    );
+    assert_eq!(
+        verify(with_subject(&received, "closest"), &keys),
+        vec![passes("mail.example.com", "m1024")],
+        "the most specific domain wins"
+    );
+    let other = with_subject(&received, "other");
+    assert!(other.starts_with(b"Received: "), "unsigned");
+    assert_eq!(verify(other, &keys), vec![]);
+
+    // The verifier is not fooled: a changed body fails.
+    let tampered =
+        String::from_utf8_lossy(with_subject(&received, "sub")).replace("hello", "jello");
+    assert!(
+        verify(tampered.as_bytes(), &keys)
+            .iter()
+            .all(|verdict| !verdict.pass)
+    );
+}
+
+#[test]
+fn a_deferred_message_still_verifies_when_delivered() {
+    let directory = tempfile::tempdir().unwrap();
+    let key = make_key(directory.path(), "example.com", "sel", Some(2048));
+    let ip = "127.0.62.1";
+    let script = Script {
+        final_reply: Arc::new(|index| match index {
+            0 => "451 4.3.0 try again later".to_owned(),
+            _ => format!("250 2.0.0 Ok: queued as FAKE{index}"),
+        }),
+        ..Script::default()
+    };
+    let (port, servers) = start_mx(vec![(ip, script)]);
+    let dns = TestDns::start(
+        zone_with_sender_mx("127.0.62.99")
+            .mx("dest.test", 10, "mx.dest.test")
+            .a("mx.dest.test", ip),
+    );
+    let relay = TestRelay::start(&config(
+        &dns,
+        port,
+        "",
+        &dkim_block("example.com", "sel", &key),
+    ));
+    let id = submit(
+        &relay,
+        "app@sender.test",
+        &["rcpt@dest.test"],
+        "From: app@example.com\r\nSubject: retried\r\n\r\nbody\r\n",
+    );
+    relay.wait_for_log(&format!("{id}: DKIM-signed by example.com/sel"));
+    let deferred = relay.wait_for_log("status=deferred");
+    assert!(deferred.contains("451 4.3.0"), "{deferred}");
+    let received = expect_messages(&relay, &servers[0], 1, WITHIN);
+    assert_eq!(received.len(), 1);
+    let message = &received[0].data;
+    assert_eq!(
+        String::from_utf8_lossy(message)
+            .matches("DKIM-Signature:")
+            .count(),
+        1,
+        "signed once, at acceptance"
+    );
+    assert_eq!(verify(message, &[&key]), vec![passes("example.com", "sel")]);
+}
+
+#[test]
+fn check_config_names_unusable_key_files() {
+    let directory = tempfile::tempdir().unwrap();
+    let not_a_key = directory.path().join("notes.pem");
+    std::fs::write(&not_a_key, "these are not the keys\n").unwrap();
+    let short = make_key(directory.path(), "example.com", "short", Some(512));
+    let cases = [
+        (directory.path().join("missing.pem"), "cannot read"),
+        (not_a_key, "not a PEM private key"),
+        (short.path, "512 bits is too short"),
+    ];
+    for (index, (key_file, reason)) in cases.iter().enumerate() {
+        let config = directory.path().join(format!("relayq{index}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[[dkim]]\ndomain = \"example.com\"\nselector = \"s\"\nprivate_key = \"{}\"\n",
+                key_file.display()
+            ),
+        )
+        .unwrap();
+        for command in [&["check-config"][..], &["serve", "--config"]] {
+            let output = Command::new(env!("CARGO_BIN_EXE_relayq"))
+                .args(command)
+                .arg(&config)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(64), "{command:?}: {stderr}");
+            for needle in [
+                config.to_str().unwrap(),
+                "dkim[0].private_key",
+                key_file.to_str().unwrap(),
+                reason,
+            ] {
+                assert!(
+                    stderr.contains(needle),
+                    "{command:?}: {needle:?} in {stderr}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mail_imported_from_the_maildrop_is_signed_too() {
+    let directory = tempfile::tempdir().unwrap();
+    let key = make_key(directory.path(), "example.com", "ed", None);
+    let ip = "127.0.63.1";
+    let (port, servers) = start_mx(vec![(ip, Script::default())]);
+    let dns = TestDns::start(
+        zone_with_sender_mx("127.0.63.99")
+            .mx("dest.test", 10, "mx.dest.test")
+            .a("mx.dest.test", ip),
+    );
+    let relay = TestRelay::start(&config(
+        &dns,
+        port,
+        "",
+        &dkim_block("example.com", "ed", &key),
+    ));
+    // What `relayq sendmail` leaves while the daemon is down.
+    let maildrop = relay.spool_path().join("maildrop");
+    let dropped = "relayq-maildrop 1\nsender app@example.com\nrecipient rcpt@dest.test\n\n\
+                   From: cron@example.com\r\nSubject: from cron\r\n\r\nreport\r\n";
+    std::fs::write(maildrop.join(".tmp-x"), dropped).unwrap();
+    std::fs::rename(maildrop.join(".tmp-x"), maildrop.join("1.x")).unwrap();
+    relay.wait_for_log("imported from maildrop file 1.x");
+    let received = expect_messages(&relay, &servers[0], 1, WITHIN);
+    assert_eq!(
+        verify(&received[0].data, &[&key]),
+        vec![passes("example.com", "ed")]
+    );
+}
