@@ -162,15 +162,38 @@ async fn serve_connection(
     };
     match reply {
         Reply::Events { text } => stream_events(stream, context, shutdown, text).await,
-        Reply::List { filter, limit } => stream_list(stream, context, &filter, limit).await,
+        Reply::List { filter, limit } => {
+            let listed = stream_list(stream, context, &filter, limit).await;
+            if limit.is_none_or(|limit| limit >= LARGE_QUEUE) && context.queue.len() >= LARGE_QUEUE
+            {
+                release_free_memory().await;
+            }
+            listed
+        }
         Reply::Bulk { bulk, progress } => {
             let options = ControlOptions {
                 bulk_chunk: context.settings.snapshot().config.control.bulk_chunk,
             };
-            stream_bulk(stream, context, &bulk, progress, options, shutdown).await
+            let done = stream_bulk(stream, context, &bulk, progress, options, shutdown).await;
+            release_free_memory().await;
+            done
         }
         reply => write_reply(&mut stream, reply).await,
     }
+}
+
+/// Queue length from which a listing is followed by
+/// [`release_free_memory`]: below it there is little to give back, and a
+/// script polling `queue list` should not pay for a walk of the heap.
+const LARGE_QUEUE: usize = 10_000;
+
+/// After a listing of a large queue or a bulk operation, which decode
+/// envelopes (or free schedule entries) in chunks on blocking-pool threads,
+/// each its own allocator arena, and refill redb's page cache from them:
+/// the allocator's free pages go back to the system (src/memory.rs), on the
+/// blocking pool since it takes a while.
+async fn release_free_memory() {
+    let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
 }
 
 /// Reads one request; `Ok(Err(reply))` for a request to refuse.

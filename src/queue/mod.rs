@@ -179,9 +179,15 @@ impl Queue {
     pub async fn rebuild(spool: &Spool) -> Result<(Queue, Recovery), SpoolError> {
         let spool = spool.clone();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || Queue::rebuild_blocking(&spool, &runtime))
-            .await
-            .map_err(|error| SpoolError::Io(std::io::Error::other(error)))?
+        tokio::task::spawn_blocking(move || {
+            let rebuilt = Queue::rebuild_blocking(&spool, &runtime);
+            // The decoded envelopes are gone; what the allocator kept of
+            // them is returned (src/memory.rs).
+            crate::memory::release_free_memory();
+            rebuilt
+        })
+        .await
+        .map_err(|error| SpoolError::Io(std::io::Error::other(error)))?
     }
 
     fn rebuild_blocking(

@@ -360,3 +360,66 @@ fn mail_imported_from_the_maildrop_is_signed_too() {
         vec![passes("example.com", "ed")]
     );
 }
+
+#[test]
+fn a_reload_reads_the_keys_again_and_keeps_them_when_a_file_is_bad() {
+    let directory = tempfile::tempdir().unwrap();
+    let first = make_key(directory.path(), "example.com", "one", None);
+    let ip = "127.0.64.1";
+    let (port, servers) = start_mx(vec![(ip, Script::default())]);
+    let dns = TestDns::start(
+        zone_with_sender_mx("127.0.64.99")
+            .mx("dest.test", 10, "mx.dest.test")
+            .a("mx.dest.test", ip),
+    );
+    let relay = TestRelay::start(&config(
+        &dns,
+        port,
+        "",
+        &dkim_block("example.com", "one", &first),
+    ));
+    let send = |subject: &str| {
+        let content = format!("From: app@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n");
+        submit(&relay, "app@sender.test", &["rcpt@dest.test"], &content)
+    };
+    send("before");
+
+    // Another selector with a new RSA key: signed with it after the reload.
+    let second = make_key(directory.path(), "example.com", "two", Some(2048));
+    relay.rewrite_config(&config(
+        &dns,
+        port,
+        "",
+        &dkim_block("example.com", "two", &second),
+    ));
+    let output = relay.reload();
+    assert!(output.status.success(), "{output:?}");
+    send("after");
+
+    // The key file is damaged: the reload is refused and names the key;
+    // signing goes on with the key loaded before.
+    std::fs::write(&second.path, "not a key\n").unwrap();
+    let output = relay.reload();
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("dkim[0].private_key"), "{said}");
+    send("kept");
+
+    let received = expect_messages(&relay, &servers[0], 3, WITHIN);
+    assert_eq!(
+        verify(with_subject(&received, "before"), &[&first]),
+        vec![passes("example.com", "one")]
+    );
+    assert_eq!(
+        verify(with_subject(&received, "after"), &[&second]),
+        vec![passes("example.com", "two")]
+    );
+    assert_eq!(
+        verify(with_subject(&received, "kept"), &[&second]),
+        vec![passes("example.com", "two")]
+    );
+}
