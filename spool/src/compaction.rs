@@ -5,7 +5,8 @@
 //!
 //! Compaction holds the database exclusively: commits and reads wait for it. It only starts
 //! after [`IDLE`] without a request and when at least half the file is free, so the live
-//! data it moves is at most as large as the space it gives back.
+//! data it moves is at most as large as the space it gives back. Finding out whether half
+//! is free holds nothing exclusively: reads go on meanwhile.
 
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
@@ -50,6 +51,29 @@ impl Compactor {
         }
         self.last_look = Some((Instant::now(), file_bytes));
 
+        // Measuring walks every tree (seconds with a million messages), in a
+        // write transaction that readers do not wait for: only the shared
+        // read lock is held, so `queue list` and delivery reads go on. Only
+        // the committer (this thread, idle now) writes, so no commit waits.
+        let live_bytes = {
+            let guard = shared
+                .database
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(database) = guard.as_ref() else {
+                return;
+            };
+            match live_bytes(database) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::debug!(%error, "spool compaction: cannot measure the database");
+                    return;
+                }
+            }
+        };
+        if live_bytes.saturating_mul(2) > file_bytes {
+            return;
+        }
         let mut guard = shared
             .database
             .write()
@@ -57,16 +81,6 @@ impl Compactor {
         let Some(database) = guard.as_mut() else {
             return;
         };
-        let live_bytes = match live_bytes(database) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::debug!(%error, "spool compaction: cannot measure the database");
-                return;
-            }
-        };
-        if live_bytes.saturating_mul(2) > file_bytes {
-            return;
-        }
         let started = Instant::now();
         match database.compact() {
             Ok(_) => {
