@@ -324,31 +324,44 @@ impl<S: AsyncRead + AsyncWrite + StartTls + Unpin> Session<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Sends the buffered replies. A client that does not read them is
     /// waiting like any other: the write is bounded by the idle timeout and
-    /// the session can be shed meanwhile (both end it with an error).
+    /// the session can be shed meanwhile (both end it with an error). A
+    /// reply the socket takes at once (the usual case) never makes the
+    /// session a candidate: it would be shed for a client waiting for a slot
+    /// in the instant between its write and its next wait.
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let deadline = started + self.timeout();
-        self.lease.waiting(started);
         let (stream, output, lease) = (&mut self.stream, &self.output, &mut self.lease);
         let write = async move {
             stream.write_all(output).await?;
             stream.flush().await
         };
         tokio::pin!(write);
-        let result = loop {
-            tokio::select! {
-                written = &mut write => break written,
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.shared.metrics.session_shed(ShedReason::CommandTimeout);
-                    break Err(std::io::ErrorKind::TimedOut.into());
-                }
-                interruption = lease.interrupted() => {
-                    if interruption == Interruption::Shed {
-                        self.shared.metrics.session_shed(ShedReason::Pressure);
-                        break Err(std::io::ErrorKind::TimedOut.into());
+        let at_once = tokio::select! {
+            biased;
+            written = &mut write => Some(written),
+            () = std::future::ready(()) => None,
+        };
+        let result = match at_once {
+            Some(written) => written,
+            None => {
+                lease.waiting(started);
+                loop {
+                    tokio::select! {
+                        written = &mut write => break written,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            self.shared.metrics.session_shed(ShedReason::CommandTimeout);
+                            break Err(std::io::ErrorKind::TimedOut.into());
+                        }
+                        interruption = lease.interrupted() => {
+                            if interruption == Interruption::Shed {
+                                self.shared.metrics.session_shed(ShedReason::Pressure);
+                                break Err(std::io::ErrorKind::TimedOut.into());
+                            }
+                        }
                     }
                 }
             }
