@@ -298,6 +298,26 @@ pub fn read_spool(path: &Path) -> Vec<SpooledMessage> {
     messages
 }
 
+/// Reads one (possibly multi-line) reply from `stream`, keeping what follows
+/// it in `input`; `None` at end of stream or on a read error (a timeout).
+pub fn read_reply(stream: &mut impl Read, input: &mut Vec<u8>) -> Option<Response> {
+    loop {
+        let parsed = relayq::wire::reply::parse_reply(input)
+            .unwrap_or_else(|error| panic!("bad reply: {error}"));
+        if let Some((reply, used)) = parsed {
+            let lines = reply.lines().map(|line| line.into_owned()).collect();
+            let code = reply.code();
+            input.drain(..used);
+            return Some(Response { code, lines });
+        }
+        let mut chunk = [0; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(count) => input.extend_from_slice(&chunk[..count]),
+        }
+    }
+}
+
 /// A blocking SMTP client that shows exactly what the server answers.
 pub struct SmtpClient {
     stream: TcpStream,
@@ -332,23 +352,7 @@ impl SmtpClient {
     /// Reads one (possibly multi-line) reply; `None` at end of stream. Each
     /// read waits at most `WAIT` (the socket's read timeout).
     pub fn try_read(&mut self) -> Option<Response> {
-        loop {
-            let parsed = relayq::wire::reply::parse_reply(&self.input)
-                .unwrap_or_else(|error| panic!("bad reply: {error}"));
-            if let Some((reply, used)) = parsed {
-                self.input.drain(..used);
-                let lines = reply.lines().map(|line| line.into_owned()).collect();
-                return Some(Response {
-                    code: reply.code(),
-                    lines,
-                });
-            }
-            let mut chunk = [0; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(count) => self.input.extend_from_slice(&chunk[..count]),
-            }
-        }
+        read_reply(&mut self.stream, &mut self.input)
     }
 
     pub fn read(&mut self) -> Response {

@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use super::fake_mx::test_ca;
-use super::{Response, WAIT, dot_stuff};
+use super::{Response, WAIT, dot_stuff, read_reply};
 
 enum Stream {
     Plain(TcpStream),
@@ -109,23 +109,7 @@ impl TlsClient {
 
     /// Reads one reply; `None` at end of stream (or a TLS close).
     pub fn try_read(&mut self) -> Option<Response> {
-        loop {
-            let parsed = relayq::wire::reply::parse_reply(&self.input)
-                .unwrap_or_else(|error| panic!("bad reply: {error}"));
-            if let Some((reply, used)) = parsed {
-                self.input.drain(..used);
-                let lines = reply.lines().map(|line| line.into_owned()).collect();
-                return Some(Response {
-                    code: reply.code(),
-                    lines,
-                });
-            }
-            let mut chunk = [0; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(count) => self.input.extend_from_slice(&chunk[..count]),
-            }
-        }
+        read_reply(&mut self.stream, &mut self.input)
     }
 
     pub fn read(&mut self) -> Response {
