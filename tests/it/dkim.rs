@@ -14,7 +14,7 @@ use base64::Engine as _;
 use crate::common::TestRelay;
 use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
 use crate::common::dns_server::TestDns;
-use crate::common::fake_mx::{Received, Script};
+use crate::common::fake_mx::{FakeMx, Received, Script};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -161,26 +161,50 @@ fn with_subject<'a>(messages: &'a [Received], subject: &str) -> &'a [u8] {
         .data
 }
 
+/// A relay with `dkim` blocks delivering `dest.test` to a fake MX on
+/// 127.0.NET.1 (scripted by `script`), through the in-process DNS.
+struct Setup {
+    relay: TestRelay,
+    mx: Vec<FakeMx>,
+    dns: TestDns,
+    port: u16,
+}
+
+fn start(net: u8, script: Script, dkim: &str) -> Setup {
+    let ip = format!("127.0.{net}.1");
+    let (port, mx) = start_mx(vec![(ip.as_str(), script)]);
+    let dns = TestDns::start(
+        zone_with_sender_mx(&format!("127.0.{net}.99"))
+            .mx("dest.test", 10, "mx.dest.test")
+            .a("mx.dest.test", &ip),
+    );
+    let relay = TestRelay::start(&config(&dns, port, "", dkim));
+    Setup {
+        relay,
+        mx,
+        dns,
+        port,
+    }
+}
+
 #[test]
 fn mail_is_signed_by_the_closest_domain_of_its_author_and_verifies() {
     let directory = tempfile::tempdir().unwrap();
     let rsa = make_key(directory.path(), "example.com", "rsa", Some(2048));
     let ed25519 = make_key(directory.path(), "example.com", "ed", None);
     let mail = make_key(directory.path(), "mail.example.com", "m1024", Some(1024));
-    let ip = "127.0.61.1";
-    let (port, servers) = start_mx(vec![(ip, Script::default())]);
-    let dns = TestDns::start(
-        zone_with_sender_mx("127.0.61.99")
-            .mx("dest.test", 10, "mx.dest.test")
-            .a("mx.dest.test", ip),
-    );
     let blocks = [
         dkim_block("example.com", "rsa", &rsa),
         dkim_block("example.com", "ed", &ed25519),
         dkim_block("mail.example.com", "m1024", &mail),
     ]
     .concat();
-    let relay = TestRelay::start(&config(&dns, port, "", &blocks));
+    let Setup {
+        relay,
+        mx: servers,
+        dns: _dns,
+        ..
+    } = start(61, Script::default(), &blocks);
 
     // Large enough to be stored as a file body (over 128 KiB).
     let large_body = "a line of a large message, with  spaces  \r\n".repeat(8000);
@@ -243,7 +267,6 @@ fn mail_is_signed_by_the_closest_domain_of_its_author_and_verifies() {
 fn a_deferred_message_still_verifies_when_delivered() {
     let directory = tempfile::tempdir().unwrap();
     let key = make_key(directory.path(), "example.com", "sel", Some(2048));
-    let ip = "127.0.62.1";
     let script = Script {
         final_reply: Arc::new(|index| match index {
             0 => "451 4.3.0 try again later".to_owned(),
@@ -251,18 +274,12 @@ fn a_deferred_message_still_verifies_when_delivered() {
         }),
         ..Script::default()
     };
-    let (port, servers) = start_mx(vec![(ip, script)]);
-    let dns = TestDns::start(
-        zone_with_sender_mx("127.0.62.99")
-            .mx("dest.test", 10, "mx.dest.test")
-            .a("mx.dest.test", ip),
-    );
-    let relay = TestRelay::start(&config(
-        &dns,
-        port,
-        "",
-        &dkim_block("example.com", "sel", &key),
-    ));
+    let Setup {
+        relay,
+        mx: servers,
+        dns: _dns,
+        ..
+    } = start(62, script, &dkim_block("example.com", "sel", &key));
     let id = submit(
         &relay,
         "app@sender.test",
@@ -334,19 +351,16 @@ fn check_config_names_unusable_key_files() {
 fn mail_imported_from_the_maildrop_is_signed_too() {
     let directory = tempfile::tempdir().unwrap();
     let key = make_key(directory.path(), "example.com", "ed", None);
-    let ip = "127.0.63.1";
-    let (port, servers) = start_mx(vec![(ip, Script::default())]);
-    let dns = TestDns::start(
-        zone_with_sender_mx("127.0.63.99")
-            .mx("dest.test", 10, "mx.dest.test")
-            .a("mx.dest.test", ip),
-    );
-    let relay = TestRelay::start(&config(
-        &dns,
-        port,
-        "",
+    let Setup {
+        relay,
+        mx: servers,
+        dns: _dns,
+        ..
+    } = start(
+        63,
+        Script::default(),
         &dkim_block("example.com", "ed", &key),
-    ));
+    );
     // What `relayq sendmail` leaves while the daemon is down.
     let maildrop = relay.spool_path().join("maildrop");
     let dropped = "relayq-maildrop 1\nsender app@example.com\nrecipient rcpt@dest.test\n\n\
@@ -365,19 +379,16 @@ fn mail_imported_from_the_maildrop_is_signed_too() {
 fn a_reload_reads_the_keys_again_and_keeps_them_when_a_file_is_bad() {
     let directory = tempfile::tempdir().unwrap();
     let first = make_key(directory.path(), "example.com", "one", None);
-    let ip = "127.0.64.1";
-    let (port, servers) = start_mx(vec![(ip, Script::default())]);
-    let dns = TestDns::start(
-        zone_with_sender_mx("127.0.64.99")
-            .mx("dest.test", 10, "mx.dest.test")
-            .a("mx.dest.test", ip),
-    );
-    let relay = TestRelay::start(&config(
-        &dns,
+    let Setup {
+        relay,
+        mx: servers,
+        dns,
         port,
-        "",
+    } = start(
+        64,
+        Script::default(),
         &dkim_block("example.com", "one", &first),
-    ));
+    );
     let send = |subject: &str| {
         let content = format!("From: app@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n");
         submit(&relay, "app@sender.test", &["rcpt@dest.test"], &content)
