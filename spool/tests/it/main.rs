@@ -8,6 +8,7 @@ mod apply;
 mod close;
 mod compaction;
 mod corruption;
+mod crash;
 mod group_commit;
 mod ids;
 mod large_bodies;
