@@ -37,12 +37,7 @@ async fn close_during_stores_loses_nothing_acknowledged() {
     drop(spool);
 
     let spool = common::open(dir.path());
-    let stored: Vec<_> = spool
-        .scan()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let stored = common::stored_ids(&spool);
     acknowledged.sort();
     assert_eq!(stored, acknowledged, "{} refused", refused.len());
 }

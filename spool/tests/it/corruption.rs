@@ -40,12 +40,7 @@ async fn corrupt_envelopes_are_quarantined_and_the_rest_is_scanned() {
     }
 
     let spool = common::open(dir.path());
-    let scanned: Vec<QueueId> = spool
-        .scan()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let scanned = common::stored_ids(&spool);
     assert_eq!(scanned, vec![ids[0], ids[2], ids[3]]);
     assert_eq!(
         spool.scan().unwrap().len(),

@@ -14,7 +14,11 @@ const MESSAGES: u64 = 400;
 
 fn body_of(id: QueueId) -> Vec<u8> {
     // Every 50th body is larger than the inline threshold and goes to a file.
-    let len = if id.0 % 50 == 0 { 300_000 } else { 2_500 };
+    let len = if id.0.is_multiple_of(50) {
+        300_000
+    } else {
+        2_500
+    };
     common::content(len, id.0 as u8)
 }
 
@@ -47,13 +51,7 @@ fn a_spool_left_open_by_a_crash_is_repaired_with_everything_it_acknowledged() {
     let file = dir.path().join("queue.redb");
     assert!(needs_repair(&file), "the child closed the database");
     let spool = common::open(dir.path());
-    let stored: Vec<QueueId> = spool
-        .scan()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(stored, acknowledged);
+    assert_eq!(common::stored_ids(&spool), acknowledged);
     for &id in &acknowledged {
         assert_eq!(
             spool.envelope(id).unwrap().unwrap(),

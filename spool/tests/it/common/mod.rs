@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use relayq_spool::{Body, BodyReader, Spool, SpoolOptions};
+use relayq_spool::{Body, BodyReader, QueueId, Spool, SpoolOptions};
 use tempfile::TempDir;
 
 pub fn open(dir: &Path) -> Spool {
@@ -47,4 +47,14 @@ pub fn body_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// The ids of every stored message, in id order.
+pub fn stored_ids(spool: &Spool) -> Vec<QueueId> {
+    spool
+        .scan()
+        .expect("scan")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
 }
