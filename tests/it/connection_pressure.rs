@@ -149,9 +149,13 @@ fn idle_and_trickling_sessions_make_room_for_a_real_client() {
         "{}",
         relay.logs_text()
     );
-    for stream in idle.into_iter().chain(trickling) {
+    for (n, stream) in idle.into_iter().chain(trickling).enumerate() {
         let said = rest_of(stream);
-        assert!(said.contains("421 4.4.2 "), "{said:?}");
+        assert!(
+            said.contains("421 4.4.2 "),
+            "session {n} (0-9 idle, 10-19 trickling): {said:?}\n{}",
+            relay.logs_text()
+        );
     }
     drop(waiting);
 }
