@@ -412,11 +412,7 @@ fn a_reload_reads_the_keys_again_and_keeps_them_when_a_file_is_bad() {
     std::fs::write(&second.path, "not a key\n").unwrap();
     let output = relay.reload();
     assert_eq!(output.status.code(), Some(64), "{output:?}");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = crate::common::output_text(&output);
     assert!(said.contains("dkim[0].private_key"), "{said}");
     send("kept");
 

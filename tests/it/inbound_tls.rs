@@ -209,11 +209,7 @@ fn a_reload_rereads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
     std::fs::write(files.path("cert.pem"), "not a certificate\n").unwrap();
     let output = relay.reload();
     assert_eq!(output.status.code(), Some(64), "{output:?}");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = crate::common::output_text(&output);
     assert!(said.contains("listener[0].certificate"), "{said}");
     assert_eq!(presented_certificate(relay.address), rotated.der().to_vec());
 }

@@ -476,3 +476,12 @@ pub fn queued_id(response: &Response) -> QueueId {
     id.parse()
         .unwrap_or_else(|_| panic!("bad queue id in {text}"))
 }
+
+/// What a command printed: its standard output, then its standard error.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
