@@ -82,6 +82,25 @@ impl State {
 }
 
 impl Entry {
+    /// The entry of a message as its envelope describes it: held, or due
+    /// at its next attempt (now if none), with its open recipients' domains.
+    fn for_envelope(envelope: &Envelope, clock: &Clock, domain_sets: &mut DomainSets) -> Entry {
+        let phase = if envelope.held {
+            Phase::Held
+        } else {
+            Phase::Waiting {
+                due: clock.instant_for(envelope.next_attempt_ms),
+            }
+        };
+        Entry {
+            lane: envelope.lane,
+            phase,
+            arrival_ms: envelope.arrival_ms,
+            attempts: envelope.attempts,
+            domains: domain_sets.acquire_for(envelope),
+        }
+    }
+
     /// A waiting message is "deferred" once attempted, and also before its
     /// first attempt while its due time is ahead (its destination held it
     /// back: a rate, a suspension); otherwise "ready".
@@ -160,11 +179,6 @@ impl Drop for Reservation {
     }
 }
 
-/// Converts a wall-clock due time (ms since the epoch) to a scheduler instant.
-pub fn instant_for(due_ms: Option<u64>) -> Instant {
-    Clock::now().instant_for(due_ms)
-}
-
 /// The scheduler's clock and the wall clock read together, to convert many
 /// due times with one reading.
 struct Clock {
@@ -180,6 +194,8 @@ impl Clock {
         }
     }
 
+    /// Converts a wall-clock due time (ms since the epoch) to a scheduler
+    /// instant; none is now.
     fn instant_for(&self, due_ms: Option<u64>) -> Instant {
         let Some(due_ms) = due_ms else {
             return self.now;
@@ -250,25 +266,12 @@ impl Queue {
                     Lane::High => recovery.high += 1,
                     Lane::Low => recovery.low += 1,
                 }
-                let phase = if envelope.held {
-                    Phase::Held
-                } else {
-                    let due = clock.instant_for(envelope.next_attempt_ms);
-                    waiting[envelope.lane].push((due, id));
-                    Phase::Waiting { due }
-                };
-                schedule.queued[envelope.lane] += 1;
-                let domains = schedule.domain_sets.acquire_for(&envelope);
-                entries.push((
-                    id,
-                    Entry {
-                        lane: envelope.lane,
-                        phase,
-                        arrival_ms: envelope.arrival_ms,
-                        attempts: envelope.attempts,
-                        domains,
-                    },
-                ));
+                let entry = Entry::for_envelope(&envelope, &clock, &mut schedule.domain_sets);
+                if let Phase::Waiting { due } = entry.phase {
+                    waiting[entry.lane].push((due, id));
+                }
+                schedule.queued[entry.lane] += 1;
+                entries.push((id, entry));
             }
             recovery.completed += completed.len();
             if !completed.is_empty() {
@@ -330,22 +333,9 @@ impl Queue {
     }
 
     fn insert_with(&self, id: QueueId, envelope: &Envelope, reservation: Option<Reservation>) {
-        let phase = if envelope.held {
-            Phase::Held
-        } else {
-            Phase::Waiting {
-                due: instant_for(envelope.next_attempt_ms),
-            }
-        };
+        let clock = Clock::now();
         let mut state = self.lock();
-        let domains = state.domain_sets.acquire_for(envelope);
-        let entry = Entry {
-            lane: envelope.lane,
-            phase,
-            arrival_ms: envelope.arrival_ms,
-            attempts: envelope.attempts,
-            domains,
-        };
+        let entry = Entry::for_envelope(envelope, &clock, &mut state.domain_sets);
         self.place_with(state, id, entry, reservation);
     }
 
