@@ -13,6 +13,7 @@ use crate::change::{Change, Work};
 use crate::database::{self, BODIES, ENVELOPES, META, META_LAST_ID, QUARANTINE};
 use crate::id::IdAllocator;
 use crate::record::{BodyRecord, decode_body, decode_envelope, encode_envelope, encode_quarantine};
+use crate::records::{RecordTable, RecordTables};
 use crate::{QueueId, SpoolError};
 
 /// A request's work in the batch, and its rejection if it was not applied.
@@ -55,10 +56,11 @@ pub(crate) fn write(
             bodies: txn.open_table(BODIES)?,
             quarantine: txn.open_table(QUARANTINE)?,
         };
+        let mut records = RecordTables::new(&txn);
         let mut files_renamed = false;
         let mut accepted = 0;
         for slot in slots.iter_mut() {
-            if let Err(rejection) = check(&slot.work, &tables) {
+            if let Err(rejection) = check(&slot.work, &tables, &mut records) {
                 slot.rejection = Some(rejection);
                 continue;
             }
@@ -69,9 +71,10 @@ pub(crate) fn write(
                     continue;
                 }
             }
-            apply(&slot.work, &mut tables, &mut committed.unlink)?;
+            apply(&slot.work, &mut tables, &mut records, &mut committed.unlink)?;
             accepted += 1;
         }
+        records.finish()?;
         if accepted == 0 {
             // Nothing to make durable: dropping the transaction aborts it.
             return Ok(committed);
@@ -90,9 +93,17 @@ pub(crate) fn write(
 
 /// Checks that every change of the request can be applied, in order, to the state the
 /// transaction has reached (which includes the requests before it in this batch).
-fn check(work: &Work, tables: &Tables<'_>) -> Result<(), SpoolError> {
+fn check(
+    work: &Work,
+    tables: &Tables<'_>,
+    records: &mut RecordTables<'_>,
+) -> Result<(), SpoolError> {
     // Ids this request has inserted (true) or removed (false) so far.
     let mut touched: Vec<(QueueId, bool)> = Vec::new();
+    // Record keys this request has stored (`Some`) or deleted (`None`) so far, which an
+    // `InsertRecord` after them sees. (Edits and range deletes are not followed: no caller
+    // inserts a key it has edited in the same request.)
+    let mut stored_records: Vec<(RecordTable, &[u8], Option<&[u8]>)> = Vec::new();
     let exists = |id: QueueId, touched: &[(QueueId, bool)]| -> Result<bool, SpoolError> {
         match touched
             .iter()
@@ -124,6 +135,35 @@ fn check(work: &Work, tables: &Tables<'_>) -> Result<(), SpoolError> {
                         }
                         touched.push((*id, false));
                     }
+                    Change::InsertRecord { table, key, value } => {
+                        let earlier =
+                            stored_records
+                                .iter()
+                                .rev()
+                                .find(|(stored_table, stored_key, _)| {
+                                    stored_table == table && stored_key == key
+                                });
+                        let existing = match earlier {
+                            Some((_, _, value)) => value.map(<[u8]>::to_vec),
+                            None => records.get(*table, key)?,
+                        };
+                        if let Some(existing) = existing {
+                            return Err(SpoolError::RecordExists {
+                                table: table.name(),
+                                existing,
+                            });
+                        }
+                        stored_records.push((*table, key, Some(value)));
+                    }
+                    Change::PutRecord { table, key, value } => {
+                        stored_records.push((*table, key, Some(value)));
+                    }
+                    Change::DeleteRecord { table, key } => {
+                        stored_records.push((*table, key, None));
+                    }
+                    Change::EditRecord { .. }
+                    | Change::DeleteRecords { .. }
+                    | Change::AppendRecord { .. } => {}
                 }
             }
         }
@@ -155,6 +195,7 @@ fn persist_bodies(work: &mut Work, dir: &BodyDir) -> Result<bool, SpoolError> {
 fn apply(
     work: &Work,
     tables: &mut Tables<'_>,
+    records: &mut RecordTables<'_>,
     unlink: &mut Vec<QueueId>,
 ) -> Result<(), SpoolError> {
     match work {
@@ -195,6 +236,20 @@ fn apply(
                             unlink.push(*id);
                         }
                     }
+                    Change::PutRecord { table, key, value }
+                    | Change::InsertRecord { table, key, value } => {
+                        records.put(*table, key, value)?;
+                    }
+                    Change::EditRecord { table, key, edit } => records.edit(*table, key, edit)?,
+                    Change::DeleteRecord { table, key } => records.delete(*table, key)?,
+                    Change::DeleteRecords { table, from, to } => {
+                        records.delete_range(*table, from, to)?;
+                    }
+                    Change::AppendRecord {
+                        table,
+                        prefix,
+                        value,
+                    } => records.append(*table, prefix, value)?,
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The changes a caller asks the committer to make, alone or several in one atomic commit.
 
+use crate::records::{RecordEdit, RecordTable};
 use crate::{Body, QueueId};
 
 /// One change to the spool. A `Vec<Change>` given to [`crate::Spool::apply`] is committed
@@ -22,6 +23,41 @@ pub enum Change {
     EditEnvelope { id: QueueId, edit: EnvelopeEdit },
     /// Delete a message, its body and its body file. Fails with `NotFound` if there is none.
     Remove { id: QueueId },
+    /// Store a record, replacing any stored under the key.
+    PutRecord {
+        table: RecordTable,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Store a record under a key that must be free. Fails with `RecordExists`, carrying the
+    /// stored value, if it is taken (by an earlier commit, or by an earlier request of the
+    /// same batch).
+    InsertRecord {
+        table: RecordTable,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Rewrite a record from its value as stored when the commit applies it.
+    EditRecord {
+        table: RecordTable,
+        key: Vec<u8>,
+        edit: RecordEdit,
+    },
+    /// Delete a record; nothing happens if there is none.
+    DeleteRecord { table: RecordTable, key: Vec<u8> },
+    /// Delete every record with `from <= key < to`.
+    DeleteRecords {
+        table: RecordTable,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    /// Store a record under `prefix` followed by the table's next sequence number (8 bytes,
+    /// big-endian), assigned at commit: the keys of a table's appends follow commit order.
+    AppendRecord {
+        table: RecordTable,
+        prefix: Vec<u8>,
+        value: Vec<u8>,
+    },
 }
 
 /// The function of a [`Change::EditEnvelope`]: stored envelope bytes in, new bytes out (or
@@ -67,7 +103,14 @@ impl Work {
                 .map(|change| match change {
                     Change::Insert { envelope, body, .. } => envelope.len() + body.inline_len(),
                     Change::UpdateEnvelope { envelope, .. } => envelope.len(),
-                    Change::EditEnvelope { .. } | Change::Remove { .. } => 0,
+                    Change::PutRecord { key, value, .. }
+                    | Change::InsertRecord { key, value, .. } => key.len() + value.len(),
+                    Change::AppendRecord { prefix, value, .. } => prefix.len() + 8 + value.len(),
+                    Change::EditEnvelope { .. }
+                    | Change::Remove { .. }
+                    | Change::EditRecord { .. }
+                    | Change::DeleteRecord { .. }
+                    | Change::DeleteRecords { .. } => 0,
                 })
                 .sum(),
             Work::Quarantine { .. } => 0,

@@ -192,6 +192,12 @@ fn commit(shared: &Shared, batch: Vec<Request>) {
             let reopened = reopen(shared);
             for (slot, reply) in slots.into_iter().zip(replies) {
                 match slot.rejection {
+                    // The record that took the key may have been an earlier request of this
+                    // very batch, which is not stored: the caller must try again.
+                    Some(SpoolError::RecordExists { .. }) => {
+                        slot.work.settle_bodies(|_| false);
+                        reply.send(Err(error.duplicate()));
+                    }
                     Some(rejection) => {
                         slot.work.settle_bodies(|_| false);
                         reply.send(Err(rejection));

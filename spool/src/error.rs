@@ -28,6 +28,12 @@ pub enum SpoolError {
     /// `Spool::allocate_id` and are never reused, so this is a caller bug.
     #[error("message {0} is already in the spool")]
     AlreadyExists(QueueId),
+    /// An `InsertRecord` named a key that is already stored; `existing` is the stored value.
+    #[error("a record with this key is already in table {table}")]
+    RecordExists {
+        table: &'static str,
+        existing: Vec<u8>,
+    },
     /// The spool was closed; nothing more is accepted.
     #[error("the spool is closed")]
     Closed,
@@ -39,9 +45,10 @@ impl SpoolError {
     pub fn is_transient(&self) -> bool {
         match self {
             SpoolError::Io(_) | SpoolError::Database(_) | SpoolError::Closed => true,
-            SpoolError::Corrupt { .. } | SpoolError::NotFound(_) | SpoolError::AlreadyExists(_) => {
-                false
-            }
+            SpoolError::Corrupt { .. }
+            | SpoolError::NotFound(_)
+            | SpoolError::AlreadyExists(_)
+            | SpoolError::RecordExists { .. } => false,
         }
     }
 
@@ -71,6 +78,10 @@ impl SpoolError {
             },
             SpoolError::NotFound(id) => SpoolError::NotFound(*id),
             SpoolError::AlreadyExists(id) => SpoolError::AlreadyExists(*id),
+            SpoolError::RecordExists { table, existing } => SpoolError::RecordExists {
+                table,
+                existing: existing.clone(),
+            },
             SpoolError::Closed => SpoolError::Closed,
         }
     }

@@ -2,12 +2,15 @@
 //! thread in group commits, so a message is on stable storage before it is acknowledged.
 //!
 //! Invariant: the spool knows nothing about SMTP, DNS or lanes. Per message it stores an
-//! opaque envelope (the caller's encoding of sender, recipients and their state) and a body.
+//! opaque envelope (the caller's encoding of sender, recipients and their state) and a body;
+//! beside the messages, keyed records whose bytes it does not interpret either.
 //!
 //! Code map:
 //! - `spool`: the [`Spool`] handle (open, store/apply through the committer, blocking reads);
 //! - `committer`: the writer thread and its batching; `batch`: one group commit;
 //! - `change`: [`Change`], what a caller asks to commit;
+//! - `records`: [`RecordTable`], keyed records beside the messages (the caller's own durable
+//!   state, committed with the messages);
 //! - `body`: [`BodyWriter`], [`Body`], [`BodyReader`] and the `bodies/` directory;
 //! - `record`: the framed, checksummed value formats (pure);
 //! - `database`: tables, opening and repair, orphan body files;
@@ -25,6 +28,7 @@ mod error;
 mod id;
 mod options;
 mod record;
+mod records;
 mod spool;
 mod stats;
 
@@ -33,6 +37,7 @@ pub use change::{Change, EnvelopeEdit};
 pub use error::SpoolError;
 pub use id::{ParseQueueIdError, QueueId};
 pub use options::SpoolOptions;
+pub use records::{RecordEdit, RecordTable, RecordUpdate, prefix_end};
 pub use spool::{Spool, Stored};
 pub use stats::SpoolStats;
 

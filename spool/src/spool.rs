@@ -7,12 +7,13 @@
 
 use std::fmt;
 use std::fs::File;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
 use crate::body::{BodyDir, BodyReader, BodyWriter};
 use crate::change::{Change, Work};
@@ -20,6 +21,7 @@ use crate::committer::{self, Answer, Message, Reply, Request};
 use crate::database::{self, BODIES, ENVELOPES};
 use crate::id::IdAllocator;
 use crate::record::{BodyRecord, decode_body, decode_envelope};
+use crate::records::{self, RecordTable};
 use crate::stats::{SpoolStats, StatsCounters};
 use crate::{Body, QueueId, SpoolError, SpoolOptions};
 
@@ -287,6 +289,67 @@ impl Spool {
             ));
         }
         Ok(BodyReader::file(file, path, len, crc))
+    }
+
+    /// The record under `key` (blocking), or `None`. A value that does not verify is logged
+    /// and reads as absent.
+    pub fn record(&self, table: RecordTable, key: &[u8]) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.read(|database| {
+            let txn = database.begin_read()?;
+            let opened = match txn.open_table(table.definition()) {
+                Ok(opened) => opened,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            };
+            Ok(opened
+                .get(key)?
+                .and_then(|value| records::verified(table, key, value.value()).map(<[u8]>::to_vec)))
+        })
+    }
+
+    /// Up to `limit` records of `table` between `start` and `end`, in key order (blocking):
+    /// one short read transaction, so a walk over a large table is done in calls of a few
+    /// thousand. Values that do not verify are logged and left out.
+    pub fn records(
+        &self,
+        table: RecordTable,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError> {
+        let range = records::bounds(start, end);
+        self.read(|database| {
+            let txn = database.begin_read()?;
+            let opened = match txn.open_table(table.definition()) {
+                Ok(opened) => opened,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(error.into()),
+            };
+            let mut found = Vec::new();
+            let bounds = (
+                range.0.as_ref().map(Vec::as_slice),
+                range.1.as_ref().map(Vec::as_slice),
+            );
+            for entry in opened.range::<&[u8]>(bounds)?.take(limit) {
+                let (key, value) = entry?;
+                if let Some(payload) = records::verified(table, key.value(), value.value()) {
+                    found.push((key.value().to_vec(), payload.to_vec()));
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    /// How many records `table` holds (blocking).
+    pub fn record_count(&self, table: RecordTable) -> Result<u64, SpoolError> {
+        self.read(|database| {
+            let txn = database.begin_read()?;
+            match txn.open_table(table.definition()) {
+                Ok(opened) => Ok(opened.len()?),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(error) => Err(error.into()),
+            }
+        })
     }
 
     /// Sets a message aside (blocking): its records move, as they are, to the quarantine

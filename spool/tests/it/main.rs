@@ -12,4 +12,5 @@ mod crash;
 mod group_commit;
 mod ids;
 mod large_bodies;
+mod records;
 mod store_and_scan;
