@@ -103,7 +103,7 @@ fn check(
     // Record keys this request has stored (`Some`) or deleted (`None`) so far, which an
     // `InsertRecord` after them sees. (Edits and range deletes are not followed: no caller
     // inserts a key it has edited in the same request.)
-    let mut stored_records: Vec<(RecordTable, &[u8], Option<&[u8]>)> = Vec::new();
+    let mut stored_records: Vec<RecordWrite<'_>> = Vec::new();
     let exists = |id: QueueId, touched: &[(QueueId, bool)]| -> Result<bool, SpoolError> {
         match touched
             .iter()
@@ -175,6 +175,10 @@ fn check(
     }
     Ok(())
 }
+
+/// A record key a request has stored (`Some` value) or deleted (`None`), as its later
+/// changes see it.
+type RecordWrite<'a> = (RecordTable, &'a [u8], Option<&'a [u8]>);
 
 /// Syncs the request's body files and gives them their stored names; returns whether any was
 /// renamed (the directory then needs a sync before the commit).

@@ -37,7 +37,7 @@ pub use change::{Change, EnvelopeEdit};
 pub use error::SpoolError;
 pub use id::{ParseQueueIdError, QueueId};
 pub use options::SpoolOptions;
-pub use records::{RecordEdit, RecordTable, RecordUpdate, prefix_end};
+pub use records::{RecordEdit, RecordTable, RecordUpdate, StoredRecord, prefix_end};
 pub use spool::{Spool, Stored};
 pub use stats::SpoolStats;
 

@@ -72,11 +72,16 @@ impl std::fmt::Debug for RecordEdit {
     }
 }
 
+/// A record as read: its key and its value.
+pub type StoredRecord = (Vec<u8>, Vec<u8>);
+
+type RawTable<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
+
 /// The record tables one write transaction has opened, and the append sequences it has
 /// advanced (written back to `meta` before the commit).
 pub(crate) struct RecordTables<'txn> {
     txn: &'txn WriteTransaction,
-    open: Vec<(RecordTable, Table<'txn, &'static [u8], &'static [u8]>)>,
+    open: Vec<(RecordTable, RawTable<'txn>)>,
     sequences: HashMap<RecordTable, u64>,
 }
 
@@ -89,10 +94,7 @@ impl<'txn> RecordTables<'txn> {
         }
     }
 
-    fn table(
-        &mut self,
-        table: RecordTable,
-    ) -> Result<&mut Table<'txn, &'static [u8], &'static [u8]>, SpoolError> {
+    fn table(&mut self, table: RecordTable) -> Result<&mut RawTable<'txn>, SpoolError> {
         let index = match self.open.iter().position(|(open, _)| *open == table) {
             Some(index) => index,
             None => {

@@ -21,7 +21,7 @@ use crate::committer::{self, Answer, Message, Reply, Request};
 use crate::database::{self, BODIES, ENVELOPES};
 use crate::id::IdAllocator;
 use crate::record::{BodyRecord, decode_body, decode_envelope};
-use crate::records::{self, RecordTable};
+use crate::records::{self, RecordTable, StoredRecord};
 use crate::stats::{SpoolStats, StatsCounters};
 use crate::{Body, QueueId, SpoolError, SpoolOptions};
 
@@ -316,7 +316,7 @@ impl Spool {
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError> {
+    ) -> Result<Vec<StoredRecord>, SpoolError> {
         let range = records::bounds(start, end);
         self.read(|database| {
             let txn = database.begin_read()?;
