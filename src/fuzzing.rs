@@ -14,9 +14,6 @@ pub use crate::dsn::{Action, MAX_RETURNED_MESSAGE, Report, ReportedRecipient, bu
 pub use crate::maildrop::{
     Dropped, MaildropError, encode as encode_maildrop, parse as parse_maildrop,
 };
-pub use crate::mta_sts::http::{
-    MAX_BODY as MAX_POLICY_BODY, Parsed as PolicyResponse, parse_response as parse_policy_response,
-};
 pub use crate::mta_sts::policy::{parse_policy as parse_sts_policy, policy_id as sts_policy_id};
 pub use crate::queue::Lane;
 pub use crate::queue::envelope::{

@@ -16,6 +16,7 @@ pub(crate) mod dsn;
 pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod http;
 pub(crate) mod live;
 pub mod logging;
 pub(crate) mod maildrop;
