@@ -14,6 +14,7 @@ use crate::control;
 use crate::delivery::{self, engine::DeliveryContext};
 use crate::dkim::{Signers, SigningKeys};
 use crate::events::Events;
+use crate::http::ResolverSource;
 use crate::live::{Live, Settings};
 use crate::logging::LogLevel;
 use crate::maildrop;
@@ -28,6 +29,7 @@ use crate::smtp::server;
 use crate::smtp::session::{Security, SessionShared};
 use crate::storage::FreeSpace;
 use crate::systemd::Notifier;
+use crate::webhook::Webhooks;
 
 /// How long in-flight sessions may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -82,13 +84,30 @@ pub async fn run(
     let control_socket = control::bind(&config.control.socket)?;
     let live = Live::build(config.clone(), None, &metrics).context("cannot set up delivery")?;
     let settings = Settings::new(live);
+    let resolver: ResolverSource = {
+        let settings = settings.clone();
+        Arc::new(move || settings.snapshot().resolver.clone())
+    };
+    let webhooks =
+        Arc::new(Webhooks::new(&config.webhooks, &resolver).context("cannot set up webhooks")?);
+    {
+        let webhooks = Arc::downgrade(&webhooks);
+        metrics.webhooks.set_source(move || {
+            webhooks
+                .upgrade()
+                .map(|webhooks| webhooks.metric_rows())
+                .unwrap_or_default()
+        });
+    }
     let handle = QueueHandle {
         settings: settings.clone(),
         spool: spool.clone(),
         queue: queue.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
+        webhooks: webhooks.clone(),
     };
+    webhooks.start(&spool, &tracker, shutdown.clone()).await;
     let delivery = Arc::new(
         DeliveryContext::new(&settings.snapshot(), handle.clone(), tracker.clone())
             .context("cannot set up delivery")?,

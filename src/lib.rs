@@ -32,4 +32,5 @@ pub(crate) mod submission;
 pub(crate) mod systemd;
 pub(crate) mod timefmt;
 pub mod tls;
+pub mod webhook;
 pub mod wire;

@@ -56,6 +56,8 @@ enum Commands {
     },
     /// Inspect and operate the queue of the running daemon (also `mailq`).
     Queue(relayq::cli::queue::QueueArgs),
+    /// The running daemon's webhooks: status, or a test post.
+    Webhook(relayq::cli::webhook::WebhookArgs),
     /// Make the running daemon re-read its configuration file: exit 0 and
     /// what changed, or 64 with the file, key and reason (nothing changed).
     Reload {
@@ -110,6 +112,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         Commands::CheckConfig { file } => check_config(&file),
         Commands::Sendmail { args } => run_sendmail(args),
         Commands::Queue(args) => relayq::cli::queue::run(args),
+        Commands::Webhook(args) => relayq::cli::webhook::run(args),
         Commands::Reload { config } => relayq::cli::reload::run(config.as_deref()),
     }
 }

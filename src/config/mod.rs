@@ -8,7 +8,8 @@
 //!
 //! Invariant: a [`Config`] that exists is valid; code using it does not
 //! re-check ranges or combinations. The only I/O here is reading the file,
-//! the `delivery.tls_ca_file` certificates, and detecting the built-in
+//! the `delivery.tls_ca_file` certificates, the webhooks' secret and CA
+//! files, and detecting the built-in
 //! defaults (host name, state directory); a route's
 //! password file is read by the delivery code through [`Route::read_password`].
 
@@ -18,6 +19,7 @@ mod raw;
 mod shaping;
 mod validate;
 mod values;
+mod webhook;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +42,7 @@ pub use self::keywords::{IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteT
 use self::raw::RawConfig;
 pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
 use self::validate::SystemDefaults;
+pub use self::webhook::{Secret, WebhookSettings};
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +64,8 @@ pub struct Config {
     pub destinations: Vec<DestinationRule>,
     /// `[[dkim]]` blocks in file order; no two with the same domain and selector.
     pub dkim: Vec<DkimSettings>,
+    /// `[[webhook]]` blocks in file order; names are unique.
+    pub webhooks: Vec<WebhookSettings>,
     pub cluster: ClusterSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,

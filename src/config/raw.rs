@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub route: Vec<RawRoute>,
     pub destination: Vec<RawDestination>,
     pub dkim: Vec<RawDkim>,
+    pub webhook: Vec<RawWebhook>,
     pub cluster: RawCluster,
     pub control: RawControl,
     pub metrics: RawMetrics,
@@ -140,6 +141,21 @@ pub(super) struct RawDestination {
     pub messages_per_connection: Option<u32>,
     pub suspend_on: Vec<String>,
     pub suspend_for: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawWebhook {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub events: Option<Vec<String>>,
+    pub batch_max: Option<usize>,
+    pub batch_wait: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub retry_for: Option<RawDuration>,
+    pub max_backlog: Option<u64>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -75,9 +75,13 @@ pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8]) -> Re
             Some(operation) => operate(context, operation, request, body).await,
             None => Reply::error(404, "no such operation"),
         },
-        (_, ["queue"] | ["queue", _] | ["stats"] | ["events"]) => {
-            Reply::error(405, "method not allowed")
-        }
+        ("GET", ["webhooks"]) => Reply::ok(&context.webhooks.status()),
+        ("POST", ["webhooks", name, "test"]) => match context.webhooks.test(name).await {
+            Some(outcome) => Reply::ok(&outcome),
+            None => Reply::error(404, &format!("no webhook named {name:?}")),
+        },
+        (_, ["queue"] | ["queue", _] | ["stats"] | ["events"] | ["webhooks"])
+        | (_, ["webhooks", _, "test"]) => Reply::error(405, "method not allowed"),
         _ => Reply::error(404, "no such endpoint"),
     }
 }

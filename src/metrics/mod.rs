@@ -11,6 +11,7 @@ mod histogram;
 pub mod http;
 mod shaping;
 mod text;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use histogram::Histogram;
 pub type DestinationConnections = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 pub use shaping::{DestinationShaping, ShapingMetrics, Throttle};
+pub use webhooks::{WebhookMetrics, WebhookRow};
 
 /// What became of one recipient in one delivery attempt
 /// (`relayq_recipients_total{outcome}`).
@@ -149,6 +151,8 @@ pub struct Metrics {
     config_reloads: [AtomicU64; 2],
     /// Output control: destination gauges, throttles, the cluster's Redis.
     pub shaping: ShapingMetrics,
+    /// The webhooks' outboxes and posts.
+    pub webhooks: WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -176,6 +180,7 @@ impl Metrics {
             listeners_up: AtomicBool::new(false),
             config_reloads: Default::default(),
             shaping: ShapingMetrics::default(),
+            webhooks: WebhookMetrics::default(),
         }
     }
 

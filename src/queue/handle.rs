@@ -4,9 +4,10 @@
 //! retry policy).
 //!
 //! [`QueueHandle::apply`] is the one place a transition is carried out: one
-//! spool commit (the message's new record and the DSNs it implies), then the
-//! schedule, then events, metrics and log lines, in that order, so nothing
-//! is announced that is not stored.
+//! spool commit (the message's new record, the DSNs it implies and the
+//! webhook events that announce it), then the schedule, then live events,
+//! metrics and log lines, in that order, so nothing is announced that is not
+//! stored.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::dsn::{self, Action, ReportedRecipient};
 use crate::events::{Event, EventKind, Events};
 use crate::live::Settings;
 use crate::metrics::Metrics;
+use crate::webhook::{self, Webhooks};
 
 /// Header section bytes read for RET=HDRS reports.
 const MAX_HEADER_SECTION: usize = 256 * 1024;
@@ -35,6 +37,8 @@ pub struct QueueHandle {
     pub queue: Arc<Queue>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// Where the events of a transition go durably, in its commit.
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl QueueHandle {
@@ -66,7 +70,19 @@ impl QueueHandle {
             }
             queued_reports.push(queued);
         }
+        let events: Vec<_> = transitions
+            .iter()
+            .flat_map(|transition| {
+                webhook::event::for_transition(
+                    transition,
+                    |event_type| self.webhooks.wants(event_type),
+                    self.webhooks.ids(),
+                )
+            })
+            .collect();
+        let staged = self.webhooks.stage(&events, &mut changes);
         self.spool.apply(changes).await?;
+        self.webhooks.committed(staged);
         for (transition, reports) in transitions.iter().zip(&queued_reports) {
             self.committed(transition, reports);
         }
