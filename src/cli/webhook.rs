@@ -84,7 +84,10 @@ pub fn run(args: WebhookArgs) -> ExitCode {
                     }
                     ExitCode::from(if taken { 0 } else { EXIT_UNAVAILABLE })
                 }
-                Err(ClientError::Refused { status: 404, message }) => {
+                Err(ClientError::Refused {
+                    status: 404,
+                    message,
+                }) => {
                     eprintln!("relayq webhook: {message}");
                     ExitCode::from(EXIT_USAGE)
                 }

@@ -100,12 +100,16 @@ pub(super) fn webhooks(raw: Vec<RawWebhook>) -> Result<Vec<WebhookSettings>, Inv
         let secret_file = block
             .secret_file
             .ok_or_else(|| Invalid::new(key("secret_file"), "required"))?;
-        let secret = read_secret(&secret_file).map_err(|reason| Invalid::new(key("secret_file"), reason))?;
+        let secret =
+            read_secret(&secret_file).map_err(|reason| Invalid::new(key("secret_file"), reason))?;
         let events = match block.events {
             None => DEFAULT_EVENTS.to_vec(),
             Some(names) => {
                 if names.is_empty() {
-                    return Err(Invalid::new(key("events"), "must name at least one event type"));
+                    return Err(Invalid::new(
+                        key("events"),
+                        "must name at least one event type",
+                    ));
                 }
                 let mut events = Vec::with_capacity(names.len());
                 for (position, name) in names.iter().enumerate() {
@@ -194,7 +198,8 @@ fn check_name(name: &str) -> Result<(), String> {
 /// `https://HOST…`, or `http://` to a loopback address: events carry
 /// addresses and must not cross a network in clear text.
 fn check_url(text: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    let url =
+        reqwest::Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry a user name or password (the secret signs the posts)".into());
     }

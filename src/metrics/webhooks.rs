@@ -22,6 +22,8 @@ pub struct WebhookRow {
 }
 
 type Source = Box<dyn Fn() -> Vec<WebhookRow> + Send + Sync>;
+/// A per-webhook series: name, help, and its value in a row.
+type Series = (&'static str, &'static str, fn(&WebhookRow) -> String);
 
 #[derive(Default)]
 pub struct WebhookMetrics {
@@ -39,7 +41,10 @@ impl WebhookMetrics {
         if rows.is_empty() {
             return;
         }
-        let names: Vec<String> = rows.iter().map(|row| escape_label_value(&row.webhook)).collect();
+        let names: Vec<String> = rows
+            .iter()
+            .map(|row| escape_label_value(&row.webhook))
+            .collect();
         family(
             out,
             "relayq_webhook_events_total",
@@ -72,7 +77,7 @@ impl WebhookMetrics {
                 );
             }
         }
-        let gauges: [(&str, &str, fn(&WebhookRow) -> String); 3] = [
+        let gauges: [Series; 3] = [
             (
                 "relayq_webhook_backlog",
                 "Events waiting to be taken by a webhook.",
@@ -90,7 +95,11 @@ impl WebhookMetrics {
             ),
         ];
         for (metric, help, value) in gauges {
-            let kind = if metric.ends_with("_total") { "counter" } else { "gauge" };
+            let kind = if metric.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             family(out, metric, kind, help);
             for (row, name) in rows.iter().zip(&names) {
                 sample(out, metric, &[("webhook", name)], value(row));

@@ -222,13 +222,11 @@ impl EventIds {
         let mut seed = [0u8; 4];
         // Without the system's randomness, the time and the process id
         // still separate two processes.
-        let process = match ring::rand::SecureRandom::fill(
-            &ring::rand::SystemRandom::new(),
-            &mut seed,
-        ) {
-            Ok(()) => u32::from_be_bytes(seed),
-            Err(_) => std::process::id() ^ (unix_ms(SystemTime::now()) as u32),
-        };
+        let process =
+            match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed) {
+                Ok(()) => u32::from_be_bytes(seed),
+                Err(_) => std::process::id() ^ (unix_ms(SystemTime::now()) as u32),
+            };
         EventIds {
             process,
             counter: AtomicU64::new(0),
@@ -282,6 +280,9 @@ pub fn for_transition(
     let at = transition.now;
     let envelope = &transition.envelope;
     let mut events = Vec::new();
+    if is_report(envelope) {
+        return events;
+    }
     for change in &transition.recipients {
         let event_type = match change.kind {
             EventKind::Delivered => EventType::Delivered,
@@ -341,6 +342,13 @@ pub fn for_transition(
     events
 }
 
+/// Whether the message is one relayq wrote itself (a delivery status
+/// notification: the null sender, and no client handed it over): events
+/// are for the application's own mail.
+fn is_report(envelope: &Envelope) -> bool {
+    envelope.reverse_path.is_empty() && envelope.client_address.is_none()
+}
+
 /// One `deleted` event per recipient still open when the operator deleted
 /// the message.
 fn deleted(transition: &Transition, envelope: &Envelope, ids: &EventIds) -> Vec<WebhookEvent> {
@@ -348,7 +356,12 @@ fn deleted(transition: &Transition, envelope: &Envelope, ids: &EventIds) -> Vec<
     envelope
         .recipients
         .iter()
-        .filter(|recipient| !matches!(recipient.status, RecipientStatus::Delivered | RecipientStatus::Bounced))
+        .filter(|recipient| {
+            !matches!(
+                recipient.status,
+                RecipientStatus::Delivered | RecipientStatus::Bounced
+            )
+        })
         .map(|recipient| {
             let mut event = WebhookEvent::new(ids.next(at), EventType::Deleted, at);
             message_fields(&mut event, transition);

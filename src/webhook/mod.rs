@@ -176,9 +176,7 @@ impl Webhooks {
     /// Whether some webhook takes `event_type`: callers build no event
     /// nobody takes.
     pub fn wants(&self, event_type: EventType) -> bool {
-        event_type
-            .index()
-            .is_some_and(|index| self.wanted[index])
+        event_type.index().is_some_and(|index| self.wanted[index])
     }
 
     pub fn ids(&self) -> &EventIds {
@@ -305,7 +303,10 @@ impl Webhooks {
                     backlog: hook.backlog(),
                     oldest_event_age: hook.oldest_age(now).map(|age| age.as_secs_f64()),
                     last_success: last.success.map(event::rfc3339_millis),
-                    last_error_time: last.error.as_ref().map(|(at, _)| event::rfc3339_millis(*at)),
+                    last_error_time: last
+                        .error
+                        .as_ref()
+                        .map(|(at, _)| event::rfc3339_millis(*at)),
                     last_error: last.error.map(|(_, error)| error),
                     posts: counts.posts_ok.load(Ordering::Relaxed)
                         + counts.posts_failed.load(Ordering::Relaxed),
@@ -334,9 +335,7 @@ impl Webhooks {
                     posts_ok: counts.posts_ok.load(Ordering::Relaxed),
                     posts_error: counts.posts_failed.load(Ordering::Relaxed),
                     backlog: hook.backlog(),
-                    oldest_event_seconds: hook
-                        .oldest_age(now)
-                        .map_or(0.0, |age| age.as_secs_f64()),
+                    oldest_event_seconds: hook.oldest_age(now).map_or(0.0, |age| age.as_secs_f64()),
                     dropped: counts.dropped.load(Ordering::Relaxed),
                 }
             })

@@ -106,7 +106,8 @@ impl Queue {
 
     /// The append sequence number in `key`.
     pub fn sequence(key: &[u8]) -> u64 {
-        key.last_chunk::<8>().map_or(0, |tail| u64::from_be_bytes(*tail))
+        key.last_chunk::<8>()
+            .map_or(0, |tail| u64::from_be_bytes(*tail))
     }
 }
 

@@ -156,7 +156,7 @@ pub(super) async fn run(hook: Arc<Hook>, spool: Spool, shutdown: CancellationTok
                     }
                 }
             }
-            Posting::Expired => {}
+            Posting::Reform => {}
             Posting::Shutdown => return,
         }
     }
@@ -166,8 +166,9 @@ pub(super) async fn run(hook: Arc<Hook>, spool: Spool, shutdown: CancellationTok
 enum Posting {
     /// A receiver answered 2xx.
     Taken,
-    /// The oldest event passed `retry_for` while retrying: form the batch again.
-    Expired,
+    /// While retrying, the oldest event passed `retry_for` or the backlog
+    /// went over `max_backlog`: drop what must go, form the batch again.
+    Reform,
     Shutdown,
 }
 
@@ -203,14 +204,19 @@ async fn post_until_taken(
             return Posting::Shutdown;
         }
         let age = SystemTime::now().duration_since(oldest).unwrap_or_default();
-        if age > hook.settings.retry_for {
-            return Posting::Expired;
+        let backlog = hook.counts.backlog.load(Ordering::Relaxed).max(0) as u64
+            + hook.counts.arrived.load(Ordering::Relaxed);
+        if age > hook.settings.retry_for || backlog > hook.settings.max_backlog {
+            return Posting::Reform;
         }
     }
 }
 
 fn lock_last(hook: &Hook) -> std::sync::MutexGuard<'_, super::LastPost> {
-    hook.counts.last.lock().unwrap_or_else(PoisonError::into_inner)
+    hook.counts
+        .last
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Waits until `missing` more events arrived, `wait` passed, or shutdown
@@ -340,7 +346,7 @@ impl<'a> Backoff<'a> {
         let wait = step.mul_f64(factor);
         // The first failure and then one in ten: a dead receiver under
         // load must not flood the log.
-        if self.failures == 1 || self.failures % 10 == 0 {
+        if self.failures == 1 || self.failures.is_multiple_of(10) {
             tracing::warn!(
                 "webhook {}: post failed ({} in a row): {error}; next try in {:.1}s",
                 self.name,
@@ -358,7 +364,10 @@ mod tests {
 
     #[test]
     fn a_batch_is_the_events_in_order() {
-        assert_eq!(batch_body([&b"{\"a\":1}"[..], b"{\"b\":2}"]), b"{\"events\":[{\"a\":1},{\"b\":2}]}");
+        assert_eq!(
+            batch_body([&b"{\"a\":1}"[..], b"{\"b\":2}"]),
+            b"{\"events\":[{\"a\":1},{\"b\":2}]}"
+        );
         assert_eq!(batch_body(std::iter::empty()), b"{\"events\":[]}");
     }
 

@@ -7,7 +7,10 @@ use sha2::Sha256;
 
 /// The header field's value for `body` posted at `unix_seconds`.
 pub fn sign(secret: &[u8], unix_seconds: u64, body: &[u8]) -> String {
-    format!("t={unix_seconds},v1={}", hex(&mac(secret, unix_seconds, body)))
+    format!(
+        "t={unix_seconds},v1={}",
+        hex(&mac(secret, unix_seconds, body))
+    )
 }
 
 /// Whether `header` is a valid signature of `body` by `secret` (for the

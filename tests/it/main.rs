@@ -42,3 +42,4 @@ mod smtp_auth;
 mod smtp_client;
 mod systemd;
 mod third_party_client;
+mod webhooks;

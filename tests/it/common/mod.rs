@@ -7,6 +7,7 @@ pub mod fake_mx;
 pub mod policy_server;
 pub mod shaping;
 pub mod tls_client;
+pub mod webhook_receiver;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,380 @@
+//! Delivery events posted to webhooks: signed, with the contract's fields,
+//! in commit order, at least once across a receiver outage and a kill -9,
+//! dropped past max_backlog; `relayq webhook status|test`; config errors.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relayq::webhook::signature;
+
+use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
+use crate::common::dns_server::{TestDns, Zone};
+use crate::common::fake_mx::Script;
+use crate::common::webhook_receiver::{Receiver, distinct};
+use crate::common::{self, TestRelay, WAIT};
+
+const SECRET: &str = "s3cret-for-tests";
+
+fn zone() -> Zone {
+    zone_with_sender_mx("127.0.61.9")
+        .mx("dest.test", 10, "mx.dest.test")
+        .a("mx.dest.test", "127.0.61.1")
+}
+
+/// `[[webhook]]` posting `events` to `receiver`, with the secret in a file
+/// next to the config.
+fn webhook(relay_dir: &std::path::Path, receiver: &Receiver, events: &str, extra: &str) -> String {
+    let secret = relay_dir.join("webhook.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    format!(
+        "[[webhook]]\nname = \"app\"\nurl = \"{}\"\nsecret_file = \"{}\"\nevents = [{events}]\n\
+         batch_wait = \"100ms\"\n{extra}\n",
+        receiver.url(),
+        secret.display()
+    )
+}
+
+fn secret_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// MX answers: `bad@` refused with 550 5.1.1, each `grey…@` greylisted once.
+fn picky_mx() -> Script {
+    let greylisted = Arc::new(Mutex::new(HashSet::new()));
+    Script {
+        rcpt_reply: Arc::new(move |address: &str| match address.split('@').next() {
+            Some("bad") => "550 5.1.1 <bad@dest.test>: no such user".to_owned(),
+            Some(user) if user.starts_with("grey") => {
+                if greylisted.lock().unwrap().insert(address.to_owned()) {
+                    "451 4.7.1 greylisted, try again".to_owned()
+                } else {
+                    "250 2.1.5 Ok".to_owned()
+                }
+            }
+            _ => "250 2.1.5 Ok".to_owned(),
+        }),
+        ..Script::default()
+    }
+}
+
+#[test]
+fn delivered_and_bounced_events_are_posted_signed_with_their_fields() {
+    let receiver = Receiver::start();
+    let (port, servers) = start_mx(vec![
+        ("127.0.61.1", picky_mx()),
+        ("127.0.61.9", Script::default()),
+    ]);
+    let dns = TestDns::start(zone());
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"delivered\", \"bounced\"", "");
+    let relay = TestRelay::start(&config(&dns, port, "", &hooks));
+    let id = submit(
+        &relay,
+        "app@sender.test",
+        &["good@dest.test", "bad@dest.test"],
+        "Subject: events\r\nMessage-ID: <m1@sender.test>\r\n\r\nhello\r\n",
+    );
+    expect_messages(&relay, &servers[0], 1, WAIT);
+    let events = receiver.wait_for_events(2, WAIT);
+
+    for post in receiver.posts() {
+        assert_eq!(post.method, "POST");
+        assert_eq!(post.path, "/events");
+        assert_eq!(post.headers["content-type"], "application/json");
+        assert!(post.headers["user-agent"].starts_with("relayq/"));
+        assert!(!post.headers["relayq-batch"].is_empty());
+        let header = &post.headers["relayq-signature"];
+        assert!(
+            signature::verify(SECRET.as_bytes(), header, &post.body),
+            "signature {header} of {}",
+            String::from_utf8_lossy(&post.body)
+        );
+        assert!(!signature::verify(b"wrong", header, &post.body));
+    }
+    let delivered = events
+        .iter()
+        .find(|event| event["type"] == "delivered")
+        .unwrap();
+    assert_eq!(delivered["queue_id"], id.as_str());
+    assert_eq!(delivered["recipient"], "good@dest.test");
+    assert_eq!(delivered["sender"], "app@sender.test");
+    assert_eq!(delivered["lane"], "high");
+    assert_eq!(delivered["attempt"], 1);
+    assert_eq!(delivered["remote"]["code"], 250);
+    assert_eq!(delivered["remote"]["host"], "mx.dest.test");
+    assert_eq!(delivered["remote"]["ip"], "127.0.61.1");
+    assert_eq!(delivered["tls"], "none");
+    assert_eq!(delivered["policy"], "none");
+    let time = delivered["time"].as_str().unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
+        "RFC 3339 UTC with milliseconds: {time}"
+    );
+    assert_eq!(delivered["id"].as_str().unwrap().len(), 32);
+    let bounced = events
+        .iter()
+        .find(|event| event["type"] == "bounced")
+        .unwrap();
+    assert_eq!(bounced["recipient"], "bad@dest.test");
+    assert_eq!(bounced["remote"]["code"], 550);
+    assert_eq!(bounced["remote"]["enhanced"], "5.1.1");
+    for event in &events {
+        for (field, value) in event.as_object().unwrap() {
+            assert!(!value.is_null(), "{field} is null in {event}");
+        }
+    }
+    // The bounce (DSN) relayq sent to the sender is relayq's own message:
+    // its delivery is no event of the application's.
+    expect_messages(&relay, &servers[1], 1, WAIT);
+    relay.wait_for_log("status=sent");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        distinct(&receiver.events()).len(),
+        2,
+        "{:#?}",
+        receiver.events()
+    );
+}
+
+#[test]
+fn an_outage_delays_events_without_losing_or_reordering_them() {
+    let receiver = Receiver::start();
+    receiver.answer(503);
+    let (port, servers) = start_mx(vec![
+        ("127.0.61.1", picky_mx()),
+        ("127.0.61.9", Script::default()),
+    ]);
+    let dns = TestDns::start(zone());
+    let dir = secret_dir();
+    let hooks = webhook(
+        dir.path(),
+        &receiver,
+        "\"deferred\", \"delivered\"",
+        "batch_max = 3\n",
+    );
+    let relay = TestRelay::start(&config(&dns, port, "", &hooks));
+    let ids: Vec<String> = (0..6)
+        .map(|n| {
+            submit(
+                &relay,
+                "app@sender.test",
+                &[&format!("grey{n}@dest.test")],
+                "Subject: outage\r\n\r\nbody\r\n",
+            )
+        })
+        .collect();
+    // Every message is deferred once, then delivered, while the receiver
+    // refuses every post.
+    expect_messages(&relay, &servers[0], 6, WAIT);
+    receiver.wait_for_refusals(2, WAIT);
+    assert!(receiver.posts().is_empty());
+    let status = common::output_text(&webhook_cli(&relay, &["status", "--json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status[0]["name"], "app");
+    assert!(status[0]["backlog"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status[0]["failures"].as_u64().unwrap() >= 1, "{status}");
+    assert!(
+        status[0]["last_error"].as_str().unwrap().contains("503"),
+        "{status}"
+    );
+
+    receiver.answer(200);
+    let events = receiver.wait_for_events(12, Duration::from_secs(30));
+    for id in &ids {
+        let of_message: Vec<&str> = events
+            .iter()
+            .filter(|event| event["queue_id"] == id.as_str())
+            .map(|event| event["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(of_message, ["deferred", "delivered"], "events of {id}");
+    }
+    for post in receiver.posts() {
+        assert!(post.events().len() <= 3, "batch_max 3");
+    }
+    let deferred = events
+        .iter()
+        .find(|event| event["type"] == "deferred")
+        .unwrap();
+    assert!(deferred["next_attempt"].as_str().is_some(), "{deferred}");
+    assert_eq!(deferred["remote"]["code"], 451);
+}
+
+#[test]
+fn events_survive_a_kill_of_the_relay() {
+    let receiver = Receiver::start();
+    receiver.answer(500);
+    let (port, servers) = start_mx(vec![
+        ("127.0.61.1", Script::default()),
+        ("127.0.61.9", Script::default()),
+    ]);
+    let dns = TestDns::start(zone());
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"delivered\"", "");
+    let mut relay = TestRelay::start(&config(&dns, port, "", &hooks));
+    for n in 0..5 {
+        submit(
+            &relay,
+            "app@sender.test",
+            &[&format!("user{n}@dest.test")],
+            "Subject: kill\r\n\r\nbody\r\n",
+        );
+    }
+    expect_messages(&relay, &servers[0], 5, WAIT);
+    receiver.wait_for_refusals(1, WAIT);
+    relay.kill();
+    receiver.answer(200);
+    relay.launch();
+    let events = receiver.wait_for_events(5, WAIT);
+    let recipients: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|event| event["recipient"].as_str().unwrap())
+        .collect();
+    assert_eq!(recipients.len(), 5, "{events:#?}");
+    relay.wait_for_log("events waiting from before the start");
+}
+
+#[test]
+fn beyond_max_backlog_the_oldest_events_are_dropped() {
+    let receiver = Receiver::start();
+    receiver.answer(500);
+    let (port, servers) = start_mx(vec![
+        ("127.0.61.1", Script::default()),
+        ("127.0.61.9", Script::default()),
+    ]);
+    let dns = TestDns::start(zone());
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"delivered\"", "max_backlog = 2\n");
+    let relay = TestRelay::start(&config(&dns, port, "", &hooks));
+    for n in 0..5 {
+        submit(
+            &relay,
+            "app@sender.test",
+            &[&format!("user{n}@dest.test")],
+            "Subject: backlog\r\n\r\nbody\r\n",
+        );
+        // One at a time, so the order of the deliveries is the order here.
+        expect_messages(&relay, &servers[0], n + 1, WAIT);
+    }
+    relay.wait_for_log("oldest events dropped: backlog over max_backlog");
+    receiver.answer(200);
+    let events = receiver.wait_for_events(2, WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    let events = distinct(&receiver.events())
+        .into_iter()
+        .chain(events)
+        .collect::<Vec<_>>();
+    let recipients: std::collections::BTreeSet<String> = events
+        .iter()
+        .map(|event| event["recipient"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        recipients,
+        ["user3@dest.test", "user4@dest.test"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    );
+    let metrics = relay.wait_for_log("dropped");
+    assert!(metrics.contains("webhook app"), "{metrics}");
+}
+
+fn webhook_cli(relay: &TestRelay, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .arg("webhook")
+        .args(args)
+        .arg("--config")
+        .arg(&relay.config_path)
+        .output()
+        .expect("run relayq webhook")
+}
+
+#[test]
+fn webhook_test_posts_one_test_event_and_reports_the_answer() {
+    let receiver = Receiver::start();
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"bounced\"", "");
+    let relay = TestRelay::start(&hooks);
+
+    let taken = webhook_cli(&relay, &["test", "app"]);
+    assert_eq!(
+        taken.status.code(),
+        Some(0),
+        "{}",
+        common::output_text(&taken)
+    );
+    assert!(common::output_text(&taken).contains("HTTP 200"));
+    let events = receiver.wait_for_events(1, WAIT);
+    assert_eq!(events[0]["type"], "test");
+    let post = &receiver.posts()[0];
+    assert!(signature::verify(
+        SECRET.as_bytes(),
+        &post.headers["relayq-signature"],
+        &post.body
+    ));
+
+    receiver.answer(500);
+    let refused = webhook_cli(&relay, &["test", "app"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(69),
+        "{}",
+        common::output_text(&refused)
+    );
+    assert!(common::output_text(&refused).contains("HTTP 500"));
+
+    let unknown = webhook_cli(&relay, &["test", "nobody"]);
+    assert_eq!(
+        unknown.status.code(),
+        Some(64),
+        "{}",
+        common::output_text(&unknown)
+    );
+
+    let status = webhook_cli(&relay, &["status"]);
+    let text = common::output_text(&status);
+    assert_eq!(status.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("app →") && text.contains("backlog:     0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_names_bad_webhook_keys() {
+    let dir = secret_dir();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "x\n").unwrap();
+    let cases = [
+        (
+            format!(
+                "[[webhook]]\nname = \"app\"\nurl = \"http://hooks.example.com/\"\nsecret_file = \"{}\"\n",
+                secret.display()
+            ),
+            "webhook[0].url",
+        ),
+        (
+            "[[webhook]]\nname = \"app\"\nurl = \"https://hooks.example.com/\"\nsecret_file = \"/nonexistent/secret\"\n".to_owned(),
+            "webhook[0].secret_file",
+        ),
+        (
+            format!(
+                "[[webhook]]\nname = \"app\"\nurl = \"https://h.example/\"\nsecret_file = \"{}\"\nevents = [\"opened\"]\n",
+                secret.display()
+            ),
+            "webhook[0].events[0]",
+        ),
+    ];
+    for (text, key) in cases {
+        let file = dir.path().join("relayq.toml");
+        std::fs::write(&file, text).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_relayq"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64));
+        let message = common::output_text(&output);
+        assert!(message.contains(key), "{key} in {message}");
+    }
+}
