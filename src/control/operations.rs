@@ -235,9 +235,11 @@ async fn run_chunk(
     let now = SystemTime::now();
     let mut transitions: Vec<Transition> = Vec::with_capacity(claimed.len());
     let mut applied: Vec<(QueueId, Entry)> = Vec::with_capacity(claimed.len());
-    if operation == Operation::Delete {
+    if operation == Operation::Delete && !handle.webhooks.wants(crate::webhook::EventType::Deleted)
+    {
         // A delete changes nothing in the envelope and reports on none of its
-        // recipients: it is not read.
+        // recipients: it is not read (unless a webhook takes `deleted`
+        // events, which name the recipients).
         for (id, entry) in claimed {
             transitions.push(transition::deleted(id, entry.lane, entry.arrival_ms, now));
             applied.push((id, entry));

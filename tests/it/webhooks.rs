@@ -378,3 +378,45 @@ fn check_config_names_bad_webhook_keys() {
         assert!(message.contains(key), "{key} in {message}");
     }
 }
+
+#[test]
+fn operator_deletes_and_bounces_are_announced_per_open_recipient() {
+    let receiver = Receiver::start();
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"deleted\", \"bounced\"", "");
+    // Without a [dns] section the harness's resolver answers SERVFAIL: the
+    // mail stays queued.
+    let relay = TestRelay::start(&hooks);
+    let submit_to = |to: &[&str]| {
+        let mut client = relay.client();
+        client.greet();
+        let reply = client.send_message("app@sender.test", to, b"Subject: op\r\n\r\nx\r\n");
+        common::queued_id(&reply).to_string()
+    };
+    let one = submit_to(&["a@dest.test", "b@dest.test"]);
+    let two = submit_to(&["c@dest.test"]);
+    let three = submit_to(&["d@dest.test"]);
+    common::queue_ok(&relay, &["delete", &one]);
+    common::queue_ok(&relay, &["bounce", &two]);
+    common::queue_ok(&relay, &["delete", "--all"]);
+    let events = receiver.wait_for_events(4, WAIT);
+    let mut seen: Vec<(String, String, String)> = events
+        .iter()
+        .map(|event| {
+            (
+                event["queue_id"].as_str().unwrap().to_owned(),
+                event["type"].as_str().unwrap().to_owned(),
+                event["recipient"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected = vec![
+        (one.clone(), "deleted".to_owned(), "a@dest.test".to_owned()),
+        (one, "deleted".to_owned(), "b@dest.test".to_owned()),
+        (two, "bounced".to_owned(), "c@dest.test".to_owned()),
+        (three, "deleted".to_owned(), "d@dest.test".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+}
