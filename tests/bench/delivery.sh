@@ -19,6 +19,9 @@
 #   RULES=0                1: relayq gets [[destination]] rules that match none of the
 #                          mail (a domain rule with a rate, an mx: rule): what rules cost
 #                          when they do not bind
+#   WEBHOOK=0              1: relayq gets one [[webhook]] subscribed to delivered and
+#                          bounced, posting to a local receiver that answers 200 at once
+#                          (tests/bench/webhook_sink.py on WEBHOOK_PORT=2616): what events cost
 #   THROTTLE_MESSAGES=10000 THROTTLE_SESSIONS=4 THROTTLE_PORT=2615
 #   SYSTEMS="relayq postfix"
 #   FILL_TIMEOUT=900 DRAIN_TIMEOUT=900 STALL=60  bounds (seconds); a drain
@@ -56,6 +59,8 @@ LAT_DURATION=${LAT_DURATION:-20}
 LAT_MODE=${LAT_MODE:-pool}
 CASES=${CASES:-"drain e2e latency"}
 RULES=${RULES:-0}
+WEBHOOK=${WEBHOOK:-0}
+WEBHOOK_PORT=${WEBHOOK_PORT:-2616}
 THROTTLE_MESSAGES=${THROTTLE_MESSAGES:-10000}
 THROTTLE_SESSIONS=${THROTTLE_SESSIONS:-4}
 THROTTLE_PORT=${THROTTLE_PORT:-2615}
@@ -86,7 +91,7 @@ fsub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
 fdiv() { awk -v a="$1" -v b="$2" -v f="${3:-%.1f}" 'BEGIN{ if (b > 0) printf f, a/b; else printf "NA" }'; }
 
 for v in DRAIN_MESSAGES E2E_MESSAGES DOMAINS SIZE SESSIONS LAT_RATE LAT_DURATION FILL_TIMEOUT DRAIN_TIMEOUT STALL \
-    IDLE_WAIT IDLE_PCT SINK_PORT PF_PORT RQ_PORT TSINK_PORT DNS_PORT RULES THROTTLE_MESSAGES THROTTLE_SESSIONS THROTTLE_PORT; do
+    IDLE_WAIT IDLE_PCT SINK_PORT PF_PORT RQ_PORT TSINK_PORT DNS_PORT RULES WEBHOOK WEBHOOK_PORT THROTTLE_MESSAGES THROTTLE_SESSIONS THROTTLE_PORT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((DOMAINS >= 1 && DOMAINS <= 1000)) || die "DOMAINS must be 1..1000"
@@ -111,7 +116,7 @@ WORK=$(mktemp -d /tmp/relayq-dbench.XXXX) || die "mktemp"
 chmod 755 "$WORK"
 PROBLEMS=$WORK/problems.txt RES=$WORK/results.txt
 : >"$PROBLEMS"; : >"$RES"
-SINK_PID= TSINK_PID= DNS_PID= PF_DIR= PF_MASTER= RQ_PID= CUR_PID= THR_PID=
+SINK_PID= TSINK_PID= DNS_PID= HOOK_PID= PF_DIR= PF_MASTER= RQ_PID= CUR_PID= THR_PID=
 problem() { echo "$*" >>"$PROBLEMS"; log "problem: $*"; }
 
 cleanup() {
@@ -124,6 +129,7 @@ cleanup() {
     [[ -n $TSINK_PID ]] && stop_pid "$TSINK_PID" timed-sink 5
     [[ -n $THR_PID ]] && stop_pid "$THR_PID" throttle-sink 5
     [[ -n $DNS_PID ]] && stop_pid "$DNS_PID" dnsmasq 5
+    [[ -n $HOOK_PID ]] && stop_pid "$HOOK_PID" webhook-sink 5
     if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"
 }
@@ -256,6 +262,21 @@ concurrency = 10
 suspend_on = ["4.7.28"]
 EOF
     fi
+    if [[ $WEBHOOK == 1 ]]; then
+        echo "bench-webhook-secret" >"$RQ_DIR/webhook.secret"
+        cat >>"$RQ_DIR/relayq.toml" <<EOF
+[[webhook]]
+name = "bench"
+url = "http://127.0.0.1:$WEBHOOK_PORT/events"
+secret_file = "$RQ_DIR/webhook.secret"
+events = ["delivered", "bounced"]
+EOF
+        if [[ -z $HOOK_PID ]]; then
+            "$PY" "$HERE/webhook_sink.py" --port "$WEBHOOK_PORT" --report "$WORK/webhook-sink.json" >"$WORK/webhook-sink.log" 2>&1 &
+            HOOK_PID=$!
+            wait_port "$WEBHOOK_PORT" 10 || die "webhook sink did not listen on $WEBHOOK_PORT"
+        fi
+    fi
 }
 rq_start() { # starts relayq on $RQ_DIR; appends to $RQ_DIR/relayq-N.log
     rq_seq=$((rq_seq + 1))
@@ -331,6 +352,7 @@ row() { printf '%s\n' "$*" >>"$RES"; }
     echo "disk: $(df -hT "$WORK" | awk 'NR==2{print $1, $2}') (Postfix queue and relayq spool both in $WORK)"
     echo "postfix: $(postconf -d mail_version 2>/dev/null | cut -d' ' -f3); dnsmasq: $(dnsmasq --version | head -1 | awk '{print $3}'); $("$PY" --version 2>&1)"
     echo "relayq [[destination]] rules that do not bind: $([[ $RULES == 1 ]] && echo yes || echo no)"
+    echo "relayq [[webhook]] (delivered, bounced) to a local receiver: $([[ $WEBHOOK == 1 ]] && echo yes || echo no)"
     echo "settings: DRAIN_MESSAGES=$DRAIN_MESSAGES E2E_MESSAGES=$E2E_MESSAGES DOMAINS=$DOMAINS SIZE=$SIZE SESSIONS=$SESSIONS LAT_RATE=$LAT_RATE LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE CASES='$CASES' SYSTEMS='$SYSTEMS'"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); clk_tck $HZ"
 } >"$WORK/meta.txt"
