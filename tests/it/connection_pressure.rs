@@ -161,26 +161,29 @@ fn idle_and_trickling_sessions_make_room_for_a_real_client() {
     drop(waiting);
 }
 
-/// A session in the middle of a BDAT transfer it may make: after MAIL,
-/// RCPT and the command of a 20 MB chunk, `burst` octets of it.
+/// A session in the middle of a BDAT transfer it may make, well ahead of
+/// its pace: after MAIL and RCPT, a first chunk of `burst` octets sent at
+/// once (and acknowledged), then the command of a last chunk of 20 MB.
 fn transfer_session(address: SocketAddr, burst: usize) -> SmtpClient {
     let mut client = SmtpClient::connect(address);
     client.greet();
     assert_eq!(client.command("MAIL FROM:<flood@example.com>").code, 250);
     assert_eq!(client.command("RCPT TO:<user@example.org>").code, 250);
-    client.send_raw(b"BDAT 20000000 LAST\r\n");
+    client.send_raw(format!("BDAT {burst}\r\n").as_bytes());
     client.send_raw(&vec![b'x'; burst]);
+    assert_eq!(client.read().code, 250);
+    client.send_raw(b"BDAT 20000000 LAST\r\n");
     client
 }
 
-/// Fills every permit with transfers that first send `burst` octets, then
-/// `per_tick` octets every 100 ms until the test is over; then a real
-/// client must be greeted and its message taken.
+/// Fills every permit with transfers that send a first chunk of `burst`
+/// octets, then `per_tick` octets every 100 ms until the test is over; then
+/// a real client must be greeted and its message taken.
 fn transfers_make_room_for_a_real_client(burst: usize, per_tick: usize) {
     // Without shedding, the transfers would keep every permit far longer
     // than the test's wait: a long idle timeout, stress mode or not.
     let relay = TestRelay::start(
-        "[smtp]\nmax_connections = 10\nidle_timeout = \"5m\"\nstress_idle_timeout = \"2s\"\n",
+        "[smtp]\nmax_connections = 10\nidle_timeout = \"5m\"\nstress_idle_timeout = \"3s\"\n",
     );
     let mut flood: Vec<SmtpClient> = (0..10)
         .map(|_| transfer_session(relay.address, burst))
@@ -242,7 +245,7 @@ fn credit_banked_by_a_burst_runs_out() {
 #[test]
 fn transfers_that_keep_pace_yield_the_oldest_to_a_waiting_client() {
     // 10 kB/s each: twenty times smtp.min_data_rate, for half an hour.
-    transfers_make_room_for_a_real_client(0, 1_000);
+    transfers_make_room_for_a_real_client(50_000, 1_000);
 }
 
 #[test]
