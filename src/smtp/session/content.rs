@@ -112,26 +112,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) async fn bdat(&mut self, chunk_size: usize, last: bool) -> std::io::Result<Next> {
-        let refusal = if self.bdat.is_none() {
-            self.content_precondition()
-        } else {
-            None
-        };
+        if self.bdat.is_none()
+            && let Some(refusal) = self.content_precondition()
+        {
+            return self.refuse_chunk(refusal, chunk_size).await;
+        }
         let so_far = self
             .bdat
             .as_ref()
             .map_or(0, |state| state.builder.received());
-        let limit = self.live.config.spool.max_message_size;
-        let refusal = refusal.or_else(|| {
-            (so_far.saturating_add(chunk_size as u64) > limit).then(reply::message_too_big)
-        });
-        if let Some(refusal) = refusal {
+        if so_far.saturating_add(chunk_size as u64) > self.live.config.spool.max_message_size {
             // RFC 3030 §2: a refused chunk fails the transaction.
             self.bdat = None;
-            if refusal.code == 552 {
-                self.transaction = None;
-            }
-            return self.refuse_chunk(refusal, chunk_size).await;
+            self.transaction = None;
+            return self
+                .refuse_chunk(reply::message_too_big(), chunk_size)
+                .await;
         }
         if self.bdat.is_none() {
             let (id, builder) = self.start_message();
