@@ -218,19 +218,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.timeout();
         let turn = async {
-            let attempt = failures.admit(client, user).await?;
-            // The semaphore is never closed.
-            let permit = checks.acquire_owned().await.map_err(|_| Scope::Global)?;
-            Ok((attempt, permit))
+            let attempt = match failures.admit(client, user).await {
+                Ok(attempt) => attempt,
+                Err(scope) => return Turn::Refused(scope),
+            };
+            match checks.acquire_owned().await {
+                Ok(permit) => Turn::Granted(attempt, permit),
+                // The semaphore is never closed; were it, no check could run.
+                Err(_) => Turn::Expired,
+            }
         };
         tokio::pin!(turn);
         self.lease.waiting(started);
         let turn = loop {
             tokio::select! {
-                turn = &mut turn => break match turn {
-                    Ok((attempt, permit)) => Turn::Granted(attempt, permit),
-                    Err(scope) => Turn::Refused(scope),
-                },
+                turn = &mut turn => break turn,
                 _ = tokio::time::sleep_until(deadline) => break Turn::Expired,
                 interruption = self.lease.interrupted() => {
                     if interruption == Interruption::Shed {
