@@ -332,6 +332,25 @@ impl Attempt {
         self.network
     }
 
+    /// Checked again once a thread is free, just before the password is:
+    /// whether a budget of the attempt was locked out while it waited.
+    /// Attempts in flight cannot overfill a budget by themselves, but a
+    /// known network's failures count in the user and total budgets
+    /// without waiting for room in them.
+    pub fn locked_out(&self, now: Instant) -> Option<Scope> {
+        let state = self.failures.lock();
+        let locked = |tally: Option<&Tally>| tally.is_some_and(|tally| tally.is_locked(now));
+        if locked(state.networks.get(&self.network)) {
+            Some(Scope::Network)
+        } else if self.limited && locked(state.users.get(&self.user)) {
+            Some(Scope::User)
+        } else if self.limited && locked(Some(&state.global)) {
+            Some(Scope::Global)
+        } else {
+            None
+        }
+    }
+
     /// The password was right: the network's failures are forgotten (a
     /// lockout stays) and the network becomes known.
     pub fn succeeded(mut self, now: Instant) {

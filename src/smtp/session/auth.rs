@@ -208,7 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Waits until the attempt fits its budgets (attempts in flight count:
     /// ARCHITECTURE.md, "AUTH budgets") and a blocking thread is free for
-    /// the check. The client waits on the server here, but the wait is
+    /// the check, then checks the lockouts again. The client waits on the server here, but the wait is
     /// bounded all the same: by the idle timeout in force, and the session
     /// may be shed meanwhile like one idle since the wait began.
     async fn password_check_turn(&mut self, user: &str) -> Turn {
@@ -222,10 +222,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(attempt) => attempt,
                 Err(scope) => return Turn::Refused(scope),
             };
-            match checks.acquire_owned().await {
-                Ok(permit) => Turn::Granted(attempt, permit),
+            let Ok(permit) = checks.acquire_owned().await else {
                 // The semaphore is never closed; were it, no check could run.
-                Err(_) => Turn::Expired,
+                return Turn::Expired;
+            };
+            match attempt.locked_out(Instant::now()) {
+                Some(scope) => Turn::Refused(scope),
+                None => Turn::Granted(attempt, permit),
             }
         };
         tokio::pin!(turn);

@@ -173,6 +173,29 @@ fn a_user_guessed_from_many_networks_is_locked_out_but_not_where_it_is_known() {
 }
 
 #[test]
+fn a_lockout_while_an_attempt_waits_for_its_check_refuses_it() {
+    let failures = failures();
+    let now = Instant::now();
+    granted(&failures, "198.51.100.7", "alice", now).succeeded(now);
+    let waiting = granted(&failures, "203.0.113.1", "alice", now);
+    assert_eq!(waiting.locked_out(now), None);
+    // Failures from known networks (each locked after its third) fill
+    // alice's budget while the attempt waits for a thread.
+    let mut locked = Vec::new();
+    for network in ["198.51.100", "198.51.101", "198.51.102", "198.51.103"] {
+        let known = format!("{network}.9");
+        granted(&failures, &known, "bob", now).succeeded(now);
+        for _ in 0..3 {
+            if let Admission::Granted(attempt) = failures.begin(ip(&known), "alice", now) {
+                locked.extend(attempt.failed(now));
+            }
+        }
+    }
+    assert!(locked.contains(&Scope::User), "{locked:?}");
+    assert_eq!(waiting.locked_out(now), Some(Scope::User));
+}
+
+#[test]
 fn the_total_budget_spares_known_networks() {
     let failures = failures();
     let now = Instant::now();
