@@ -202,6 +202,10 @@ fn data_over_the_size_limit_is_answered_before_its_end() {
     // One that goes on sending is cut off, and nothing is stored.
     client.command("RCPT TO:<b@example.org>");
     assert_eq!(client.command("DATA").code, 354);
+    client
+        .writer()
+        .set_write_timeout(Some(common::WAIT))
+        .unwrap();
     let deadline = std::time::Instant::now() + common::WAIT;
     let mut sent = 0;
     while std::time::Instant::now() < deadline && sent < 8_000 {

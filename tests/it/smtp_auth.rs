@@ -310,16 +310,27 @@ fn concurrent_guesses_get_no_more_than_sequential_ones() {
     expected.sort();
     assert_eq!(answers, expected, "{}", relay.logs_text());
     assert_eq!(
+        metric(metrics, "relayq_auth_lockouts_total{scope=\"network\"}"),
+        1.0
+    );
+    relay.wait_for_log("AUTH lockout: 3 failed attempts within 15 minutes; AUTH from network loopback refused for 15 minutes");
+    // The log is read from the relay's output as it comes: wait for the
+    // third failure's line, and see no fourth.
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    while relay.log_lines("authentication failed").len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            relay.logs_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
         relay.log_lines("authentication failed").len(),
         3,
         "{}",
         relay.logs_text()
     );
-    assert_eq!(
-        metric(metrics, "relayq_auth_lockouts_total{scope=\"network\"}"),
-        1.0
-    );
-    relay.wait_for_log("AUTH lockout: 3 failed attempts within 15 minutes; AUTH from network loopback refused for 15 minutes");
     // The right password from a new session is refused too, meanwhile.
     let mut client = secured(&relay);
     assert_eq!(status(&client.auth_plain("alice", "secret")), "454 4.7.0");
