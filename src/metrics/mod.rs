@@ -124,6 +124,31 @@ impl ShedReason {
     }
 }
 
+/// What failed AUTH attempts locked out
+/// (`relayq_auth_lockouts_total{scope}`; the budgets are in
+/// `smtp::auth::failures`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthScope {
+    /// One client network: an IPv4 /24, an IPv6 /64, or loopback.
+    Network,
+    /// One user name, from networks that are not known.
+    User,
+    /// Every user, from networks that are not known.
+    Global,
+}
+
+impl AuthScope {
+    pub const ALL: [AuthScope; 3] = [AuthScope::Network, AuthScope::User, AuthScope::Global];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthScope::Network => "network",
+            AuthScope::User => "user",
+            AuthScope::Global => "global",
+        }
+    }
+}
+
 /// The daemon's metrics. Queue gauges are not stored here: they are read
 /// from the [`Queue`] when scraped, so they can never drift from it.
 pub struct Metrics {
@@ -141,6 +166,8 @@ pub struct Metrics {
     sessions_shed: [AtomicU64; 3],
     /// `relayq_smtp_stress`: the listeners are under connection pressure.
     smtp_stress: AtomicBool,
+    /// `relayq_auth_lockouts_total`, per scope (`AuthScope::ALL` order).
+    auth_lockouts: [AtomicU64; 3],
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
     /// `relayq_delivery_seconds`, per lane.
@@ -171,6 +198,7 @@ impl Metrics {
             delivery_slots_in_use: Default::default(),
             sessions_shed: Default::default(),
             smtp_stress: AtomicBool::new(false),
+            auth_lockouts: Default::default(),
             commit_seconds: Histogram::new(histogram::COMMIT_SECONDS),
             commit_batch_size: Histogram::new(histogram::BATCH_SIZE),
             delivery_seconds: [
@@ -237,6 +265,11 @@ impl Metrics {
     /// relayq closed an inbound session for `reason`.
     pub fn session_shed(&self, reason: ShedReason) {
         self.sessions_shed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed AUTH attempts locked `scope` out.
+    pub fn auth_lockout(&self, scope: AuthScope) {
+        self.auth_lockouts[scope as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The listeners entered or left stress mode (connection pressure).
@@ -335,6 +368,9 @@ mod tests {
         }
         for (index, reason) in ShedReason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, index);
+        }
+        for (index, scope) in AuthScope::ALL.into_iter().enumerate() {
+            assert_eq!(scope as usize, index);
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::histogram::HistogramSnapshot;
-use super::{Metrics, Outcome, QueueGauges, RefusalReason, ShedReason, lane_index};
+use super::{AuthScope, Metrics, Outcome, QueueGauges, RefusalReason, ShedReason, lane_index};
 use crate::queue::envelope::unix_ms;
 use crate::queue::{Lane, Queue, State};
 
@@ -163,6 +163,21 @@ pub fn render(
             "relayq_smtp_sessions_shed_total",
             &[("reason", reason.as_str())],
             metrics.sessions_shed[reason as usize].load(Ordering::Relaxed),
+        );
+    }
+
+    family(
+        &mut out,
+        "relayq_auth_lockouts_total",
+        "counter",
+        "AUTH lockouts begun after failed attempts, by scope: network (3 failures from one /24, /64 or loopback), user (10 for one user name), global (100 in all); each lasts 15 minutes.",
+    );
+    for scope in AuthScope::ALL {
+        sample(
+            &mut out,
+            "relayq_auth_lockouts_total",
+            &[("scope", scope.as_str())],
+            metrics.auth_lockouts[scope as usize].load(Ordering::Relaxed),
         );
     }
 

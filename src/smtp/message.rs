@@ -117,6 +117,17 @@ impl MessageBuilder {
         result
     }
 
+    /// Content octets received so far, as the limit counts them.
+    pub fn received(&self) -> u64 {
+        self.received_bytes
+    }
+
+    /// Whether the content went over the limit: nothing more is kept, and
+    /// [`MessageBuilder::finish`] will return `None`.
+    pub fn over_limit(&self) -> bool {
+        self.received_bytes > self.limit
+    }
+
     /// Takes content whose lines are within the limit.
     fn store(&mut self, data: &[u8]) -> io::Result<()> {
         let Some(section) = self.header_section.as_mut() else {

@@ -8,7 +8,12 @@
 //! session the server is working for (parsing, storing) publishes nothing
 //! and is never shed. When a client arrives and every permit is in use, the
 //! session with the oldest mark that is not ahead of its pace is told to
-//! close with `421 4.4.2`, and the arriving client takes its permit.
+//! close with `421 4.4.2`, and the arriving client takes its permit. When
+//! every waiting session is ahead of its pace (a flood of transfers that
+//! keep up), the oldest transfer that has had one stress idle timeout is shed
+//! instead: a transfer's credit is bounded (`session::pace`) but its length
+//! is bounded only by the message size, and a waiting client must not wait
+//! for hours.
 //!
 //! Stress mode (Postfix's name) begins when the sessions in use reach
 //! `max_connections - max_connections / 10` (90%) and ends when they fall
@@ -34,7 +39,8 @@ const SHED_RETRY: Duration = Duration::from_secs(2);
 /// How often "connection limit reached" may be logged.
 const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The mark of a session that is not waiting on its client.
+/// The mark of a session that is not waiting on its client, and the
+/// seniority of one that is not in a transfer.
 const WORKING: u64 = u64::MAX;
 
 /// The connection permits and sessions of one server (all its listeners).
@@ -68,6 +74,10 @@ struct Registry {
 struct Slot {
     /// Idle mark in ms since `Pressure::epoch`, or `WORKING`.
     mark: AtomicU64,
+    /// For a session waiting in the middle of a DATA/BDAT transfer: from
+    /// when (ms since `Pressure::epoch`) the transfer may be shed although
+    /// it keeps pace; `WORKING` otherwise.
+    seniority: AtomicU64,
     /// Cancelled to tell the session to close (it was shed).
     shed: CancellationToken,
 }
@@ -135,7 +145,7 @@ impl Pressure {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => loop {
-                let shed = self.shed_longest_idle();
+                let shed = self.shed_one();
                 self.log_full(shed);
                 tokio::select! {
                     permit = self.permits.clone().acquire_owned() => break permit.ok()?,
@@ -150,6 +160,7 @@ impl Pressure {
     fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Lease {
         let slot = Arc::new(Slot {
             mark: AtomicU64::new(WORKING),
+            seniority: AtomicU64::new(WORKING),
             shed: CancellationToken::new(),
         });
         let index = {
@@ -211,44 +222,56 @@ impl Pressure {
         }
     }
 
-    /// Tells the session with the oldest idle mark, among those waiting on a
-    /// client that is not ahead of its pace, to close. Returns whether one
-    /// was found.
-    fn shed_longest_idle(&self) -> bool {
+    /// Tells one session waiting on its client to close: the one with the
+    /// oldest idle mark among those not ahead of their pace or, when every
+    /// one is ahead, the most senior transfer among those past their
+    /// seniority. Returns which kind was shed, if any.
+    fn shed_one(&self) -> Option<Shed> {
         let now = self.millis(Instant::now());
         let registry = self.lock();
-        let longest_idle = registry
-            .slots
-            .iter()
-            .flatten()
-            .filter(|slot| !slot.shed.is_cancelled())
+        let waiting = || {
+            registry
+                .slots
+                .iter()
+                .flatten()
+                .filter(|slot| !slot.shed.is_cancelled())
+        };
+        let longest_idle = waiting()
             .map(|slot| (slot.mark.load(Ordering::Relaxed), slot))
             .filter(|(mark, _)| *mark <= now)
-            .min_by_key(|(mark, _)| *mark);
-        match longest_idle {
-            Some((_, slot)) => {
-                slot.shed.cancel();
-                true
-            }
-            None => false,
-        }
+            .min_by_key(|(mark, _)| *mark)
+            .map(|(_, slot)| (Shed::LongestIdle, slot));
+        let chosen = longest_idle.or_else(|| {
+            waiting()
+                .filter(|slot| slot.mark.load(Ordering::Relaxed) != WORKING)
+                .map(|slot| (slot.seniority.load(Ordering::Relaxed), slot))
+                .filter(|(seniority, _)| *seniority <= now)
+                .min_by_key(|(seniority, _)| *seniority)
+                .map(|(_, slot)| (Shed::OldestTransfer, slot))
+        });
+        chosen.map(|(shed, slot)| {
+            slot.shed.cancel();
+            shed
+        })
     }
 
-    fn log_full(&self, shed: bool) {
+    fn log_full(&self, shed: Option<Shed>) {
         let mut registry = self.lock();
         if registry
             .last_full_log
             .is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL)
         {
             registry.last_full_log = Some(Instant::now());
-            if shed {
-                tracing::warn!(
+            match shed {
+                Some(Shed::LongestIdle) => tracing::warn!(
                     "connection limit (smtp.max_connections) reached; closing the longest-idle sessions for new clients"
-                );
-            } else {
-                tracing::warn!(
+                ),
+                Some(Shed::OldestTransfer) => tracing::warn!(
+                    "connection limit (smtp.max_connections) reached and every session keeps pace; closing the oldest transfers for new clients"
+                ),
+                None => tracing::warn!(
                     "connection limit (smtp.max_connections) reached and every session is busy; new clients wait"
-                );
+                ),
             }
         }
     }
@@ -285,6 +308,15 @@ struct Registered {
     permit: Option<OwnedSemaphorePermit>,
 }
 
+/// Which session was shed for a waiting client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    /// The one longest behind its pace.
+    LongestIdle,
+    /// Every session kept pace: the transfer that began first.
+    OldestTransfer,
+}
+
 /// Why a wait on the client was interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interruption {
@@ -304,7 +336,26 @@ impl Lease {
     pub fn waiting(&self, mark: Instant) {
         if let Some(registered) = &self.registered {
             let millis = registered.pressure.millis(mark);
+            registered.slot.seniority.store(WORKING, Ordering::Relaxed);
             registered.slot.mark.store(millis, Ordering::Relaxed);
+        }
+    }
+
+    /// The session waits on its client in the middle of a DATA/BDAT
+    /// transfer: `mark` is its idle mark, and from `seniority` on it may be
+    /// shed although it keeps pace, when no session is behind its pace.
+    pub fn waiting_in_transfer(&self, mark: Instant, seniority: Instant) {
+        if let Some(registered) = &self.registered {
+            let pressure = &registered.pressure;
+            let seniority = pressure.millis(seniority);
+            registered
+                .slot
+                .seniority
+                .store(seniority, Ordering::Relaxed);
+            registered
+                .slot
+                .mark
+                .store(pressure.millis(mark), Ordering::Relaxed);
         }
     }
 
@@ -312,6 +363,7 @@ impl Lease {
     pub fn working(&self) {
         if let Some(registered) = &self.registered {
             registered.slot.mark.store(WORKING, Ordering::Relaxed);
+            registered.slot.seniority.store(WORKING, Ordering::Relaxed);
         }
     }
 
@@ -411,11 +463,47 @@ mod tests {
         let fast = admit(&pressure).await;
         // A transfer that has earned credit until a minute from now.
         fast.waiting(Instant::now() + Duration::from_secs(60));
-        assert!(!pressure.shed_longest_idle());
+        assert_eq!(pressure.shed_one(), None);
         assert!(!fast.is_shed());
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(pressure.shed_longest_idle());
+        assert_eq!(pressure.shed_one(), Some(Shed::LongestIdle));
         assert!(fast.is_shed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_session_keeps_pace_the_oldest_transfer_is_shed() {
+        let pressure = pressure(4);
+        let start = Instant::now();
+        let ahead = |lease: &Lease, began: u64| {
+            lease.waiting_in_transfer(
+                Instant::now() + Duration::from_secs(10),
+                start + Duration::from_secs(began + 10),
+            );
+        };
+        let older = admit(&pressure).await;
+        let newer = admit(&pressure).await;
+        let working = admit(&pressure).await;
+        let command = admit(&pressure).await;
+        ahead(&older, 0);
+        ahead(&newer, 5);
+        working.working();
+        command.waiting(Instant::now() + Duration::from_secs(10));
+        // No transfer has had its seniority yet: nothing to shed.
+        assert_eq!(pressure.shed_one(), None);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        ahead(&older, 0);
+        ahead(&newer, 5);
+        command.waiting(Instant::now() + Duration::from_secs(10));
+        assert_eq!(pressure.shed_one(), Some(Shed::OldestTransfer));
+        assert!(older.is_shed());
+        assert!(!newer.is_shed() && !working.is_shed() && !command.is_shed());
+        // A session behind its pace goes before any transfer.
+        command.waiting(Instant::now());
+        assert_eq!(pressure.shed_one(), Some(Shed::LongestIdle));
+        assert!(command.is_shed() && !newer.is_shed());
+        // A transfer the server is working for is never shed.
+        newer.working();
+        assert_eq!(pressure.shed_one(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,3 +120,25 @@ pub fn message_too_big() -> Reply {
         "Message size exceeds fixed maximum message size",
     )
 }
+
+/// After a `552` in the middle of DATA, the client sent more than the
+/// server searches for the end of data: the session cannot get back in step
+/// with its commands except by reading on, so it is closed.
+pub fn content_not_read() -> Reply {
+    Reply::new(
+        421,
+        "4.5.0",
+        "Error: message content over the size limit not read, closing connection",
+    )
+}
+
+/// A refused BDAT chunk the server will not read (RFC 3030 §2 asks it to
+/// discard pipelined chunks, within a bound): what follows the command is
+/// chunk data, not commands, so the session is closed.
+pub fn chunk_not_read() -> Reply {
+    Reply::new(
+        421,
+        "4.5.0",
+        "Error: refused BDAT chunk not read, closing connection",
+    )
+}

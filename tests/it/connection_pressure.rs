@@ -1,6 +1,7 @@
 //! Connection pressure as a client sees it: sessions that idle or trickle
-//! cannot lock a real client out, a whole command line and a whole DATA/BDAT
-//! transfer have deadlines however their octets trickle, and
+//! cannot lock a real client out, nor can transfers that banked credit with
+//! a fast burst or that keep pace, a whole command line and a whole
+//! DATA/BDAT transfer have deadlines however their octets trickle, and
 //! `smtp.max_connections` sessions are served whatever the number of
 //! listeners.
 
@@ -60,14 +61,14 @@ fn trickle(stream: &mut TcpStream, line: &[u8], interval: Duration) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-fn metrics_address(relay: &TestRelay) -> SocketAddr {
+pub(crate) fn metrics_address(relay: &TestRelay) -> SocketAddr {
     let line = relay.wait_for_log("metrics on ");
     let rest = line.split("metrics on ").nth(1).unwrap();
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// The value of `series` in a scrape of the metrics endpoint.
-fn metric(address: SocketAddr, series: &str) -> f64 {
+pub(crate) fn metric(address: SocketAddr, series: &str) -> f64 {
     let mut stream = TcpStream::connect_timeout(&address, WAIT).expect("connect");
     stream.set_read_timeout(Some(WAIT)).unwrap();
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
@@ -160,6 +161,93 @@ fn idle_and_trickling_sessions_make_room_for_a_real_client() {
     drop(waiting);
 }
 
+/// A session in the middle of a BDAT transfer it may make, well ahead of
+/// its pace: after MAIL and RCPT, a first chunk of `burst` octets sent at
+/// once (and acknowledged), then the command of a last chunk of 20 MB.
+fn transfer_session(address: SocketAddr, burst: usize) -> SmtpClient {
+    let mut client = SmtpClient::connect(address);
+    client.greet();
+    assert_eq!(client.command("MAIL FROM:<flood@example.com>").code, 250);
+    assert_eq!(client.command("RCPT TO:<user@example.org>").code, 250);
+    client.send_raw(format!("BDAT {burst}\r\n").as_bytes());
+    client.send_raw(&vec![b'x'; burst]);
+    assert_eq!(client.read().code, 250);
+    client.send_raw(b"BDAT 20000000 LAST\r\n");
+    client
+}
+
+/// Fills every permit with transfers that send a first chunk of `burst`
+/// octets, then `per_tick` octets every 100 ms until the test is over; then
+/// a real client must be greeted and its message taken.
+fn transfers_make_room_for_a_real_client(burst: usize, per_tick: usize) {
+    // Without shedding, the transfers would keep every permit far longer
+    // than the test's wait: a long idle timeout, stress mode or not.
+    let relay = TestRelay::start(
+        "[smtp]\nmax_connections = 10\nidle_timeout = \"5m\"\nstress_idle_timeout = \"3s\"\n",
+    );
+    let mut flood: Vec<SmtpClient> = (0..10)
+        .map(|_| transfer_session(relay.address, burst))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = std::thread::spawn({
+        let stop = stop.clone();
+        let mut streams: Vec<TcpStream> = flood
+            .iter_mut()
+            .map(|client| client.writer().try_clone().unwrap())
+            .collect();
+        move || {
+            let deadline = Instant::now() + WAIT * 2;
+            let tick = vec![b'y'; per_tick];
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                streams.retain_mut(|stream| stream.write_all(&tick).is_ok());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+
+    let mut client = SmtpClient::connect(relay.address);
+    client.greet();
+    let reply = client.send_message(
+        "app@example.com",
+        &["user@example.org"],
+        b"Subject: under a flood\r\n\r\nstill taken\r\n",
+    );
+    queued_id(&reply);
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+
+    // The client got in because a transfer was closed, with 421 4.4.2.
+    let closed: Vec<String> = flood
+        .iter_mut()
+        .filter_map(|client| {
+            client
+                .writer()
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let said = client.try_read()?;
+            Some(format!("{} {}", said.code, said.text()))
+        })
+        .collect();
+    assert!(
+        closed.iter().any(|said| said.starts_with("421 4.4.2 ")),
+        "{closed:?}\n{}",
+        relay.logs_text()
+    );
+}
+
+#[test]
+fn credit_banked_by_a_burst_runs_out() {
+    // A megabyte at once is worth over half an hour at 500 octets/s, then a
+    // trickle of one octet every 100 ms.
+    transfers_make_room_for_a_real_client(1_000_000, 1);
+}
+
+#[test]
+fn transfers_that_keep_pace_yield_the_oldest_to_a_waiting_client() {
+    // 10 kB/s each: twenty times smtp.min_data_rate, for half an hour.
+    transfers_make_room_for_a_real_client(50_000, 1_000);
+}
+
 #[test]
 fn max_connections_sessions_are_served_with_two_listeners() {
     let relay = TestRelay::start(
@@ -181,18 +269,19 @@ fn max_connections_sessions_are_served_with_two_listeners() {
 #[test]
 fn stress_mode_shortens_the_idle_timeout() {
     let relay = TestRelay::start(&format!(
-        "[smtp]\nmax_connections = 10\nidle_timeout = \"5m\"\nstress_idle_timeout = \"2s\"\n{METRICS}"
+        "[smtp]\nmax_connections = 10\nidle_timeout = \"5m\"\nstress_idle_timeout = \"3s\"\n{METRICS}"
     ));
     let metrics = metrics_address(&relay);
-    let old: Vec<TcpStream> = (0..6).map(|_| idle_session(relay.address)).collect();
-    std::thread::sleep(Duration::from_secs(4));
-    // Nine of ten sessions in use: stress mode. Sessions idle for longer
-    // than the stress timeout are closed until fewer than 75% are in use,
-    // long before the three new ones have idled for two seconds.
-    let mut new: Vec<SmtpClient> = (0..3).map(|_| relay.client()).collect();
-    for client in &mut new {
+    // Nine of ten sessions in use: stress mode. Six say nothing; three send
+    // a NOOP every 100 ms, far more often than the stress timeout.
+    let silent: Vec<TcpStream> = (0..6).map(|_| idle_session(relay.address)).collect();
+    let mut active: Vec<SmtpClient> = (0..3).map(|_| relay.client()).collect();
+    for client in &mut active {
         assert_eq!(client.read().code, 220);
     }
+    wait_for_metric(metrics, "relayq_smtp_stress", 1.0);
+    // Silent sessions are closed once they idled for the stress timeout,
+    // until fewer than 75% of the permits are in use; the active ones stay.
     let mut closed = 0;
     let deadline = Instant::now() + WAIT;
     while closed < 2 {
@@ -200,7 +289,11 @@ fn stress_mode_shortens_the_idle_timeout() {
             Instant::now() < deadline,
             "only {closed} idle sessions closed"
         );
-        for mut stream in old.iter() {
+        for client in &mut active {
+            assert_eq!(client.command("NOOP").code, 250);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for mut stream in silent.iter() {
             stream
                 .set_read_timeout(Some(Duration::from_millis(20)))
                 .unwrap();
@@ -214,7 +307,7 @@ fn stress_mode_shortens_the_idle_timeout() {
         }
     }
     wait_for_metric(metrics, "relayq_smtp_stress", 0.0);
-    for client in &mut new {
+    for client in &mut active {
         assert_eq!(client.command("NOOP").code, 250);
     }
     assert!(

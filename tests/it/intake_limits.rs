@@ -169,6 +169,106 @@ fn size_limits() {
     assert!(leftovers.is_empty(), "no body file left: {leftovers:?}");
 }
 
+/// Everything the server sends until it closes the connection (or `WAIT`
+/// passes), as text; a reset after the last reply ends it too.
+fn rest_of(client: &mut common::SmtpClient) -> String {
+    let mut said = String::new();
+    while let Some(reply) = client.try_read() {
+        said.push_str(&format!("{} {}\n", reply.code, reply.text()));
+    }
+    said
+}
+
+#[test]
+fn data_over_the_size_limit_is_answered_before_its_end() {
+    let mut relay = TestRelay::start("[spool]\nmax_message_size = 100000\n");
+    let mut client = relay.client();
+    client.greet();
+    client.command("MAIL FROM:<a@example.com>");
+    client.command("RCPT TO:<b@example.org>");
+    assert_eq!(client.command("DATA").code, 354);
+    let line = format!("{}\r\n", "y".repeat(998));
+    for _ in 0..120 {
+        client.send_raw(line.as_bytes());
+    }
+    // No final dot yet: the answer comes all the same.
+    let reply = client.read();
+    assert_eq!(status(&reply), (552, "5.3.4".into()), "{reply:?}");
+    // A client that ends its data soon after keeps its session.
+    client.send_raw(b"more\r\n.\r\n");
+    assert_eq!(client.command("NOOP").code, 250);
+    assert_eq!(client.command("MAIL FROM:<a@example.com>").code, 250);
+
+    // One that goes on sending is cut off, and nothing is stored.
+    client.command("RCPT TO:<b@example.org>");
+    assert_eq!(client.command("DATA").code, 354);
+    client
+        .writer()
+        .set_write_timeout(Some(common::WAIT))
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let mut sent = 0;
+    while std::time::Instant::now() < deadline && sent < 8_000 {
+        if std::io::Write::write_all(client.writer(), line.as_bytes()).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent < 8_000, "8 MB of content read past the limit");
+    let said = rest_of(&mut client);
+    assert!(
+        said.starts_with("552 5.3.4 ") && said.contains("\n421 4.5.0 "),
+        "{said:?}"
+    );
+    relay.stop();
+    assert!(relay.spooled_messages().is_empty());
+}
+
+#[test]
+fn a_bdat_chunk_that_cannot_be_accepted_is_not_read() {
+    let mut relay = TestRelay::start("[spool]\nmax_message_size = 100000\n");
+    // Without a transaction, a chunk within the size limit is read and
+    // discarded, as RFC 3030 asks for chunks a client pipelined after a
+    // refused command; the session goes on.
+    let mut client = relay.client();
+    client.greet();
+    client.send_raw(b"BDAT 5 LAST\r\nhello");
+    assert_eq!(status(&client.read()), (503, "5.5.1".into()));
+    assert_eq!(client.command("NOOP").code, 250);
+    // A larger one is refused, not read: the session is closed.
+    client.send_raw(b"BDAT 999999999999\r\n");
+    let said = rest_of(&mut client);
+    assert!(
+        said.starts_with("503 5.5.1 ") && said.contains("\n421 4.5.0 "),
+        "{said:?}"
+    );
+
+    // A chunk that would take the message past the size limit fails the
+    // transaction; the session goes on while what it discarded stays
+    // within the limit.
+    let mut client = relay.client();
+    client.greet();
+    client.command("MAIL FROM:<a@example.com>");
+    client.command("RCPT TO:<b@example.org>");
+    client.send_raw(b"BDAT 60000\r\n");
+    client.send_raw(&[b'z'; 60_000]);
+    assert_eq!(client.read().code, 250);
+    client.send_raw(b"BDAT 60000 LAST\r\n");
+    client.send_raw(&[b'z'; 60_000]);
+    assert_eq!(status(&client.read()), (552, "5.3.4".into()));
+    assert_eq!(client.command("RSET").code, 250);
+    client.command("MAIL FROM:<a@example.com>");
+    client.command("RCPT TO:<b@example.org>");
+    client.send_raw(b"BDAT 999999 LAST\r\n");
+    let said = rest_of(&mut client);
+    assert!(
+        said.starts_with("552 5.3.4 ") && said.contains("\n421 4.5.0 "),
+        "{said:?}"
+    );
+    relay.stop();
+    assert!(relay.spooled_messages().is_empty());
+}
+
 #[test]
 fn too_many_recipients() {
     let relay = TestRelay::start("[smtp]\nmax_recipients = 3\n");

@@ -1,10 +1,16 @@
 //! SMTP AUTH on intake (RFC 4954): offered only under TLS, `auth =
 //! "required"`, PLAIN and LOGIN against each hash format of the users file,
-//! 535 for bad credentials, the lockout after three failures, relaying by
-//! authenticated clients, and the user recorded with the message.
+//! 535 for bad credentials, the lockout after three failures of a client
+//! network (loopback is one), concurrent guesses counted as sequential ones,
+//! relaying by authenticated clients, and the user recorded with the
+//! message.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Barrier};
 
 use crate::common::tls_client::{ListenerFiles, TlsClient, b64};
 use crate::common::{TestRelay, queue_json, queue_ok, queued_id};
+use crate::connection_pressure::{metric, metrics_address};
 use crate::inbound_tls::received_header;
 
 const CONTENT: &[u8] =
@@ -32,6 +38,25 @@ fn secured(relay: &TestRelay) -> TlsClient {
     client.starttls();
     client.ehlo();
     client
+}
+
+/// As `secured`, from the loopback address `local`.
+fn secured_from(relay: &TestRelay, local: &str) -> TlsClient {
+    let local: IpAddr = local.parse().unwrap();
+    let mut client = TlsClient::connect_from(local, relay.address);
+    client.greet();
+    client.starttls();
+    client.ehlo();
+    client
+}
+
+/// A reply as `CODE STATUS`.
+fn status(reply: &crate::common::Response) -> String {
+    format!(
+        "{} {}",
+        reply.code,
+        reply.lines[0].split(' ').next().unwrap_or("")
+    )
 }
 
 #[test]
@@ -230,4 +255,83 @@ fn three_failures_close_the_session_and_lock_the_address_out() {
         !relay.logs_text().contains("wrong"),
         "a password was logged"
     );
+}
+
+#[test]
+fn every_loopback_address_is_one_network() {
+    let (relay, _files) = start("required");
+    for local in ["127.0.0.1", "127.0.0.2"] {
+        let mut client = secured_from(&relay, local);
+        assert_eq!(status(&client.auth_plain("alice", "wrong")), "535 5.7.8");
+    }
+    let mut client = secured_from(&relay, "127.0.0.3");
+    let third = client.auth_plain("alice", "wrong");
+    assert_eq!(status(&third), "421 4.7.0", "{third:?}");
+    let mut client = secured_from(&relay, "127.0.0.4");
+    let refused = client.auth_plain("alice", "secret");
+    assert_eq!(status(&refused), "454 4.7.0", "{refused:?}");
+}
+
+#[test]
+fn concurrent_guesses_get_no_more_than_sequential_ones() {
+    // A slow hash (bcrypt, cost 10) leaves every session time to ask before
+    // the first answer: only the budget can stop them.
+    let hash = bcrypt::hash("secret", 10).unwrap();
+    let files = ListenerFiles::new(&format!("alice:{hash}\n"));
+    let relay = TestRelay::start(&format!(
+        "{}[smtp]\n{}relay_networks = [\"192.0.2.0/24\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        files.listener("starttls", "required"),
+        files.users_file()
+    ));
+    let metrics = metrics_address(&relay);
+    const SESSIONS: usize = 8;
+    let clients: Vec<TlsClient> = (0..SESSIONS).map(|_| secured(&relay)).collect();
+    let barrier = Arc::new(Barrier::new(SESSIONS));
+    let guesses: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                status(&client.auth_plain("alice", "wrong"))
+            })
+        })
+        .collect();
+    let mut answers: Vec<String> = guesses
+        .into_iter()
+        .map(|guess| guess.join().unwrap())
+        .collect();
+    answers.sort();
+    // Three passwords checked, as for three sessions one after another:
+    // the third failure closes its session and locks loopback out; the
+    // other guesses are refused without a check.
+    let mut expected = vec!["421 4.7.0", "535 5.7.8", "535 5.7.8"];
+    expected.extend(["454 4.7.0"; SESSIONS - 3]);
+    expected.sort();
+    assert_eq!(answers, expected, "{}", relay.logs_text());
+    assert_eq!(
+        metric(metrics, "relayq_auth_lockouts_total{scope=\"network\"}"),
+        1.0
+    );
+    relay.wait_for_log("AUTH lockout: 3 failed attempts within 15 minutes; AUTH from network loopback refused for 15 minutes");
+    // The log is read from the relay's output as it comes: wait for the
+    // third failure's line, and see no fourth.
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    while relay.log_lines("authentication failed").len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            relay.logs_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        relay.log_lines("authentication failed").len(),
+        3,
+        "{}",
+        relay.logs_text()
+    );
+    // The right password from a new session is refused too, meanwhile.
+    let mut client = secured(&relay);
+    assert_eq!(status(&client.auth_plain("alice", "secret")), "454 4.7.0");
 }

@@ -1,6 +1,14 @@
 //! Message content: DATA and BDAT reception, then the commit that makes the
 //! `250` true (ARCHITECTURE.md, "durable before 250": the reply is sent only
 //! after the spool's fsync returned).
+//!
+//! Nothing is read for long that cannot be accepted: DATA content past
+//! `spool.max_message_size` is answered `552 5.3.4` at once and only searched
+//! for its end, for at most [`OVERSIZE_DISCARD`] octets; a BDAT chunk that
+//! would take the message past the limit, or that comes without a
+//! transaction, is read and discarded only while the session's discarded
+//! octets stay within the limit (RFC 3030 §2), and otherwise answered and
+//! the session closed without reading it.
 
 use std::time::SystemTime;
 
@@ -18,6 +26,12 @@ use crate::events::{Event, EventKind};
 use crate::queue::Lane;
 use crate::queue::envelope::Envelope;
 use crate::timefmt;
+
+/// How much DATA content past the size limit is still read in search of its
+/// end, so that a client that does not read replies before its final dot
+/// (most do not) sees the `552` and keeps its session. Beyond it the client
+/// is sending for nothing, and the session is closed.
+const OVERSIZE_DISCARD: u64 = 1024 * 1024;
 
 /// A BDAT transfer in progress (RFC 3030): the message so far.
 pub struct BdatState {
@@ -42,15 +56,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut content = Vec::with_capacity(super::READ_CHUNK);
         let mut write_failed = None;
         let mut transfer = Request::content(Instant::now());
+        // Octets read since the content passed the size limit and was
+        // answered; `None` before.
+        let mut discarded: Option<u64> = None;
         loop {
             content.clear();
             let (consumed, finished) = reader.feed(&self.input, &mut content);
             self.input.advance(consumed);
-            transfer.add_received(consumed);
-            if write_failed.is_none()
-                && let Err(error) = builder.push(&content)
-            {
-                write_failed = Some(error);
+            if let Some(discarded) = discarded.as_mut() {
+                *discarded += consumed as u64;
+                if !finished && *discarded > OVERSIZE_DISCARD {
+                    self.reply(reply::content_not_read());
+                    return Ok(Next::Close);
+                }
+            } else {
+                self.count_received(&mut transfer, consumed);
+                if write_failed.is_none()
+                    && let Err(error) = builder.push(&content)
+                {
+                    write_failed = Some(error);
+                }
+                if builder.over_limit() {
+                    // Answered now rather than after the final dot: the
+                    // client learns it is sending for nothing, and what
+                    // follows earns no credit (`session::pace`).
+                    self.transaction = None;
+                    self.reply_error(reply::message_too_big());
+                    self.flush().await?;
+                    discarded = Some(0);
+                    transfer = Request::content(Instant::now());
+                }
             }
             if finished {
                 break;
@@ -61,6 +96,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 // its file.
                 return Ok(Next::Close);
             }
+        }
+        if discarded.is_some() {
+            // Answered already; dropping the builder removes its file.
+            return Ok(self.after_error());
         }
         if let Some(error) = write_failed {
             tracing::error!(%id, "cannot write message body: {error}");
@@ -73,12 +112,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) async fn bdat(&mut self, chunk_size: usize, last: bool) -> std::io::Result<Next> {
-        let refusal = if self.bdat.is_none() {
-            self.content_precondition()
-        } else {
-            None
-        };
-        if refusal.is_none() && self.bdat.is_none() {
+        if self.bdat.is_none()
+            && let Some(refusal) = self.content_precondition()
+        {
+            return self.refuse_chunk(refusal, chunk_size).await;
+        }
+        let so_far = self
+            .bdat
+            .as_ref()
+            .map_or(0, |state| state.builder.received());
+        if so_far.saturating_add(chunk_size as u64) > self.live.config.spool.max_message_size {
+            // RFC 3030 §2: a refused chunk fails the transaction.
+            self.bdat = None;
+            self.transaction = None;
+            return self
+                .refuse_chunk(reply::message_too_big(), chunk_size)
+                .await;
+        }
+        if self.bdat.is_none() {
             let (id, builder) = self.start_message();
             self.bdat = Some(BdatState {
                 id,
@@ -88,12 +139,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             });
         }
 
-        // The chunk's octets follow the command whatever we answer, so read
-        // (and keep or discard) exactly chunk_size of them.
+        // The chunk's octets follow the command: read exactly chunk_size.
         let mut remaining = chunk_size;
         let mut normalised = Vec::new();
         let mut write_failed = None;
-        // A refused chunk is still read, under a deadline of its own.
         let mut transfer = self
             .bdat
             .as_ref()
@@ -103,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(Next::Close);
             }
             let take = remaining.min(self.input.len());
-            transfer.add_received(take);
+            self.count_received(&mut transfer, take);
             if let Some(state) = self.bdat.as_mut() {
                 normalised.clear();
                 state
@@ -122,10 +171,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             state.transfer = transfer;
         }
 
-        if let Some(refusal) = refusal {
-            self.reply_error(refusal);
-            return Ok(self.after_error());
-        }
         if let Some(error) = write_failed {
             tracing::error!("cannot write message body: {error}");
             self.bdat = None;
@@ -146,6 +191,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         self.commit(state.id, state.builder).await;
         Ok(Next::Continue)
+    }
+
+    /// Answers a BDAT chunk that cannot be accepted. RFC 3030 §2 has the
+    /// server discard the chunks a pipelining client sent after a failed
+    /// one, so a refused chunk is read and discarded while the session's
+    /// discarded octets stay within `spool.max_message_size`; a larger one
+    /// is answered, and the session closed with `421` without reading it
+    /// (what follows the command is then no command).
+    async fn refuse_chunk(&mut self, refusal: Reply, chunk_size: usize) -> std::io::Result<Next> {
+        let limit = self.live.config.spool.max_message_size;
+        let allowance = limit.saturating_sub(self.discarded);
+        if chunk_size as u64 > allowance {
+            self.reply_error(refusal);
+            self.reply(reply::chunk_not_read());
+            return Ok(Next::Close);
+        }
+        self.discarded += chunk_size as u64;
+        let mut transfer = Request::content(Instant::now());
+        let mut remaining = chunk_size;
+        while remaining > 0 {
+            if self.input.is_empty() && !self.read_more(transfer, false).await? {
+                return Ok(Next::Close);
+            }
+            let take = remaining.min(self.input.len());
+            self.count_received(&mut transfer, take);
+            self.input.advance(take);
+            remaining -= take;
+        }
+        self.reply_error(refusal);
+        Ok(self.after_error())
     }
 
     /// DATA/BDAT need a transaction with at least one accepted recipient.

@@ -94,6 +94,9 @@ pub struct Session<S> {
     extended: bool,
     transaction: Option<Transaction>,
     bdat: Option<BdatState>,
+    /// Octets of refused BDAT chunks read and thrown away (RFC 3030 §2);
+    /// at most `spool.max_message_size` per session.
+    discarded: u64,
     errors: u32,
     /// Inside an over-long command line: discard until its end.
     discarding_line: bool,
@@ -141,6 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             extended: false,
             transaction: None,
             bdat: None,
+            discarded: 0,
             errors: 0,
             discarding_line: false,
             lease: Lease::unregistered(),
@@ -391,11 +395,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn read_more(&mut self, request: Request, interruptible: bool) -> std::io::Result<bool> {
         self.input.reserve(READ_CHUNK);
         let shutdown = self.shared.shutdown.clone();
-        let min_data_rate = self.live.config.smtp.min_data_rate;
         let started = Instant::now();
-        self.lease.waiting(request.mark(min_data_rate));
         let waited = loop {
-            let deadline = request.deadline(self.timeout(), min_data_rate, started);
+            // Again after stress mode began or ended: the timeout changed.
+            let timeout = self.timeout();
+            self.publish_wait(&request, started, timeout);
+            let deadline = request.deadline(timeout, started);
             tokio::select! {
                 read = self.stream.read_buf(&mut self.input) => break Waited::Read(read),
                 _ = tokio::time::sleep_until(deadline) => break Waited::Expired,
@@ -434,6 +439,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(false)
             }
         }
+    }
+
+    /// Tells the pressure logic what the session waits for since `started`:
+    /// its idle mark and, in a transfer, from when the transfer may be shed
+    /// although it keeps pace (one stress idle timeout after it began: the
+    /// timeout in force whenever every permit is in use).
+    fn publish_wait(&self, request: &Request, started: Instant, timeout: Duration) {
+        let mark = request.mark(started, timeout);
+        if request.is_content() {
+            let seniority = request.since() + self.live.config.smtp.stress_idle_timeout;
+            self.lease.waiting_in_transfer(mark, seniority);
+        } else {
+            self.lease.waiting(mark);
+        }
+    }
+
+    /// Counts `octets` of a transfer's content that just arrived.
+    fn count_received(&mut self, transfer: &mut Request, octets: usize) {
+        let min_data_rate = self.live.config.smtp.min_data_rate;
+        let timeout = self.timeout();
+        transfer.add_received(octets, min_data_rate, Instant::now(), timeout);
     }
 
     /// The idle timeout in force: shorter in stress mode.

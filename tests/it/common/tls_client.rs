@@ -3,7 +3,7 @@
 //! listener with TLS and AUTH needs (certificate, key, users file).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -85,6 +85,32 @@ impl TlsClient {
     /// A plain connection (STARTTLS later).
     pub fn connect(address: SocketAddr) -> TlsClient {
         let tcp = TcpStream::connect_timeout(&address, WAIT).expect("connect");
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        TlsClient {
+            stream: Stream::Plain(tcp),
+            input: Vec::new(),
+        }
+    }
+
+    /// A plain connection from `local`, another loopback address than the
+    /// one the system would pick.
+    pub fn connect_from(local: IpAddr, address: SocketAddr) -> TlsClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let tcp = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(SocketAddr::new(local, 0)).expect("bind");
+            tokio::time::timeout(WAIT, socket.connect(address))
+                .await
+                .expect("connect in time")
+                .expect("connect")
+                .into_std()
+                .unwrap()
+        });
+        tcp.set_nonblocking(false).unwrap();
         tcp.set_read_timeout(Some(WAIT)).unwrap();
         tcp.set_nodelay(true).unwrap();
         TlsClient {
