@@ -30,15 +30,22 @@ pub fn interval(window: Duration) -> Duration {
     (window / 4).clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 
-/// Sweeps until `shutdown`; the first round comes one interval after the
-/// start, after the maildrop importer's first pass has begun.
+/// Sweeps until `shutdown`, a round every [`interval`] of the window in
+/// force (looked at every second, so a reload that shortens the window
+/// applies within a second). The first round comes after the maildrop
+/// importer's first pass has begun.
 pub async fn run(spool: Spool, settings: Settings, shutdown: CancellationToken) {
+    let mut last_round = tokio::time::Instant::now();
     loop {
-        let window = settings.snapshot().config.smtp.idempotency_window;
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval(window)) => {}
+            _ = tokio::time::sleep(MIN_INTERVAL) => {}
         }
+        let window = settings.snapshot().config.smtp.idempotency_window;
+        if last_round.elapsed() < interval(window) {
+            continue;
+        }
+        last_round = tokio::time::Instant::now();
         match sweep(&spool, window, SystemTime::now(), &shutdown).await {
             Ok(0) => {}
             Ok(forgotten) => tracing::debug!("forgot {forgotten} idempotency keys"),
