@@ -170,12 +170,12 @@ mod tests {
             .await
             .unwrap();
         spool
-            .apply(claim_changes(&[again.clone()], 2, QueueId(2), start))
+            .apply(claim_changes(std::slice::from_ref(&again), 2, QueueId(2), start))
             .await
             .unwrap();
         spool
             .apply(claim_changes(
-                &[young.clone()],
+                std::slice::from_ref(&young),
                 3,
                 QueueId(3),
                 start + 50 * SECOND,
@@ -194,7 +194,7 @@ mod tests {
             .unwrap();
         spool
             .apply(claim_changes(
-                &[again.clone()],
+                std::slice::from_ref(&again),
                 4,
                 QueueId(4),
                 start + 90 * SECOND,
