@@ -189,6 +189,20 @@ fn another_message_under_a_used_key_is_refused_with_554() {
 }
 
 #[test]
+fn a_repeat_is_a_duplicate_even_when_its_lane_is_full() {
+    let relay = TestRelay::start("[lanes.high]\nmax_queued = 1\n");
+    let content = message("alert-9", "Disk full.");
+    let original = queued_id(&send(&relay, &content)).to_string();
+    assert_duplicate(&send(&relay, &content), &original);
+    let new = send(&relay, &message("alert-10", "Disk still full."));
+    assert_eq!(
+        (new.code, new.text()),
+        (452, "4.3.1 high lane full, try again later".into())
+    );
+    assert_eq!(queued_ids(&relay), [original]);
+}
+
+#[test]
 fn a_repeat_after_sigkill_right_after_the_250_is_still_a_duplicate() {
     let mut relay = TestRelay::start("");
     let content = message("reset-password-31", "Your code is 123456.");

@@ -170,7 +170,12 @@ mod tests {
             .await
             .unwrap();
         spool
-            .apply(claim_changes(std::slice::from_ref(&again), 2, QueueId(2), start))
+            .apply(claim_changes(
+                std::slice::from_ref(&again),
+                2,
+                QueueId(2),
+                start,
+            ))
             .await
             .unwrap();
         spool
