@@ -148,6 +148,7 @@ pub async fn run(
             std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         )),
         dkim: dkim.clone(),
+        webhooks: webhooks.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());

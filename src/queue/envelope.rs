@@ -71,6 +71,10 @@ pub struct Envelope {
     /// events (docs/idempotency.md).
     #[serde(default, skip_serializing_if = "Meta::is_empty")]
     pub meta: Meta,
+    /// The message's `Message-ID` without `<>` (the client's, or the one
+    /// intake added), for its events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +178,7 @@ impl Envelope {
             next_attempt_ms: None,
             delay_warned: false,
             meta: Meta::default(),
+            message_id: None,
         }
     }
 
@@ -304,6 +309,7 @@ mod tests {
             next_attempt_ms: None,
             delay_warned: false,
             meta: Meta::new(vec![("order".into(), "42".into())]),
+            message_id: Some("20261207.1@app.example".into()),
         }
     }
 

@@ -29,11 +29,13 @@ use crate::dkim::{PendingSignature, Signed, Signers};
 /// size; a longer one is passed through unexamined.
 const MAX_HEADER_SECTION: usize = 64 * 1024;
 
-/// What the header section said, for lane selection and the log.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What the header section said, for lane selection, the log and events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
     /// `Precedence: bulk | list | junk` (such mail takes the low lane).
     pub bulk_precedence: bool,
+    /// The `Message-ID` without `<>`: the client's, or the one added here.
+    pub message_id: Option<String>,
 }
 
 /// A finished message.
@@ -277,6 +279,9 @@ impl MessageBuilder {
                 has_message_id |= name.eq_ignore_ascii_case("Message-ID");
                 has_date |= name.eq_ignore_ascii_case("Date");
             }
+            if let Some(message_id) = parsed.message_id() {
+                self.facts.message_id = Some(message_id.to_owned());
+            }
             if let Some(precedence) = parsed.header_raw("Precedence") {
                 let value = precedence.trim().to_ascii_lowercase();
                 self.facts.bulk_precedence = matches!(value.as_str(), "bulk" | "list" | "junk");
@@ -285,6 +290,8 @@ impl MessageBuilder {
         let mut prefix = self.trace.received.clone();
         if !has_message_id {
             prefix.push_str(&format!("Message-ID: {}\r\n", self.trace.message_id));
+            let added = self.trace.message_id.trim_matches(['<', '>']);
+            self.facts.message_id = Some(added.to_owned());
         }
         if !has_date {
             prefix.push_str(&format!("Date: {}\r\n", self.trace.date));

@@ -23,6 +23,9 @@ const AUTH_USER: u8 = 1;
 /// The message's metadata: a length, then a count and as many key and value
 /// strings (the length lets an older relayq skip it).
 const META: u8 = 2;
+/// The message's `Message-ID` without its angle brackets, a string (length-
+/// prefixed, so an older relayq skips it).
+const MESSAGE_ID: u8 = 4;
 
 pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 48 * envelope.recipients.len());
@@ -103,6 +106,13 @@ pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
         varint(&mut out, fields.len() as u64);
         out.extend_from_slice(&fields);
     }
+    if let Some(message_id) = &envelope.message_id {
+        let mut field = Vec::with_capacity(message_id.len() + 2);
+        string(&mut field, message_id);
+        out.push(MESSAGE_ID);
+        varint(&mut out, field.len() as u64);
+        out.extend_from_slice(&field);
+    }
     out.push(END);
     out
 }
@@ -169,6 +179,7 @@ impl Reader<'_> {
         }
         let mut auth_user = None;
         let mut meta = Meta::default();
+        let mut message_id = None;
         loop {
             match self.byte()? {
                 END => break,
@@ -179,6 +190,15 @@ impl Reader<'_> {
                         rest: self.take(length)?,
                     }
                     .meta()?;
+                }
+                MESSAGE_ID => {
+                    let length = self.length()?;
+                    message_id = Some(
+                        Reader {
+                            rest: self.take(length)?,
+                        }
+                        .string()?,
+                    );
                 }
                 // A field a newer relayq added: skip it.
                 _ => {
@@ -212,6 +232,7 @@ impl Reader<'_> {
             delay_warned: flags & 8 != 0,
             auth_user,
             meta,
+            message_id,
         })
     }
 

@@ -27,6 +27,7 @@ use crate::events::{Event, EventKind};
 use crate::queue::Lane;
 use crate::queue::envelope::{Envelope, Meta};
 use crate::timefmt;
+use crate::webhook::{self, EventType, Staged};
 
 /// How much DATA content past the size limit is still read in search of its
 /// end, so that a client that does not read replies before its final dot
@@ -356,7 +357,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         envelope.envid = mail.envid;
         envelope.mt_priority = mail.mt_priority;
         envelope.meta = Meta::new(std::mem::take(&mut assembled.consumed.meta));
-        let claimed = idempotency::claim_changes(&claims, fingerprint, id, envelope.arrival_ms);
+        envelope.message_id = assembled.facts.message_id.take();
+        let mut changes = idempotency::claim_changes(&claims, fingerprint, id, envelope.arrival_ms);
+        // `accepted` events are committed with the message (announce only
+        // what is stored), and built only when a webhook takes them.
+        let webhooks = &self.shared.webhooks;
+        let staged = if webhooks.wants(EventType::Accepted) {
+            let events = webhook::event::accepted(id, &envelope, webhooks.ids());
+            webhooks.stage(&events, &mut changes)
+        } else {
+            Staged::default()
+        };
         // A small body is kept for the first delivery pass, which then needs
         // no read of the spool (queue::fresh).
         let fresh_body = assembled
@@ -368,10 +379,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match self
             .shared
             .spool
-            .store_with(id, envelope.encode(), assembled.body, claimed)
+            .store_with(id, envelope.encode(), assembled.body, changes)
             .await
         {
             Ok(stored) => {
+                webhooks.committed(staged);
                 let metrics = &self.shared.metrics;
                 metrics.message_accepted(lane, storing.elapsed(), stored.batch_size);
                 tracing::info!(

@@ -72,6 +72,8 @@ pub struct SessionShared {
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// The DKIM keys; a reload replaces their contents.
     pub dkim: Arc<SigningKeys>,
+    /// `accepted` events go into the outbox with the message.
+    pub webhooks: Arc<crate::webhook::Webhooks>,
 }
 
 /// What the loop does after a command.
