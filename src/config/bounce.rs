@@ -199,6 +199,23 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../../docs/events.md");
+        let start = doc.find("# /etc/relayq/bounce-rules.toml").unwrap();
+        let example = &doc[start..start + doc[start..].find("```").unwrap()];
+        let rules = load(example).unwrap();
+        assert_eq!(rules.len(), 4);
+        assert_eq!(
+            rules.classify("550 5.7.1 Rejected by ACME Filter"),
+            Some(BounceClass::SpamContent)
+        );
+        assert_eq!(
+            rules.classify("4.4.3 SERVFAIL looking up MX for example.org"),
+            Some(BounceClass::DnsFailure)
+        );
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_reason() {
         let unknown = error("[rules]\nspammy = ['x']\n");
         assert_eq!(unknown.key, "rules.spammy");

@@ -263,7 +263,10 @@ fn the_operators_rules_come_first_and_a_reload_rereads_them() {
         "{stdout}{}",
         String::from_utf8_lossy(&reloaded.stderr)
     );
-    assert!(stdout.contains("bounce"), "the reload names it: {stdout}");
+    assert!(
+        stdout.contains("changed: bounce"),
+        "the reload names it: {stdout}"
+    );
     assert_eq!(class_of_next_failure(&relay), "spam_content");
 
     // A bad file: the reload and check-config name the file, the key and
