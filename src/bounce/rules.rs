@@ -93,6 +93,13 @@ pub const OVERRIDES: &[Rule] = &[
 /// Decide when the enhanced status code is generic or only suggests a
 /// class; for local conditions, after their status code.
 pub const WORDINGS: &[Rule] = &[
+    // relayq's own waits for a destination's rate or suspension
+    // (`delivery::destination`), whatever the reply that suspended it says.
+    rule(
+        RateLimited,
+        When::Temporary,
+        r"^4\.7\.0 destination \S+ (suspended until|rate limit)",
+    ),
     rule(
         TlsFailure,
         When::Always,

@@ -629,4 +629,6 @@ pub fn unreported_failures(envelope: &Envelope, notes: &[Note]) -> usize {
 }
 
 #[cfg(test)]
+mod class_tests;
+#[cfg(test)]
 mod tests;
