@@ -159,11 +159,11 @@ pub fn show(detail: &MessageDetail) -> String {
             .and_then(|value| value.as_str().map(str::to_owned))
             .unwrap_or_default();
         let _ = write!(out, "  <{}> {status}", recipient.address);
-        if let Some(class) = recipient.class {
-            let _ = write!(out, " class={class}");
-        }
         if let Some(reply) = &recipient.last_reply {
             let _ = write!(out, " ({reply})");
+        }
+        if let Some(class) = recipient.class {
+            let _ = write!(out, " class={class}");
         }
         out.push('\n');
     }
@@ -353,7 +353,7 @@ mod tests {
         };
         let text = show(&detail);
         assert!(
-            text.contains("  <user@example.org> deferred class=policy (451 4.7.1 later)\n"),
+            text.contains("  <user@example.org> deferred (451 4.7.1 later) class=policy\n"),
             "{text}"
         );
         assert!(text.contains("  <done@example.org> delivered\n"), "{text}");

@@ -117,7 +117,10 @@ impl QueueHandle {
             event.status = Some(change.reply.status.clone());
             event.class = change.class;
             event.delay = Some(delay);
-            // `class=` and the JSON field are there for failures only.
+            // `class=` and the JSON field are there for failures only:
+            // after `delay=` (where Postfix has `delays=`), so that `to=…,
+            // delay=…` and `dsn=…, status=…` stay side by side for Postfix
+            // log readers.
             let class = change.class.map(BounceClass::as_str);
             let class_words = class.map_or(String::new(), |class| format!(", class={class}"));
             match &change.cause {
@@ -135,7 +138,7 @@ impl QueueHandle {
                         tls = %tls,
                         policy = %policy,
                         class,
-                        "{id}: to=<{}>, relay={}, tls={tls}, policy={policy}, delay={delay:.1}, dsn={}{class_words}, status={word} ({})",
+                        "{id}: to=<{}>, relay={}, tls={tls}, policy={policy}, delay={delay:.1}{class_words}, dsn={}, status={word} ({})",
                         change.address,
                         relay.as_deref().unwrap_or("none"),
                         change.reply.status,
@@ -150,7 +153,7 @@ impl QueueHandle {
                     tracing::info!(
                         queue_id = %id,
                         class,
-                        "{id}: to=<{}>, delay={:.0}, dsn=4.4.7{class_words}, status=expired (gave up after {}; last: {})",
+                        "{id}: to=<{}>, delay={:.0}{class_words}, dsn=4.4.7, status=expired (gave up after {}; last: {})",
                         change.address,
                         age.as_secs_f64(),
                         humantime::format_duration(Duration::from_secs(age.as_secs())),
@@ -162,7 +165,7 @@ impl QueueHandle {
                     tracing::info!(
                         queue_id = %id,
                         class,
-                        "{id}: to=<{}>, delay={delay:.1}, dsn={}{class_words}, status=bounced ({})",
+                        "{id}: to=<{}>, delay={delay:.1}{class_words}, dsn={}, status=bounced ({})",
                         change.address,
                         change.reply.status,
                         change.reply.text,
