@@ -169,7 +169,7 @@ fn failures_are_classified_in_logs_queue_show_events_dsns_and_metrics() {
 }
 
 #[test]
-fn expired_recipients_have_the_class_expired() {
+fn expired_recipients_have_the_class_expired_also_in_json_logs() {
     let deferring = Script {
         rcpt_reply: Arc::new(|_| "451 4.7.1 greylisted, try again later".to_owned()),
         ..Script::default()
@@ -180,8 +180,12 @@ fn expired_recipients_have_the_class_expired() {
     ]);
     let dns = TestDns::start(zone());
     let relay = TestRelay::start(
-        &config(&dns, port, "", "").replace("max_age = \"1h\"", "max_age = \"2s\""),
+        &config(&dns, port, "", "[log]\nformat = \"json\"\n")
+            .replace("max_age = \"1h\"", "max_age = \"2s\""),
     );
+    let entry = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|_| panic!("a JSON log line: {line}"))
+    };
     let id = submit(
         &relay,
         "app@sender.test",
@@ -193,11 +197,13 @@ fn expired_recipients_have_the_class_expired() {
         deferred.contains("class=policy,") && deferred.contains("status=deferred"),
         "greylisting is the receiver's policy: {deferred}"
     );
+    assert_eq!(entry(&deferred)["class"], "policy", "{deferred}");
     let expired = relay.wait_for_log("status=expired");
     assert!(
         expired.contains(", class=expired, dsn=4.4.7, status=expired"),
         "{expired}"
     );
+    assert_eq!(entry(&expired)["class"], "expired", "{expired}");
     let bounces = expect_messages(&relay, &servers[1], 1, WITHIN);
     let report = String::from_utf8_lossy(&bounces[0].data).into_owned();
     assert!(
