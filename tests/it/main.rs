@@ -7,6 +7,7 @@
 
 mod common;
 
+mod bounce_classes;
 mod check_config;
 mod cluster_redis;
 mod connection_pressure;
