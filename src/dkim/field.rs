@@ -322,7 +322,7 @@ mod tests {
         let complete = field.complete(&[1; 64]);
         for line in complete.split("\r\n") {
             assert!(line.len() <= LINE_WIDTH, "{line:?}");
-            assert!(!line.starts_with("\t:"), "a fold after the colon: {line:?}");
+            assert!(!line.starts_with("\t:"), "a fold before a colon: {line:?}");
         }
         let unfolded = complete.replace("\r\n\t", "");
         assert!(

@@ -454,7 +454,7 @@ mod tests {
     #[test]
     fn a_header_section_too_large_to_sign_is_not_stored_unsigned() {
         let directory = tempfile::tempdir().unwrap();
-        let spool = Spool::open(SpoolOptions::new(&directory.path().join("spool"))).unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path().join("spool"))).unwrap();
         let signers = example_signers(directory.path());
         // What each message becomes, in small chunks and in one: refused,
         // unsigned, or signed by these keys.
