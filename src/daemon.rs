@@ -27,6 +27,7 @@ use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::{Security, SessionShared};
 use crate::storage::FreeSpace;
+use crate::suppression::{self, Suppression};
 use crate::systemd::Notifier;
 
 /// How long in-flight sessions may take to finish after a shutdown signal.
@@ -62,9 +63,18 @@ pub async fn run(
         .context("spool open task failed")?;
     let spool =
         opened.with_context(|| format!("cannot open spool {}", config.spool.path.display()))?;
-    let (queue, recovery) = Queue::rebuild(&spool)
-        .await
-        .context("cannot rebuild the queue from the spool")?;
+    // The schedule and the suppression set are rebuilt side by side: both
+    // are reads of the spool on the blocking pool.
+    let loading = std::time::Instant::now();
+    let (rebuilt, suppressed) = tokio::join!(Queue::rebuild(&spool), Suppression::load(&spool));
+    let (queue, recovery) = rebuilt.context("cannot rebuild the queue from the spool")?;
+    let suppressed = suppressed.context("cannot load the suppression list from the spool")?;
+    tracing::info!(
+        "suppression list: {} addresses loaded ({} unreadable) in {} ms",
+        suppressed.len(),
+        suppressed.unreadable,
+        loading.elapsed().as_millis(),
+    );
     tracing::info!(
         "spool {}: {} messages queued (high {}, low {}), {} completed removed, {} set aside",
         config.spool.path.display(),
@@ -82,12 +92,20 @@ pub async fn run(
     let control_socket = control::bind(&config.control.socket)?;
     let live = Live::build(config.clone(), None, &metrics).context("cannot set up delivery")?;
     let settings = Settings::new(live);
+    let suppression = Arc::new(Suppression::new(
+        suppressed,
+        settings.clone(),
+        spool.clone(),
+        events.clone(),
+        metrics.clone(),
+    ));
     let handle = QueueHandle {
         settings: settings.clone(),
         spool: spool.clone(),
         queue: queue.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
+        suppression: suppression.clone(),
     };
     let delivery = Arc::new(
         DeliveryContext::new(&settings.snapshot(), handle.clone(), tracker.clone())
@@ -128,6 +146,7 @@ pub async fn run(
             std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         )),
         dkim: dkim.clone(),
+        suppression: suppression.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
@@ -178,6 +197,11 @@ pub async fn run(
         tracker.spawn(metrics::http::serve(socket, endpoint, tracker.clone()));
     }
     start_maildrop_import(&config, &shared, &tracker, &shutdown);
+    tracker.spawn(suppression::stream::run(
+        suppression.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(suppression::sweep::run(suppression, shutdown.clone()));
     let notifier = Arc::new(Notifier::from_env());
     let reloader = Arc::new(Reloader {
         file: config.source.clone(),

@@ -32,6 +32,9 @@ pub enum EventKind {
     Suspended,
     /// A suspended destination sends again.
     Resumed,
+    /// `RCPT TO:` refused: the address is on the suppression list. No
+    /// message was queued: no `id`, no `lane`.
+    Suppressed,
 }
 
 impl EventKind {
@@ -49,6 +52,7 @@ impl EventKind {
             EventKind::Removed => "removed",
             EventKind::Suspended => "suspended",
             EventKind::Resumed => "resumed",
+            EventKind::Suppressed => "suppressed",
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct Event {
     /// Seconds from arrival to this event (delivery and bounce events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<f64>,
+    /// The bounce class (`suppressed`: the suppression entry's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'static str>,
 }
 
 impl Event {
@@ -119,6 +126,7 @@ impl Event {
             reply: None,
             client: None,
             delay: None,
+            class: None,
         }
     }
 
@@ -148,6 +156,32 @@ impl Event {
             reply,
             client: None,
             delay: None,
+            class: None,
+        }
+    }
+
+    /// A recipient refused at RCPT because it is suppressed: `reply` is
+    /// the refusal sent to the client.
+    pub fn suppressed(sender: &str, recipient: &str, reply: String) -> Event {
+        Event {
+            time: crate::timefmt::rfc3339(SystemTime::now()),
+            event: EventKind::Suppressed,
+            id: String::new(),
+            lane: None,
+            destination: None,
+            until: None,
+            sender: Some(sender.to_owned()),
+            recipient: Some(recipient.to_owned()),
+            recipients: None,
+            size: None,
+            relay: None,
+            tls: None,
+            policy: None,
+            status: Some("5.1.1".to_owned()),
+            reply: Some(reply),
+            client: None,
+            delay: None,
+            class: None,
         }
     }
 
@@ -165,12 +199,17 @@ impl Event {
             };
         }
         let lane = self.lane.map_or("-", Lane::as_str);
-        let mut line = format!(
-            "{} {} {:<9} lane={lane}",
-            self.time,
-            self.id,
-            self.event.as_str(),
-        );
+        let mut line = if self.id.is_empty() {
+            // An event of no queued message (`suppressed`).
+            format!("{} {}", self.time, self.event.as_str())
+        } else {
+            format!(
+                "{} {} {:<9} lane={lane}",
+                self.time,
+                self.id,
+                self.event.as_str(),
+            )
+        };
         let mut field = |name: &str, value: Option<String>| {
             if let Some(value) = value {
                 line.push_str(&format!(" {name}={value}"));
@@ -185,6 +224,7 @@ impl Event {
         field("policy", self.policy.map(str::to_owned));
         field("delay", self.delay.map(|d| format!("{d:.1}")));
         field("dsn", self.status.clone());
+        field("class", self.class.map(str::to_owned));
         if let Some(reply) = &self.reply {
             line.push_str(&format!(" ({reply})"));
         }

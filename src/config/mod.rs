@@ -16,6 +16,7 @@ mod dkim;
 mod keywords;
 mod raw;
 mod shaping;
+mod suppression;
 mod validate;
 mod values;
 
@@ -39,6 +40,7 @@ pub use self::dkim::DkimSettings;
 pub use self::keywords::{IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
 pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
+pub use self::suppression::SuppressionSettings;
 use self::validate::SystemDefaults;
 
 /// The validated configuration.
@@ -62,6 +64,7 @@ pub struct Config {
     /// `[[dkim]]` blocks in file order; no two with the same domain and selector.
     pub dkim: Vec<DkimSettings>,
     pub cluster: ClusterSettings,
+    pub suppression: SuppressionSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub destination: Vec<RawDestination>,
     pub dkim: Vec<RawDkim>,
     pub cluster: RawCluster,
+    pub suppression: RawSuppression,
     pub control: RawControl,
     pub metrics: RawMetrics,
     pub log: RawLog,
@@ -155,6 +156,14 @@ pub(super) struct RawDkim {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawCluster {
     pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSuppression {
+    pub enabled: Option<bool>,
+    pub classes: Option<Vec<String>>,
+    pub expire_after: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,6 +10,7 @@
 mod histogram;
 pub mod http;
 mod shaping;
+mod suppression;
 mod text;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use histogram::Histogram;
 pub type DestinationConnections = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 pub use shaping::{DestinationShaping, ShapingMetrics, Throttle};
+pub use suppression::SuppressionMetrics;
 
 /// What became of one recipient in one delivery attempt
 /// (`relayq_recipients_total{outcome}`).
@@ -149,6 +151,8 @@ pub struct Metrics {
     config_reloads: [AtomicU64; 2],
     /// Output control: destination gauges, throttles, the cluster's Redis.
     pub shaping: ShapingMetrics,
+    /// The suppression list: its size, the recipients it refused.
+    pub suppression: SuppressionMetrics,
 }
 
 impl Default for Metrics {
@@ -176,6 +180,7 @@ impl Metrics {
             listeners_up: AtomicBool::new(false),
             config_reloads: Default::default(),
             shaping: ShapingMetrics::default(),
+            suppression: SuppressionMetrics::default(),
         }
     }
 

@@ -250,6 +250,7 @@ pub fn render(
         );
     }
     metrics.shaping.render(&mut out);
+    metrics.suppression.render(&mut out);
     out
 }
 

@@ -21,6 +21,7 @@ use crate::dsn::{self, Action, ReportedRecipient};
 use crate::events::{Event, EventKind, Events};
 use crate::live::Settings;
 use crate::metrics::Metrics;
+use crate::suppression::Suppression;
 
 /// Header section bytes read for RET=HDRS reports.
 const MAX_HEADER_SECTION: usize = 256 * 1024;
@@ -35,6 +36,8 @@ pub struct QueueHandle {
     pub queue: Arc<Queue>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// The suppression list: a transition's bounces may add to it.
+    pub suppression: Arc<Suppression>,
 }
 
 impl QueueHandle {

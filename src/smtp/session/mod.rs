@@ -34,6 +34,7 @@ use crate::live::{Live, Settings};
 use crate::metrics::{Metrics, RefusalReason, ShedReason};
 use crate::queue::{Lane, Queue};
 use crate::storage::FreeSpace;
+use crate::suppression::Suppression;
 use content::BdatState;
 use pace::Request;
 use transaction::Transaction;
@@ -71,6 +72,8 @@ pub struct SessionShared {
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// The DKIM keys; a reload replaces their contents.
     pub dkim: Arc<SigningKeys>,
+    /// The suppression list, checked at RCPT.
+    pub suppression: Arc<Suppression>,
 }
 
 /// What the loop does after a command.
