@@ -249,7 +249,7 @@ fn export(socket: &Path) -> Result<(), Failure> {
     }
     let mut closed = false;
     let parsed = each_in_array(&mut body, |entry: SuppressionView| {
-        let line = csv::export_line(&entry.address, &entry.class, &entry.reply);
+        let line = csv::export_line(&entry.address, entry.class.as_str(), &entry.reply);
         closed = stdout.write_all(line.as_bytes()).is_err();
         !closed
     });
@@ -286,7 +286,7 @@ fn import(socket: &Path, file: &Path) -> Result<(), Failure> {
                     class: Some(class), ..
                 }) = &parsed
                 {
-                    crate::suppression::check_class(class)?;
+                    crate::suppression::class_named(class)?;
                 }
                 Ok(parsed)
             });
@@ -372,7 +372,7 @@ fn list_line(entry: &SuppressionView) -> String {
     format!(
         "{:<34} {:<18} {:<20} {:<8} {}\n",
         entry.address,
-        entry.class,
+        entry.class.as_str(),
         since,
         entry.source.as_str(),
         entry.reply
@@ -384,7 +384,7 @@ fn entry_page(entry: &SuppressionView) -> String {
     let mut page = format!(
         "Address: {}\nClass:   {}\nSince:   {}\nSource:  {}\nReply:   {}\n",
         entry.address,
-        entry.class,
+        entry.class.as_str(),
         entry.time,
         entry.source.as_str(),
         if entry.reply.is_empty() {
@@ -408,7 +408,7 @@ mod tests {
     fn text_output() {
         let mut entry = SuppressionView {
             address: "user@example.org".into(),
-            class: "invalid_recipient".into(),
+            class: crate::bounce::BounceClass::InvalidRecipient,
             reply: "550 5.1.1 no such user".into(),
             time: "2026-11-23T09:01:56Z".into(),
             source: Source::Bounce,

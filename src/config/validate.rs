@@ -253,7 +253,7 @@ pub(super) fn config(
         super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
     let cluster = super::shaping::cluster(raw.cluster)?;
     let dkim = super::dkim::dkim(raw.dkim)?;
-    let suppression = super::suppression::suppression(raw.suppression, check_class_name)?;
+    let suppression = super::suppression::suppression(raw.suppression)?;
 
     let control = ControlSettings {
         socket: raw
@@ -617,19 +617,5 @@ fn non_empty_path(path: &Path, key: &str) -> Result<(), Invalid> {
         Err(Invalid::new(key, "must not be empty"))
     } else {
         Ok(())
-    }
-}
-
-/// A bounce class name. TEMPORARY until the bounce classifier is merged:
-/// then `BounceClass::from_str` decides.
-fn check_class_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_lowercase() || byte == b'_')
-    {
-        Ok(())
-    } else {
-        Err(format!("unknown bounce class {name:?}"))
     }
 }

@@ -40,7 +40,7 @@ pub enum Reply {
     Bulk { bulk: Bulk, progress: bool },
     /// `GET /suppression`: a JSON array streamed as it is built.
     Suppressions {
-        class: Option<String>,
+        class: Option<crate::bounce::BounceClass>,
         limit: Option<usize>,
     },
 }

@@ -182,7 +182,7 @@ async fn serve_connection(
             done
         }
         Reply::Suppressions { class, limit } => {
-            suppression::stream_list(stream, context, class.as_deref(), limit).await
+            suppression::stream_list(stream, context, class, limit).await
         }
         reply => write_reply(&mut stream, reply).await,
     }

@@ -12,21 +12,22 @@ use tokio::net::UnixStream;
 use super::api::{Reply, to_json};
 use super::http::{self, Request};
 use super::write_all;
+use crate::bounce::BounceClass;
 use crate::queue::handle::QueueHandle;
 use crate::suppression::entry::{from_unix_ms, normalize, one_line, unix_ms};
-use crate::suppression::{Entry, READ_CHUNK, Source, Suppression, csv};
+use crate::suppression::{Entry, READ_CHUNK, Source, Suppression, class_named, csv};
 
 /// Entries an import request may carry (its body is capped too).
 pub const MAX_IMPORT_ENTRIES: usize = 10_000;
 /// The class of an entry added by an operator, and of an imported address
 /// whose line names none.
-pub const ADMIN_CLASS: &str = "admin";
+pub const ADMIN_CLASS: BounceClass = BounceClass::Admin;
 
 /// One entry as the API and the CLI show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuppressionView {
     pub address: String,
-    pub class: String,
+    pub class: BounceClass,
     /// The remote reply, or the operator's reason; `""` when there is none.
     pub reply: String,
     /// RFC 3339.
@@ -42,7 +43,7 @@ impl SuppressionView {
     fn new(entry: &Entry, suppression: &Suppression, now: SystemTime) -> SuppressionView {
         SuppressionView {
             address: entry.address.clone(),
-            class: entry.class.clone(),
+            class: entry.class,
             reply: entry.reply.clone(),
             time: crate::timefmt::rfc3339(from_unix_ms(unix_ms(entry.time) / 1000 * 1000)),
             source: entry.source,
@@ -131,12 +132,11 @@ fn list(request: &Request) -> Reply {
         Some(Err(_)) => return Reply::error(400, "limit: a number of entries"),
         None => None,
     };
-    let class = request.param("class").map(str::to_owned);
-    if let Some(class) = &class
-        && let Err(reason) = crate::suppression::check_class(class)
-    {
-        return Reply::error(400, &format!("class: {reason}"));
-    }
+    let class = match request.param("class").map(class_named) {
+        Some(Ok(class)) => Some(class),
+        Some(Err(reason)) => return Reply::error(400, &format!("class: {reason}")),
+        None => None,
+    };
     Reply::Suppressions { class, limit }
 }
 
@@ -154,7 +154,7 @@ async fn add(suppression: &Suppression, address: &str, body: &[u8]) -> Reply {
     }
     let entry = Entry {
         address: normalize(address),
-        class: ADMIN_CLASS.to_owned(),
+        class: ADMIN_CLASS,
         reply: one_line(request.reason.as_deref().unwrap_or_default()),
         time: SystemTime::now(),
         source: Source::Admin,
@@ -188,12 +188,16 @@ async fn import(suppression: &Suppression, body: &[u8]) -> Reply {
     let now = SystemTime::now();
     let mut entries = Vec::with_capacity(request.entries.len());
     for (index, imported) in request.entries.into_iter().enumerate() {
-        let class = imported.class.unwrap_or_else(|| ADMIN_CLASS.to_owned());
-        let checked = csv::check_address(&imported.address)
-            .and_then(|()| crate::suppression::check_class(&class));
-        if let Err(reason) = checked {
-            return Reply::error(400, &format!("entries[{index}]: {reason}"));
-        }
+        let checked = csv::check_address(&imported.address).and_then(|()| {
+            imported
+                .class
+                .as_deref()
+                .map_or(Ok(ADMIN_CLASS), class_named)
+        });
+        let class = match checked {
+            Ok(class) => class,
+            Err(reason) => return Reply::error(400, &format!("entries[{index}]: {reason}")),
+        };
         entries.push(Entry {
             address: normalize(&imported.address),
             class,
@@ -217,7 +221,7 @@ async fn import(suppression: &Suppression, body: &[u8]) -> Reply {
 pub async fn stream_list(
     mut stream: UnixStream,
     context: &QueueHandle,
-    class: Option<&str>,
+    class: Option<BounceClass>,
     limit: Option<usize>,
 ) -> std::io::Result<()> {
     write_all(&mut stream, &http::streaming_head("application/json")).await?;

@@ -33,7 +33,7 @@ const RESTART_KEYS: [&str; 8] = [
 pub fn compare(running: &Config, new: &Config) -> Changes {
     let mut changes = Changes::default();
     let new_delivery = keep_restart_keys(running, new.clone()).delivery;
-    let live: [(&'static str, bool); 14] = [
+    let live: [(&'static str, bool); 15] = [
         ("hostname", running.hostname != new.hostname),
         (
             "spool.max_message_size",
@@ -52,6 +52,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
         ("route", running.routes != new.routes),
         ("destination", running.destinations != new.destinations),
         ("cluster", running.cluster != new.cluster),
+        ("suppression", running.suppression != new.suppression),
         (
             "control.bulk_chunk",
             running.control.bulk_chunk != new.control.bulk_chunk,
@@ -90,6 +91,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
     known.routes = running.routes.clone();
     known.destinations = running.destinations.clone();
     known.cluster = running.cluster.clone();
+    known.suppression = running.suppression.clone();
     known.control = running.control.clone();
     known.log = running.log.clone();
     known.source.clone_from(&running.source);

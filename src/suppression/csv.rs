@@ -87,6 +87,13 @@ impl Fields<'_> {
         let text = self.rest.trim_start();
         if let Some(inner) = text.strip_prefix('"') {
             let (field, after) = unquote(inner)?;
+            if after.starts_with('@') {
+                // Not CSV quoting but an address with a quoted local part
+                // (RFC 5321 `"john doe"@example.org`), written as it is.
+                let end = unquoted_comma(text).unwrap_or(text.len());
+                self.rest = text.get(end + 1..).unwrap_or_default();
+                return Ok(Some(text[..end].trim().to_owned()));
+            }
             let after = after.trim_start();
             self.rest = match after.strip_prefix(',') {
                 Some(rest) => rest,
@@ -112,6 +119,23 @@ impl Fields<'_> {
         }
         Ok(text.to_owned())
     }
+}
+
+/// The first comma of `text` outside a quoted string (backslash escapes
+/// inside one, as RFC 5321's quoted-string has them).
+fn unquoted_comma(text: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (at, byte) in text.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return Some(at),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The content of a quoted field whose opening quote is gone, and what
@@ -167,6 +191,14 @@ mod tests {
         assert_eq!(
             parse_line("\"q,uoted\"@example.org,admin,\"say \"\"no\"\"\""),
             Ok(line("\"q,uoted\"@example.org", Some("admin"), "say \"no\""))
+        );
+        assert_eq!(
+            parse_line("\"john doe\"@example.org"),
+            Ok(line("\"john doe\"@example.org", None, ""))
+        );
+        assert_eq!(
+            parse_line("\"\"\"x,y\"\"@example.org\",admin,"),
+            Ok(line("\"x,y\"@example.org", Some("admin"), ""))
         );
         for skipped in [
             "",

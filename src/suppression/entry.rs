@@ -4,11 +4,15 @@
 //! Value (version 1): `1`, the time (ms since the Unix epoch, u64 BE), the
 //! source (one byte), the class name (u8 length, bytes), the reply (u16 BE
 //! length, bytes). The class is stored by name, so the order of the class
-//! list can never change what a stored entry means.
+//! list can never change what a stored entry means; a name this version
+//! does not know (written by a newer one) reads as `unclassified`, which
+//! still suppresses.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::bounce::BounceClass;
 
 /// The longest reply or reason kept with an entry; longer ones are cut at a
 /// character boundary.
@@ -60,8 +64,7 @@ impl Source {
 pub struct Entry {
     /// Normalised ([`normalize`]): the table's key.
     pub address: String,
-    /// A bounce class name.
-    pub class: String,
+    pub class: BounceClass,
     /// The remote reply that caused it, or the operator's reason; may be
     /// empty.
     pub reply: String,
@@ -116,7 +119,7 @@ pub enum DecodeError {
 impl Entry {
     /// The table's value for this entry (the address is the key).
     pub fn encode(&self) -> Vec<u8> {
-        let class = &self.class.as_bytes()[..self.class.len().min(255)];
+        let class = self.class.as_str().as_bytes();
         let reply = one_line(&self.reply);
         let mut out = Vec::with_capacity(13 + class.len() + reply.len());
         out.push(VERSION);
@@ -131,7 +134,7 @@ impl Entry {
 
     /// The time and class of a stored value, without copying anything out
     /// (the load at start reads a million of them).
-    pub fn decode_mark(value: &[u8]) -> Result<(SystemTime, &str), DecodeError> {
+    pub fn decode_mark(value: &[u8]) -> Result<(SystemTime, BounceClass), DecodeError> {
         let mut reader = Reader(value);
         let version = reader.u8()?;
         if version != VERSION {
@@ -140,7 +143,7 @@ impl Entry {
         let time = from_unix_ms(u64::from_be_bytes(reader.array()?));
         reader.u8()?;
         let class_len = usize::from(reader.u8()?);
-        let class = std::str::from_utf8(reader.take(class_len)?).map_err(|_| DecodeError::Utf8)?;
+        let class = class_named(reader.take(class_len)?)?;
         Ok((time, class))
     }
 
@@ -155,7 +158,7 @@ impl Entry {
         let source_code = reader.u8()?;
         let source = Source::from_code(source_code).ok_or(DecodeError::Source(source_code))?;
         let class_len = usize::from(reader.u8()?);
-        let class = reader.text(class_len)?;
+        let class = class_named(reader.take(class_len)?)?;
         let reply_len = usize::from(u16::from_be_bytes(reader.array()?));
         let reply = reader.text(reply_len)?;
         let address = std::str::from_utf8(key)
@@ -169,6 +172,12 @@ impl Entry {
             source,
         })
     }
+}
+
+/// A stored class name; unknown names read as `unclassified`.
+fn class_named(name: &[u8]) -> Result<BounceClass, DecodeError> {
+    let name = std::str::from_utf8(name).map_err(|_| DecodeError::Utf8)?;
+    Ok(name.parse().unwrap_or(BounceClass::Unclassified))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -206,7 +215,7 @@ mod tests {
     fn entry() -> Entry {
         Entry {
             address: "user@example.org".into(),
-            class: "invalid_recipient".into(),
+            class: BounceClass::InvalidRecipient,
             reply: "550 5.1.1 <user@example.org>: no such user".into(),
             time: from_unix_ms(1_795_424_516_123),
             source: Source::Bounce,

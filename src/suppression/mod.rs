@@ -18,7 +18,6 @@
 //! Invariant: RCPT checks read only the in-memory set: no I/O, no await,
 //! no Redis.
 
-mod classes;
 pub mod csv;
 pub mod entry;
 pub mod set;
@@ -33,11 +32,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relayq_spool::{Change, RecordEdit, RecordTable, RecordUpdate, Spool, SpoolError};
 
+use crate::bounce::BounceClass;
 use crate::config::SuppressionSettings;
 use crate::events::{Event, Events};
 use crate::live::Settings;
 use crate::metrics::Metrics;
-use classes::ClassCodes;
 pub use entry::{Entry, Source};
 use set::{Mark, Set};
 
@@ -52,16 +51,17 @@ pub const OUTBOX: RecordTable = RecordTable::new("suppression_outbox");
 /// Records read per spool read transaction while loading or listing.
 pub const READ_CHUNK: usize = 4096;
 
-/// A bounce class name the list accepts (an entry's class, a `--class`
-/// filter).
-pub fn check_class(name: &str) -> Result<(), String> {
-    classes::check(name)
+/// The bounce class named `name` (an entry's class, a `--class` filter),
+/// or why there is none.
+pub fn class_named(name: &str) -> Result<BounceClass, String> {
+    name.parse()
+        .map_err(|error: crate::bounce::UnknownClass| error.to_string())
 }
 
 /// Why an address is refused at RCPT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
-    pub class: &'static str,
+    pub class: BounceClass,
     pub since: SystemTime,
 }
 
@@ -79,7 +79,6 @@ impl Hit {
 /// The set as loaded from the spool at start.
 pub struct Loaded {
     set: Set,
-    classes: ClassCodes,
     relay_id: String,
     /// Entries that did not decode (logged, left in the table).
     pub unreadable: usize,
@@ -97,7 +96,6 @@ pub struct Suppression {
     settings: Settings,
     spool: Spool,
     set: Set,
-    classes: ClassCodes,
     events: Events,
     metrics: Arc<Metrics>,
     /// This relay's name in the fleet's stream (its own entries are not
@@ -143,7 +141,6 @@ impl Suppression {
             settings,
             spool,
             set: loaded.set,
-            classes: loaded.classes,
             events,
             metrics,
             relay_id: loaded.relay_id,
@@ -171,7 +168,7 @@ impl Suppression {
             return None;
         }
         Some(Hit {
-            class: self.classes.name(mark.class),
+            class: mark.class(),
             since,
         })
     }
@@ -187,7 +184,7 @@ impl Suppression {
             hit.class
         );
         let mut event = Event::suppressed(sender, recipient, hit.reply_text(recipient));
-        event.class = Some(hit.class);
+        event.class = Some(hit.class.as_str());
         self.events.publish(event);
     }
 
@@ -283,10 +280,7 @@ impl Suppression {
 
     /// Puts a committed entry in the set.
     fn insert(&self, entry: &Entry) {
-        let mark = Mark {
-            since: store::since_seconds(entry.time),
-            class: self.classes.code(&entry.class),
-        };
+        let mark = Mark::new(store::since_seconds(entry.time), entry.class);
         self.set
             .insert(self.set.key_of_normalized(entry.address.as_bytes()), mark);
     }

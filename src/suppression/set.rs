@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::entry::normalize;
+use crate::bounce::BounceClass;
 
 const SHARDS: usize = 16;
 /// Addresses up to this length (RFC 5321's path limit) are lower-cased on
@@ -47,6 +48,22 @@ pub struct Mark {
     pub since: u32,
     /// The entry's bounce class (`BounceClass::index`).
     pub class: u8,
+}
+
+impl Mark {
+    pub fn new(since: u32, class: BounceClass) -> Mark {
+        Mark {
+            since,
+            class: class.index() as u8,
+        }
+    }
+
+    pub fn class(self) -> BounceClass {
+        BounceClass::ALL
+            .get(usize::from(self.class))
+            .copied()
+            .unwrap_or(BounceClass::Unclassified)
+    }
 }
 
 /// Passes a [`AddressKey`]'s first half through as the table's hash.

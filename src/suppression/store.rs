@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use relayq_spool::{Change, Spool, SpoolError};
 
-use super::classes::ClassCodes;
 use super::entry::Entry;
 use super::set::{Mark, Set};
 use super::{ENTRIES, Loaded, META, OUTBOX, READ_CHUNK};
@@ -124,7 +123,6 @@ pub fn stream_position(spool: &Spool) -> Result<Option<String>, SpoolError> {
 /// this relay's fleet id (empty when there is none yet). Blocking.
 pub fn load(spool: &Spool) -> Result<Loaded, SpoolError> {
     let set = Set::new();
-    let classes = ClassCodes::default();
     set.reserve(usize::try_from(spool.record_count(ENTRIES)?).unwrap_or(usize::MAX));
     let mut unreadable = 0;
     let mut after: Option<Vec<u8>> = None;
@@ -142,10 +140,7 @@ pub fn load(spool: &Spool) -> Result<Loaded, SpoolError> {
             match Entry::decode_mark(value) {
                 Ok((time, class)) => set.insert(
                     set.key_of_normalized(key),
-                    Mark {
-                        since: since_seconds(time),
-                        class: classes.code(class),
-                    },
+                    Mark::new(since_seconds(time), class),
                 ),
                 Err(error) => {
                     unreadable += 1;
@@ -163,7 +158,6 @@ pub fn load(spool: &Spool) -> Result<Loaded, SpoolError> {
         .unwrap_or_default();
     Ok(Loaded {
         set,
-        classes,
         relay_id,
         unreadable,
     })

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::entry::{Entry, Source, normalize, unix_ms};
 use super::store::{self, Published, STREAM_POSITION};
 use super::{ENTRIES, META, OUTBOX, Suppression};
+use crate::bounce::BounceClass;
 
 /// The stream every relay of the fleet appends to and reads.
 pub const STREAM: &str = "relayq:suppression";
@@ -294,7 +295,7 @@ fn xadd(relay_id: &str, published: &Published) -> redis::Cmd {
                 .arg("address")
                 .arg(&entry.address)
                 .arg("class")
-                .arg(&entry.class)
+                .arg(entry.class.as_str())
                 .arg("reply")
                 .arg(&entry.reply)
                 .arg("time")
@@ -368,7 +369,9 @@ fn remote_change(id: &str, fields: &Fields) -> Option<Published> {
     let change = match (field(fields, "op"), address) {
         (Some("add"), Some(address)) => Some(Published::Add(Entry {
             address: normalize(address),
-            class: field(fields, "class").unwrap_or("unclassified").to_owned(),
+            class: field(fields, "class")
+                .and_then(|class| class.parse().ok())
+                .unwrap_or(BounceClass::Unclassified),
             reply: field(fields, "reply").unwrap_or_default().to_owned(),
             time: field(fields, "time")
                 .and_then(|ms| ms.parse::<u64>().ok())
@@ -590,7 +593,7 @@ mod tests {
                 panic!()
             };
             assert_eq!(added.address, "x@example.org");
-            assert_eq!(added.class, "bad_domain");
+            assert_eq!(added.class, BounceClass::BadDomain);
             assert_eq!(added.source, Source::Cluster);
             assert_eq!(added.time, UNIX_EPOCH + Duration::from_secs(1));
             assert_eq!(changes[1], Published::Remove("y@example.org".into()));

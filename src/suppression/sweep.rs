@@ -84,10 +84,7 @@ impl Suppression {
             let _serial = self.writes.lock().await;
             self.spool.apply(changes).await?;
             for entry in &lapsed {
-                let mark = Mark {
-                    since: since_seconds(entry.time),
-                    class: self.classes.code(&entry.class),
-                };
+                let mark = Mark::new(since_seconds(entry.time), entry.class);
                 let key = self.set.key_of_normalized(entry.address.as_bytes());
                 self.set.remove_if(key, mark);
             }
@@ -98,14 +95,15 @@ impl Suppression {
     }
 }
 
-/// Deletes `entry` if it is still stored as it was read.
+/// Deletes `entry` if it is still stored with the time it was read with
+/// (an entry added again has a new time).
 fn delete_unchanged(entry: &Entry) -> Change {
-    let seen = entry.encode();
+    let seen = entry.time;
     Change::EditRecord {
         table: ENTRIES,
         key: entry.address.as_bytes().to_vec(),
-        edit: RecordEdit::new(move |stored| match stored {
-            Some(value) if value == seen.as_slice() => RecordUpdate::Delete,
+        edit: RecordEdit::new(move |stored| match stored.map(Entry::decode_mark) {
+            Some(Ok((time, _))) if time == seen => RecordUpdate::Delete,
             _ => RecordUpdate::Keep,
         }),
     }

@@ -40,5 +40,6 @@ mod reload;
 mod sendmail;
 mod smtp_auth;
 mod smtp_client;
+mod suppression;
 mod systemd;
 mod third_party_client;
