@@ -41,5 +41,6 @@ mod sendmail;
 mod smtp_auth;
 mod smtp_client;
 mod suppression;
+mod suppression_cluster;
 mod systemd;
 mod third_party_client;
