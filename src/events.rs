@@ -10,6 +10,7 @@ use relayq_spool::QueueId;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::bounce::BounceClass;
 use crate::queue::Lane;
 
 /// Events kept for slow subscribers before the oldest are dropped.
@@ -94,6 +95,9 @@ pub struct Event {
     pub policy: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Why a recipient failed: on `deferred`, `bounced` and `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<BounceClass>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,9 +105,6 @@ pub struct Event {
     /// Seconds from arrival to this event (delivery and bounce events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<f64>,
-    /// The bounce class (`suppressed`: the suppression entry's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub class: Option<&'static str>,
 }
 
 impl Event {
@@ -123,10 +124,10 @@ impl Event {
             tls: None,
             policy: None,
             status: None,
+            class: None,
             reply: None,
             client: None,
             delay: None,
-            class: None,
         }
     }
 
@@ -153,16 +154,16 @@ impl Event {
             tls: None,
             policy: None,
             status: None,
+            class: None,
             reply,
             client: None,
             delay: None,
-            class: None,
         }
     }
 
-    /// A recipient refused at RCPT because it is suppressed: `reply` is
-    /// the refusal sent to the client.
-    pub fn suppressed(sender: &str, recipient: &str, reply: String) -> Event {
+    /// A recipient refused at RCPT because it is suppressed (`class`: the
+    /// entry's): `reply` is the refusal sent to the client.
+    pub fn suppressed(sender: &str, recipient: &str, class: BounceClass, reply: String) -> Event {
         Event {
             time: crate::timefmt::rfc3339(SystemTime::now()),
             event: EventKind::Suppressed,
@@ -178,10 +179,10 @@ impl Event {
             tls: None,
             policy: None,
             status: Some("5.1.1".to_owned()),
+            class: Some(class),
             reply: Some(reply),
             client: None,
             delay: None,
-            class: None,
         }
     }
 
@@ -224,7 +225,7 @@ impl Event {
         field("policy", self.policy.map(str::to_owned));
         field("delay", self.delay.map(|d| format!("{d:.1}")));
         field("dsn", self.status.clone());
-        field("class", self.class.map(str::to_owned));
+        field("class", self.class.map(|class| class.as_str().to_owned()));
         if let Some(reply) = &self.reply {
             line.push_str(&format!(" ({reply})"));
         }
@@ -285,5 +286,29 @@ mod tests {
         let json = serde_json::to_value(&accepted).unwrap();
         assert!(json.get("tls").is_none() && json.get("policy").is_none());
         assert!(!accepted.to_text().contains("tls="));
+    }
+
+    #[test]
+    fn failure_events_carry_their_class() {
+        let mut event = Event::new(EventKind::Bounced, QueueId(1), Lane::High);
+        event.recipient = Some("user@example.org".into());
+        event.status = Some("5.1.1".into());
+        event.class = Some(BounceClass::InvalidRecipient);
+        event.reply = Some("550 5.1.1 user unknown".into());
+        let text = event.to_text();
+        assert!(
+            text.contains(" dsn=5.1.1 class=invalid_recipient (550 5.1.1 user unknown)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["class"], "invalid_recipient");
+        let delivered = Event::new(EventKind::Delivered, QueueId(1), Lane::High);
+        assert!(
+            serde_json::to_value(&delivered)
+                .unwrap()
+                .get("class")
+                .is_none()
+        );
+        assert!(!delivered.to_text().contains("class="));
     }
 }

@@ -253,6 +253,7 @@ pub(super) fn config(
         super::shaping::destinations(raw.destination, delivery.destination_concurrency)?;
     let cluster = super::shaping::cluster(raw.cluster)?;
     let dkim = super::dkim::dkim(raw.dkim)?;
+    let bounce = super::bounce::bounce(raw.bounce)?;
     let suppression = super::suppression::suppression(raw.suppression)?;
 
     let control = ControlSettings {
@@ -301,6 +302,7 @@ pub(super) fn config(
         routes,
         destinations,
         dkim,
+        bounce,
         cluster,
         suppression,
         control,

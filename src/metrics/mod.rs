@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::bounce::BounceClass;
 use crate::events::EventKind;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
@@ -131,6 +132,11 @@ pub struct Metrics {
     accepted: [AtomicU64; 2],
     /// `relayq_recipients_total`, per lane and outcome (`Outcome::ALL` order).
     recipients: [[AtomicU64; 4]; 2],
+    /// `relayq_bounces_total`, per class (`BounceClass::ALL` order):
+    /// recipients bounced or expired.
+    bounces: [AtomicU64; BounceClass::ALL.len()],
+    /// `relayq_deferrals_total`, per class: deferred attempts.
+    deferrals: [AtomicU64; BounceClass::ALL.len()],
     /// `relayq_messages_refused_total`, per lane and reason
     /// (`RefusalReason::ALL` order).
     refused: [[AtomicU64; 2]; 2],
@@ -166,6 +172,8 @@ impl Metrics {
         Metrics {
             accepted: Default::default(),
             recipients: Default::default(),
+            bounces: Default::default(),
+            deferrals: Default::default(),
             refused: Default::default(),
             connections_active: AtomicI64::new(0),
             delivery_slots_in_use: Default::default(),
@@ -214,6 +222,18 @@ impl Metrics {
                 .unwrap_or_default();
             self.delivery_seconds[lane].observe(waited.as_secs_f64());
         }
+    }
+
+    /// The class of a recipient's failure, reported as the event `event`:
+    /// a bounce or an expiry counts in `relayq_bounces_total`, a deferral
+    /// in `relayq_deferrals_total`.
+    pub fn failure_class(&self, event: EventKind, class: BounceClass) {
+        let counters = match event {
+            EventKind::Bounced | EventKind::Expired => &self.bounces,
+            EventKind::Deferred => &self.deferrals,
+            _ => return,
+        };
+        counters[class.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an SMTP connection as active until the guard is dropped.

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::Lane;
+use crate::bounce::BounceClass;
 
 /// Bumped when the meaning of a field changes; a new optional field is a new
 /// tag in [`codec`] (and `#[serde(default)]` here for JSON).
@@ -78,6 +79,11 @@ pub struct Recipient {
     /// The last reply or reason for this recipient, for `queue show` and DSNs.
     #[serde(default)]
     pub last_reply: Option<String>,
+    /// The class of `last_reply` when it was a failure (a deferral, a
+    /// bounce, expiry, an operator's bounce); `None` while pending and once
+    /// delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<BounceClass>,
 }
 
 /// RFC 3461 NOTIFY; all false means the parameter was absent.
@@ -114,6 +120,7 @@ impl Recipient {
             notify: Notify::default(),
             status: RecipientStatus::Pending,
             last_reply: None,
+            class: None,
         }
     }
 }
@@ -277,6 +284,7 @@ mod tests {
                 },
                 status: RecipientStatus::Pending,
                 last_reply: None,
+                class: Some(BounceClass::RateLimited),
             }],
             lane: Lane::Low,
             arrival_ms: 1_790_000_000_000,

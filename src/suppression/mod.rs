@@ -183,9 +183,9 @@ impl Suppression {
             "suppressed: from=<{sender}>, to=<{recipient}>, class={}, since={since}: refused at RCPT",
             hit.class
         );
-        let mut event = Event::suppressed(sender, recipient, hit.reply_text(recipient));
-        event.class = Some(hit.class.as_str());
-        self.events.publish(event);
+        let reply = hit.reply_text(recipient);
+        self.events
+            .publish(Event::suppressed(sender, recipient, hit.class, reply));
     }
 
     /// The entry of `address`, if it is on the list (blocking read on the

@@ -11,6 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{Envelope, EnvelopeError, Lane, Notify, Recipient, RecipientStatus, Ret};
+use crate::bounce::BounceClass;
 
 /// First octet of a binary record. A JSON document never starts with it.
 const BINARY: u8 = 0xB1;
@@ -20,6 +21,10 @@ const BINARY: u8 = 0xB1;
 const END: u8 = 0;
 /// The authenticated submitter (RFC 4954), a string.
 const AUTH_USER: u8 = 1;
+/// The recipients' bounce classes: a length, then one octet per recipient
+/// in order ([`class_code`]; 0 for none). Written only when some recipient
+/// has a class, so records of pending mail stay as they were.
+const RECIPIENT_CLASSES: u8 = 2;
 
 pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 48 * envelope.recipients.len());
@@ -88,6 +93,20 @@ pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
     if let Some(user) = &envelope.auth_user {
         out.push(AUTH_USER);
         string(&mut out, user);
+    }
+    if envelope
+        .recipients
+        .iter()
+        .any(|recipient| recipient.class.is_some())
+    {
+        out.push(RECIPIENT_CLASSES);
+        varint(&mut out, envelope.recipients.len() as u64);
+        out.extend(
+            envelope
+                .recipients
+                .iter()
+                .map(|recipient| recipient.class.map_or(0, class_code)),
+        );
     }
     out.push(END);
     out
@@ -158,6 +177,16 @@ impl Reader<'_> {
             match self.byte()? {
                 END => break,
                 AUTH_USER => auth_user = Some(self.string()?),
+                RECIPIENT_CLASSES => {
+                    let length = self.length()?;
+                    if length != recipients.len() {
+                        return Err(malformed("recipient classes"));
+                    }
+                    let codes = self.take(length)?;
+                    for (recipient, &code) in recipients.iter_mut().zip(codes) {
+                        recipient.class = class_of_code(code);
+                    }
+                }
                 // A field a newer relayq added: skip it.
                 _ => {
                     let length = self.length()?;
@@ -219,6 +248,7 @@ impl Reader<'_> {
             notify,
             status,
             last_reply,
+            class: None,
         })
     }
 
@@ -288,6 +318,42 @@ impl Reader<'_> {
     }
 }
 
+/// A class's stored octet: stable, whatever the order of the enum.
+fn class_code(class: BounceClass) -> u8 {
+    match class {
+        BounceClass::InvalidRecipient => 1,
+        BounceClass::InactiveMailbox => 2,
+        BounceClass::BadDomain => 3,
+        BounceClass::MailboxFull => 4,
+        BounceClass::MessageTooLarge => 5,
+        BounceClass::SpamBlock => 6,
+        BounceClass::SpamContent => 7,
+        BounceClass::Policy => 8,
+        BounceClass::TlsFailure => 9,
+        BounceClass::DnsFailure => 10,
+        BounceClass::ConnectionFailure => 11,
+        BounceClass::ProtocolError => 12,
+        BounceClass::RateLimited => 13,
+        BounceClass::Expired => 14,
+        BounceClass::Admin => 15,
+        BounceClass::Unclassified => 16,
+    }
+}
+
+/// The class of a stored octet: 0 is none; an octet a newer relayq wrote
+/// for a class this one does not know reads as `unclassified`.
+fn class_of_code(code: u8) -> Option<BounceClass> {
+    match code {
+        0 => None,
+        code => Some(
+            BounceClass::ALL
+                .into_iter()
+                .find(|&class| class_code(class) == code)
+                .unwrap_or(BounceClass::Unclassified),
+        ),
+    }
+}
+
 fn malformed(what: &'static str) -> EnvelopeError {
     EnvelopeError::Malformed(what)
 }
@@ -344,6 +410,7 @@ mod tests {
                     },
                     status: RecipientStatus::Deferred,
                     last_reply: Some("451 4.3.0 try later".into()),
+                    class: Some(BounceClass::RateLimited),
                 },
             ],
             Lane::Low,
@@ -397,6 +464,48 @@ mod tests {
         assert_eq!(encoded.pop(), Some(END));
         encoded.extend_from_slice(&[9, 3, b'a', b'b', b'c', END]);
         assert_eq!(decode(&encoded).unwrap(), envelope);
+    }
+
+    #[test]
+    fn recipient_classes_are_stored_only_when_there_is_one() {
+        let mut envelope = sample();
+        let with_class = encode(&envelope);
+        assert_eq!(
+            decode(&with_class).unwrap().recipients[1].class,
+            Some(BounceClass::RateLimited)
+        );
+        envelope.recipients[1].class = None;
+        let without = encode(&envelope);
+        // Two octets of tag and length, and one per recipient.
+        assert_eq!(with_class.len(), without.len() + 2 + 2);
+        assert_eq!(decode(&without).unwrap(), envelope);
+        for class in BounceClass::ALL {
+            envelope.recipients[0].class = Some(class);
+            assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
+        }
+    }
+
+    #[test]
+    fn records_without_classes_and_unknown_class_codes_still_read() {
+        let envelope = sample();
+        let mut encoded = encode(&envelope);
+        // The record as a relayq without classes would have written it.
+        let tag = encoded.len() - 5;
+        assert_eq!(encoded[tag..], [RECIPIENT_CLASSES, 2, 0, 13, END]);
+        let mut older = encoded[..tag].to_vec();
+        older.push(END);
+        let mut expected = envelope.clone();
+        expected.recipients[1].class = None;
+        assert_eq!(decode(&older).unwrap(), expected);
+        // A class added by a newer relayq.
+        encoded[tag + 3] = 200;
+        assert_eq!(
+            decode(&encoded).unwrap().recipients[1].class,
+            Some(BounceClass::Unclassified)
+        );
+        // A count that is not the recipients' is damage.
+        encoded[tag + 1] = 3;
+        assert!(decode(&encoded).is_err());
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use super::*;
+use crate::bounce::{BuiltinRules, OperatorRules};
 use crate::config::RetrySettings;
 use crate::queue::envelope::Recipient;
 
@@ -23,6 +26,13 @@ fn envelope(recipients: &[&str]) -> Envelope {
         Lane::High,
         UNIX_EPOCH + Duration::from_millis(ARRIVAL),
         100,
+    )
+}
+
+fn classifier() -> Classifier {
+    Classifier::new(
+        OperatorRules::default(),
+        Arc::new(BuiltinRules::compile().unwrap()),
     )
 }
 
@@ -72,6 +82,7 @@ fn results_set_states_and_note_what_the_sender_is_told() {
         ],
         Duration::from_secs(3),
         at(3),
+        &classifier(),
     );
     assert_eq!(delivered, vec![0]);
     let statuses: Vec<RecipientStatus> = pass
@@ -113,7 +124,7 @@ fn a_next_hop_with_dsn_reports_success_itself() {
     let mut pass = PassResults::new(message);
     let mut delivered = result(0, Outcome::Delivered, 250, "2.0.0");
     delivered.next_hop_offers_dsn = true;
-    pass.record(vec![delivered], Duration::ZERO, at(1));
+    pass.record(vec![delivered], Duration::ZERO, at(1), &classifier());
     assert!(pass.notes.is_empty());
 }
 
@@ -127,6 +138,7 @@ fn an_early_commit_marks_only_the_delivered_and_announces_only_them() {
         ],
         Duration::ZERO,
         at(1),
+        &classifier(),
     );
     let early = pass.delivered_early(QueueId(7), delivered, at(1));
     assert_eq!(early.record, Record::MarkDelivered(vec![0]));
@@ -162,6 +174,7 @@ fn a_pass_with_open_recipients_counts_an_attempt_and_schedules_the_next() {
         vec![result(0, Outcome::Deferred, 451, "4.3.0")],
         Duration::ZERO,
         at(10),
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), at(10), 0.5);
     assert_eq!(transition.record, Record::Update);
@@ -184,6 +197,7 @@ fn a_pass_that_finalises_everyone_removes_the_message() {
         ],
         Duration::ZERO,
         at(1),
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), at(1), 0.5);
     assert_eq!(transition.record, Record::Remove);
@@ -201,6 +215,7 @@ fn past_max_age_open_recipients_expire_with_a_failure_report() {
         ],
         Duration::ZERO,
         now,
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), now, 0.5);
     assert_eq!(transition.record, Record::Remove);
@@ -233,6 +248,7 @@ fn time_on_hold_does_not_count_toward_expiry() {
         vec![result(0, Outcome::Deferred, 451, "4.3.0")],
         Duration::ZERO,
         now,
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), now, 0.5);
     assert_eq!(transition.record, Record::Update);
@@ -257,6 +273,7 @@ fn the_delay_warning_goes_once_to_those_who_asked() {
         ],
         Duration::ZERO,
         now,
+        &classifier(),
     );
     let warning = Some(Duration::from_secs(4 * 3600));
     let transition = pass.finish(QueueId(1), None, &policy(warning), now, 0.5);
@@ -280,6 +297,7 @@ fn operations_left_with_a_pass_are_applied_at_its_end() {
             ],
             Duration::ZERO,
             at(1),
+            &classifier(),
         );
         pass.finish(QueueId(1), pending, &policy(None), at(1), 0.5)
     };
@@ -355,6 +373,7 @@ fn reports_follow_notify_and_never_go_to_the_null_sender() {
         index,
         kind,
         reply: RemoteReply::local("5.0.0", "x"),
+        class: None,
         relay: None,
         at: at(0),
     };
@@ -394,7 +413,12 @@ fn held_back_recipients_wait_without_an_attempt_or_backoff() {
         next_hop_offers_dsn: false,
         protection: Default::default(),
     };
-    pass.record(vec![wait(0, 17), wait(1, 12)], Duration::ZERO, at(10));
+    pass.record(
+        vec![wait(0, 17), wait(1, 12)],
+        Duration::ZERO,
+        at(10),
+        &classifier(),
+    );
     assert!(pass.recipients.is_empty(), "a wait is not announced");
     let transition = pass.finish(QueueId(7), None, &policy(None), at(10), 0.5);
     assert_eq!(transition.envelope.attempts, 2, "no attempt counted");
@@ -425,6 +449,7 @@ fn an_attempt_beside_a_wait_counts_and_comes_back_at_the_earlier_time() {
         vec![result(0, Outcome::Deferred, 451, "4.3.0"), waiting],
         Duration::ZERO,
         at(10),
+        &classifier(),
     );
     let transition = pass
         .clone()
@@ -460,6 +485,7 @@ fn a_wait_past_the_maximum_age_still_expires() {
         }],
         Duration::ZERO,
         at(6 * 86400 - 1),
+        &classifier(),
     );
     let transition = pass.finish(QueueId(7), None, &policy(None), at(6 * 86400), 0.5);
     assert_eq!(transition.record, Record::Remove);
@@ -475,4 +501,181 @@ fn a_bulk_delete_needs_no_envelope() {
     assert_eq!(transition.lane, Lane::Low);
     assert_eq!(transition.envelope.arrival(), at(0));
     assert!(reported(&transition.envelope, &transition.notes).is_empty());
+}
+
+fn reply_result(index: usize, outcome: Outcome, line: (u16, &str, &str)) -> RecipientResult {
+    let (code, status, text) = line;
+    RecipientResult {
+        reply: RemoteReply {
+            code,
+            status: status.to_owned(),
+            text: text.to_owned(),
+        },
+        ..result(index, outcome, code, status)
+    }
+}
+
+#[test]
+fn failures_carry_their_class_to_the_envelope_the_announcement_and_the_report() {
+    let mut pass = PassResults::new(envelope(&["a@x.org", "b@x.org", "c@x.org"]));
+    pass.record(
+        vec![
+            reply_result(0, Outcome::Delivered, (250, "2.0.0", "ok")),
+            reply_result(
+                1,
+                Outcome::Bounced,
+                (
+                    550,
+                    "5.7.1",
+                    "Client host [192.0.2.1] blocked using zen.spamhaus.org",
+                ),
+            ),
+            reply_result(
+                2,
+                Outcome::Deferred,
+                (
+                    452,
+                    "4.2.2",
+                    "The email account that you tried to reach is over quota",
+                ),
+            ),
+        ],
+        Duration::ZERO,
+        at(1),
+        &classifier(),
+    );
+    let classes: Vec<Option<BounceClass>> = pass
+        .envelope
+        .recipients
+        .iter()
+        .map(|recipient| recipient.class)
+        .collect();
+    assert_eq!(
+        classes,
+        vec![
+            None,
+            Some(BounceClass::SpamBlock),
+            Some(BounceClass::MailboxFull)
+        ]
+    );
+    let announced: Vec<(EventKind, Option<BounceClass>)> = pass
+        .recipients
+        .iter()
+        .map(|change| (change.kind, change.class))
+        .collect();
+    assert_eq!(
+        announced,
+        vec![
+            (EventKind::Delivered, None),
+            (EventKind::Bounced, Some(BounceClass::SpamBlock)),
+            (EventKind::Deferred, Some(BounceClass::MailboxFull)),
+        ]
+    );
+    assert_eq!(pass.notes.len(), 1);
+    assert_eq!(pass.notes[0].class, Some(BounceClass::SpamBlock));
+
+    // Delivered on the next pass: the class of the old failure goes.
+    let mut next = PassResults::new(pass.envelope.clone());
+    next.record(
+        vec![reply_result(2, Outcome::Delivered, (250, "2.0.0", "ok"))],
+        Duration::ZERO,
+        at(400),
+        &classifier(),
+    );
+    assert_eq!(next.envelope.recipients[2].class, None);
+    let mut stored = pass.envelope;
+    mark_delivered(&mut stored, &[2]);
+    assert_eq!(stored.recipients[2].class, None);
+}
+
+#[test]
+fn the_operators_rules_decide_first() {
+    let operator =
+        OperatorRules::compile(vec![(BounceClass::Policy, "over quota".to_owned())]).unwrap();
+    let classifier = Classifier::new(operator, Arc::new(BuiltinRules::compile().unwrap()));
+    let mut pass = PassResults::new(envelope(&["a@x.org"]));
+    pass.record(
+        vec![reply_result(
+            0,
+            Outcome::Deferred,
+            (452, "4.2.2", "over quota"),
+        )],
+        Duration::ZERO,
+        at(1),
+        &classifier,
+    );
+    assert_eq!(pass.recipients[0].class, Some(BounceClass::Policy));
+}
+
+#[test]
+fn expiry_operator_bounces_waits_and_delay_warnings_have_their_class() {
+    // Expiry: `expired`, whatever the last reply was.
+    let mut pass = PassResults::new(envelope(&["a@x.org"]));
+    let now = at(5 * 86400 + 1);
+    pass.record(
+        vec![reply_result(
+            0,
+            Outcome::Deferred,
+            (421, "4.7.0", "Too many concurrent SMTP connections"),
+        )],
+        Duration::ZERO,
+        now,
+        &classifier(),
+    );
+    assert_eq!(pass.recipients[0].class, Some(BounceClass::RateLimited));
+    let expired = pass.finish(QueueId(1), None, &policy(None), now, 0.5);
+    let change = expired
+        .recipients
+        .iter()
+        .find(|change| change.kind == EventKind::Expired)
+        .unwrap();
+    assert_eq!(change.class, Some(BounceClass::Expired));
+    assert_eq!(expired.notes[0].class, Some(BounceClass::Expired));
+    assert_eq!(
+        expired.envelope.recipients[0].class,
+        Some(BounceClass::Expired)
+    );
+
+    // An operator's bounce: `admin`.
+    let bounced = operator(
+        QueueId(1),
+        envelope(&["a@x.org"]),
+        Operation::Bounce,
+        at(10),
+    );
+    assert_eq!(bounced.recipients[0].class, Some(BounceClass::Admin));
+    assert_eq!(bounced.notes[0].class, Some(BounceClass::Admin));
+    assert_eq!(
+        bounced.envelope.recipients[0].class,
+        Some(BounceClass::Admin)
+    );
+
+    // A wait is stored with its class (it is the recipient's last reply).
+    let mut message = envelope(&["a@x.org"]);
+    message.recipients[0].notify.delay = true;
+    let mut pass = PassResults::new(message);
+    pass.record(
+        vec![RecipientResult {
+            index: 0,
+            outcome: Outcome::Waiting {
+                until: at(5 * 3600 + 60),
+            },
+            reply: RemoteReply::local("4.7.0", "destination x rate limit: next start in 7.0s"),
+            relay: None,
+            next_hop_offers_dsn: false,
+            protection: Default::default(),
+        }],
+        Duration::ZERO,
+        at(5 * 3600),
+        &classifier(),
+    );
+    assert_eq!(
+        pass.envelope.recipients[0].class,
+        Some(BounceClass::RateLimited)
+    );
+    // The delay warning reports the class of the last try.
+    let warning = Some(Duration::from_secs(4 * 3600));
+    let warned = pass.finish(QueueId(1), None, &policy(warning), at(5 * 3600), 0.5);
+    assert_eq!(warned.notes[0].kind, NoteKind::Delayed);
+    assert_eq!(warned.notes[0].class, Some(BounceClass::RateLimited));
 }
