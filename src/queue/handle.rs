@@ -59,6 +59,7 @@ impl QueueHandle {
             self.queue.forget_fresh(transition.id);
             let reports = self.build_reports(transition).await;
             changes.push(record_change(transition));
+            changes.extend(self.suppression.changes_for(transition));
             let mut queued = Vec::with_capacity(reports.len());
             for (report_id, envelope, body) in reports {
                 changes.push(Change::Insert {
@@ -71,6 +72,7 @@ impl QueueHandle {
             queued_reports.push(queued);
         }
         self.spool.apply(changes).await?;
+        self.suppression.committed(transitions);
         for (transition, reports) in transitions.iter().zip(&queued_reports) {
             self.committed(transition, reports);
         }

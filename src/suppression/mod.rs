@@ -18,6 +18,7 @@
 //! Invariant: RCPT checks read only the in-memory set: no I/O, no await,
 //! no Redis.
 
+mod bounces;
 pub mod csv;
 pub mod entry;
 pub mod set;

@@ -41,6 +41,7 @@ mod sendmail;
 mod smtp_auth;
 mod smtp_client;
 mod suppression;
+mod suppression_bounces;
 mod suppression_cluster;
 mod systemd;
 mod third_party_client;

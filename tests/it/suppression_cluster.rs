@@ -6,8 +6,12 @@
 use std::time::Duration;
 
 use crate::common::TestRelay;
+use crate::common::delivery::{config, start_mx, submit};
+use crate::common::dns_server::TestDns;
+use crate::common::fake_mx::Script;
 use crate::common::shaping::{RedisServer, wait_until};
 use crate::suppression::{suppression, suppression_json, suppression_ok};
+use crate::suppression_bounces::{refusing_mx, zone};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -96,4 +100,30 @@ fn a_relay_that_was_down_or_cut_off_catches_up() {
     wait_until("the removal reached the first relay", WITHIN, || {
         !is_listed(&first, "before@example.org")
     });
+}
+
+#[test]
+fn a_bounce_on_one_relay_suppresses_on_the_other() {
+    let redis = RedisServer::start();
+    let (port, _servers) = start_mx(vec![
+        ("127.0.41.1", refusing_mx()),
+        ("127.0.41.9", Script::default()),
+    ]);
+    let dns = TestDns::start(zone());
+    let cluster = format!("[cluster]\nredis_url = \"{}\"\n", redis.url());
+    let first = TestRelay::start(&config(&dns, port, "", &cluster));
+    let second = TestRelay::start(&config(&dns, port, "", &cluster));
+    submit(
+        &first,
+        "app@sender.test",
+        &["gone@dest.test"],
+        "Subject: x\r\n\r\n",
+    );
+    let entry = wait_for_entry(&second, "gone@dest.test");
+    assert_eq!(entry["class"], "invalid_recipient");
+    assert_eq!(entry["source"], "cluster");
+    let mut client = second.client();
+    client.greet();
+    assert_eq!(client.command("MAIL FROM:<app@sender.test>").code, 250);
+    assert_eq!(client.command("RCPT TO:<gone@dest.test>").code, 550);
 }
