@@ -114,8 +114,14 @@ impl Suppression {
     /// relay's fleet id (created on first start).
     pub async fn load(spool: &Spool) -> Result<Loaded, SpoolError> {
         let reading = spool.clone();
-        let mut loaded = tokio::task::spawn_blocking(move || store::load(&reading))
-            .await
+        let mut loaded = tokio::task::spawn_blocking(move || {
+            let loaded = store::load(&reading);
+            // The chunks read are gone; what the allocator kept of them is
+            // returned (src/memory.rs).
+            crate::memory::release_free_memory();
+            loaded
+        })
+        .await
             .map_err(|error| SpoolError::Io(std::io::Error::other(error)))??;
         if loaded.relay_id.is_empty() {
             loaded.relay_id = store::new_relay_id();

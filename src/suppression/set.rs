@@ -237,10 +237,7 @@ mod tests {
     #[test]
     fn addresses_compare_case_insensitively() {
         let set = Set::new();
-        let mark = Mark {
-            since: 1_700_000_000,
-            class: 0,
-        };
+        let mark = Mark::new(1_700_000_000, BounceClass::InvalidRecipient);
         set.insert(set.key("User@Example.ORG"), mark);
         assert_eq!(set.get(set.key("user@example.org")), Some(mark));
         assert_eq!(set.get(set.key("USER@EXAMPLE.ORG")), Some(mark));
@@ -259,8 +256,8 @@ mod tests {
     fn replace_remove_and_conditional_remove() {
         let set = Set::new();
         let key = set.key("a@example.org");
-        let old = Mark { since: 1, class: 0 };
-        let new = Mark { since: 2, class: 1 };
+        let old = Mark::new(1, BounceClass::InvalidRecipient);
+        let new = Mark::new(2, BounceClass::BadDomain);
         set.insert(key, old);
         set.insert(key, new);
         assert_eq!(set.len(), 1);
@@ -269,6 +266,73 @@ mod tests {
         assert!(set.remove_if(key, new));
         assert!(set.is_empty());
         assert!(!set.remove(key));
+    }
+
+    /// The RCPT check's cost and the set's bytes per entry, with
+    /// `SUPPRESSION_N` entries (default a million). Run by
+    /// tests/bench/suppression.sh:
+    /// `cargo test --release -p relayq --lib suppression::set::tests::check_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark; run in release mode by tests/bench/suppression.sh"]
+    fn check_cost() {
+        use std::time::Instant;
+        let n: usize = std::env::var("SUPPRESSION_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000_000);
+        let addresses: Vec<String> = (0..n)
+            .map(|i| format!("user.{i}@domain{}.example", i % 1000))
+            .collect();
+        let mark = Mark::new(1_795_424_516, BounceClass::InvalidRecipient);
+        for (how, reserve) in [("grown by inserts (import)", false), ("reserved (load at start)", true)] {
+            let set = Set::new();
+            if reserve {
+                set.reserve(n);
+            }
+            let started = Instant::now();
+            for address in &addresses {
+                set.insert(set.key(address), mark);
+            }
+            let insert_ns = started.elapsed().as_nanos() as f64 / n as f64;
+            let bytes = set.table_bytes();
+            println!(
+                "set of {n} entries, {how}: {:.1} MB of tables, {:.1} bytes per entry, insert {insert_ns:.0} ns",
+                bytes as f64 / 1e6,
+                bytes as f64 / n as f64
+            );
+        }
+        let set = Set::new();
+        for address in &addresses {
+            set.insert(set.key(address), mark);
+        }
+        // Hits in a scattered order (each a cache miss, as RCPTs are), then
+        // misses; the key is computed from the address each time, as at RCPT.
+        let order: Vec<usize> = (0..n).map(|i| (i * 7_919 + 13) % n).collect();
+        let started = Instant::now();
+        let mut found = 0usize;
+        for &i in &order {
+            found += usize::from(set.get(set.key(&addresses[i])).is_some());
+        }
+        let hit_ns = started.elapsed().as_nanos() as f64 / n as f64;
+        assert_eq!(found, n);
+        let strangers: Vec<String> = (0..n).map(|i| format!("other.{i}@elsewhere.example")).collect();
+        let started = Instant::now();
+        let mut found = 0usize;
+        for address in &strangers {
+            found += usize::from(set.get(set.key(address)).is_some());
+        }
+        let miss_ns = started.elapsed().as_nanos() as f64 / n as f64;
+        assert_eq!(found, 0);
+        let mixed = "Mixed.Case.Address@Example.ORG";
+        set.insert(set.key(mixed), mark);
+        let started = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(set.get(set.key(std::hint::black_box(mixed))));
+        }
+        let same_ns = started.elapsed().as_nanos() as f64 / n as f64;
+        println!(
+            "RCPT check (hash + lookup): {hit_ns:.0} ns per suppressed address, {miss_ns:.0} ns per other address, {same_ns:.0} ns for one address again and again"
+        );
     }
 
     #[test]
