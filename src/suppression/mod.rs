@@ -122,7 +122,7 @@ impl Suppression {
             loaded
         })
         .await
-            .map_err(|error| SpoolError::Io(std::io::Error::other(error)))??;
+        .map_err(|error| SpoolError::Io(std::io::Error::other(error)))??;
         if loaded.relay_id.is_empty() {
             loaded.relay_id = store::new_relay_id();
             spool
@@ -167,17 +167,7 @@ impl Suppression {
         if !settings.enabled || self.set.is_empty() {
             return None;
         }
-        let mark = self.set.get(self.set.key(address))?;
-        let since = UNIX_EPOCH + Duration::from_secs(u64::from(mark.since));
-        if let Some(after) = settings.expire_after
-            && now.duration_since(since).is_ok_and(|age| age > after)
-        {
-            return None;
-        }
-        Some(Hit {
-            class: mark.class(),
-            since,
-        })
+        applying(self.set.get(self.set.key(address))?, settings, now)
     }
 
     /// A recipient was refused at RCPT because of `hit`: the log line, the
@@ -298,5 +288,54 @@ impl Suppression {
         if published {
             self.outbox_filled.notify_one();
         }
+    }
+}
+
+/// The refusal an entry's mark means under `settings` at `now`: none once
+/// it is older than `expire_after` (pure).
+fn applying(mark: Mark, settings: &SuppressionSettings, now: SystemTime) -> Option<Hit> {
+    let since = UNIX_EPOCH + Duration::from_secs(u64::from(mark.since));
+    if Suppression::lapsed(settings, since, now) {
+        return None;
+    }
+    Some(Hit {
+        class: mark.class(),
+        since,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_applies_until_it_is_older_than_expire_after() {
+        let since = 1_795_424_516;
+        let mark = Mark::new(since, BounceClass::BadDomain);
+        let at = |seconds: u64| UNIX_EPOCH + Duration::from_secs(u64::from(since) + seconds);
+        let never = SuppressionSettings::default();
+        let hit = applying(mark, &never, at(10 * 365 * 86_400)).expect("never lapses");
+        assert_eq!(hit.class, BounceClass::BadDomain);
+        assert_eq!(hit.since, at(0));
+        let day = SuppressionSettings {
+            expire_after: Some(Duration::from_secs(86_400)),
+            ..never
+        };
+        assert!(applying(mark, &day, at(86_400)).is_some());
+        assert!(applying(mark, &day, at(86_401)).is_none());
+        // A clock that went back: the entry still applies.
+        assert!(applying(mark, &day, UNIX_EPOCH).is_some());
+    }
+
+    #[test]
+    fn the_refusal_names_the_class_and_the_date() {
+        let hit = Hit {
+            class: BounceClass::InvalidRecipient,
+            since: UNIX_EPOCH + Duration::from_secs(1_795_424_516),
+        };
+        assert_eq!(
+            hit.reply_text("user@example.org"),
+            "<user@example.org>: recipient is suppressed (invalid_recipient since 2026-11-23T09:01:56Z); see relayq suppression"
+        );
     }
 }

@@ -284,7 +284,10 @@ mod tests {
             .map(|i| format!("user.{i}@domain{}.example", i % 1000))
             .collect();
         let mark = Mark::new(1_795_424_516, BounceClass::InvalidRecipient);
-        for (how, reserve) in [("grown by inserts (import)", false), ("reserved (load at start)", true)] {
+        for (how, reserve) in [
+            ("grown by inserts (import)", false),
+            ("reserved (load at start)", true),
+        ] {
             let set = Set::new();
             if reserve {
                 set.reserve(n);
@@ -315,7 +318,9 @@ mod tests {
         }
         let hit_ns = started.elapsed().as_nanos() as f64 / n as f64;
         assert_eq!(found, n);
-        let strangers: Vec<String> = (0..n).map(|i| format!("other.{i}@elsewhere.example")).collect();
+        let strangers: Vec<String> = (0..n)
+            .map(|i| format!("other.{i}@elsewhere.example"))
+            .collect();
         let started = Instant::now();
         let mut found = 0usize;
         for address in &strangers {
