@@ -70,10 +70,11 @@ pub async fn run(
     let (queue, recovery) = rebuilt.context("cannot rebuild the queue from the spool")?;
     let suppressed = suppressed.context("cannot load the suppression list from the spool")?;
     tracing::info!(
-        "suppression list: {} addresses loaded ({} unreadable) in {} ms",
+        "suppression list: {} addresses loaded ({} unreadable) in {} ms, {:.1} MB in memory",
         suppressed.len(),
         suppressed.unreadable,
         loading.elapsed().as_millis(),
+        suppressed.table_bytes() as f64 / 1e6,
     );
     tracing::info!(
         "spool {}: {} messages queued (high {}, low {}), {} completed removed, {} set aside",

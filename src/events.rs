@@ -267,6 +267,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_suppressed_event_names_no_message() {
+        let event = Event::suppressed(
+            "app@example.com",
+            "gone@example.org",
+            BounceClass::InvalidRecipient,
+            "<gone@example.org>: recipient is suppressed".into(),
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], "suppressed");
+        assert_eq!(json["class"], "invalid_recipient");
+        assert_eq!(json["sender"], "app@example.com");
+        assert!(
+            json.get("id").is_none() && json.get("lane").is_none(),
+            "{json}"
+        );
+        let text = event.to_text();
+        assert!(
+            text.ends_with(
+                " suppressed from=<app@example.com> to=<gone@example.org> dsn=5.1.1 class=invalid_recipient (<gone@example.org>: recipient is suppressed)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("lane="), "{text}");
+    }
+
+    #[test]
     fn delivery_events_say_how_they_were_protected() {
         let mut event = Event::new(EventKind::Delivered, QueueId(1), Lane::High);
         event.recipient = Some("user@example.org".into());

@@ -90,6 +90,11 @@ impl Loaded {
     pub fn len(&self) -> usize {
         self.set.len()
     }
+
+    /// Bytes the set's tables hold.
+    pub fn table_bytes(&self) -> usize {
+        self.set.table_bytes()
+    }
 }
 
 /// The suppression list of one relay. Cheap to share (`Arc`).

@@ -347,7 +347,7 @@ mod tests {
         set.reserve(100_000);
         let bytes = set.table_bytes();
         assert!(
-            bytes >= 100_000 * 25 && bytes <= 100_000 * 25 * 3,
+            (100_000 * 25..=100_000 * 25 * 3).contains(&bytes),
             "{bytes}"
         );
     }

@@ -97,7 +97,7 @@ start() {
     done
     grep -q "relayq ready" "$log" || die "relayq not ready after ${START_TIMEOUT}s"
     STARTED=$(fsub "$(now)" "$t0")
-    LOADED=$(grep -o 'suppression list: .* ms' "$log" | head -1)
+    LOADED=$(grep -o 'suppression list: .*' "$log" | head -1)
 }
 stop() { stop_pid "$RQ_PID" relayq 60; RQ_PID=; }
 
