@@ -51,8 +51,8 @@ pub enum Outcome {
     Temporary(String),
     /// A 5xx reply: the message will not be accepted as it is.
     Permanent(String),
-    /// Every recipient was refused at RCPT with a 5xx (unknown, suppressed):
-    /// there is nobody to send the message to.
+    /// Every recipient was refused at RCPT as unavailable (`550`, `551`:
+    /// unknown, suppressed): there is nobody to send the message to.
     NoRecipients(String),
 }
 
@@ -165,7 +165,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             let reply = self.command(&rcpt, "RCPT").await?;
             if !(250..=252).contains(&reply.code()) {
-                refusals.push(refused(&format!("RCPT <{recipient}>"), &reply));
+                refusals.push((
+                    reply.code(),
+                    refused(&format!("RCPT <{recipient}>"), &reply),
+                ));
             }
         }
         if !refusals.is_empty() {
@@ -250,17 +253,23 @@ fn lines_joined(reply: &Reply) -> String {
     reply.lines().collect::<Vec<_>>().join(" ")
 }
 
-/// All or nothing: a refused recipient refuses the message. Permanent when
-/// some refusal is (a retry cannot succeed), and `NoRecipients` when every
-/// recipient got a 5xx.
-fn refused_recipients(refusals: Vec<Outcome>, recipients: usize) -> Outcome {
+/// All or nothing: a refused recipient refuses the message (`refusals`:
+/// the reply code and outcome of each). Permanent when some refusal is (a
+/// retry cannot succeed), and `NoRecipients` when every recipient's mailbox
+/// is unavailable (550, 551: RFC 5321 §4.2.2; not a syntax error or a
+/// policy refusal such as relay denied).
+fn refused_recipients(refusals: Vec<(u16, Outcome)>, recipients: usize) -> Outcome {
     let permanent = refusals
         .iter()
-        .filter(|refusal| matches!(refusal, Outcome::Permanent(_)))
+        .filter(|(_, refusal)| matches!(refusal, Outcome::Permanent(_)))
+        .count();
+    let unavailable = refusals
+        .iter()
+        .filter(|(code, _)| matches!(code, 550 | 551))
         .count();
     let texts: Vec<String> = refusals
         .into_iter()
-        .map(|refusal| match refusal {
+        .map(|(_, refusal)| match refusal {
             Outcome::Accepted(text)
             | Outcome::Temporary(text)
             | Outcome::Permanent(text)
@@ -268,10 +277,12 @@ fn refused_recipients(refusals: Vec<Outcome>, recipients: usize) -> Outcome {
         })
         .collect();
     let text = texts.join("; ");
-    match permanent {
-        0 => Outcome::Temporary(text),
-        count if count == recipients => Outcome::NoRecipients(text),
-        _ => Outcome::Permanent(text),
+    if permanent == 0 {
+        Outcome::Temporary(text)
+    } else if unavailable == recipients {
+        Outcome::NoRecipients(text)
+    } else {
+        Outcome::Permanent(text)
     }
 }
 
@@ -321,18 +332,27 @@ mod tests {
 
     #[test]
     fn refusals_of_every_recipient_say_so() {
-        let permanent = |text: &str| Outcome::Permanent(text.to_owned());
-        let temporary = |text: &str| Outcome::Temporary(text.to_owned());
+        let permanent = |code: u16, text: &str| (code, Outcome::Permanent(text.to_owned()));
+        let temporary = |text: &str| (451, Outcome::Temporary(text.to_owned()));
         assert_eq!(
-            refused_recipients(vec![permanent("a"), permanent("b")], 2),
+            refused_recipients(vec![permanent(550, "a"), permanent(551, "b")], 2),
             Outcome::NoRecipients("a; b".into())
         );
         assert_eq!(
-            refused_recipients(vec![permanent("a")], 2),
+            refused_recipients(vec![permanent(550, "a")], 2),
+            Outcome::Permanent("a".into())
+        );
+        // A syntax error or a policy refusal is no unknown addressee.
+        assert_eq!(
+            refused_recipients(vec![permanent(550, "a"), permanent(501, "b")], 2),
+            Outcome::Permanent("a; b".into())
+        );
+        assert_eq!(
+            refused_recipients(vec![permanent(554, "a")], 1),
             Outcome::Permanent("a".into())
         );
         assert_eq!(
-            refused_recipients(vec![permanent("a"), temporary("b")], 2),
+            refused_recipients(vec![permanent(550, "a"), temporary("b")], 2),
             Outcome::Permanent("a; b".into())
         );
         assert_eq!(

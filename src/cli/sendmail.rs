@@ -6,7 +6,8 @@
 //! maildrop for the daemon to import (`crate::maildrop`). Exit codes
 //! (sysexits.h): 0 accepted or safely in the maildrop; 64 usage;
 //! 65 a malformed message or a 5xx refusal; 67 every recipient refused at
-//! RCPT (unknown or suppressed); 75 neither listener nor maildrop took it.
+//! RCPT as unavailable (550/551: unknown or suppressed); 75 neither
+//! listener nor maildrop took it.
 //!
 //! Parsing (arguments, the message) is pure; [`run`] does the I/O.
 
@@ -28,7 +29,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_USAGE: u8 = 64;
 /// EX_DATAERR: a malformed message, or a 5xx refusal.
 pub const EXIT_DATAERR: u8 = 65;
-/// EX_NOUSER: every recipient was refused at RCPT with a 5xx.
+/// EX_NOUSER: every recipient was refused at RCPT as unavailable (550, 551).
 pub const EXIT_NOUSER: u8 = 67;
 /// EX_TEMPFAIL: neither the listener nor the maildrop took the message.
 pub const EXIT_TEMPFAIL: u8 = 75;

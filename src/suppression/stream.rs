@@ -527,7 +527,7 @@ impl Health {
         {
             state.last_warning = Some(now);
             tracing::warn!(
-                "suppression stream: Redis unreachable ({reason}); this relay keeps its own list and catches up later"
+                "suppression stream: cannot reach Redis ({reason}); this relay keeps its own list and catches up later"
             );
         }
     }
