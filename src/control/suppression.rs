@@ -45,6 +45,8 @@ impl SuppressionView {
             address: entry.address.clone(),
             class: entry.class,
             reply: entry.reply.clone(),
+            // Whole seconds: the set keeps no more, and the RCPT reply says
+            // the same.
             time: crate::timefmt::rfc3339(from_unix_ms(unix_ms(entry.time) / 1000 * 1000)),
             source: entry.source,
             expired: Suppression::lapsed(&suppression.current_settings(), entry.time, now),
