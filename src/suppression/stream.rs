@@ -11,24 +11,30 @@
 //! with the id of the last one, and resumes from that id. RCPT never waits
 //! on any of this: it reads the in-memory set.
 //!
-//! Connection handling mirrors `delivery::cluster` (connect and command
-//! timeouts, a warning at most once a minute while Redis is down); the two
-//! could share one client type. Two connections here: the follower's
-//! blocking XREAD would hold up commands queued behind it on a shared one.
+//! `connection`: a Redis connection with its timeouts, and the log of
+//! whether Redis answers; `reply`: the stream's entries as Redis returns
+//! them (pure). Connection handling mirrors `delivery::cluster` (connect and
+//! command timeouts, a warning at most once a minute while Redis is down);
+//! the two could share one client type. Two connections here: the
+//! follower's blocking XREAD would hold up commands queued behind it on a
+//! shared one.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+mod connection;
+mod reply;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use relayq_spool::{Change, SpoolError};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::entry::{Entry, Source, normalize, unix_ms};
+use super::entry::unix_ms;
 use super::store::{self, Published, STREAM_POSITION};
 use super::{ENTRIES, META, OUTBOX, Suppression};
-use crate::bounce::BounceClass;
+use connection::{Connection, Health, wait};
+use reply::{field, parse_id, remote_change, stream_entries, text};
 
 /// The stream every relay of the fleet appends to and reads.
 pub const STREAM: &str = "relayq:suppression";
@@ -310,93 +316,6 @@ fn xadd(relay_id: &str, published: &Published) -> redis::Cmd {
     command
 }
 
-/// One stream entry's fields, as text.
-type Fields = Vec<(String, String)>;
-
-/// The entries of an XREAD reply for [`STREAM`] (RESP2 arrays or a RESP3
-/// map), in order; nothing for a timeout (nil).
-fn stream_entries(reply: &Value) -> Vec<(String, Fields)> {
-    let streams: Vec<(&Value, &Value)> = match reply {
-        Value::Array(streams) => streams
-            .iter()
-            .filter_map(|stream| match stream {
-                Value::Array(pair) if pair.len() == 2 => Some((&pair[0], &pair[1])),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(streams) => streams.iter().map(|(key, value)| (key, value)).collect(),
-        _ => Vec::new(),
-    };
-    let mut entries = Vec::new();
-    for (_, items) in streams {
-        let Value::Array(items) = items else { continue };
-        for item in items {
-            let Value::Array(pair) = item else { continue };
-            let (Some(id), Some(Value::Array(values))) = (pair.first().and_then(text), pair.get(1))
-            else {
-                continue;
-            };
-            let values: Vec<String> = values.iter().filter_map(text).collect();
-            let fields = values
-                .chunks_exact(2)
-                .map(|pair| (pair[0].clone(), pair[1].clone()))
-                .collect();
-            entries.push((id, fields));
-        }
-    }
-    entries
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(text) => Some(text.clone()),
-        _ => None,
-    }
-}
-
-fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.as_str())
-}
-
-/// Another relay's change as this relay applies it (source `cluster`); a
-/// malformed entry is logged and skipped.
-fn remote_change(id: &str, fields: &Fields) -> Option<Published> {
-    let address = field(fields, "address").filter(|address| !address.is_empty());
-    let change = match (field(fields, "op"), address) {
-        (Some("add"), Some(address)) => Some(Published::Add(Entry {
-            address: normalize(address),
-            class: field(fields, "class")
-                .and_then(|class| class.parse().ok())
-                .unwrap_or(BounceClass::Unclassified),
-            reply: field(fields, "reply").unwrap_or_default().to_owned(),
-            time: field(fields, "time")
-                .and_then(|ms| ms.parse::<u64>().ok())
-                .map_or_else(std::time::SystemTime::now, |ms| {
-                    UNIX_EPOCH + Duration::from_millis(ms)
-                }),
-            source: Source::Cluster,
-        })),
-        (Some("remove"), Some(address)) => Some(Published::Remove(normalize(address))),
-        _ => None,
-    };
-    if change.is_none() {
-        tracing::warn!(
-            "suppression stream: entry {id} is not a change relayq understands; skipped"
-        );
-    }
-    change
-}
-
-/// Stream ids compare as (milliseconds, sequence).
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, sequence) = id.split_once('-').unwrap_or((id, "0"));
-    Some((ms.parse().ok()?, sequence.parse().ok()?))
-}
-
 /// Says so when entries after `position` were trimmed from the stream
 /// before this relay read them (it was away while more than the cap went
 /// by): those changes are missing here.
@@ -428,184 +347,5 @@ async fn warn_if_trimmed(redis: &mut MultiplexedConnection, position: &str) {
         tracing::warn!(
             "suppression stream: entries after {position} were trimmed before this relay read them; changes of other relays from that time are missing here"
         );
-    }
-}
-
-/// One Redis connection, opened when needed, dropped after a failure.
-struct Connection {
-    response_timeout: Duration,
-    open: Option<(String, MultiplexedConnection)>,
-    retry_at: Option<Instant>,
-}
-
-impl Connection {
-    fn new(response_timeout: Duration) -> Connection {
-        Connection {
-            response_timeout,
-            open: None,
-            retry_at: None,
-        }
-    }
-
-    async fn get(&mut self, url: &str, health: &Health) -> Option<MultiplexedConnection> {
-        if let Some((open_url, connection)) = &self.open
-            && open_url == url
-        {
-            return Some(connection.clone());
-        }
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return None;
-        }
-        let client = match redis::Client::open(url) {
-            Ok(client) => client,
-            Err(error) => {
-                self.failed(health, &error.to_string());
-                return None;
-            }
-        };
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(self.response_timeout));
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
-        match connected {
-            Ok(Ok(connection)) => {
-                self.open = Some((url.to_owned(), connection.clone()));
-                Some(connection)
-            }
-            Ok(Err(error)) => {
-                self.failed(health, &error.to_string());
-                None
-            }
-            Err(_) => {
-                self.failed(health, "connection timed out");
-                None
-            }
-        }
-    }
-
-    /// Drops the connection after a failure; always `false` (nothing sent).
-    fn failed(&mut self, health: &Health, reason: &str) -> bool {
-        self.open = None;
-        self.retry_at = Some(Instant::now() + RETRY_MIN);
-        health.down(reason);
-        false
-    }
-}
-
-/// Whether Redis answers, for the log: a warning at most once a minute
-/// while it does not, a line when it does again.
-#[derive(Default)]
-struct Health {
-    state: Mutex<HealthState>,
-}
-
-#[derive(Default)]
-struct HealthState {
-    down: bool,
-    last_warning: Option<Instant>,
-}
-
-impl Health {
-    fn up(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if std::mem::take(&mut state.down) {
-            tracing::info!("suppression stream: Redis answers again; catching up");
-        }
-    }
-
-    fn down(&self, reason: &str) {
-        let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.down = true;
-        if state
-            .last_warning
-            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
-        {
-            state.last_warning = Some(now);
-            tracing::warn!(
-                "suppression stream: cannot reach Redis ({reason}); this relay keeps its own list and catches up later"
-            );
-        }
-    }
-}
-
-async fn wait(shutdown: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => {}
-        _ = shutdown.cancelled() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(text: &str) -> Value {
-        Value::BulkString(text.as_bytes().to_vec())
-    }
-
-    fn entry(id: &str, fields: &[&str]) -> Value {
-        Value::Array(vec![
-            bulk(id),
-            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
-        ])
-    }
-
-    #[test]
-    fn xread_replies_in_both_protocols() {
-        let items = Value::Array(vec![
-            entry(
-                "1-0",
-                &[
-                    "relay",
-                    "a",
-                    "op",
-                    "add",
-                    "address",
-                    "X@Example.org",
-                    "class",
-                    "bad_domain",
-                    "time",
-                    "1000",
-                ],
-            ),
-            entry(
-                "1-1",
-                &["relay", "a", "op", "remove", "address", "y@example.org"],
-            ),
-            entry("2-0", &["op", "frobnicate"]),
-        ]);
-        let resp2 = Value::Array(vec![Value::Array(vec![bulk(STREAM), items.clone()])]);
-        let resp3 = Value::Map(vec![(bulk(STREAM), items)]);
-        for reply in [resp2, resp3] {
-            let entries = stream_entries(&reply);
-            assert_eq!(entries.len(), 3);
-            let changes: Vec<_> = entries
-                .iter()
-                .filter_map(|(id, fields)| remote_change(id, fields))
-                .collect();
-            assert_eq!(changes.len(), 2, "the unknown op is skipped");
-            let Published::Add(added) = &changes[0] else {
-                panic!()
-            };
-            assert_eq!(added.address, "x@example.org");
-            assert_eq!(added.class, BounceClass::BadDomain);
-            assert_eq!(added.source, Source::Cluster);
-            assert_eq!(added.time, UNIX_EPOCH + Duration::from_secs(1));
-            assert_eq!(changes[1], Published::Remove("y@example.org".into()));
-        }
-        assert!(stream_entries(&Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn stream_ids_order_by_time_then_sequence() {
-        assert!(parse_id("10-2") > parse_id("10-1"));
-        assert!(parse_id("11-0") > parse_id("10-99"));
-        assert_eq!(parse_id("5"), Some((5, 0)));
-        assert_eq!(parse_id("x-1"), None);
     }
 }
