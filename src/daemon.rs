@@ -29,6 +29,7 @@ use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::{Security, SessionShared};
 use crate::storage::FreeSpace;
+use crate::suppression::{self, Suppression};
 use crate::systemd::Notifier;
 use crate::webhook::Webhooks;
 
@@ -65,9 +66,19 @@ pub async fn run(
         .context("spool open task failed")?;
     let spool =
         opened.with_context(|| format!("cannot open spool {}", config.spool.path.display()))?;
-    let (queue, recovery) = Queue::rebuild(&spool)
-        .await
-        .context("cannot rebuild the queue from the spool")?;
+    // The schedule and the suppression set are rebuilt side by side: both
+    // are reads of the spool on the blocking pool.
+    let loading = std::time::Instant::now();
+    let (rebuilt, suppressed) = tokio::join!(Queue::rebuild(&spool), Suppression::load(&spool));
+    let (queue, recovery) = rebuilt.context("cannot rebuild the queue from the spool")?;
+    let suppressed = suppressed.context("cannot load the suppression list from the spool")?;
+    tracing::info!(
+        "suppression list: {} addresses loaded ({} unreadable) in {} ms, {:.1} MB in memory",
+        suppressed.len(),
+        suppressed.unreadable,
+        loading.elapsed().as_millis(),
+        suppressed.table_bytes() as f64 / 1e6,
+    );
     tracing::info!(
         "spool {}: {} messages queued (high {}, low {}), {} completed removed, {} set aside",
         config.spool.path.display(),
@@ -100,6 +111,13 @@ pub async fn run(
                 .unwrap_or_default()
         });
     }
+    let suppression = Arc::new(Suppression::new(
+        suppressed,
+        settings.clone(),
+        spool.clone(),
+        events.clone(),
+        metrics.clone(),
+    ));
     let handle = QueueHandle {
         settings: settings.clone(),
         spool: spool.clone(),
@@ -107,6 +125,7 @@ pub async fn run(
         events: events.clone(),
         metrics: metrics.clone(),
         webhooks: webhooks.clone(),
+        suppression: suppression.clone(),
     };
     webhooks.start(&spool, &tracker, shutdown.clone()).await;
     let delivery = Arc::new(
@@ -149,6 +168,7 @@ pub async fn run(
         )),
         dkim: dkim.clone(),
         webhooks: webhooks.clone(),
+        suppression: suppression.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
@@ -205,6 +225,11 @@ pub async fn run(
         settings.clone(),
         shutdown.clone(),
     ));
+    tracker.spawn(suppression::stream::run(
+        suppression.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(suppression::sweep::run(suppression, shutdown.clone()));
     let notifier = Arc::new(Notifier::from_env());
     let reloader = Arc::new(Reloader {
         file: config.source.clone(),

@@ -1,7 +1,7 @@
 //! The `relayq` command: `serve` runs the daemon, `check-config` validates a
-//! configuration file, `queue` (or `mailq`) talks to the running daemon,
-//! `sendmail` submits a message (also when invoked as `sendmail`), `reload`
-//! makes the daemon re-read its configuration.
+//! configuration file, `queue` (or `mailq`) and `suppression` talk to the
+//! running daemon, `sendmail` submits a message (also when invoked as
+//! `sendmail`), `reload` makes the daemon re-read its configuration.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,7 @@ enum Commands {
     },
     /// Read a message on stdin and submit it, like sendmail: -t, -i, -f FROM,
     /// -F NAME, -N NOTIFY, -C CONFIG, recipients. Exit 0 once accepted or in
-    /// the maildrop, 65 malformed or refused, 75 neither.
+    /// the maildrop, 65 malformed or refused, 67 every recipient refused, 75 neither.
     #[command(disable_help_flag = true)]
     Sendmail {
         /// sendmail's own flags and the recipients.
@@ -58,6 +58,8 @@ enum Commands {
     Queue(relayq::cli::queue::QueueArgs),
     /// The running daemon's webhooks: status, or a test post.
     Webhook(relayq::cli::webhook::WebhookArgs),
+    /// The suppression list: recipients not mailed again until removed.
+    Suppression(relayq::cli::suppression::SuppressionArgs),
     /// Make the running daemon re-read its configuration file: exit 0 and
     /// what changed, or 64 with the file, key and reason (nothing changed).
     Reload {
@@ -113,6 +115,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         Commands::Sendmail { args } => run_sendmail(args),
         Commands::Queue(args) => relayq::cli::queue::run(args),
         Commands::Webhook(args) => relayq::cli::webhook::run(args),
+        Commands::Suppression(args) => relayq::cli::suppression::run(args),
         Commands::Reload { config } => relayq::cli::reload::run(config.as_deref()),
     }
 }

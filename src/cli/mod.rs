@@ -1,5 +1,5 @@
 //! Command-line clients of the daemon: `relayq queue …` (and `mailq`),
-//! `relayq webhook …`, `relayq reload`.
+//! `relayq webhook …`, `relayq suppression …`, `relayq reload`.
 //! They find the daemon through the configuration, resolved as `serve`
 //! resolves it.
 
@@ -8,6 +8,7 @@ pub(crate) mod format;
 pub mod queue;
 pub mod reload;
 pub mod sendmail;
+pub mod suppression;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};

@@ -262,6 +262,7 @@ pub(super) fn config(
     let dkim = super::dkim::dkim(raw.dkim)?;
     let webhooks = super::webhook::webhooks(raw.webhook)?;
     let bounce = super::bounce::bounce(raw.bounce)?;
+    let suppression = super::suppression::suppression(raw.suppression)?;
 
     let control = ControlSettings {
         socket: raw
@@ -312,6 +313,7 @@ pub(super) fn config(
         webhooks,
         bounce,
         cluster,
+        suppression,
         control,
         metrics,
         log,

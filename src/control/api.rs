@@ -38,6 +38,11 @@ pub enum Reply {
     /// A bulk operation, run in chunks; with `progress`, JSON lines of
     /// progress before the report.
     Bulk { bulk: Bulk, progress: bool },
+    /// `GET /suppression`: a JSON array streamed as it is built.
+    Suppressions {
+        class: Option<crate::bounce::BounceClass>,
+        limit: Option<usize>,
+    },
 }
 
 impl Reply {
@@ -63,6 +68,13 @@ pub fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
 }
 
 pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8]) -> Reply {
+    let path = request.path.trim_start_matches('/');
+    if let Some(rest) = path.strip_prefix("suppression")
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        let address = rest.strip_prefix('/').unwrap_or_default();
+        return super::suppression::handle(context, request, body, address).await;
+    }
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["queue"]) => list(request),

@@ -7,11 +7,13 @@
 //! - `select`: the filters of lists and bulk operations (pure);
 //! - `operations`: retry, hold, release, delete, bounce, one by one or in
 //!   chunks;
-//! - `view`: the JSON documents, shared with the CLI.
+//! - `view`: the JSON documents, shared with the CLI;
+//! - `suppression`: the suppression list's routes and its JSON.
 //!
-//! `GET /queue` and bulk operations stream their answers (chunked): the
-//! daemon never holds a whole list of a large queue, and a client that goes
-//! away stops the work at the next write.
+//! `GET /queue`, `GET /suppression` and bulk operations stream their
+//! answers (chunked): the daemon never holds a whole list of a large queue
+//! or suppression list, and a client that goes away stops the work at the
+//! next write.
 //!
 //! Invariant: connections are bounded (`MAX_CONNECTIONS`, a permit taken
 //! before accept), request heads and bodies are capped, and reading a
@@ -21,6 +23,7 @@ pub mod api;
 pub mod http;
 pub mod operations;
 pub mod select;
+pub mod suppression;
 pub mod view;
 
 use std::os::unix::fs::PermissionsExt;
@@ -177,6 +180,9 @@ async fn serve_connection(
             let done = stream_bulk(stream, context, &bulk, progress, options, shutdown).await;
             release_free_memory().await;
             done
+        }
+        Reply::Suppressions { class, limit } => {
+            suppression::stream_list(stream, context, class, limit).await
         }
         reply => write_reply(&mut stream, reply).await,
     }

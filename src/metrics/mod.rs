@@ -10,6 +10,7 @@
 mod histogram;
 pub mod http;
 mod shaping;
+mod suppression;
 mod text;
 mod webhooks;
 
@@ -28,6 +29,7 @@ use histogram::Histogram;
 pub type DestinationConnections = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 pub use shaping::{DestinationShaping, ShapingMetrics, Throttle};
+pub use suppression::SuppressionMetrics;
 pub use webhooks::{WebhookMetrics, WebhookRow};
 
 /// What became of one recipient in one delivery attempt
@@ -197,6 +199,8 @@ pub struct Metrics {
     pub shaping: ShapingMetrics,
     /// The webhooks' outboxes and posts.
     pub webhooks: WebhookMetrics,
+    /// The suppression list: its size, the recipients it refused.
+    pub suppression: SuppressionMetrics,
 }
 
 impl Default for Metrics {
@@ -229,6 +233,7 @@ impl Metrics {
             config_reloads: Default::default(),
             shaping: ShapingMetrics::default(),
             webhooks: WebhookMetrics::default(),
+            suppression: SuppressionMetrics::default(),
         }
     }
 

@@ -310,6 +310,7 @@ pub fn render(
     }
     metrics.shaping.render(&mut out);
     metrics.webhooks.render(&mut out);
+    metrics.suppression.render(&mut out);
     out
 }
 

@@ -23,6 +23,7 @@ use crate::dsn::{self, Action, ReportedRecipient};
 use crate::events::{Event, EventKind, Events};
 use crate::live::Settings;
 use crate::metrics::Metrics;
+use crate::suppression::Suppression;
 use crate::webhook::{self, Webhooks};
 
 /// Header section bytes read for RET=HDRS reports.
@@ -40,6 +41,8 @@ pub struct QueueHandle {
     pub metrics: Arc<Metrics>,
     /// Where the events of a transition go durably, in its commit.
     pub webhooks: Arc<Webhooks>,
+    /// The suppression list: a transition's bounces may add to it.
+    pub suppression: Arc<Suppression>,
 }
 
 impl QueueHandle {
@@ -60,6 +63,7 @@ impl QueueHandle {
             self.queue.forget_fresh(transition.id);
             let reports = self.build_reports(transition).await;
             changes.push(record_change(transition));
+            changes.extend(self.suppression.changes_for(transition));
             let mut queued = Vec::with_capacity(reports.len());
             for (report_id, envelope, body) in reports {
                 changes.push(Change::Insert {
@@ -84,6 +88,7 @@ impl QueueHandle {
         let staged = self.webhooks.stage(&events, &mut changes);
         self.spool.apply(changes).await?;
         self.webhooks.committed(staged);
+        self.suppression.committed(transitions);
         for (transition, reports) in transitions.iter().zip(&queued_reports) {
             self.committed(transition, reports);
         }

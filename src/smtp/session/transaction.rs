@@ -1,5 +1,8 @@
 //! The envelope part of a session: EHLO/HELO, MAIL and RCPT, with the relay,
-//! sequence, size and storage checks that decide whether a transaction may go on.
+//! sequence, size and storage checks that decide whether a transaction may go on,
+//! and the suppression list.
+
+use std::time::SystemTime;
 
 use super::super::address::Mailbox;
 use super::super::command::{MailCommand, RcptCommand};
@@ -124,6 +127,17 @@ impl<S> Session<S> {
             return;
         }
         let address = self.resolve_local(&rcpt.forward_path);
+        let suppression = &self.shared.suppression;
+        if let Some(hit) =
+            suppression.check(&self.live.config.suppression, &address, SystemTime::now())
+        {
+            suppression.refused_at_rcpt(&transaction.reverse_path, &address, &hit);
+            // The other recipients go on; and like a full lane, this is no
+            // client error that counts towards `smtp.max_errors`: a list
+            // with many suppressed addresses must not cost the session.
+            self.reply(Reply::new(550, "5.1.1", hit.reply_text(&address)));
+            return;
+        }
         let recipient = Recipient {
             address,
             orcpt: rcpt.orcpt,
