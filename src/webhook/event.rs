@@ -378,6 +378,22 @@ pub fn accepted(
         .collect()
 }
 
+/// A recipient refused at RCPT because it is on the suppression list:
+/// nothing was queued, so there is no queue id, message id or metadata.
+pub fn suppressed(
+    sender: &str,
+    recipient: &str,
+    class: BounceClass,
+    ids: &EventIds,
+    at: SystemTime,
+) -> WebhookEvent {
+    let mut event = WebhookEvent::new(ids.next(at), EventType::Suppressed, at);
+    event.sender = Some(sender.to_owned());
+    event.recipient = Some(recipient.to_owned());
+    event.class = Some(class);
+    event
+}
+
 pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)

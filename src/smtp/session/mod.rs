@@ -304,7 +304,7 @@ impl<S: AsyncRead + AsyncWrite + StartTls + Unpin> Session<S> {
             Command::Ehlo(host) => self.ehlo(host, true),
             Command::Helo(host) => self.ehlo(host, false),
             Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt(rcpt) => self.rcpt(rcpt),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt).await,
             Command::Data => return self.data().await,
             Command::Bdat { chunk_size, last } => return self.bdat(chunk_size, last).await,
             Command::Rset => {

@@ -11,6 +11,7 @@ use super::Session;
 use crate::metrics::RefusalReason;
 use crate::queue::Lane;
 use crate::queue::envelope::{Recipient, RecipientStatus};
+use crate::webhook::{self, EventType};
 
 /// A mail transaction in progress (RFC 5321 §3.3).
 pub struct Transaction {
@@ -102,7 +103,7 @@ impl<S> Session<S> {
         self.reply(Reply::new(250, "2.1.0", "Ok"));
     }
 
-    pub(super) fn rcpt(&mut self, rcpt: RcptCommand) {
+    pub(super) async fn rcpt(&mut self, rcpt: RcptCommand) {
         let Some(transaction) = self.transaction.as_ref() else {
             self.reply_error(reply::bad_sequence("Error: need MAIL command"));
             return;
@@ -132,6 +133,19 @@ impl<S> Session<S> {
             suppression.check(&self.live.config.suppression, &address, SystemTime::now())
         {
             suppression.refused_at_rcpt(&transaction.reverse_path, &address, &hit);
+            // The `suppressed` event is committed before the refusal is sent
+            // (a rare path: one group commit's wait).
+            let webhooks = &self.shared.webhooks;
+            if webhooks.wants(EventType::Suppressed) {
+                let event = webhook::event::suppressed(
+                    &transaction.reverse_path,
+                    &address,
+                    hit.class,
+                    webhooks.ids(),
+                    SystemTime::now(),
+                );
+                webhooks.record(&self.shared.spool, &[event]).await;
+            }
             // The other recipients go on; and like a full lane, this is no
             // client error that counts towards `smtp.max_errors`: a list
             // with many suppressed addresses must not cost the session.
