@@ -81,6 +81,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let control_socket = control::bind(&config.control.socket)?;
     let live = Live::build(config.clone(), None, &metrics).context("cannot set up delivery")?;
+    let destinations = DeliveryContext::destinations(&live);
     let settings = Settings::new(live);
     let handle = QueueHandle {
         settings: settings.clone(),
@@ -88,10 +89,16 @@ pub async fn run(
         queue: queue.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
+        reservations: destinations.clone(),
     };
     let delivery = Arc::new(
-        DeliveryContext::new(&settings.snapshot(), handle.clone(), tracker.clone())
-            .context("cannot set up delivery")?,
+        DeliveryContext::new(
+            &settings.snapshot(),
+            handle.clone(),
+            destinations,
+            tracker.clone(),
+        )
+        .context("cannot set up delivery")?,
     );
     {
         // Weak: the metrics outlive nothing, and the context holds them.

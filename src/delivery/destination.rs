@@ -25,6 +25,7 @@ use super::job::Job;
 use super::rate::{Admission, RateLimiter};
 use crate::config::{DestinationRule, Route};
 use crate::metrics::{DestinationShaping, Throttle};
+use crate::queue::reservations::Reservations;
 use crate::queue::{Lane, PerLane};
 
 /// Where mail goes next: a recipient domain's MX hosts, or a configured
@@ -208,16 +209,25 @@ struct Shaping {
     default_cap: usize,
     /// In file order, each with its name as the key uses it.
     rules: Vec<(Arc<str>, DestinationRule)>,
+    /// The destinations with a rate (only rules have one).
+    rated: Vec<DestinationKey>,
 }
 
 impl Shaping {
     fn new(default_cap: usize, rules: &[DestinationRule]) -> Shaping {
+        let rules: Vec<(Arc<str>, DestinationRule)> = rules
+            .iter()
+            .map(|rule| (Arc::from(rule.name.as_str()), rule.clone()))
+            .collect();
+        let rated = rules
+            .iter()
+            .filter(|(_, rule)| rule.rate.is_some())
+            .map(|(name, _)| DestinationKey::Rule(name.clone()))
+            .collect();
         Shaping {
             default_cap: default_cap.max(1),
-            rules: rules
-                .iter()
-                .map(|rule| (Arc::from(rule.name.as_str()), rule.clone()))
-                .collect(),
+            rules,
+            rated,
         }
     }
 
@@ -417,7 +427,7 @@ impl Destinations {
             let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
             match &mut destination.rate {
                 Some(rate) => {
-                    rate.unstart();
+                    rate.unstart(id);
                     rate.promise(id, now, now + wait)
                 }
                 None => now + wait,
@@ -546,7 +556,7 @@ impl Destinations {
             let at = if at - now <= SHORT_WAIT {
                 at
             } else {
-                rate.promise_next(id, now)
+                rate.promise(id, now, at)
             };
             let wait = self.rate_wait(key, at, now);
             return Err((at - now, wait, Throttle::Rate));
@@ -554,15 +564,34 @@ impl Destinations {
         Ok(())
     }
 
-    /// Gives back a rate token taken by `start_transaction` for a
-    /// transaction that never sent MAIL (the connection was gone).
-    pub fn unstart(&self, key: &DestinationKey) {
+    /// Gives back the rate token taken by `start_transaction` for message
+    /// `id`'s transaction, which never sent MAIL (the connection was gone).
+    pub fn unstart(&self, key: &DestinationKey, id: QueueId) {
         if let Some(rate) = self
             .lock()
             .get_mut(key)
             .and_then(|destination| destination.rate.as_mut())
         {
-            rate.unstart();
+            rate.unstart(id);
+        }
+    }
+
+    /// Message `id` no longer waits for delivery (it left the queue, or was
+    /// held): the rate slots promised to it go to other mail.
+    pub fn release(&self, id: QueueId) {
+        let shaping = self.shaping.load();
+        if shaping.rated.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut table = self.lock();
+        for key in &shaping.rated {
+            if let Some(rate) = table
+                .get_mut(key)
+                .and_then(|destination| destination.rate.as_mut())
+            {
+                rate.release(id, now);
+            }
         }
     }
 
@@ -888,6 +917,12 @@ fn grant_tokens(destination: &mut Destination) -> PerLane<usize> {
         let Some(lane) = lane else { return pushes };
         destination.tokens[lane] += 1;
         pushes[lane] += 1;
+    }
+}
+
+impl Reservations for Destinations {
+    fn release(&self, id: QueueId) {
+        Destinations::release(self, id);
     }
 }
 

@@ -43,7 +43,9 @@ pub struct DeliveryContext {
     /// The spool, schedule, events, metrics and live settings, through
     /// which every change of a message goes.
     pub handle: QueueHandle,
-    pub destinations: Destinations,
+    /// Shared with the queue handle, which gives back what a message held
+    /// at its destinations when it leaves the queue.
+    pub destinations: Arc<Destinations>,
     pub tls_configs: TlsConfigs,
     /// `None` when `delivery.mta_sts` is off. Built at start, with the
     /// start's resolver and trust anchors.
@@ -56,9 +58,21 @@ pub struct DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// The destinations of `live`'s configuration, before the context: the
+    /// queue handle the context is built with refers to them too.
+    pub fn destinations(live: &Live) -> Arc<Destinations> {
+        let config = &live.config;
+        Arc::new(Destinations::new(
+            config.delivery.destination_concurrency,
+            DEAD_DESTINATION_FOR,
+            &config.destinations,
+        ))
+    }
+
     pub fn new(
         live: &Live,
         handle: QueueHandle,
+        destinations: Arc<Destinations>,
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
         let config = &live.config;
@@ -72,11 +86,7 @@ impl DeliveryContext {
         });
         Ok(DeliveryContext {
             handle,
-            destinations: Destinations::new(
-                config.delivery.destination_concurrency,
-                DEAD_DESTINATION_FOR,
-                &config.destinations,
-            ),
+            destinations,
             tls_configs,
             mta_sts,
             in_flight: PerLane::from_fn(|_| Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT))),
@@ -352,6 +362,7 @@ async fn start_pass(
         Ok(Some(loaded)) => loaded,
         Ok(None) => {
             handle.queue.remove(id);
+            context.destinations.release(id);
             return;
         }
         Err(LoadError::Undecodable(error)) => {
@@ -368,6 +379,7 @@ async fn start_pass(
                 }
             }
             handle.queue.remove(id);
+            context.destinations.release(id);
             return;
         }
         Err(error @ LoadError::Unreadable(_)) => {

@@ -229,7 +229,7 @@ async fn deliver_under(
         };
         if attempt.nothing_sent && !attempt.connection_usable {
             // The MAIL command never reached the server: no start.
-            destinations.unstart(key);
+            destinations.unstart(key, job.pass.id);
         }
         if attempt.nothing_sent && !attempt.connection_usable && !fresh_connection_tried {
             // A reused connection the server had closed: try a fresh one.
@@ -350,7 +350,7 @@ async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
                     None => return Ok(()),
                     Some(wait) if wait.is_zero() => return Ok(()),
                     Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
-                        destinations.unstart(&job.destination);
+                        destinations.unstart(&job.destination, job.pass.id);
                         naps += 1;
                         tokio::time::sleep(wait).await;
                     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use relayq_spool::{Body, Change, EnvelopeEdit, QueueId, Spool, SpoolError};
 
 use super::envelope::{EnvelopeError, Recipient, Ret};
+use super::reservations::Reservations;
 use super::transition::{self, Cause, Note, NoteKind, Record, Transition};
 use super::{Envelope, Queue};
 use crate::dsn::{self, Action, ReportedRecipient};
@@ -35,6 +36,8 @@ pub struct QueueHandle {
     pub queue: Arc<Queue>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// Given back when a transition removes or holds a message.
+    pub reservations: Arc<dyn Reservations>,
 }
 
 impl QueueHandle {
@@ -86,6 +89,9 @@ impl QueueHandle {
         }
         for (report_id, envelope) in reports {
             self.queue.insert(*report_id, envelope);
+        }
+        if transition.record == Record::Remove || transition.envelope.held {
+            self.reservations.release(id);
         }
 
         self.announce(transition);

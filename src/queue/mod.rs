@@ -11,6 +11,7 @@ pub(crate) mod fresh;
 pub(crate) mod handle;
 mod lane;
 pub(crate) mod operations;
+pub(crate) mod reservations;
 pub(crate) mod retry;
 pub(crate) mod transition;
 
