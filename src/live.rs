@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Route};
 use crate::delivery::client::ClientSettings;
@@ -50,11 +51,13 @@ pub struct Live {
 impl Live {
     /// Builds the snapshot for `config`. Stateful clients whose settings did
     /// not change (the resolver and its cache, the Redis connection) are
-    /// taken over from `previous`.
+    /// taken over from `previous`; a new Redis client connects on a task of
+    /// `tracker`.
     pub fn build(
         config: Config,
         previous: Option<&Live>,
         metrics: &Arc<Metrics>,
+        tracker: &TaskTracker,
     ) -> anyhow::Result<Live> {
         let delivery = &config.delivery;
         let resolver = match previous {
@@ -71,7 +74,7 @@ impl Live {
             (Some(_), Some(previous)) if previous.config.cluster == config.cluster => {
                 previous.cluster.clone()
             }
-            (Some(url), _) => Some(Arc::new(Cluster::new(url, metrics.clone())?)),
+            (Some(url), _) => Some(Cluster::new(url, metrics.clone(), tracker)?),
         };
         let max_queued = PerLane::from_fn(|lane| config.lanes.get(lane).max_queued);
         let admission = match previous {

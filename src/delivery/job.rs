@@ -11,6 +11,7 @@ use super::client::{
     Attempt, ConnectErrorKind, Connection, Credentials, Disposition, OutboundMessage,
     OutboundRecipient, RecipientOutcome, RemoteReply, Target, TlsInfo, TlsMode,
 };
+use super::cluster::Cluster;
 use super::destination::{DestinationKey, NextHop, Refusal, SHORT_WAIT, Wait};
 use super::engine::DeliveryContext;
 use super::pass::Pass;
@@ -148,14 +149,46 @@ async fn deliver_under(
     let key = &job.destination;
     let mut pending: Vec<usize> = job.recipients.clone();
     let mut results = Vec::new();
-    // A pooled connection needs no DNS: the next hop is looked up only when
-    // a new connection is opened.
-    let mut reused = destinations.take_idle(key, &job.pool);
+    let fleet = fleet_rate(context, job);
+    // A start the fleet granted that no MAIL command has used yet.
+    let mut fleet_start = false;
+    // The connection of the previous transaction, when more recipients
+    // are left for it.
+    let mut reused: Option<Connection> = None;
+    let mut pool_tried = false;
     let mut fresh_connection_tried = false;
+    // Our own connection went back to the pool while the fleet was asked.
+    let mut parked = false;
     while !pending.is_empty() {
-        let (mut connection, fresh) = match reused.take() {
+        if let Some(fleet) = &fleet
+            && !fleet_start
+        {
+            if let Some(connection) = reused.take() {
+                parked = true;
+                if let Some(closing) = destinations.put_idle(key, &job.pool, connection) {
+                    context.tracker().spawn(closing.quit());
+                }
+            }
+            if let Err(wait) = fleet_gate(context, job, fleet).await {
+                results.extend(job.waiting(&pending, wait));
+                return Ended::Results(results);
+            }
+            fleet_start = true;
+        }
+        let parked_now = std::mem::take(&mut parked);
+        // A pooled connection needs no DNS: the next hop is looked up only
+        // when a new connection is opened.
+        let pooled = match reused.take() {
+            Some(connection) => Some(connection),
+            None if !pool_tried || parked_now => {
+                pool_tried = true;
+                destinations.take_idle(key, &job.pool)
+            }
+            None => None,
+        };
+        let (mut connection, fresh) = match pooled {
             Some(connection) => (connection, false),
-            None if fresh_connection_tried => break,
+            None if fresh_connection_tried && !parked_now => break,
             None => {
                 fresh_connection_tried = true;
                 for idle in destinations.make_room(key) {
@@ -228,8 +261,11 @@ async fn deliver_under(
             }
         };
         if attempt.nothing_sent && !attempt.connection_usable {
-            // The MAIL command never reached the server: no start.
+            // The MAIL command never reached the server: no start (the
+            // fleet's start is kept for the next try).
             destinations.unstart(key, job.pass.id);
+        } else if !attempt.nothing_sent {
+            fleet_start = false;
         }
         if attempt.nothing_sent && !attempt.connection_usable && !fresh_connection_tried {
             // A reused connection the server had closed: try a fresh one.
@@ -329,46 +365,13 @@ const SHORT_WAITS: usize = 3;
 /// Waits for the destination to allow a transaction to start now: a short
 /// wait for the rate is slept through (a few times at most); a longer one,
 /// or a suspension, is returned for the recipients to be deferred without
-/// an attempt.
+/// an attempt. Local only: the fleet was asked before the connection.
 async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
     let destinations = &context.destinations;
     let mut naps = 0;
     loop {
         match destinations.start_transaction(&job.destination, job.pass.id) {
-            Ok(()) => {
-                // A fleet rate: Redis has the last word (when it answers).
-                let fleet = job
-                    .pass
-                    .settings
-                    .cluster
-                    .as_deref()
-                    .zip(destinations.rate_of(&job.destination));
-                let Some((cluster, (name, interval))) = fleet else {
-                    return Ok(());
-                };
-                match cluster.try_start(&name, interval).await {
-                    None => return Ok(()),
-                    Some(wait) if wait.is_zero() => return Ok(()),
-                    Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
-                        destinations.unstart(&job.destination, job.pass.id);
-                        naps += 1;
-                        tokio::time::sleep(wait).await;
-                    }
-                    Some(wait) => {
-                        let label = destinations.label(&job.destination);
-                        context
-                            .handle
-                            .metrics
-                            .shaping
-                            .throttled(&label, Throttle::Rate);
-                        return Err(destinations.fleet_refused(
-                            &job.destination,
-                            job.pass.id,
-                            wait,
-                        ));
-                    }
-                }
-            }
+            Ok(()) => return Ok(()),
             Err((left, _, Throttle::Rate)) if left <= SHORT_WAIT && naps < SHORT_WAITS => {
                 naps += 1;
                 tokio::time::sleep(left).await;
@@ -377,6 +380,46 @@ async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
                 let label = destinations.label(&job.destination);
                 context.handle.metrics.shaping.throttled(&label, throttle);
                 return Err(wait);
+            }
+        }
+    }
+}
+
+/// The fleet rate the job's destination shares through Redis, if any.
+fn fleet_rate(context: &DeliveryContext, job: &Job) -> Option<(Arc<Cluster>, Arc<str>, Duration)> {
+    let cluster = job.pass.settings.cluster.clone()?;
+    let (name, interval) = context.destinations.rate_of(&job.destination)?;
+    Some((cluster, name, interval))
+}
+
+/// Asks the fleet (Redis) for a start, before the job takes or opens a
+/// connection, so no SMTP connection waits on Redis: a short wait is slept
+/// through (a few times at most); a longer one defers the recipients
+/// without an attempt, to the first local slot after it. Redis that
+/// cannot be asked now lets the local rate alone decide.
+async fn fleet_gate(
+    context: &DeliveryContext,
+    job: &Job,
+    (cluster, name, interval): &(Arc<Cluster>, Arc<str>, Duration),
+) -> Result<(), Wait> {
+    let destinations = &context.destinations;
+    let mut naps = 0;
+    loop {
+        match cluster.try_start(name, *interval).await {
+            None => return Ok(()),
+            Some(wait) if wait.is_zero() => return Ok(()),
+            Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
+                naps += 1;
+                tokio::time::sleep(wait).await;
+            }
+            Some(wait) => {
+                let label = destinations.label(&job.destination);
+                context
+                    .handle
+                    .metrics
+                    .shaping
+                    .throttled(&label, Throttle::Rate);
+                return Err(destinations.fleet_refused(&job.destination, job.pass.id, wait));
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod dns_server;
 pub mod fake_mx;
 pub mod policy_server;
 pub mod shaping;
+pub mod silent;
 pub mod tls_client;
 
 use std::io::{BufRead, BufReader, Read, Write};
