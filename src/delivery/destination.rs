@@ -24,7 +24,7 @@ use super::client::{Connection, RemoteReply};
 use super::job::Job;
 use super::rate::{Admission, RateLimiter};
 use crate::config::{DestinationRule, Route};
-use crate::metrics::{DestinationShaping, Throttle};
+use crate::metrics::{ActiveConnections, DestinationShaping, Throttle};
 use crate::queue::reservations::Reservations;
 use crate::queue::{Lane, PerLane};
 
@@ -73,6 +73,14 @@ impl std::ops::Deref for RouteHop {
 pub enum DestinationKey {
     Rule(Arc<str>),
     Hop(NextHop),
+}
+
+impl DestinationKey {
+    /// A rule's destination: few, named in the configuration (metrics give
+    /// each its own series).
+    pub fn is_rule(&self) -> bool {
+        matches!(self, DestinationKey::Rule(_))
+    }
 }
 
 /// How long a connection may sit idle before it is closed.
@@ -457,14 +465,18 @@ impl Destinations {
     /// Per destination known now, the jobs running there: each holds one
     /// place under the cap and at most one connection (open, or being
     /// looked up and opened), so this is the connections in use.
-    pub fn active_connections(&self) -> Vec<(String, usize)> {
+    pub fn active_connections(&self) -> Vec<ActiveConnections> {
         let keys: Vec<(DestinationKey, usize)> = self
             .lock()
             .iter()
             .map(|(key, destination)| (key.clone(), destination.active))
             .collect();
         keys.into_iter()
-            .map(|(key, active)| (self.label(&key), active))
+            .map(|(key, active)| ActiveConnections {
+                destination: self.label(&key),
+                rule: key.is_rule(),
+                active: active as u64,
+            })
             .collect()
     }
 
@@ -871,6 +883,7 @@ impl Destinations {
                 suspended_until: destination
                     .suspended_at(now)
                     .map(|suspension| crate::timefmt::rfc3339(suspension.until_wall)),
+                rule: key.is_rule(),
             })
             .collect();
         drop(table);
@@ -883,6 +896,7 @@ impl Destinations {
                     active: 0,
                     waiting: 0,
                     suspended_until: None,
+                    rule: true,
                 });
             }
         }

@@ -18,6 +18,7 @@ use super::pass::Pass;
 use super::workers::{Engine, LaneWorkers};
 use crate::events::{Event, EventKind};
 use crate::live::Live;
+use crate::metrics::{ActiveConnections, Throttle};
 use crate::mta_sts::MtaSts;
 use crate::queue::handle::{LoadError, QueueHandle};
 use crate::queue::transition::{self, Outcome};
@@ -454,8 +455,7 @@ async fn start_pass(
                 throttle,
             } = *rejected;
             if let Some(throttle) = throttle {
-                let label = context.destinations.label(&job.destination);
-                context.handle.metrics.shaping.throttled(&label, throttle);
+                context.throttled(&job.destination, throttle);
             }
             // Deferred at once, no lane slot used.
             defer(context, job, refusal);
@@ -464,13 +464,19 @@ async fn start_pass(
 }
 
 impl DeliveryContext {
-    /// Per destination (its metrics label), the connections in use now.
-    pub fn active_connections(&self) -> Vec<(String, u64)> {
-        self.destinations
-            .active_connections()
-            .into_iter()
-            .map(|(label, active)| (label, active as u64))
-            .collect()
+    /// Per destination, the connections in use now.
+    pub fn active_connections(&self) -> Vec<ActiveConnections> {
+        self.destinations.active_connections()
+    }
+
+    /// Counts a job that its destination held back
+    /// (`relayq_destination_throttled_total`).
+    pub fn throttled(&self, key: &DestinationKey, reason: Throttle) {
+        let label = self.destinations.label(key);
+        self.handle
+            .metrics
+            .shaping
+            .throttled(&label, key.is_rule(), reason);
     }
 }
 

@@ -377,8 +377,7 @@ async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
                 tokio::time::sleep(left).await;
             }
             Err((_, wait, throttle)) => {
-                let label = destinations.label(&job.destination);
-                context.handle.metrics.shaping.throttled(&label, throttle);
+                context.throttled(&job.destination, throttle);
                 return Err(wait);
             }
         }
@@ -413,12 +412,7 @@ async fn fleet_gate(
                 tokio::time::sleep(wait).await;
             }
             Some(wait) => {
-                let label = destinations.label(&job.destination);
-                context
-                    .handle
-                    .metrics
-                    .shaping
-                    .throttled(&label, Throttle::Rate);
+                context.throttled(&job.destination, Throttle::Rate);
                 return Err(destinations.fleet_refused(&job.destination, job.pass.id, wait));
             }
         }
@@ -437,11 +431,7 @@ fn overloaded(context: &DeliveryContext, job: &Job, begun: Instant, reply: &Remo
             "destination {label}: overloaded ({reply}); connection limit lowered to {limit}"
         );
     }
-    context
-        .handle
-        .metrics
-        .shaping
-        .throttled(&label, Throttle::Feedback);
+    context.throttled(&job.destination, Throttle::Feedback);
     job.requeues < MAX_REQUEUES && destinations.is_dead(&job.hop).is_none()
 }
 
@@ -464,19 +454,15 @@ fn suspension(context: &Arc<DeliveryContext>, job: &Job, reply: &RemoteReply) ->
             Some(suspended.until),
             Some(suspended.reply.to_string()),
         ));
-        let shaping = &context.handle.metrics.shaping;
         for other in suspended.jobs {
-            shaping.throttled(&suspended.name, Throttle::Suspended);
+            context.throttled(&other.destination, Throttle::Suspended);
             super::engine::defer(context, other, Refusal::Wait(wait.clone()));
         }
         for connection in suspended.connections {
             context.tracker().spawn(connection.quit());
         }
     }
-    context.handle.metrics.shaping.throttled(
-        &context.destinations.label(&job.destination),
-        Throttle::Suspended,
-    );
+    context.throttled(&job.destination, Throttle::Suspended);
     Some(wait)
 }
 
