@@ -49,8 +49,9 @@ pub struct DeliveryContext {
     pub destinations: Arc<Destinations>,
     pub tls_configs: TlsConfigs,
     /// `None` when `delivery.mta_sts` is off. Built at start, with the
-    /// start's resolver and trust anchors.
-    pub mta_sts: Option<MtaSts>,
+    /// start's trust anchors; each pass looks policies up with its own
+    /// resolver.
+    pub mta_sts: Option<Arc<MtaSts>>,
     in_flight: PerLane<Arc<Semaphore>>,
     pub(super) workers: PerLane<LaneWorkers>,
     /// Tasks that commit or talk to a server are tracked, so shutdown waits
@@ -79,11 +80,11 @@ impl DeliveryContext {
         let config = &live.config;
         let tls_configs = TlsConfigs::with_trust_anchors(&config.delivery.extra_trust_anchors)?;
         let mta_sts = config.delivery.mta_sts.then(|| {
-            MtaSts::new(
-                live.resolver.clone(),
+            Arc::new(MtaSts::new(
                 tls_configs.verifying(),
                 &config.spool.path,
-            )
+                tracker.clone(),
+            ))
         });
         Ok(DeliveryContext {
             handle,

@@ -20,7 +20,7 @@ use crate::dns::DnsError;
 use crate::events::{Event, EventKind};
 use crate::live::Live;
 use crate::metrics::Throttle;
-use crate::mta_sts::ActivePolicy;
+use crate::mta_sts::{ActivePolicy, Lookup};
 use crate::outcome::{Protection, TlsProtection};
 use crate::queue::Lane;
 use crate::queue::transition::{Outcome, RecipientResult};
@@ -128,7 +128,21 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
         return Ended::Results(job.all(Outcome::Deferred, reason));
     }
     let sts = match (&job.hop, &context.mta_sts) {
-        (NextHop::Mx(domain), Some(mta_sts)) => mta_sts.policy_for(domain).await,
+        (NextHop::Mx(domain), Some(mta_sts)) => {
+            match mta_sts.policy_for(&job.pass.settings.resolver, domain).await {
+                Lookup::Ready(policy) => policy,
+                Lookup::Fetching { domain } => {
+                    // No attempt until the policy is known: the fetch ends
+                    // (one way or the other) within its timeout.
+                    let reply = RemoteReply::local(
+                        "4.7.0",
+                        format!("MTA-STS policy of {domain} is being fetched"),
+                    );
+                    let until = SystemTime::now() + crate::mta_sts::FETCH_TIMEOUT;
+                    return Ended::Results(job.all(Outcome::Waiting { until }, reply));
+                }
+            }
+        }
         _ => None,
     };
     let mut ended = deliver_under(context, job, sts.as_ref()).await;

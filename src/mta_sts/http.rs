@@ -21,6 +21,10 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Chunk-size lines on top of the body.
 const MAX_CHUNK_OVERHEAD: usize = 8 * 1024;
 const HTTPS_PORT: u16 = 443;
+/// Each address of the policy host gets this long to accept the
+/// connection, so one that drops packets leaves time for the next within
+/// the fetch's whole limit.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The path of the policy file (RFC 8461 §3.3).
 pub const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
 
@@ -282,9 +286,10 @@ async fn connect(host: &str, addresses: &[IpAddr]) -> Result<TcpStream, FetchErr
     let mut problems = Vec::new();
     for address in addresses {
         let address = SocketAddr::new(*address, HTTPS_PORT);
-        match TcpStream::connect(address).await {
-            Ok(stream) => return Ok(stream),
-            Err(error) => problems.push(format!("{address}: {error}")),
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(error)) => problems.push(format!("{address}: {error}")),
+            Err(_) => problems.push(format!("{address}: no answer within {CONNECT_TIMEOUT:?}")),
         }
     }
     Err(FetchError::Connect(format!(

@@ -117,3 +117,38 @@ fn swallow(mut stream: TcpStream, counts: Arc<Mutex<Counts>>, stop: Arc<AtomicBo
     }
     counts.lock().unwrap().open -= 1;
 }
+
+/// A listening socket whose accept queue is full, so the kernel drops new
+/// connection attempts, as a firewall dropping packets would: connecting
+/// to it hangs until the client gives up. Closed on drop.
+pub struct BlackHole {
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    pub fn start(address: &str) -> BlackHole {
+        let address: SocketAddr = address.parse().expect("address");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        // A backlog of 0: one connection fills the queue.
+        let listener = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(address)?;
+                socket.listen(0)?.into_std()
+            })
+            .unwrap_or_else(|error| panic!("listen on {address} (tests run as root): {error}"));
+        let mut queued = Vec::new();
+        while let Ok(stream) = TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
+            queued.push(stream);
+            assert!(queued.len() < 16, "the accept queue of {address} never fills");
+        }
+        BlackHole {
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
