@@ -1034,8 +1034,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_reload_gives_known_destinations_their_new_caps_and_rates() {
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_gives_known_destinations_their_new_caps_and_rates() {
         let hourly = DestinationRule {
             rate: Some(crate::config::Rate {
                 count: 1,
@@ -1075,10 +1075,16 @@ mod tests {
             limits,
             [("provider".to_owned(), 10), ("x.test".to_owned(), 4)]
         );
-        match destinations.start_transaction(&rule_key, QueueId(2)) {
-            Ok(()) => {}
-            Err((left, _, _)) => assert!(left <= Duration::from_millis(10), "{left:?}"),
-        }
+        // The clock stands still: the next start is one new interval (10
+        // ms) after the last one, not the hour of the old rate.
+        let (left, _, throttle) = destinations
+            .start_transaction(&rule_key, QueueId(2))
+            .expect_err("one interval after the last start");
+        assert_eq!((left, throttle), (Duration::from_millis(10), Throttle::Rate));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        destinations
+            .start_transaction(&rule_key, QueueId(2))
+            .expect("a start at the new rate");
         // A rule the reload removed: its destination falls back to the
         // defaults and is forgotten once unused.
         destinations.reconfigure(16, &[]);

@@ -282,7 +282,17 @@ async fn deliver_under(
             fleet_start = false;
         }
         if attempt.nothing_sent && !attempt.connection_usable && !fresh_connection_tried {
-            // A reused connection the server had closed: try a fresh one.
+            // A pooled connection the server had closed: try a fresh one.
+            tracing::info!(
+                queue_id = %job.pass.id,
+                "{}: pooled connection to {} was closed by the server ({}); opening a new one",
+                job.pass.id,
+                connection.target(),
+                attempt
+                    .outcomes
+                    .first()
+                    .map_or_else(|| "no reply".to_owned(), |outcome| outcome.reply.to_string()),
+            );
             continue;
         }
         let overload = attempt
