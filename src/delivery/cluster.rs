@@ -4,19 +4,27 @@
 //! start at most `rate` transactions.
 //!
 //! Each relay spaces its own starts by the rate (its local slots) and,
-//! before a transaction, asks Redis with one atomic Lua script (GCRA
-//! without burst: the key holds the earliest time of the next start, in the
-//! Redis server's clock so relays need no clock agreement) whether the
-//! start may happen now, or how long to wait. Only delivery asks Redis,
-//! never the intake path, and never while it holds an SMTP connection.
+//! right before a transaction's MAIL command, asks Redis with one atomic
+//! Lua script (GCRA without burst: the key holds the earliest time of the
+//! next start, in the Redis server's clock so relays need no clock
+//! agreement) whether the start may happen now, or how long to wait.
+//! Asking at the start itself, rather than before the connection is opened
+//! or taken from the pool, keeps the fleet's starts an interval apart
+//! whatever each connection took to set up. Only delivery asks Redis,
+//! never the intake path.
 //!
-//! Redis is asked only over a connection that has answered: connecting
+//! A delivery never waits for a Redis that does not answer: connecting
 //! (and reconnecting, with a growing pause while Redis stays away) runs on
-//! a task of its own, one at a time, and nobody waits for it. Until a
-//! connection answers, and when a command fails or times out, the local
-//! slots alone apply (the same rate per relay); a warning is logged at most
-//! once a minute and the `relayq_cluster_redis_up` gauge shows 0.
+//! a task of its own, one at a time, and nobody waits for it; a connection
+//! is used only once it answered a PING; and while a command has gone
+//! unanswered for `SLOW_REPLY`, nobody else asks. So a Redis that hangs
+//! holds back only the few starts already asking, for at most
+//! `COMMAND_TIMEOUT`. Until Redis answers, and when a command fails or
+//! times out, the local slots alone apply (the same rate per relay); a
+//! warning is logged at most once a minute and the
+//! `relayq_cluster_redis_up` gauge shows 0.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +34,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 
-/// Each command, and each step of connecting: a Redis that does not
-/// answer this fast is treated as down.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// Each step of connecting: a Redis that does not answer this fast is
+/// treated as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A start's command: a Redis that does not answer this fast is treated as
+/// down (the transaction waits for it, with its connection open).
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// A command unanswered this long makes other starts go by the local rate
+/// instead of asking too.
+const SLOW_REPLY: Duration = Duration::from_millis(100);
 /// The first pause before connecting again after a failure; it doubles
 /// while Redis stays away, up to `MAX_RETRY_AFTER`.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -75,6 +89,10 @@ struct State {
     /// Counts connections, so that a command failing on one that was
     /// already replaced does not take the new one down.
     generation: u64,
+    /// Commands sent and not answered yet, by ticket (oldest first), with
+    /// when they were sent.
+    unanswered: BTreeMap<u64, Instant>,
+    next_ticket: u64,
     /// A connecting task is running: no second one.
     connecting: bool,
     /// While Redis is down: no new connection before this instant.
@@ -112,28 +130,38 @@ impl Cluster {
     /// start is recorded), `Some(wait)` not before `wait` (at most one
     /// interval). `None` when Redis cannot be asked now: the caller's local
     /// rate alone applies. Waits for nothing but one command on a
-    /// connection that answered, at most `REDIS_TIMEOUT`.
+    /// connection that answered, at most `COMMAND_TIMEOUT`, and not at all
+    /// while another command is slow to be answered.
     pub async fn try_start(self: &Arc<Self>, name: &str, interval: Duration) -> Option<Duration> {
-        let (mut connection, generation) = {
+        let (mut connection, generation, ticket) = {
             let mut state = lock(&self.state);
-            match &state.connection {
-                Some(connection) => (connection.clone(), state.generation),
-                None => {
-                    self.connect_if_due(&mut state);
-                    return None;
-                }
+            let Some(connection) = state.connection.clone() else {
+                self.connect_if_due(&mut state);
+                return None;
+            };
+            if state
+                .unanswered
+                .first_key_value()
+                .is_some_and(|(_, sent)| sent.elapsed() >= SLOW_REPLY)
+            {
+                return None;
             }
+            let ticket = state.next_ticket;
+            state.next_ticket += 1;
+            state.unanswered.insert(ticket, Instant::now());
+            (connection, state.generation, Unanswered { cluster: self, ticket })
         };
         let key = format!("relayq:rate:{name}");
         let interval_us = interval.as_micros().max(1) as u64;
         let reply = tokio::time::timeout(
-            REDIS_TIMEOUT,
+            COMMAND_TIMEOUT,
             self.script
                 .key(key)
                 .arg(interval_us)
                 .invoke_async::<i64>(&mut connection),
         )
         .await;
+        drop(ticket);
         match reply {
             Ok(Ok(wait_us)) => {
                 self.up();
@@ -185,10 +213,10 @@ impl Cluster {
     /// A new connection that answers a PING.
     async fn connect(&self) -> Result<MultiplexedConnection, String> {
         let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT));
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CONNECT_TIMEOUT));
         let connected = tokio::time::timeout(
-            REDIS_TIMEOUT * 2,
+            CONNECT_TIMEOUT * 2,
             self.client
                 .get_multiplexed_async_connection_with_config(&config),
         )
@@ -199,7 +227,7 @@ impl Cluster {
             Err(_) => return Err("connection timed out".to_owned()),
         };
         let ping = tokio::time::timeout(
-            REDIS_TIMEOUT,
+            CONNECT_TIMEOUT,
             redis::cmd("PING").query_async::<String>(&mut connection),
         )
         .await;
@@ -248,6 +276,19 @@ impl Cluster {
                 "cluster: Redis unreachable ({reason}); destination rates fall back to each relay's own"
             );
         }
+    }
+}
+
+/// A command on its way; dropped when its reply came, it timed out, or the
+/// start asking was cancelled.
+struct Unanswered<'a> {
+    cluster: &'a Cluster,
+    ticket: u64,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        lock(&self.cluster.state).unanswered.remove(&self.ticket);
     }
 }
 

@@ -425,16 +425,19 @@ impl Destinations {
         Some((name.clone(), interval))
     }
 
-    /// The fleet (Redis) refused a start for `wait`: the message is
-    /// promised the first local slot from then on, to be deferred until
-    /// then.
+    /// The fleet (Redis) refused a start that the destination's own rate
+    /// allowed: that start is undone, and the message is promised the
+    /// first local slot from `wait` on, to be deferred until then.
     pub fn fleet_refused(&self, key: &DestinationKey, id: QueueId, wait: Duration) -> Wait {
         let now = Instant::now();
         let at = {
             let mut table = self.lock();
             let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
             match &mut destination.rate {
-                Some(rate) => rate.promise(id, now, now + wait),
+                Some(rate) => {
+                    rate.unstart(id);
+                    rate.promise(id, now, now + wait)
+                }
                 None => now + wait,
             }
         };

@@ -163,46 +163,14 @@ async fn deliver_under(
     let key = &job.destination;
     let mut pending: Vec<usize> = job.recipients.clone();
     let mut results = Vec::new();
-    let fleet = fleet_rate(context, job);
-    // A start the fleet granted that no MAIL command has used yet.
-    let mut fleet_start = false;
-    // The connection of the previous transaction, when more recipients
-    // are left for it.
-    let mut reused: Option<Connection> = None;
-    let mut pool_tried = false;
+    // A pooled connection needs no DNS: the next hop is looked up only when
+    // a new connection is opened.
+    let mut reused = destinations.take_idle(key, &job.pool);
     let mut fresh_connection_tried = false;
-    // Our own connection went back to the pool while the fleet was asked.
-    let mut parked = false;
     while !pending.is_empty() {
-        if let Some(fleet) = &fleet
-            && !fleet_start
-        {
-            if let Some(connection) = reused.take() {
-                parked = true;
-                if let Some(closing) = destinations.put_idle(key, &job.pool, connection) {
-                    context.tracker().spawn(closing.quit());
-                }
-            }
-            if let Err(wait) = fleet_gate(context, job, fleet).await {
-                results.extend(job.waiting(&pending, wait));
-                return Ended::Results(results);
-            }
-            fleet_start = true;
-        }
-        let parked_now = std::mem::take(&mut parked);
-        // A pooled connection needs no DNS: the next hop is looked up only
-        // when a new connection is opened.
-        let pooled = match reused.take() {
-            Some(connection) => Some(connection),
-            None if !pool_tried || parked_now => {
-                pool_tried = true;
-                destinations.take_idle(key, &job.pool)
-            }
-            None => None,
-        };
-        let (mut connection, fresh) = match pooled {
+        let (mut connection, fresh) = match reused.take() {
             Some(connection) => (connection, false),
-            None if fresh_connection_tried && !parked_now => break,
+            None if fresh_connection_tried => break,
             None => {
                 fresh_connection_tried = true;
                 for idle in destinations.make_room(key) {
@@ -275,11 +243,8 @@ async fn deliver_under(
             }
         };
         if attempt.nothing_sent && !attempt.connection_usable {
-            // The MAIL command never reached the server: no start (the
-            // fleet's start is kept for the next try).
+            // The MAIL command never reached the server: no start.
             destinations.unstart(key, job.pass.id);
-        } else if !attempt.nothing_sent {
-            fleet_start = false;
         }
         if attempt.nothing_sent && !attempt.connection_usable && !fresh_connection_tried {
             // A pooled connection the server had closed: try a fresh one.
@@ -385,17 +350,58 @@ async fn deliver_under(
 /// How often a worker sleeps through a short rate wait before it gives the
 /// job back (other jobs may take the slots it waited for).
 const SHORT_WAITS: usize = 3;
+/// A local start older than this when Redis answered is taken anew: Redis
+/// usually answers in a millisecond.
+const STALE_START: Duration = Duration::from_millis(20);
 
 /// Waits for the destination to allow a transaction to start now: a short
 /// wait for the rate is slept through (a few times at most); a longer one,
 /// or a suspension, is returned for the recipients to be deferred without
-/// an attempt. Local only: the fleet was asked before the connection.
+/// an attempt. A fleet rate is asked of Redis right after the local one
+/// allowed the start, so the fleet's MAIL commands are spaced as Redis
+/// saw them; `Cluster::try_start` never waits for a Redis that has not
+/// answered (see `delivery::cluster`).
 async fn gate(context: &DeliveryContext, job: &Job) -> Result<(), Wait> {
     let destinations = &context.destinations;
     let mut naps = 0;
+    // Redis granted a start whose local start went stale while it answered.
+    let mut granted = false;
+    let mut regated = false;
     loop {
         match destinations.start_transaction(&job.destination, job.pass.id) {
-            Ok(()) => return Ok(()),
+            Ok(()) if granted => return Ok(()),
+            Ok(()) => {
+                let Some((cluster, name, interval)) = fleet_rate(context, job) else {
+                    return Ok(());
+                };
+                let asked = Instant::now();
+                let answer = cluster.try_start(&name, interval).await;
+                match answer {
+                    // Redis was slow to answer, or to fail: the local start
+                    // taken before asking is given back and taken anew, so
+                    // local starts stay spaced where MAIL commands go.
+                    None | Some(Duration::ZERO) if !regated && asked.elapsed() >= STALE_START => {
+                        destinations.unstart(&job.destination, job.pass.id);
+                        granted = answer.is_some();
+                        regated = true;
+                    }
+                    None => return Ok(()),
+                    Some(wait) if wait.is_zero() => return Ok(()),
+                    Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
+                        destinations.unstart(&job.destination, job.pass.id);
+                        naps += 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                    Some(wait) => {
+                        context.throttled(&job.destination, Throttle::Rate);
+                        return Err(destinations.fleet_refused(
+                            &job.destination,
+                            job.pass.id,
+                            wait,
+                        ));
+                    }
+                }
+            }
             Err((left, _, Throttle::Rate)) if left <= SHORT_WAIT && naps < SHORT_WAITS => {
                 naps += 1;
                 tokio::time::sleep(left).await;
@@ -413,34 +419,6 @@ fn fleet_rate(context: &DeliveryContext, job: &Job) -> Option<(Arc<Cluster>, Arc
     let cluster = job.pass.settings.cluster.clone()?;
     let (name, interval) = context.destinations.rate_of(&job.destination)?;
     Some((cluster, name, interval))
-}
-
-/// Asks the fleet (Redis) for a start, before the job takes or opens a
-/// connection, so no SMTP connection waits on Redis: a short wait is slept
-/// through (a few times at most); a longer one defers the recipients
-/// without an attempt, to the first local slot after it. Redis that
-/// cannot be asked now lets the local rate alone decide.
-async fn fleet_gate(
-    context: &DeliveryContext,
-    job: &Job,
-    (cluster, name, interval): &(Arc<Cluster>, Arc<str>, Duration),
-) -> Result<(), Wait> {
-    let destinations = &context.destinations;
-    let mut naps = 0;
-    loop {
-        match cluster.try_start(name, *interval).await {
-            None => return Ok(()),
-            Some(wait) if wait.is_zero() => return Ok(()),
-            Some(wait) if wait <= SHORT_WAIT && naps < SHORT_WAITS => {
-                naps += 1;
-                tokio::time::sleep(wait).await;
-            }
-            Some(wait) => {
-                context.throttled(&job.destination, Throttle::Rate);
-                return Err(destinations.fleet_refused(&job.destination, job.pass.id, wait));
-            }
-        }
-    }
 }
 
 /// An overload signal at the job's destination from a connection or

@@ -229,3 +229,43 @@ fn a_redis_clock_that_stepped_back_holds_starts_one_interval_at_most() {
         "{scraped}"
     );
 }
+
+/// A Redis that answered and then hangs (frozen: its connections stay
+/// open, nothing is answered): the starts asking at that moment give up
+/// after a short timeout, the others go by the local rate at once, and
+/// mail keeps the local rate.
+#[test]
+fn a_redis_that_stops_answering_leaves_mail_at_the_local_rate() {
+    let redis = RedisServer::start();
+    let (port, servers) = start_mx(vec![("127.0.27.4", Script::default())]);
+    let zone = zone_with_sender_mx("127.0.27.9")
+        .mx("dest.test", 10, "mx.dest.test")
+        .a("mx.dest.test", "127.0.27.4");
+    let dns = TestDns::start(zone);
+    let relay = TestRelay::start(&config_with_redis(&dns, port, &redis.url(), "10/s"));
+    let metrics = metrics_address(&relay);
+    submit_many(&relay, "first", 1);
+    expect_messages(&relay, &servers[0], 1, WITHIN);
+    assert_eq!(sample(&scrape(metrics), "relayq_cluster_redis_up"), Some(1.0));
+
+    redis.freeze();
+    let count = 12;
+    submit_many(&relay, "u", count);
+    expect_messages(&relay, &servers[0], count + 1, WITHIN);
+    let mut starts = servers[0].mail_times();
+    starts.sort();
+    if let Some((starts, seconds)) = rate_violation(&starts[1..], 10.0, Duration::from_millis(50))
+    {
+        panic!("{starts} transactions started within {seconds:.3}s at a local rate of 10/s");
+    }
+    let span = *starts.last().unwrap() - starts[1];
+    eprintln!("{count} starts at a local rate of 10/s took {span:?} with Redis frozen");
+    let scraped = scrape(metrics);
+    assert_eq!(
+        sample(&scraped, "relayq_cluster_redis_up"),
+        Some(0.0),
+        "{scraped}"
+    );
+    let warnings = relay.log_lines("Redis unreachable");
+    assert_eq!(warnings.len(), 1, "one warning a minute: {warnings:?}");
+}

@@ -150,6 +150,18 @@ impl RedisServer {
         String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and new ones
+    /// are accepted by the kernel, but nothing is answered, as with a hung
+    /// server.
+    pub fn freeze(&self) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args(["-STOP", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -STOP failed");
+    }
+
     /// Stops the server (as if it crashed).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
