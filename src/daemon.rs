@@ -80,8 +80,8 @@ pub async fn run(
     let events = Events::new();
     let metrics = Arc::new(Metrics::new());
     let control_socket = control::bind(&config.control.socket)?;
-    let live = Live::build(config.clone(), None, &metrics, &tracker)
-        .context("cannot set up delivery")?;
+    let live =
+        Live::build(config.clone(), None, &metrics, &tracker).context("cannot set up delivery")?;
     let destinations = DeliveryContext::destinations(&live);
     let settings = Settings::new(live);
     let handle = QueueHandle {

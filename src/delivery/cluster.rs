@@ -149,7 +149,14 @@ impl Cluster {
             let ticket = state.next_ticket;
             state.next_ticket += 1;
             state.unanswered.insert(ticket, Instant::now());
-            (connection, state.generation, Unanswered { cluster: self, ticket })
+            (
+                connection,
+                state.generation,
+                Unanswered {
+                    cluster: self,
+                    ticket,
+                },
+            )
         };
         let key = format!("relayq:rate:{name}");
         let interval_us = interval.as_micros().max(1) as u64;

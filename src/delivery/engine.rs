@@ -46,7 +46,7 @@ pub struct DeliveryContext {
     pub handle: QueueHandle,
     /// Shared with the queue handle, which gives back what a message held
     /// at its destinations when it leaves the queue.
-    pub destinations: Arc<Destinations>,
+    pub destinations: Arc<Destinations<Job>>,
     pub tls_configs: TlsConfigs,
     /// `None` when `delivery.mta_sts` is off. Built at start, with the
     /// start's trust anchors; each pass looks policies up with its own
@@ -62,7 +62,7 @@ pub struct DeliveryContext {
 impl DeliveryContext {
     /// The destinations of `live`'s configuration, before the context: the
     /// queue handle the context is built with refers to them too.
-    pub fn destinations(live: &Live) -> Arc<Destinations> {
+    pub fn destinations(live: &Live) -> Arc<Destinations<Job>> {
         let config = &live.config;
         Arc::new(Destinations::new(
             config.delivery.destination_concurrency,
@@ -74,7 +74,7 @@ impl DeliveryContext {
     pub fn new(
         live: &Live,
         handle: QueueHandle,
-        destinations: Arc<Destinations>,
+        destinations: Arc<Destinations<Job>>,
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
         let config = &live.config;
@@ -473,7 +473,7 @@ impl DeliveryContext {
     /// Counts a job that its destination held back
     /// (`relayq_destination_throttled_total`).
     pub fn throttled(&self, key: &DestinationKey, reason: Throttle) {
-        let label = self.destinations.label(key);
+        let label = key.label();
         self.handle
             .metrics
             .shaping

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use relayq_spool::QueueId;
 use tokio::time::Instant;
 
 use super::client::{
@@ -12,7 +13,7 @@ use super::client::{
     OutboundRecipient, RecipientOutcome, RemoteReply, Target, TlsInfo, TlsMode,
 };
 use super::cluster::Cluster;
-use super::destination::{DestinationKey, NextHop, Refusal, SHORT_WAIT, Wait};
+use super::destination::{DestinationKey, NextHop, Queued, Refusal, SHORT_WAIT, Wait};
 use super::engine::DeliveryContext;
 use super::pass::Pass;
 use crate::config::{RouteTls, TlsPolicy};
@@ -51,11 +52,25 @@ const MAX_REQUEUES: u32 = 3;
 /// is tried again (no attempt counted).
 const OVERLOAD_RETRY: Duration = Duration::from_secs(2);
 
-impl Job {
-    pub fn lane(&self) -> Lane {
+impl Queued for Job {
+    fn destination(&self) -> &DestinationKey {
+        &self.destination
+    }
+
+    fn hop(&self) -> &NextHop {
+        &self.hop
+    }
+
+    fn lane(&self) -> Lane {
         self.pass.lane
     }
 
+    fn message(&self) -> QueueId {
+        self.pass.id
+    }
+}
+
+impl Job {
     /// Every recipient of the job gets the same result (dead destination,
     /// no host reachable, a wait).
     pub fn all(&self, outcome: Outcome, reply: RemoteReply) -> Vec<RecipientResult> {
@@ -129,7 +144,10 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
     }
     let sts = match (&job.hop, &context.mta_sts) {
         (NextHop::Mx(domain), Some(mta_sts)) => {
-            match mta_sts.policy_for(&job.pass.settings.resolver, domain).await {
+            match mta_sts
+                .policy_for(&job.pass.settings.resolver, domain)
+                .await
+            {
                 Lookup::Ready(policy) => policy,
                 Lookup::Fetching { domain } => {
                     // No attempt until the policy is known: the fetch ends
@@ -427,7 +445,7 @@ fn fleet_rate(context: &DeliveryContext, job: &Job) -> Option<(Arc<Cluster>, Arc
 /// (it has requeues left and its next hop is not dead).
 fn overloaded(context: &DeliveryContext, job: &Job, begun: Instant, reply: &RemoteReply) -> bool {
     let destinations = &context.destinations;
-    let label = destinations.label(&job.destination);
+    let label = job.destination.label();
     if let Some(limit) = destinations.overload(&job.destination, begun) {
         tracing::info!(
             "destination {label}: overloaded ({reply}); connection limit lowered to {limit}"

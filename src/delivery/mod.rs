@@ -8,5 +8,4 @@ pub(crate) mod destination;
 pub(crate) mod engine;
 pub(crate) mod job;
 pub(crate) mod pass;
-pub(crate) mod rate;
 pub(crate) mod workers;

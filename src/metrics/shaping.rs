@@ -279,7 +279,11 @@ pub(super) fn split_hops<T>(
 fn most_constrained(a: &DestinationShaping, b: &DestinationShaping) -> Order {
     a.concurrency_limit
         .cmp(&b.concurrency_limit)
-        .then_with(|| b.suspended_until.is_some().cmp(&a.suspended_until.is_some()))
+        .then_with(|| {
+            b.suspended_until
+                .is_some()
+                .cmp(&a.suspended_until.is_some())
+        })
         .then_with(|| a.destination.cmp(&b.destination))
 }
 
@@ -397,7 +401,11 @@ mod bounded {
         assert_eq!(limits.len(), MAX_HOP_SERIES + 1, "the rule and the hops");
         assert!(limits.iter().any(|line| line.contains("\"google\"")));
         // The most constrained next hops are the ones shown.
-        assert!(limits.iter().all(|line| line.contains("google") || line.ends_with(" 1")));
+        assert!(
+            limits
+                .iter()
+                .all(|line| line.contains("google") || line.ends_with(" 1"))
+        );
 
         let throttled = series(&out, "relayq_destination_throttled_total");
         assert!(
@@ -407,13 +415,9 @@ mod bounded {
         );
         // Nothing counted is lost: beyond the bound it is counted as other.
         assert_eq!(total(&throttled), domains as u64 + 1);
-        assert!(
-            throttled
-                .iter()
-                .any(|line| line.starts_with(&format!(
-                    "relayq_destination_throttled_total{{destination=\"{OTHER}\",reason=\"feedback\"}}"
-                )))
-        );
+        assert!(throttled.iter().any(|line| line.starts_with(&format!(
+            "relayq_destination_throttled_total{{destination=\"{OTHER}\",reason=\"feedback\"}}"
+        ))));
 
         let connections = connection_series(
             (0..domains)
@@ -442,11 +446,15 @@ mod bounded {
         shaping.render(&mut out);
         assert!(!out.contains("\"a.test\""), "{out}");
         assert!(
-            out.contains("relayq_destination_throttled_total{destination=\"other\",reason=\"feedback\"} 2\n"),
+            out.contains(
+                "relayq_destination_throttled_total{destination=\"other\",reason=\"feedback\"} 2\n"
+            ),
             "{out}"
         );
         assert!(
-            out.contains("relayq_destination_throttled_total{destination=\"b.test\",reason=\"rate\"} 1\n"),
+            out.contains(
+                "relayq_destination_throttled_total{destination=\"b.test\",reason=\"rate\"} 1\n"
+            ),
             "{out}"
         );
     }

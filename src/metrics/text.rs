@@ -325,7 +325,12 @@ mod tests {
 
     #[test]
     fn empty_registry_writes_every_series() {
-        let text = render(&Metrics::new(), &Queue::default(), Vec::new(), SystemTime::now());
+        let text = render(
+            &Metrics::new(),
+            &Queue::default(),
+            Vec::new(),
+            SystemTime::now(),
+        );
         let queue_series = text
             .lines()
             .filter(|line| line.starts_with("relayq_queue_messages{"))

@@ -26,8 +26,8 @@ use hickory_resolver::proto::rr::Name;
 use rustls::ClientConfig;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use self::fetch::FETCH_TIMEOUT;
 use self::cache::CachedPolicy;
+pub(crate) use self::fetch::FETCH_TIMEOUT;
 use self::policy::{Mode, Policy};
 use crate::dns::MxResolver;
 use crate::outcome::{PolicyKind, Protection, Target, TlsProtection};

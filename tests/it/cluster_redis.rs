@@ -246,7 +246,10 @@ fn a_redis_that_stops_answering_leaves_mail_at_the_local_rate() {
     let metrics = metrics_address(&relay);
     submit_many(&relay, "first", 1);
     expect_messages(&relay, &servers[0], 1, WITHIN);
-    assert_eq!(sample(&scrape(metrics), "relayq_cluster_redis_up"), Some(1.0));
+    assert_eq!(
+        sample(&scrape(metrics), "relayq_cluster_redis_up"),
+        Some(1.0)
+    );
 
     redis.freeze();
     let count = 12;
@@ -254,8 +257,7 @@ fn a_redis_that_stops_answering_leaves_mail_at_the_local_rate() {
     expect_messages(&relay, &servers[0], count + 1, WITHIN);
     let mut starts = servers[0].mail_times();
     starts.sort();
-    if let Some((starts, seconds)) = rate_violation(&starts[1..], 10.0, Duration::from_millis(50))
-    {
+    if let Some((starts, seconds)) = rate_violation(&starts[1..], 10.0, Duration::from_millis(50)) {
         panic!("{starts} transactions started within {seconds:.3}s at a local rate of 10/s");
     }
     let span = *starts.last().unwrap() - starts[1];

@@ -348,7 +348,10 @@ fn idle_close_then_second_message(ip: &str, script: Script) {
     // 421 after its idle time and closes its end.
     let deadline = Instant::now() + WITHIN;
     while fault.mx.active_sessions() > 0 {
-        assert!(Instant::now() < deadline, "the server never closed its idle session");
+        assert!(
+            Instant::now() < deadline,
+            "the server never closed its idle session"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = fault.submit("second");

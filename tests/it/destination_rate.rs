@@ -104,21 +104,25 @@ fn deleted_mail_gives_its_rate_slots_back() {
         assert_eq!(reply.code, 250, "{reply:?}");
     }
     client.command("QUIT");
-    wait_until("every message is delivered or waits for its slot", WITHIN, || {
-        let list = queue_json(&relay, &["list"]);
-        let waiting = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|message| {
-                message["state"] == "deferred"
-                    && message["recipients"][0]["last_reply"]
-                        .as_str()
-                        .is_some_and(|reply| reply.contains("rate limit"))
-            })
-            .count();
-        waiting + servers[0].messages().len() == count
-    });
+    wait_until(
+        "every message is delivered or waits for its slot",
+        WITHIN,
+        || {
+            let list = queue_json(&relay, &["list"]);
+            let waiting = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|message| {
+                    message["state"] == "deferred"
+                        && message["recipients"][0]["last_reply"]
+                            .as_str()
+                            .is_some_and(|reply| reply.contains("rate limit"))
+                })
+                .count();
+            waiting + servers[0].messages().len() == count
+        },
+    );
     let delivered_before = servers[0].messages().len();
     assert!(
         delivered_before < count / 2,

@@ -536,13 +536,17 @@ fn a_policy_is_refreshed_in_the_background_before_it_expires() {
     drop(policy_host);
     let tarpit = SilentServer::start(&format!("{}:443", site.policy_ip));
     let mut delivered = 1;
-    wait_until("a refresh of the policy begins", Duration::from_secs(30), || {
-        let id = site.submit(&relay);
-        let line = wait_for_delivery(&relay, &id, "sent");
-        assert!(line.contains("policy=mta-sts,"), "{line}");
-        delivered += 1;
-        tarpit.accepted() >= 1
-    });
+    wait_until(
+        "a refresh of the policy begins",
+        Duration::from_secs(30),
+        || {
+            let id = site.submit(&relay);
+            let line = wait_for_delivery(&relay, &id, "sent");
+            assert!(line.contains("policy=mta-sts,"), "{line}");
+            delivered += 1;
+            tarpit.accepted() >= 1
+        },
+    );
     // The refresh hangs; the cached policy, still valid, keeps applying
     // and nothing waits for the refresh.
     let id = site.submit(&relay);

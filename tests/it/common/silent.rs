@@ -29,7 +29,9 @@ impl SilentServer {
     pub fn start(address: &str) -> SilentServer {
         let listener = TcpListener::bind(address)
             .unwrap_or_else(|error| panic!("bind {address} (tests run as root): {error}"));
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let address = listener.local_addr().expect("address");
         let counts = Arc::new(Mutex::new(Counts::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -144,7 +146,10 @@ impl BlackHole {
         let mut queued = Vec::new();
         while let Ok(stream) = TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
             queued.push(stream);
-            assert!(queued.len() < 16, "the accept queue of {address} never fills");
+            assert!(
+                queued.len() < 16,
+                "the accept queue of {address} never fills"
+            );
         }
         BlackHole {
             _listener: listener,
