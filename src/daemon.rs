@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control;
-use crate::delivery::{self, engine::DeliveryContext};
+use crate::delivery::{self, DeliveryContext};
 use crate::dkim::{Signers, SigningKeys};
 use crate::events::Events;
 use crate::live::{Live, Settings};

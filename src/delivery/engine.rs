@@ -1,7 +1,7 @@
 //! The delivery engine: per lane one dispatcher (due messages → passes →
-//! jobs at their destinations) and as many workers as the lane's width
-//! (`lanes.*.concurrency`, changed by a reload) that run jobs which can
-//! start now.
+//! jobs at their destinations), the lane workers (`workers`) that run jobs
+//! which can start now, and the sweeper of idle connections and ended
+//! suspensions. [`Engine`] is what a reload changes in it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,18 +12,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected, RouteHop};
-use super::job::{self, Job};
+use super::destination::{DestinationKey, NextHop, Rejected, RouteHop};
+use super::job::{self, DeliveryContext, Job};
 use super::pass::Pass;
-use super::workers::{Engine, LaneWorkers};
+use super::workers::Workers;
 use crate::events::{Event, EventKind};
 use crate::live::Live;
-use crate::metrics::{ActiveConnections, Throttle};
-use crate::mta_sts::MtaSts;
+use crate::queue::Lane;
 use crate::queue::handle::{LoadError, QueueHandle};
-use crate::queue::transition::{self, Outcome};
-use crate::queue::{Lane, PerLane};
-use crate::tls::TlsConfigs;
+use crate::queue::transition;
 
 /// Due messages loaded together by a dispatcher (one blocking-pool trip).
 const LOAD_BATCH: usize = 32;
@@ -34,75 +31,6 @@ const MAX_PASSES_IN_FLIGHT: usize = 10_000;
 const MAX_QUEUED_PER_DESTINATION: usize = 1_000;
 /// How long a postponed message waits before it is looked at again.
 const POSTPONE: Duration = Duration::from_secs(1);
-/// How long a destination whose hosts all refused connections is skipped.
-const DEAD_DESTINATION_FOR: Duration = Duration::from_secs(60);
-
-/// Everything delivery needs, shared by the engine's tasks. The settings a
-/// reload may change are not here: each pass takes the live snapshot when
-/// it starts ([`Pass::settings`]) and its jobs keep it.
-pub struct DeliveryContext {
-    /// The spool, schedule, events, metrics and live settings, through
-    /// which every change of a message goes.
-    pub handle: QueueHandle,
-    /// Shared with the queue handle, which gives back what a message held
-    /// at its destinations when it leaves the queue.
-    pub destinations: Arc<Destinations<Job>>,
-    pub tls_configs: TlsConfigs,
-    /// `None` when `delivery.mta_sts` is off. Built at start, with the
-    /// start's trust anchors; each pass looks policies up with its own
-    /// resolver.
-    pub mta_sts: Option<Arc<MtaSts>>,
-    in_flight: PerLane<Arc<Semaphore>>,
-    pub(super) workers: PerLane<LaneWorkers>,
-    /// Tasks that commit or talk to a server are tracked, so shutdown waits
-    /// for them.
-    tracker: TaskTracker,
-}
-
-impl DeliveryContext {
-    /// The destinations of `live`'s configuration, before the context: the
-    /// queue handle the context is built with refers to them too.
-    pub fn destinations(live: &Live) -> Arc<Destinations<Job>> {
-        let config = &live.config;
-        Arc::new(Destinations::new(
-            config.delivery.destination_concurrency,
-            DEAD_DESTINATION_FOR,
-            &config.destinations,
-        ))
-    }
-
-    pub fn new(
-        live: &Live,
-        handle: QueueHandle,
-        destinations: Arc<Destinations<Job>>,
-        tracker: TaskTracker,
-    ) -> anyhow::Result<DeliveryContext> {
-        let config = &live.config;
-        let tls_configs = TlsConfigs::with_trust_anchors(&config.delivery.extra_trust_anchors)?;
-        let mta_sts = config.delivery.mta_sts.then(|| {
-            Arc::new(MtaSts::new(
-                tls_configs.verifying(),
-                &config.spool.path,
-                tracker.clone(),
-            ))
-        });
-        Ok(DeliveryContext {
-            handle,
-            destinations,
-            tls_configs,
-            mta_sts,
-            in_flight: PerLane::from_fn(|_| Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT))),
-            workers: PerLane::default(),
-            tracker,
-        })
-    }
-
-    /// The tracker of tasks shutdown waits for.
-    pub fn tracker(&self) -> &TaskTracker {
-        &self.tracker
-    }
-}
-
 /// The destination of a recipient domain going to `hop`: the first
 /// `[[destination]]` rule that matches the domain or, for `mx:` patterns,
 /// its most preferred MX host (looked up only when some rule has such a
@@ -178,17 +106,39 @@ pub fn spawn(
             abort.cancel();
         });
     }
-    let engine = Engine::new(context.clone(), shutdown.clone(), abort);
+    let engine = Engine {
+        workers: Workers::new(context.clone(), shutdown.clone(), abort),
+    };
     for lane in Lane::ALL {
-        tracker.spawn(dispatch(context.clone(), lane, shutdown.clone()));
+        let in_flight = Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT));
+        tracker.spawn(dispatch(context.clone(), lane, in_flight, shutdown.clone()));
         engine.set_width(lane, live.config.lanes.get(lane).concurrency);
     }
     tracker.spawn(sweep(context, shutdown));
     engine
 }
 
-async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: CancellationToken) {
-    let in_flight = context.in_flight[lane].clone();
+/// The running engine: what a reload changes in it.
+pub struct Engine {
+    workers: Arc<Workers>,
+}
+
+impl Engine {
+    /// Sets a lane's width (`lanes.*.concurrency`): new workers start at
+    /// once; workers above a lower width leave when their job is done.
+    pub fn set_width(&self, lane: Lane, width: usize) {
+        self.workers.set_width(lane, width);
+    }
+}
+
+/// Starts passes for a lane's due messages, at most `in_flight`'s permits
+/// at a time.
+async fn dispatch(
+    context: Arc<DeliveryContext>,
+    lane: Lane,
+    in_flight: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
     loop {
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => match permit {
@@ -218,42 +168,6 @@ async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: Cancellat
     }
 }
 
-pub(super) async fn work(
-    context: Arc<DeliveryContext>,
-    lane: Lane,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-) {
-    let workers = &context.workers[lane];
-    loop {
-        let narrowed = workers.narrowed.notified();
-        tokio::pin!(narrowed);
-        // Registered before the width is read, so a narrowing in between
-        // still wakes this worker.
-        narrowed.as_mut().enable();
-        if workers.retire_if_over() {
-            return;
-        }
-        let job = tokio::select! {
-            job = context.destinations.take(lane) => job,
-            _ = &mut narrowed => continue,
-            _ = shutdown.cancelled() => return workers.leave(),
-        };
-        let key = job.destination.clone();
-        // Dropped however the job ends, so the gauge cannot drift.
-        let slot = context.handle.metrics.delivery_slot(lane);
-        let again = tokio::select! {
-            again = job::run(&context, job) => again,
-            _ = abort.cancelled() => return workers.leave(),
-        };
-        drop(slot);
-        context.destinations.finished(&key);
-        if let Some(job) = again {
-            context.destinations.requeue(job);
-        }
-    }
-}
-
 async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -263,7 +177,7 @@ async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
         }
         let swept = context.destinations.sweep();
         for connection in swept.connections {
-            context.tracker.spawn(connection.quit());
+            context.tracker().spawn(connection.quit());
         }
         for name in swept.resumed {
             tracing::info!("destination {name} resumed");
@@ -459,38 +373,7 @@ async fn start_pass(
                 context.throttled(&job.destination, throttle);
             }
             // Deferred at once, no lane slot used.
-            defer(context, job, refusal);
+            job::defer(context, job, refusal);
         }
     }
-}
-
-impl DeliveryContext {
-    /// Per destination, the connections in use now.
-    pub fn active_connections(&self) -> Vec<ActiveConnections> {
-        self.destinations.active_connections()
-    }
-
-    /// Counts a job that its destination held back
-    /// (`relayq_destination_throttled_total`).
-    pub fn throttled(&self, key: &DestinationKey, reason: Throttle) {
-        let label = key.label();
-        self.handle
-            .metrics
-            .shaping
-            .throttled(&label, key.is_rule(), reason);
-    }
-}
-
-/// Ends a job that cannot start: a dead next hop is an ordinary deferral; a
-/// wait (rate, suspension) defers without an attempt.
-pub fn defer(context: &Arc<DeliveryContext>, job: Job, refusal: Refusal) {
-    let results = match refusal {
-        Refusal::Dead(reason) => job.all(Outcome::Deferred, reason),
-        Refusal::Wait(wait) => job.all(Outcome::Waiting { until: wait.until }, wait.reply),
-    };
-    let context = context.clone();
-    context
-        .tracker
-        .clone()
-        .spawn(async move { job.pass.record(&context.handle, results).await });
 }

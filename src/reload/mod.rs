@@ -17,8 +17,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::delivery::engine::DeliveryContext;
-use crate::delivery::workers::Engine;
+use crate::delivery::{DeliveryContext, Engine};
 use crate::dkim::{Signers, SigningKeys};
 use crate::live::{Live, Settings};
 use crate::logging::LogLevel;

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::NextHop;
 use super::lock;
+use super::{Destinations, Queued};
 use crate::outcome::RemoteReply;
 
 pub(super) struct DeadHops {
@@ -42,5 +43,16 @@ impl DeadHops {
     /// Forgets the hops whose time is up.
     pub(super) fn sweep(&self, now: Instant) {
         lock(&self.hops).retain(|_, (until, _)| *until > now);
+    }
+}
+
+impl<J: Queued> Destinations<J> {
+    /// Every host of `hop` refused or timed out: skip it for a while.
+    pub fn mark_dead(&self, hop: &NextHop, reason: RemoteReply) {
+        self.dead.mark(hop, reason);
+    }
+
+    pub fn is_dead(&self, hop: &NextHop) -> Option<RemoteReply> {
+        self.dead.check(hop)
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::NextHop;
+use super::{DestinationKey, Destinations, Queued};
 use crate::delivery::client::Connection;
 
 /// How long a connection may sit idle before it is closed.
@@ -85,5 +86,50 @@ impl IdleConnections {
             .drain(..)
             .map(|(_, connection, _)| connection)
             .collect()
+    }
+}
+
+impl<J: Queued> Destinations<J> {
+    /// An idle connection kept by `key` for the pool `hop` (a next hop, or
+    /// the shared MX host of domains grouped by an `mx:` pattern), if one is
+    /// fresh enough.
+    pub fn take_idle(&self, key: &DestinationKey, hop: &NextHop) -> Option<Connection> {
+        self.lock().get_mut(key)?.idle.take(hop)
+    }
+
+    /// Before a job of `key` opens a new connection: the idle connections
+    /// (of other pools) that would take the destination past its limit of
+    /// open connections, oldest first, to be closed by the caller.
+    pub fn make_room(&self, key: &DestinationKey) -> Vec<Connection> {
+        let mut table = self.lock();
+        let Some(destination) = table.get_mut(key) else {
+            return Vec::new();
+        };
+        let (active, limit) = (destination.active, destination.limit.get());
+        destination.idle.over(active, limit)
+    }
+
+    /// Keeps a connection (already reset) for the next message to `hop`.
+    /// Returns the connection when it is not kept (it carried its last
+    /// transaction, or the pool is full or suspended): the caller closes it
+    /// with QUIT on a tracked task.
+    #[must_use = "a connection not kept must be closed"]
+    pub fn put_idle(
+        &self,
+        key: &DestinationKey,
+        hop: &NextHop,
+        connection: Connection,
+    ) -> Option<Connection> {
+        let per_connection = self.rules.load().transactions_per_connection(key);
+        if connection.completed_transactions() >= per_connection {
+            return Some(connection);
+        }
+        let now = Instant::now();
+        let mut table = self.lock();
+        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+        if destination.suspended_at(now).is_some() {
+            return Some(connection);
+        }
+        destination.idle.keep(hop, connection, now)
     }
 }

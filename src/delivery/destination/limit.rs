@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::{DestinationKey, Destinations, Queued};
 use tokio::time::Instant;
 
 /// A lowered limit of a destination with nothing in flight is forgotten
@@ -96,6 +97,34 @@ impl Limit {
             self.limit = self.cap;
             self.decreased_at = None;
             self.successes = 0;
+        }
+    }
+}
+
+impl<J: Queued> Destinations<J> {
+    /// An overload signal (a 421, or a connection refused, reset or timed
+    /// out before the greeting) from a connection attempt begun at
+    /// `begun`: halves the limit (at least 1), once per round of
+    /// connections in flight. Returns the new limit when it changed.
+    pub fn overload(&self, key: &DestinationKey, begun: Instant) -> Option<usize> {
+        let mut table = self.lock();
+        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+        destination.limit.overload(begun, Instant::now())
+    }
+
+    /// A new connection completed a transaction: after as many of those as
+    /// the current limit, the limit rises by one, up to the cap. Counting
+    /// connections rather than every transaction on reused ones keeps the
+    /// probing for one more connection rare where connections are reused.
+    pub fn connection_succeeded(&self, key: &DestinationKey) {
+        let mut table = self.lock();
+        let Some(destination) = table.get_mut(key) else {
+            return;
+        };
+        if destination.limit.succeeded() {
+            let pushes = destination.grant();
+            drop(table);
+            self.ready.push(key, pushes);
         }
     }
 }

@@ -22,6 +22,7 @@ mod limit;
 mod rate;
 mod ready;
 mod rules;
+mod starts;
 mod suspension;
 #[cfg(test)]
 mod tests;
@@ -42,13 +43,11 @@ use self::limit::Limit;
 use self::rate::{Admission, RateLimiter};
 use self::ready::{ReadyLists, Tokens};
 use self::rules::Rules;
-pub use self::suspension::Suspended;
 use self::suspension::Suspension;
 pub use self::wait::{Refusal, Rejected, Wait};
-use super::client::{Connection, RemoteReply};
+use super::client::Connection;
 use crate::config::DestinationRule;
 use crate::metrics::{ActiveConnections, DestinationShaping, Throttle};
-use crate::queue::reservations::Reservations;
 use crate::queue::{Lane, PerLane};
 
 /// A rate slot due this soon is waited for by the worker holding the job
@@ -297,222 +296,6 @@ impl<J: Queued> Destinations<J> {
         self.ready.push(key, pushes);
     }
 
-    /// The name and interval of `key`'s rate, when it has one: what a fleet
-    /// rate is kept under in Redis.
-    pub fn rate_of(&self, key: &DestinationKey) -> Option<(Arc<str>, Duration)> {
-        let DestinationKey::Rule(name) = key else {
-            return None;
-        };
-        let interval = self.rules.load().rule(name)?.rate?.interval();
-        Some((name.clone(), interval))
-    }
-
-    /// Right before a transaction's MAIL command: `Ok` to start it now
-    /// (counted as a start), else how long to wait. A suspension always
-    /// refuses; the rate refuses a start closer than its interval to the
-    /// previous one, so starts are exactly spaced even when jobs promised
-    /// consecutive slots arrive late together.
-    pub fn start_transaction(
-        &self,
-        key: &DestinationKey,
-        id: QueueId,
-    ) -> Result<(), (Duration, Wait, Throttle)> {
-        let now = Instant::now();
-        let mut table = self.lock();
-        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
-        if let Some(suspension) = destination.suspended_at(now) {
-            let left = suspension.until - now;
-            return Err((left, suspension.wait(&key.label()), Throttle::Suspended));
-        }
-        if let Some(rate) = &mut destination.rate
-            && let Err(at) = rate.start(id, now)
-        {
-            // A short wait is the caller's to sleep; a longer one defers the
-            // message to a slot of its own.
-            let at = if at - now <= SHORT_WAIT {
-                at
-            } else {
-                rate.promise(id, now, at)
-            };
-            return Err((at - now, Wait::rate(&key.label(), at, now), Throttle::Rate));
-        }
-        Ok(())
-    }
-
-    /// Gives back the rate slot taken by `start_transaction` for message
-    /// `id`'s transaction, which never sent MAIL (the connection was gone).
-    pub fn unstart(&self, key: &DestinationKey, id: QueueId) {
-        if let Some(rate) = self
-            .lock()
-            .get_mut(key)
-            .and_then(|destination| destination.rate.as_mut())
-        {
-            rate.unstart(id);
-        }
-    }
-
-    /// The fleet (Redis) refused a start that the destination's own rate
-    /// allowed: that start is undone, and the message is promised the
-    /// first local slot from `wait` on, to be deferred until then.
-    pub fn fleet_refused(&self, key: &DestinationKey, id: QueueId, wait: Duration) -> Wait {
-        let now = Instant::now();
-        let at = {
-            let mut table = self.lock();
-            let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
-            match &mut destination.rate {
-                Some(rate) => {
-                    rate.unstart(id);
-                    rate.promise(id, now, now + wait)
-                }
-                None => now + wait,
-            }
-        };
-        Wait::rate(&key.label(), at, now)
-    }
-
-    /// Message `id` no longer waits for delivery (it left the queue, or was
-    /// held): the rate slots promised to it go to other mail.
-    pub fn release(&self, id: QueueId) {
-        let rules = self.rules.load();
-        if rules.rated.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let mut table = self.lock();
-        for key in &rules.rated {
-            if let Some(rate) = table
-                .get_mut(key)
-                .and_then(|destination| destination.rate.as_mut())
-            {
-                rate.release(id, now);
-            }
-        }
-    }
-
-    /// An overload signal (a 421, or a connection refused, reset or timed
-    /// out before the greeting) from a connection attempt begun at
-    /// `begun`: halves the limit (at least 1), once per round of
-    /// connections in flight. Returns the new limit when it changed.
-    pub fn overload(&self, key: &DestinationKey, begun: Instant) -> Option<usize> {
-        let mut table = self.lock();
-        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
-        destination.limit.overload(begun, Instant::now())
-    }
-
-    /// A new connection completed a transaction: after as many of those as
-    /// the current limit, the limit rises by one, up to the cap. Counting
-    /// connections rather than every transaction on reused ones keeps the
-    /// probing for one more connection rare where connections are reused.
-    pub fn connection_succeeded(&self, key: &DestinationKey) {
-        let mut table = self.lock();
-        let Some(destination) = table.get_mut(key) else {
-            return;
-        };
-        if destination.limit.succeeded() {
-            let pushes = destination.grant();
-            drop(table);
-            self.ready.push(key, pushes);
-        }
-    }
-
-    /// If `reply` contains one of the `suspend_on` substrings of `key`'s
-    /// rule: the wait of the destination's mail, and when this reply is what
-    /// suspended it (it was not suspended yet) for its `suspend_for`, what
-    /// the caller must announce, defer and close.
-    pub fn suspend_on(
-        &self,
-        key: &DestinationKey,
-        reply: &RemoteReply,
-    ) -> Option<(Wait, Option<Suspended<J>>)> {
-        let DestinationKey::Rule(name) = key else {
-            return None;
-        };
-        let rules = self.rules.load();
-        let rule = rules.rule(name)?;
-        if !rule.suspends_on(&reply.to_string()) {
-            return None;
-        }
-        let label = key.label();
-        let now = Instant::now();
-        let mut table = self.lock();
-        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
-        if let Some(suspension) = destination.suspended_at(now) {
-            return Some((suspension.wait(&label), None));
-        }
-        let suspension = Suspension::new(reply, rule.suspend_for, now);
-        let wait = suspension.wait(&label);
-        let until = suspension.until_wall;
-        destination.suspension = Some(suspension);
-        let mut jobs = Vec::new();
-        for lane in Lane::ALL {
-            jobs.extend(destination.jobs[lane].drain(..));
-        }
-        destination.tokens.clear();
-        let connections = destination.idle.take_all();
-        Some((
-            wait,
-            Some(Suspended {
-                name: rule.name.clone(),
-                until,
-                reply: reply.clone(),
-                jobs,
-                connections,
-            }),
-        ))
-    }
-
-    /// Every host of `hop` refused or timed out: skip it for a while.
-    pub fn mark_dead(&self, hop: &NextHop, reason: RemoteReply) {
-        self.dead.mark(hop, reason);
-    }
-
-    pub fn is_dead(&self, hop: &NextHop) -> Option<RemoteReply> {
-        self.dead.check(hop)
-    }
-
-    /// An idle connection kept by `key` for the pool `hop` (a next hop, or
-    /// the shared MX host of domains grouped by an `mx:` pattern), if one is
-    /// fresh enough.
-    pub fn take_idle(&self, key: &DestinationKey, hop: &NextHop) -> Option<Connection> {
-        self.lock().get_mut(key)?.idle.take(hop)
-    }
-
-    /// Before a job of `key` opens a new connection: the idle connections
-    /// (of other pools) that would take the destination past its limit of
-    /// open connections, oldest first, to be closed by the caller.
-    pub fn make_room(&self, key: &DestinationKey) -> Vec<Connection> {
-        let mut table = self.lock();
-        let Some(destination) = table.get_mut(key) else {
-            return Vec::new();
-        };
-        let (active, limit) = (destination.active, destination.limit.get());
-        destination.idle.over(active, limit)
-    }
-
-    /// Keeps a connection (already reset) for the next message to `hop`.
-    /// Returns the connection when it is not kept (it carried its last
-    /// transaction, or the pool is full or suspended): the caller closes it
-    /// with QUIT on a tracked task.
-    #[must_use = "a connection not kept must be closed"]
-    pub fn put_idle(
-        &self,
-        key: &DestinationKey,
-        hop: &NextHop,
-        connection: Connection,
-    ) -> Option<Connection> {
-        let per_connection = self.rules.load().transactions_per_connection(key);
-        if connection.completed_transactions() >= per_connection {
-            return Some(connection);
-        }
-        let now = Instant::now();
-        let mut table = self.lock();
-        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
-        if destination.suspended_at(now).is_some() {
-            return Some(connection);
-        }
-        destination.idle.keep(hop, connection, now)
-    }
-
     /// Takes the connections idle for longer than the TTL (to be closed with
     /// QUIT by the caller), ends suspensions whose time is up (their names
     /// returned, to be announced) and forgets destinations nothing refers to.
@@ -609,12 +392,6 @@ impl<J: Queued> Destinations<J> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DestinationKey, Destination<J>>> {
         lock(&self.table)
-    }
-}
-
-impl<J: Queued + Send> Reservations for Destinations<J> {
-    fn release(&self, id: QueueId) {
-        Destinations::release(self, id);
     }
 }
 

@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::Wait;
+use super::{DestinationKey, Destinations, Queued};
 use crate::delivery::client::Connection;
 use crate::outcome::RemoteReply;
+use crate::queue::Lane;
 
 pub(super) struct Suspension {
     pub(super) until: Instant,
@@ -52,4 +54,52 @@ pub struct Suspended<J> {
     pub jobs: Vec<J>,
     /// Its idle connections: to be closed.
     pub connections: Vec<Connection>,
+}
+
+impl<J: Queued> Destinations<J> {
+    /// If `reply` contains one of the `suspend_on` substrings of `key`'s
+    /// rule: the wait of the destination's mail, and when this reply is what
+    /// suspended it (it was not suspended yet) for its `suspend_for`, what
+    /// the caller must announce, defer and close.
+    pub fn suspend_on(
+        &self,
+        key: &DestinationKey,
+        reply: &RemoteReply,
+    ) -> Option<(Wait, Option<Suspended<J>>)> {
+        let DestinationKey::Rule(name) = key else {
+            return None;
+        };
+        let rules = self.rules.load();
+        let rule = rules.rule(name)?;
+        if !rule.suspends_on(&reply.to_string()) {
+            return None;
+        }
+        let label = key.label();
+        let now = Instant::now();
+        let mut table = self.lock();
+        let destination = table.entry(key.clone()).or_insert_with(|| self.create(key));
+        if let Some(suspension) = destination.suspended_at(now) {
+            return Some((suspension.wait(&label), None));
+        }
+        let suspension = Suspension::new(reply, rule.suspend_for, now);
+        let wait = suspension.wait(&label);
+        let until = suspension.until_wall;
+        destination.suspension = Some(suspension);
+        let mut jobs = Vec::new();
+        for lane in Lane::ALL {
+            jobs.extend(destination.jobs[lane].drain(..));
+        }
+        destination.tokens.clear();
+        let connections = destination.idle.take_all();
+        Some((
+            wait,
+            Some(Suspended {
+                name: rule.name.clone(),
+                until,
+                reply: reply.clone(),
+                jobs,
+                connections,
+            }),
+        ))
+    }
 }

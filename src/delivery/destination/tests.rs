@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::{MatchPattern, Route};
+use crate::outcome::RemoteReply;
 
 /// Destinations are tested without jobs: a job type that is never made.
 enum NoJob {}
