@@ -82,10 +82,10 @@ pub async fn run(
     let control_socket = control::bind(&config.control.socket)?;
     let live =
         Live::build(config.clone(), None, &metrics, &tracker).context("cannot set up delivery")?;
-    let destinations = DeliveryContext::destinations(&live);
+    let destinations = DeliveryContext::destinations(&config);
     let settings = Settings::new(live);
     let handle = QueueHandle {
-        settings: settings.clone(),
+        settings: settings.queue(),
         spool: spool.clone(),
         queue: queue.clone(),
         events: events.clone(),
@@ -94,9 +94,10 @@ pub async fn run(
     };
     let delivery = Arc::new(
         DeliveryContext::new(
-            &settings.snapshot(),
+            &config,
             handle.clone(),
             destinations,
+            settings.delivery(),
             tracker.clone(),
         )
         .context("cannot set up delivery")?,
@@ -114,7 +115,7 @@ pub async fn run(
     let delivery_shutdown = CancellationToken::new();
     let engine = delivery::engine::spawn(
         delivery.clone(),
-        &settings.snapshot(),
+        &config,
         &tracker,
         delivery_shutdown.clone(),
     );

@@ -172,7 +172,7 @@ async fn serve_connection(
         }
         Reply::Bulk { bulk, progress } => {
             let options = ControlOptions {
-                bulk_chunk: context.settings.snapshot().config.control.bulk_chunk,
+                bulk_chunk: reloader.settings.snapshot().config.control.bulk_chunk,
             };
             let done = stream_bulk(stream, context, &bulk, progress, options, shutdown).await;
             release_free_memory().await;

@@ -15,9 +15,10 @@ use tokio_util::task::TaskTracker;
 use super::destination::{DestinationKey, NextHop, Rejected, RouteHop};
 use super::job::{self, DeliveryContext, Job};
 use super::pass::Pass;
+use super::settings::DeliverySettings;
 use super::workers::Workers;
+use crate::config::Config;
 use crate::events::{Event, EventKind};
-use crate::live::Live;
 use crate::queue::Lane;
 use crate::queue::handle::{LoadError, QueueHandle};
 use crate::queue::transition;
@@ -42,14 +43,14 @@ const POSTPONE: Duration = Duration::from_secs(1);
 /// provider's MX carries mail for all the provider's domains.
 pub async fn destination_of(
     context: &DeliveryContext,
-    live: &Live,
+    settings: &DeliverySettings,
     domain: &str,
     hop: &NextHop,
 ) -> (DestinationKey, NextHop) {
     if let Some(key) = context.destinations.key_without_mx(domain, hop) {
         return (key, hop.clone());
     }
-    let mx_host = live.resolver.preferred_exchange(domain).await;
+    let mx_host = settings.resolver.preferred_exchange(domain).await;
     match context
         .destinations
         .key_for(domain, hop, mx_host.as_deref())
@@ -64,8 +65,8 @@ pub async fn destination_of(
 
 /// The next hop for a recipient domain: the first route naming it, else
 /// a `*` route, else its MX hosts.
-pub fn next_hop(live: &Live, domain: &str) -> NextHop {
-    let routes = &live.routes;
+pub fn next_hop(settings: &DeliverySettings, domain: &str) -> NextHop {
+    let routes = &settings.routes;
     let exact = routes
         .iter()
         .find(|route| route.domains.iter().any(|d| d == domain));
@@ -91,7 +92,7 @@ pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 /// `DELIVERY_GRACE` to finish.
 pub fn spawn(
     context: Arc<DeliveryContext>,
-    live: &Live,
+    config: &Config,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Engine {
@@ -112,7 +113,7 @@ pub fn spawn(
     for lane in Lane::ALL {
         let in_flight = Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT));
         tracker.spawn(dispatch(context.clone(), lane, in_flight, shutdown.clone()));
-        engine.set_width(lane, live.config.lanes.get(lane).concurrency);
+        engine.set_width(lane, config.lanes.get(lane).concurrency);
     }
     tracker.spawn(sweep(context, shutdown));
     engine
@@ -327,11 +328,11 @@ async fn start_pass(
     }
     // The settings this pass and its jobs run under, whatever a reload
     // changes meanwhile.
-    let live = handle.settings.snapshot();
+    let settings = context.settings.load_full();
     let mut groups: HashMap<(DestinationKey, NextHop, NextHop), Vec<usize>> = HashMap::new();
     for (domain, indices) in domains {
-        let hop = next_hop(&live, &domain);
-        let (key, pool) = destination_of(context, &live, &domain, &hop).await;
+        let hop = next_hop(&settings, &domain);
+        let (key, pool) = destination_of(context, &settings, &domain, &hop).await;
         groups.entry((key, hop, pool)).or_default().extend(indices);
     }
     if groups.is_empty() {
@@ -353,7 +354,14 @@ async fn start_pass(
         return;
     }
 
-    let pass = Arc::new(Pass::new(id, envelope, body, groups.len(), permit, live));
+    let pass = Arc::new(Pass::new(
+        id,
+        envelope,
+        body,
+        groups.len(),
+        permit,
+        settings,
+    ));
     for ((destination, hop, pool), recipients) in groups {
         let job = Job {
             pass: pass.clone(),

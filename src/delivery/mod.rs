@@ -11,6 +11,7 @@ pub(crate) mod destination;
 pub(crate) mod engine;
 pub(crate) mod job;
 pub(crate) mod pass;
+pub(crate) mod settings;
 pub(crate) mod workers;
 
 pub use engine::Engine;

@@ -10,7 +10,7 @@
 //!
 //! Invariant: a domain whose valid policy says `enforce` gets no MAIL FROM
 //! except over STARTTLS with a certificate verified for an MX host the
-//! policy names (enforced in `delivery::job`).
+//! policy names (enforced in `delivery::job::policy`).
 
 pub(crate) mod cache;
 mod fetch;

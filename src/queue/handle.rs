@@ -16,11 +16,11 @@ use relayq_spool::{Body, Change, EnvelopeEdit, QueueId, Spool, SpoolError};
 
 use super::envelope::{EnvelopeError, Recipient, Ret};
 use super::reservations::Reservations;
+use super::settings::CurrentQueueSettings;
 use super::transition::{self, Cause, Note, NoteKind, Record, Transition};
 use super::{Envelope, Queue};
 use crate::dsn::{self, Action, ReportedRecipient};
 use crate::events::{Event, EventKind, Events};
-use crate::live::Settings;
 use crate::metrics::Metrics;
 
 /// Header section bytes read for RET=HDRS reports.
@@ -29,9 +29,9 @@ const MAX_HEADER_SECTION: usize = 256 * 1024;
 /// Everything a transition touches. Cheap to clone.
 #[derive(Clone)]
 pub struct QueueHandle {
-    /// The live settings: `hostname` (Reporting-MTA of DSNs and their
-    /// Message-ID domain) and the retry policy.
-    pub settings: Settings,
+    /// The queue's part of the live settings: `hostname` (Reporting-MTA of
+    /// DSNs and their Message-ID domain) and the retry policy.
+    pub settings: CurrentQueueSettings,
     pub spool: Spool,
     pub queue: Arc<Queue>,
     pub events: Events,
@@ -189,14 +189,14 @@ impl QueueHandle {
         }
         let original = self.read_original(id, envelope.ret).await;
         let now = transition.now;
-        let live = self.settings.snapshot();
-        let hostname = &live.config.hostname;
+        let settings = self.settings.load();
+        let hostname = &settings.hostname;
         reported
             .into_iter()
             .map(|(kind, notes)| {
                 let recipients: Vec<ReportedRecipient> = notes
                     .iter()
-                    .map(|note| reported_recipient(envelope, kind, note, live.retry.max_age))
+                    .map(|note| reported_recipient(envelope, kind, note, settings.retry.max_age))
                     .collect();
                 let report_id = self.spool.allocate_id();
                 let message = dsn::build(&dsn::Report {

@@ -13,6 +13,7 @@ mod lane;
 pub(crate) mod operations;
 pub(crate) mod reservations;
 pub(crate) mod retry;
+pub(crate) mod settings;
 pub(crate) mod transition;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -6,8 +6,8 @@
 use crate::config::{RouteTls, TlsPolicy};
 use crate::delivery::client::{ConnectErrorKind, Connection, Credentials, Target, TlsMode};
 use crate::delivery::destination::NextHop;
+use crate::delivery::settings::DeliverySettings;
 use crate::dns::DnsError;
-use crate::live::Live;
 use crate::mta_sts::ActivePolicy;
 use crate::outcome::RemoteReply;
 use crate::queue::transition::Outcome;
@@ -69,22 +69,22 @@ pub(super) async fn open(
     connect(context, job, &targets, tls, credentials.as_ref(), enforced).await
 }
 
-async fn resolve(live: &Live, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
+async fn resolve(settings: &DeliverySettings, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
     match hop {
         NextHop::Mx(domain) => {
-            let targets = live.resolver.mail_targets(domain).await?;
+            let targets = settings.resolver.mail_targets(domain).await?;
             Ok(targets
                 .into_iter()
                 .map(|target| Target {
                     host: target.host,
-                    address: std::net::SocketAddr::new(target.address, live.config.delivery.port),
+                    address: std::net::SocketAddr::new(target.address, settings.port),
                 })
                 .collect())
         }
         NextHop::Route(route) => {
             // A route host that does not resolve is a configuration problem,
             // not the recipient's: defer, never bounce.
-            let addresses = live
+            let addresses = settings
                 .resolver
                 .host_addresses(&route.host)
                 .await
@@ -105,12 +105,12 @@ async fn resolve(live: &Live, hop: &NextHop) -> Result<Vec<Target>, DnsError> {
 
 /// TLS mode and credentials for a next hop.
 fn connection_policy(
-    live: &Live,
+    settings: &DeliverySettings,
     hop: &NextHop,
 ) -> Result<(TlsMode, Option<Credentials>), RemoteReply> {
     match hop {
         NextHop::Mx(_) => {
-            let tls = match live.config.delivery.tls {
+            let tls = match settings.tls {
                 TlsPolicy::Opportunistic => TlsMode::Opportunistic,
                 TlsPolicy::Required => TlsMode::Required,
                 TlsPolicy::Disabled => TlsMode::Disabled,
@@ -157,7 +157,7 @@ async fn connect(
     for target in targets {
         match Connection::open(
             target,
-            &job.pass.settings.client_settings,
+            &job.pass.settings.client,
             tls,
             credentials,
             &context.tls_configs,

@@ -1,8 +1,8 @@
 //! What a job needs to run, shared by the engine's tasks: the queue
 //! handle, the destinations, the outbound TLS configurations, MTA-STS, the
-//! shutdown tracker. The settings a reload may change are not here: each
-//! pass takes the live snapshot when it starts ([`Pass::settings`]) and its
-//! jobs keep it.
+//! shutdown tracker, and delivery's settings in force, of which each pass
+//! takes the snapshot when it starts ([`Pass::settings`]) and its jobs keep
+//! it.
 //!
 //! [`Pass::settings`]: crate::delivery::pass::Pass::settings
 
@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
 use super::Job;
+use crate::config::Config;
 use crate::delivery::destination::{DestinationKey, Destinations};
-use crate::live::Live;
+use crate::delivery::settings::CurrentDeliverySettings;
 use crate::metrics::{ActiveConnections, Throttle};
 use crate::mta_sts::MtaSts;
 use crate::queue::handle::QueueHandle;
@@ -34,16 +35,18 @@ pub struct DeliveryContext {
     /// start's trust anchors; each pass looks policies up with its own
     /// resolver.
     pub mta_sts: Option<Arc<MtaSts>>,
+    /// Delivery's settings in force (a reload replaces them): new passes
+    /// take them.
+    pub settings: CurrentDeliverySettings,
     /// Tasks that commit or talk to a server are tracked, so shutdown waits
     /// for them.
     tracker: TaskTracker,
 }
 
 impl DeliveryContext {
-    /// The destinations of `live`'s configuration, before the context: the
-    /// queue handle the context is built with refers to them too.
-    pub fn destinations(live: &Live) -> Arc<Destinations<Job>> {
-        let config = &live.config;
+    /// The destinations of `config`, before the context: the queue handle
+    /// the context is built with refers to them too.
+    pub fn destinations(config: &Config) -> Arc<Destinations<Job>> {
         Arc::new(Destinations::new(
             config.delivery.destination_concurrency,
             DEAD_DESTINATION_FOR,
@@ -52,12 +55,12 @@ impl DeliveryContext {
     }
 
     pub fn new(
-        live: &Live,
+        config: &Config,
         handle: QueueHandle,
         destinations: Arc<Destinations<Job>>,
+        settings: CurrentDeliverySettings,
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
-        let config = &live.config;
         let tls_configs = TlsConfigs::with_trust_anchors(&config.delivery.extra_trust_anchors)?;
         let mta_sts = config.delivery.mta_sts.then(|| {
             Arc::new(MtaSts::new(
@@ -71,6 +74,7 @@ impl DeliveryContext {
             destinations,
             tls_configs,
             mta_sts,
+            settings,
             tracker,
         })
     }
