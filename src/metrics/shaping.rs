@@ -1,4 +1,4 @@
-//! Output control metrics (README "Output control"): per destination the
+//! Output control metrics (docs/delivery.md): per destination the
 //! connection limit after feedback, active connections, suspension, and
 //! why mail was throttled; and whether the cluster's Redis answers.
 //!
