@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control;
-use crate::delivery::{self, engine::DeliveryContext};
+use crate::delivery::{self, DeliveryContext};
 use crate::dkim::{Signers, SigningKeys};
 use crate::events::Events;
 use crate::http::ResolverSource;
@@ -94,11 +94,13 @@ pub async fn run(
     let events = Events::new();
     let metrics = Arc::new(Metrics::new());
     let control_socket = control::bind(&config.control.socket)?;
-    let live = Live::build(config.clone(), None, &metrics).context("cannot set up delivery")?;
+    let live =
+        Live::build(config.clone(), None, &metrics, &tracker).context("cannot set up delivery")?;
+    let destinations = DeliveryContext::destinations(&config);
     let settings = Settings::new(live);
     let resolver: ResolverSource = {
         let settings = settings.clone();
-        Arc::new(move || settings.snapshot().resolver.clone())
+        Arc::new(move || settings.delivery().load().resolver.clone())
     };
     let webhooks =
         Arc::new(Webhooks::new(&config.webhooks, &resolver).context("cannot set up webhooks")?);
@@ -119,18 +121,24 @@ pub async fn run(
         metrics.clone(),
     ));
     let handle = QueueHandle {
-        settings: settings.clone(),
+        settings: settings.queue(),
         spool: spool.clone(),
         queue: queue.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
-        webhooks: webhooks.clone(),
-        suppression: suppression.clone(),
+        hooks: vec![webhooks.clone(), suppression.clone()],
+        reservations: destinations.clone(),
     };
     webhooks.start(&spool, &tracker, shutdown.clone()).await;
     let delivery = Arc::new(
-        DeliveryContext::new(&settings.snapshot(), handle.clone(), tracker.clone())
-            .context("cannot set up delivery")?,
+        DeliveryContext::new(
+            &config,
+            handle.clone(),
+            destinations,
+            settings.delivery(),
+            tracker.clone(),
+        )
+        .context("cannot set up delivery")?,
     );
     {
         // Weak: the metrics outlive nothing, and the context holds them.
@@ -145,7 +153,7 @@ pub async fn run(
     let delivery_shutdown = CancellationToken::new();
     let engine = delivery::engine::spawn(
         delivery.clone(),
-        &settings.snapshot(),
+        &config,
         &tracker,
         delivery_shutdown.clone(),
     );
@@ -229,7 +237,10 @@ pub async fn run(
         suppression.clone(),
         shutdown.clone(),
     ));
-    tracker.spawn(suppression::sweep::run(suppression, shutdown.clone()));
+    tracker.spawn(suppression::sweep::run(
+        suppression.clone(),
+        shutdown.clone(),
+    ));
     let notifier = Arc::new(Notifier::from_env());
     let reloader = Arc::new(Reloader {
         file: config.source.clone(),
@@ -255,7 +266,18 @@ pub async fn run(
     // The control API (`relayq queue …`, `relayq reload`); its socket is
     // removed at shutdown.
     tracing::info!("control socket {}", config.control.socket.display());
-    control::spawn(control_socket, handle, reloader, &tracker, shutdown.clone());
+    let control = control::Context {
+        handle,
+        webhooks,
+        suppression: suppression.clone(),
+    };
+    control::spawn(
+        control_socket,
+        control,
+        reloader,
+        &tracker,
+        shutdown.clone(),
+    );
 
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",

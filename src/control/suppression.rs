@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
+use super::Context;
 use super::api::{Reply, to_json};
 use super::http::{self, Request};
 use super::write_all;
 use crate::bounce::BounceClass;
-use crate::queue::handle::QueueHandle;
 use crate::suppression::entry::{from_unix_ms, normalize, one_line, unix_ms};
 use crate::suppression::{Entry, READ_CHUNK, Source, Suppression, class_named, csv};
 
@@ -81,7 +81,7 @@ pub struct AddRequest {
 
 /// Routes `/suppression` and `/suppression/ADDR` (the address is the rest
 /// of the path, percent-decoded: it may hold a `/`).
-pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8], rest: &str) -> Reply {
+pub async fn handle(context: &Context, request: &Request, body: &[u8], rest: &str) -> Reply {
     let suppression = &context.suppression;
     if rest.is_empty() {
         return match request.method.as_str() {
@@ -222,7 +222,7 @@ async fn import(suppression: &Suppression, body: &[u8]) -> Reply {
 /// client went away) ends the work.
 pub async fn stream_list(
     mut stream: UnixStream,
-    context: &QueueHandle,
+    context: &Context,
     class: Option<BounceClass>,
     limit: Option<usize>,
 ) -> std::io::Result<()> {

@@ -57,7 +57,7 @@ impl Endpoint {
                 render(
                     &self.metrics,
                     &self.queue,
-                    &(self.destinations)(),
+                    (self.destinations)(),
                     SystemTime::now(),
                 ),
             ),

@@ -23,12 +23,12 @@ use crate::events::EventKind;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
 
-/// Reads, at scrape time, the connections each destination has in use, as
-/// `(label, count)`: the delivery engine owns those counts, so they are
-/// asked for rather than mirrored here (like the queue gauges).
-pub type DestinationConnections = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+/// Reads, at scrape time, the connections each destination has in use: the
+/// delivery engine owns those counts, so they are asked for rather than
+/// mirrored here (like the queue gauges).
+pub type DestinationConnections = Arc<dyn Fn() -> Vec<ActiveConnections> + Send + Sync>;
 
-pub use shaping::{DestinationShaping, ShapingMetrics, Throttle};
+pub use shaping::{ActiveConnections, DestinationShaping, ShapingMetrics, Throttle};
 pub use suppression::SuppressionMetrics;
 pub use webhooks::{WebhookMetrics, WebhookRow};
 

@@ -1,8 +1,8 @@
 //! Bounces that put their recipients on the list: a recipient that failed
 //! for good (bounced, or expired) with a class in `suppression.classes` is
 //! added in the commit of the transition that records the failure
-//! (`QueueHandle::apply_all` calls [`Suppression::changes_for`] before its
-//! commit and [`Suppression::committed`] after it).
+//! (`Suppression` is one of `QueueHandle::apply_all`'s [`TransitionHook`]s:
+//! staged before its commit, told after it).
 //!
 //! An operator's bounce has class `admin`: it suppresses only when `admin`
 //! is listed.
@@ -13,45 +13,49 @@ use super::entry::{Entry, Source, normalize, one_line};
 use super::{Suppression, store};
 use crate::config::SuppressionSettings;
 use crate::events::EventKind;
+use crate::queue::hooks::{Staged, TransitionHook};
 use crate::queue::transition::Transition;
 
-impl Suppression {
-    /// The spool changes that add `transition`'s suppressed recipients
+/// The entries a batch of transitions added, staged with their commit.
+struct Added {
+    entries: Vec<(relayq_spool::QueueId, Entry)>,
+    publish: bool,
+}
+
+impl TransitionHook for Suppression {
+    /// The spool changes that add the transitions' suppressed recipients
     /// (and, with a cluster, queue them for the fleet's stream).
-    pub fn changes_for(&self, transition: &Transition) -> Vec<Change> {
+    fn stage(&self, transitions: &[Transition], changes: &mut Vec<Change>) -> Staged {
         let live = self.settings.snapshot();
         let publish = live.config.cluster.redis_url.is_some();
-        let mut changes = Vec::new();
-        for entry in suppressed_by(transition, &live.config.suppression) {
-            store::put(&mut changes, &entry, publish);
-        }
-        changes
-    }
-
-    /// After the commit of `transitions`: their suppressed recipients join
-    /// the set. Decided again from the same transitions and settings, so
-    /// the set gets what [`Suppression::changes_for`] committed (but for a
-    /// reload that changes `suppression.classes` between the two calls,
-    /// which the next start puts right: the set is rebuilt from the spool).
-    pub fn committed(&self, transitions: &[Transition]) {
-        let live = self.settings.snapshot();
-        let mut added = false;
+        let mut entries = Vec::new();
         for transition in transitions {
-            let id = transition.id;
             for entry in suppressed_by(transition, &live.config.suppression) {
-                tracing::info!(
-                    queue_id = %id,
-                    "{id}: <{}> added to the suppression list (class {}): later mail to it is refused at RCPT",
-                    entry.address,
-                    entry.class
-                );
-                self.insert(&entry);
-                added = true;
+                store::put(changes, &entry, publish);
+                entries.push((transition.id, entry));
             }
         }
-        if added {
-            self.settled(live.config.cluster.redis_url.is_some());
+        Box::new(Added { entries, publish })
+    }
+
+    /// After the commit: the entries it stored join the set.
+    fn committed(&self, _transitions: &[Transition], staged: Staged) {
+        let Ok(added) = staged.downcast::<Added>() else {
+            return;
+        };
+        if added.entries.is_empty() {
+            return;
         }
+        for (id, entry) in &added.entries {
+            tracing::info!(
+                queue_id = %id,
+                "{id}: <{}> added to the suppression list (class {}): later mail to it is refused at RCPT",
+                entry.address,
+                entry.class
+            );
+            self.insert(entry);
+        }
+        self.settled(added.publish);
     }
 }
 

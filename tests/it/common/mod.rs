@@ -7,6 +7,7 @@ pub mod dns_server;
 pub mod fake_mx;
 pub mod policy_server;
 pub mod shaping;
+pub mod silent;
 pub mod tls_client;
 pub mod webhook_receiver;
 
