@@ -25,6 +25,7 @@ mod destination_suspension;
 mod dkim;
 mod dns_resolution;
 mod durability;
+mod generated_docs;
 mod group_commit;
 mod inbound_tls;
 mod intake_limits;
