@@ -34,6 +34,7 @@ mod lane_admission;
 mod lanes;
 mod long_lines;
 mod metrics;
+mod monitoring_metrics;
 mod mta_sts;
 mod queue_at_scale;
 mod queue_cli;
