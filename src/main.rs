@@ -40,6 +40,30 @@ struct Cli {
     command: Commands,
 }
 
+/// The flags `relayq sendmail` (and `/usr/sbin/sendmail`) takes, for its
+/// help and its man page: clap does not parse them (see `main`).
+const SENDMAIL_HELP: &str = "\
+Also run as /usr/sbin/sendmail (or /usr/lib/sendmail): the message goes to \
+the local listener; when the daemon cannot take it, it waits in the maildrop \
+until the daemon is back.
+
+Flags:
+  -t              recipients from the To:, Cc: and Bcc: fields (Bcc: is removed)
+  -i, -oi         a line with a single dot does not end the message
+  -f FROM, -r FROM  envelope sender (-f '<>': none)
+  -F NAME         full name for the From: field relayq adds when there is none
+  -N NOTIFY       delivery status notifications: never, or success,failure,delay
+  -C FILE, --config FILE  configuration (to find the listener and the maildrop)
+  -bp             list the queue (as mailq)
+  -bm             read a message (the default)
+  -v              tell what happens
+Accepted and ignored, for compatibility: -m, -n, -U, -q, -d, -e, -odi, \
+-oem and other -o options, -A, -B, -h, -L, -O, -R, -V, -X.
+
+Exit status: 0 accepted, or left in the maildrop; 64 bad usage; 65 a \
+malformed message or a permanent refusal (5xx); 75 neither accepted nor \
+left in the maildrop (try again later).";
+
 #[derive(Subcommand)]
 enum Commands {
     /// Run the daemon.
@@ -57,7 +81,7 @@ enum Commands {
     /// Read a message on stdin and submit it, like sendmail: -t, -i, -f FROM,
     /// -F NAME, -N NOTIFY, -C CONFIG, recipients. Exit 0 once accepted or in
     /// the maildrop, 65 malformed or refused, 75 neither.
-    #[command(disable_help_flag = true)]
+    #[command(disable_help_flag = true, after_long_help = SENDMAIL_HELP)]
     Sendmail {
         /// sendmail's own flags and the recipients.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]

@@ -130,10 +130,7 @@ mod tests {
         let zsh = fs::read_to_string(directory.path().join("_relayq")).unwrap();
         assert!(zsh.starts_with("#compdef relayq"), "{zsh}");
         let fish = fs::read_to_string(directory.path().join("relayq.fish")).unwrap();
-        assert!(fish.contains("complete -c relayq"), "{fish}");
-        assert!(
-            !fish.contains("generate"),
-            "hidden subcommand completed: {fish}"
-        );
+        assert!(fish.contains("complete -c relayq -n"), "{fish}");
+        assert!(fish.contains("\"list\""), "nested subcommands: {fish}");
     }
 }

@@ -192,7 +192,12 @@ else
     # ambient capability. The packaged config, plus a route of every domain
     # to a closed loopback port: mail is deferred, and nothing (no DNS, no
     # SMTP) leaves the machine.
-    closed_port=$(( (RANDOM % 20000) + 30000 ))
+    closed_port=""
+    for _ in $(seq 1 50); do
+        candidate=$(((RANDOM % 20000) + 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then closed_port=$candidate; break; fi
+    done
+    [[ -n "$closed_port" ]] || { fail "no closed loopback port found"; closed_port=1; }
     config="$scratch/relayq.toml"
     cp /etc/relayq/relayq.toml "$config"
     printf '\n[[route]]\ndomains = ["*"]\nhost = "127.0.0.1"\nport = %d\ntls = "none"\n' "$closed_port" >>"$config"
