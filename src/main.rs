@@ -45,20 +45,24 @@ struct Cli {
 const SENDMAIL_HELP: &str = "\
 Also run as /usr/sbin/sendmail (or /usr/lib/sendmail): the message goes to \
 the local listener; when the daemon cannot take it, it waits in the maildrop \
-until the daemon is back.
+until the daemon is back. Flags:
 
-Flags:
-  -t              recipients from the To:, Cc: and Bcc: fields (Bcc: is removed)
-  -i, -oi         a line with a single dot does not end the message
-  -f FROM, -r FROM  envelope sender (-f '<>': none)
-  -F NAME         full name for the From: field relayq adds when there is none
-  -N NOTIFY       delivery status notifications: never, or success,failure,delay
-  -C FILE, --config FILE  configuration (to find the listener and the maildrop)
-  -bp             list the queue (as mailq)
-  -bm             read a message (the default)
-  -v              tell what happens
-Accepted and ignored, for compatibility: -m, -n, -U, -q, -d, -e, -odi, \
--oem and other -o options, -A, -B, -h, -L, -O, -R, -V, -X.
+-t: the recipients are those of the To:, Cc: and Bcc: fields (Bcc: is removed).
+
+-i, -oi: a line with a single dot does not end the message.
+
+-f FROM, -r FROM: the envelope sender (-f '<>': none).
+
+-F NAME: the full name for the From: field relayq adds when there is none.
+
+-N NOTIFY: delivery status notifications: never, or a list of success, failure, delay.
+
+-C FILE, --config FILE: the configuration (to find the listener and the maildrop).
+
+-bp: list the queue (as mailq). -bm: read a message (the default). -v: say what happens.
+
+Accepted and ignored, for compatibility: -m, -n, -U, -q, -d, -e, -odi, -oem \
+and the other -o options, -A, -B, -h, -L, -O, -R, -V, -X.
 
 Exit status: 0 accepted, or left in the maildrop; 64 bad usage; 65 a \
 malformed message or a permanent refusal (5xx); 75 neither accepted nor \
