@@ -1,8 +1,9 @@
 //! Man pages and shell completions generated from the clap definitions of
 //! the `relayq` command (clap_mangen, clap_complete), so they cannot drift
 //! from what the command accepts. `relayq completions SHELL` prints a
-//! completion script; the hidden `relayq generate man|completions DIR` writes
-//! the files a package installs.
+//! completion script; `relayq generate man|completions DIR`, a packaging
+//! helper kept out of the documented command, writes the files a package
+//! installs.
 
 use std::fs;
 use std::io::{self, Write};
