@@ -7,6 +7,7 @@
 //! Recording is lock-free: relaxed atomic adds, no I/O, no await, so it may
 //! sit on the SMTP and delivery hot paths.
 
+mod health;
 mod histogram;
 pub mod http;
 mod shaping;
@@ -195,6 +196,9 @@ pub struct Metrics {
     listeners_up: AtomicBool,
     /// `relayq_config_reloads_total`: index 0 `ok`, 1 `error`.
     config_reloads: [AtomicU64; 2],
+    /// `relayq_config_last_reload_successful`: false from a refused reload
+    /// until one is applied (the file on disk would not start the daemon).
+    last_reload_failed: AtomicBool,
     /// Output control: destination gauges, throttles, the cluster's Redis.
     pub shaping: ShapingMetrics,
     /// The webhooks' outboxes and posts.
@@ -231,6 +235,7 @@ impl Metrics {
             ],
             listeners_up: AtomicBool::new(false),
             config_reloads: Default::default(),
+            last_reload_failed: AtomicBool::new(false),
             shaping: ShapingMetrics::default(),
             webhooks: WebhookMetrics::default(),
             suppression: SuppressionMetrics::default(),
@@ -323,6 +328,7 @@ impl Metrics {
     /// A configuration reload ended: applied (`ok`) or refused (`error`).
     pub fn config_reloaded(&self, ok: bool) {
         self.config_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        self.last_reload_failed.store(!ok, Ordering::Relaxed);
     }
 
     /// All SMTP listeners are bound (for `/healthz`).

@@ -260,6 +260,19 @@ pub fn render(
 
     family(
         &mut out,
+        "relayq_config_last_reload_successful",
+        "gauge",
+        "0 from a reload whose file did not validate or load until a reload is applied, else 1: while 0, the file on disk is not what runs, and a restart would fail.",
+    );
+    sample(
+        &mut out,
+        "relayq_config_last_reload_successful",
+        &[],
+        u8::from(!metrics.last_reload_failed.load(Ordering::Relaxed)),
+    );
+
+    family(
+        &mut out,
         "relayq_smtp_stress",
         "gauge",
         "1 while the SMTP sessions in use are near smtp.max_connections (shorter deadlines), else 0.",
@@ -384,6 +397,22 @@ mod tests {
 
     use super::*;
     use crate::events::EventKind;
+
+    #[test]
+    fn a_refused_reload_shows_until_one_is_applied() {
+        let metrics = Metrics::new();
+        let gauge = |metrics: &Metrics| {
+            let text = render(metrics, &Queue::default(), Vec::new(), SystemTime::now());
+            text.lines()
+                .find_map(|line| line.strip_prefix("relayq_config_last_reload_successful "))
+                .map(str::to_owned)
+        };
+        assert_eq!(gauge(&metrics).as_deref(), Some("1"));
+        metrics.config_reloaded(false);
+        assert_eq!(gauge(&metrics).as_deref(), Some("0"));
+        metrics.config_reloaded(true);
+        assert_eq!(gauge(&metrics).as_deref(), Some("1"));
+    }
 
     #[test]
     fn empty_registry_writes_every_series() {
