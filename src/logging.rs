@@ -1,5 +1,10 @@
-//! Log output: one line per event, text (Postfix-like) or JSON. The level
-//! (`log.level`) can change while running ([`LogLevel`], used by reload).
+//! Log output: one line per event, text (Postfix-like) or JSON, written to
+//! stderr in batches (`batched`). The level (`log.level`) can change while
+//! running ([`LogLevel`], used by reload).
+
+mod batched;
+
+pub use batched::flush;
 
 use std::io::IsTerminal;
 
@@ -44,7 +49,8 @@ impl LogLevel {
 }
 
 /// Installs the global subscriber. `RUST_LOG` wins over `log.level`; the
-/// default is `info`. Logs go to stderr (journald picks them up under systemd).
+/// default is `info`. Logs go to stderr (journald picks them up under
+/// systemd), in batches; call [`flush`] before the process exits.
 pub fn init(format: LogFormat, level: Option<&str>) -> LogLevel {
     let from_environment = EnvFilter::try_from_default_env().is_ok();
     let filter = EnvFilter::try_from_default_env()
@@ -52,7 +58,7 @@ pub fn init(format: LogFormat, level: Option<&str>) -> LogLevel {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(batched::BatchedStderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter);

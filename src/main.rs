@@ -318,10 +318,14 @@ fn serve(explicit: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_SOFTWARE);
         }
     };
-    match runtime.block_on(relayq::daemon::serve(config, log_level)) {
+    let outcome = runtime.block_on(relayq::daemon::serve(config, log_level));
+    if let Err(error) = &outcome {
+        tracing::error!("{error:#}");
+    }
+    relayq::logging::flush();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("relayq: {error:#}");
             ExitCode::from(EXIT_SOFTWARE)
         }
