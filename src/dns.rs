@@ -1,5 +1,8 @@
 //! Where mail goes: MX and address lookups over hickory's resolver, and the
 //! classification of what DNS said into bounce or defer (ARCHITECTURE.md, "Delivery"; RFC 5321 §5.1, RFC 7505).
+//! With `delivery.dane`, MX delivery's lookups are DNSSEC-validated
+//! (`dnssec`) and each target says what DNSSEC proved about it; `tlsa`
+//! looks up a secure host's TLSA records (RFC 7672 §2.2).
 //!
 //! Invariant: every query is for an absolute name. A resolv.conf `search`
 //! list would otherwise retry a name that SERVFAILs under the search
@@ -8,9 +11,12 @@
 //! deferred. Names are made absolute here, and the resolver is built with no
 //! search list at all, so neither layer alone can reintroduce the bug.
 
+mod anchor;
+mod dnssec;
 mod lookup;
 mod names;
 mod order;
+mod tlsa;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -27,10 +33,13 @@ use tokio::time::Instant;
 
 use crate::config::{DnsSettings, IpVersion};
 
-use self::lookup::{Answer, HostLookup, mx_of};
+pub use self::anchor::{Anchor, TrustAnchorSource};
+use self::dnssec::Validation;
+use self::lookup::{Answer, HostLookup, Path, ask, mx_of};
 use self::names::{absolute_name, domain_literal, host_text};
 pub use self::order::MAX_TARGETS;
 use self::order::{HostAddresses, ResolvedHost, SplitMix64};
+pub use self::tlsa::TlsaLookup;
 
 /// One address to deliver to, in the order returned by
 /// [`MxResolver::mail_targets`].
@@ -43,6 +52,27 @@ pub struct MailTarget {
     pub address: IpAddr,
     /// The MX preference; 0 for an implicit MX or a domain literal.
     pub preference: u16,
+    /// What DNSSEC proved about the host, when MX lookups are validated
+    /// (`delivery.dane`); `None` otherwise and for a domain literal.
+    pub dnssec: Option<TargetDnssec>,
+}
+
+/// What DNSSEC proved about one MX host (RFC 7672 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetDnssec {
+    /// The domain's MX RRset (and any CNAME leading to it) is secure; for
+    /// an implicit MX, the denial of MX records is. With an insecure MX
+    /// RRset DANE still applies to a host with secure TLSA records, but
+    /// the next-hop domain is no reference identifier (RFC 7672 §2.2.1).
+    pub mx_secure: bool,
+    /// The host's address records (and any CNAME leading to them) are
+    /// secure: its TLSA records are looked up. Otherwise DANE does not
+    /// apply to it.
+    pub host_secure: bool,
+    /// The host's name after the CNAMEs of its address lookup, when they
+    /// led elsewhere (lowercase, no trailing dot): the first TLSA base
+    /// domain to try.
+    pub expanded: Option<String>,
 }
 
 /// Why there is no address to deliver to. Each variant carries a readable
@@ -113,6 +143,8 @@ pub struct MxResolver {
 #[derive(Debug)]
 struct Inner {
     resolver: TokioResolver,
+    /// With `delivery.dane`: the validating resolver MX delivery uses.
+    validation: Option<Validation>,
     /// `/etc/hosts`, consulted for route/smarthost names only: MX hosts
     /// come from DNS alone, as Postfix does by default.
     hosts: Hosts,
@@ -138,7 +170,14 @@ impl MxResolver {
             settings.nameservers.iter().map(name_server).collect()
         };
         let hosts = Hosts::from_system().unwrap_or_default();
-        build(name_servers, hosts, ip_version, LookupLimits::default())
+        let dnssec = settings.dnssec.then(|| settings.trust_anchors.clone());
+        build(
+            name_servers,
+            hosts,
+            ip_version,
+            LookupLimits::default(),
+            dnssec,
+        )
     }
 
     /// Explicit name servers plus a resolv.conf-style `search` list and
@@ -176,7 +215,39 @@ impl MxResolver {
             "search list and ndots ignored: names are absolute"
         );
         let name_servers = nameservers.iter().map(name_server).collect();
-        build(name_servers, Hosts::default(), ip_version, limits)
+        build(name_servers, Hosts::default(), ip_version, limits, None)
+    }
+
+    /// Explicit name servers, and MX lookups validated from `anchors`, as
+    /// with `delivery.dane`. `/etc/hosts` is not read.
+    pub fn with_dnssec(
+        nameservers: &[SocketAddr],
+        anchors: TrustAnchorSource,
+        ip_version: IpVersion,
+        limits: LookupLimits,
+    ) -> anyhow::Result<MxResolver> {
+        let name_servers = nameservers.iter().map(name_server).collect();
+        build(
+            name_servers,
+            Hosts::default(),
+            ip_version,
+            limits,
+            Some(anchors),
+        )
+    }
+
+    /// Whether MX lookups are DNSSEC-validated (`delivery.dane`).
+    pub fn validates(&self) -> bool {
+        self.inner.validation.is_some()
+    }
+
+    /// Checks that DNSSEC validation works on the configured name servers
+    /// (the trust anchors' DNSKEY RRsets validate), logs the result when
+    /// it changed, and returns it: `Ok` says what was checked, `Err` why
+    /// it failed. `None` without `delivery.dane`.
+    pub async fn check_dnssec(&self) -> Option<Result<String, String>> {
+        let validation = self.inner.validation.as_ref()?;
+        Some(validation.check(self.plain()).await)
     }
 
     /// Where to deliver mail for `domain` (a domain name, IDN allowed, or a
@@ -189,22 +260,32 @@ impl MxResolver {
                 host: address.to_string(),
                 address,
                 preference: 0,
+                dnssec: None,
             }]);
         }
         let name = absolute_name(domain)?;
         let readable = host_text(&name);
         let deadline = Instant::now() + self.inner.total;
+        let path = self.mx_path().await.map_err(DnsError::Temporary)?;
 
-        let exchanges = match self.query(&name, RecordType::MX, mx_of).await {
-            Err(reason) => return Err(DnsError::Temporary(reason)),
-            Ok(Answer::NxDomain) => {
+        let mx = match ask(path, &name, RecordType::MX, mx_of).await {
+            Err(reason) => return Err(self.lookup_failed(path, reason).await),
+            Ok(reply) => reply,
+        };
+        let mx_secure = mx.secure;
+        let exchanges = match mx.answer {
+            Answer::NxDomain => {
                 return Err(DnsError::NoSuchDomain(format!(
                     "{readable}: no such domain"
                 )));
             }
             // RFC 5321 §5.1: no MX records, the domain itself is the host.
-            Ok(Answer::NoData) => return self.implicit_mx(&name, &readable, deadline).await,
-            Ok(Answer::Records(records)) => records,
+            Answer::NoData => {
+                return self
+                    .implicit_mx(path, &name, &readable, mx_secure, deadline)
+                    .await;
+            }
+            Answer::Records(records) => records,
         };
         let Some(exchanges) = order::prioritize(exchanges, &mut SplitMix64::from_entropy()) else {
             return Err(DnsError::NullMx(format!(
@@ -213,20 +294,47 @@ impl MxResolver {
         };
 
         let (resolved, first_problem) = self
-            .resolve_exchanges(&readable, &exchanges, deadline)
+            .resolve_exchanges(path, &readable, &exchanges, mx_secure, deadline)
             .await;
         let targets = order::order_targets(&resolved, self.inner.ip_version);
         if targets.is_empty() {
             let hosts: Vec<String> = exchanges.iter().map(|(_, host)| host_text(host)).collect();
-            return Err(DnsError::Temporary(first_problem.unwrap_or_else(|| {
-                format!(
+            return Err(match first_problem {
+                Some(reason) => self.lookup_failed(path, reason).await,
+                None => DnsError::Temporary(format!(
                     "no {} found for the MX hosts of {readable} ({})",
                     family_text(self.inner.ip_version),
                     hosts.join(", ")
-                )
-            })));
+                )),
+            });
         }
         Ok(targets)
+    }
+
+    /// The resolver MX delivery asks: the validating one with
+    /// `delivery.dane` (once DS anchors are primed), else the plain one.
+    async fn mx_path(&self) -> Result<Path<'_>, String> {
+        match &self.inner.validation {
+            None => Ok(self.plain()),
+            Some(validation) => Ok(Path {
+                resolver: validation.resolver(self.plain()).await?,
+                validating: true,
+            }),
+        }
+    }
+
+    /// A temporary failure of an MX delivery lookup. When DNSSEC
+    /// validation failed and fails for the trust anchor itself too, the
+    /// reason says so: the name servers do not pass DNSSEC through, and
+    /// the operator reading the deferral must learn it there.
+    async fn lookup_failed(&self, path: Path<'_>, reason: String) -> DnsError {
+        if path.validating
+            && reason.contains("DNSSEC")
+            && let Some(Err(why)) = self.check_dnssec().await
+        {
+            return DnsError::Temporary(format!("{reason}; {why}"));
+        }
+        DnsError::Temporary(reason)
     }
 
     /// The most preferred MX host of `domain`, lowercase and without the
@@ -265,13 +373,13 @@ impl MxResolver {
         let name = absolute_name(host)?;
         let readable = host_text(&name);
         let lookup = match self.static_host(&name) {
-            Some(addresses) => HostLookup::Found(addresses),
+            Some(addresses) => HostLookup::Found(addresses, Default::default()),
             None => tokio::time::timeout(self.inner.total, self.resolve_host(&name))
                 .await
                 .unwrap_or_else(|_| HostLookup::Temporary(format!("timeout resolving {readable}"))),
         };
         let addresses = match lookup {
-            HostLookup::Found(addresses) => addresses,
+            HostLookup::Found(addresses, _) => addresses,
             HostLookup::NoSuchHost => {
                 return Err(DnsError::NoSuchDomain(format!("{readable}: no such host")));
             }
@@ -283,6 +391,7 @@ impl MxResolver {
                 host: readable.clone(),
                 preference: 0,
                 addresses,
+                dnssec: None,
             }],
             self.inner.ip_version,
         );
@@ -300,8 +409,10 @@ impl MxResolver {
     /// that do not exist or have no address are skipped.
     async fn resolve_exchanges(
         &self,
+        path: Path<'_>,
         readable: &str,
         exchanges: &[(u16, Name)],
+        mx_secure: bool,
         deadline: Instant,
     ) -> (Vec<ResolvedHost>, Option<String>) {
         let mut resolved: Vec<ResolvedHost> = Vec::new();
@@ -315,22 +426,24 @@ impl MxResolver {
                 break;
             }
             let mx_host = host_text(host);
-            let lookup = match tokio::time::timeout_at(deadline, self.resolve_host(host)).await {
-                Ok(lookup) => lookup,
-                Err(_) => {
-                    first_problem.get_or_insert(format!(
-                        "timeout resolving the MX hosts of {readable} (stopped at {mx_host})"
-                    ));
-                    break;
-                }
-            };
+            let lookup =
+                match tokio::time::timeout_at(deadline, self.resolve_host_on(path, host)).await {
+                    Ok(lookup) => lookup,
+                    Err(_) => {
+                        first_problem.get_or_insert(format!(
+                            "timeout resolving the MX hosts of {readable} (stopped at {mx_host})"
+                        ));
+                        break;
+                    }
+                };
             match lookup {
-                HostLookup::Found(addresses) => {
+                HostLookup::Found(addresses, proof) => {
                     found += addresses.ipv4.len() + addresses.ipv6.len();
                     resolved.push(ResolvedHost {
                         host: mx_host,
                         preference: *preference,
                         addresses,
+                        dnssec: path.validating.then(|| target_dnssec(mx_secure, &proof)),
                     });
                 }
                 HostLookup::NoSuchHost => {
@@ -350,15 +463,21 @@ impl MxResolver {
 
     async fn implicit_mx(
         &self,
+        path: Path<'_>,
         name: &Name,
         readable: &str,
+        mx_secure: bool,
         deadline: Instant,
     ) -> Result<Vec<MailTarget>, DnsError> {
-        let lookup = tokio::time::timeout_at(deadline, self.resolve_host(name))
+        let lookup = tokio::time::timeout_at(deadline, self.resolve_host_on(path, name))
             .await
             .unwrap_or_else(|_| HostLookup::Temporary(format!("timeout resolving {readable}")));
+        let mut dnssec = None;
         let addresses = match lookup {
-            HostLookup::Found(addresses) => addresses,
+            HostLookup::Found(addresses, proof) => {
+                dnssec = path.validating.then(|| target_dnssec(mx_secure, &proof));
+                addresses
+            }
             HostLookup::NoSuchHost => {
                 return Err(DnsError::NoSuchDomain(format!(
                     "{readable}: no such domain"
@@ -373,12 +492,13 @@ impl MxResolver {
                 )));
             }
             HostLookup::NoAddresses => HostAddresses::default(),
-            HostLookup::Temporary(reason) => return Err(DnsError::Temporary(reason)),
+            HostLookup::Temporary(reason) => return Err(self.lookup_failed(path, reason).await),
         };
         let host = ResolvedHost {
             host: readable.to_owned(),
             preference: 0,
             addresses,
+            dnssec,
         };
         let targets = order::order_targets(&[host], self.inner.ip_version);
         if targets.is_empty() {
@@ -391,12 +511,28 @@ impl MxResolver {
     }
 }
 
+/// What a validated lookup proved about one MX host.
+fn target_dnssec(mx_secure: bool, proof: &lookup::HostProof) -> TargetDnssec {
+    TargetDnssec {
+        mx_secure,
+        host_secure: proof.secure,
+        expanded: proof.expanded.as_ref().map(host_text),
+    }
+}
+
 fn build(
     name_servers: Vec<NameServerConfig>,
     hosts: Hosts,
     ip_version: IpVersion,
     limits: LookupLimits,
+    dnssec: Option<TrustAnchorSource>,
 ) -> anyhow::Result<MxResolver> {
+    let validation = match dnssec {
+        Some(anchors) => Some(
+            Validation::new(anchors, name_servers.clone(), limits).context("DNSSEC validation")?,
+        ),
+        None => None,
+    };
     let (config, options) = resolver_setup(name_servers, limits);
     let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
@@ -405,6 +541,7 @@ fn build(
     Ok(MxResolver {
         inner: Arc::new(Inner {
             resolver,
+            validation,
             hosts,
             ip_version,
             total: limits.total,
