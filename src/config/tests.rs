@@ -173,7 +173,13 @@ fn example_route_is_valid_when_uncommented() {
 #[test]
 fn every_key_of_the_example_is_set_or_shown() {
     // Only keys the example leaves commented out, because their default is "unset".
-    for key in ["admin_address", "delay_warning", "[[route]]", "[[dkim]]"] {
+    for key in [
+        "admin_address",
+        "delay_warning",
+        "[[route]]",
+        "[[dkim]]",
+        "trust_anchor",
+    ] {
         assert!(EXAMPLE.contains(&format!("# {key}")), "{key} is missing");
     }
 }
@@ -684,3 +690,5 @@ fn dkim_blocks_are_validated() {
             .starts_with("relayq.toml: dkim[0].domain: ")
     );
 }
+
+mod dane;

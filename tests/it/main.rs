@@ -11,6 +11,7 @@ mod check_config;
 mod cluster_redis;
 mod connection_pressure;
 mod crash_soak;
+mod dane_dnssec;
 mod delivery_connections;
 mod delivery_crash;
 mod delivery_faults;

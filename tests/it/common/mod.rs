@@ -6,6 +6,7 @@ pub mod dns_server;
 pub mod fake_mx;
 pub mod policy_server;
 pub mod shaping;
+pub mod signed_dns;
 pub mod tls_client;
 pub mod webhook_receiver;
 
