@@ -155,6 +155,13 @@ SEEDS = {
         "cancel": b"\x01\n*",
         "users": b"\x02# accounts\nalice:$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\n",
     },
+    "consumed_headers": {
+        "key-and-meta": b"From: app@example.com\r\nIdempotency-Key: order-42\r\nX-Relayq-Meta-Tenant: acme\r\nSubject: hi\r\n",
+        "folded": b"X-Relayq-Meta-note: a\r\n b\r\nIdempotency-Key:\r\n\tk\r\n",
+        "malformed-key": b"X-Relayq-Meta-a.b: x\r\n",
+        "repeated": b"Idempotency-Key: a\r\nIdempotency-Key: b\r\nMessage-ID: <m@example.com>\r\n",
+        "no-colon": b" leading space\r\nno colon\r\nX-Relayq-Meta-: empty\r\n",
+    },
     "mta_sts": {
         "policy": b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n",
         "txt": b"v=STSv1; id=20160831085700Z;",

@@ -24,6 +24,7 @@ use crate::queue::handle::QueueHandle;
 use crate::reload::{self, Reloader};
 use crate::smtp::auth::AuthFailures;
 use crate::smtp::credentials::Loaded;
+use crate::smtp::idempotency;
 use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::{Security, SessionShared};
@@ -147,6 +148,7 @@ pub async fn run(
             std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         )),
         dkim: dkim.clone(),
+        webhooks: webhooks.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
@@ -197,6 +199,12 @@ pub async fn run(
         tracker.spawn(metrics::http::serve(socket, endpoint, tracker.clone()));
     }
     start_maildrop_import(&config, &shared, &tracker, &shutdown);
+    // Forgets idempotency keys once their window has passed.
+    tracker.spawn(idempotency::sweep::run(
+        spool.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    ));
     let notifier = Arc::new(Notifier::from_env());
     let reloader = Arc::new(Reloader {
         file: config.source.clone(),

@@ -17,11 +17,15 @@ pub use crate::maildrop::{
 pub use crate::mta_sts::policy::{parse_policy as parse_sts_policy, policy_id as sts_policy_id};
 pub use crate::queue::Lane;
 pub use crate::queue::envelope::{
-    ENVELOPE_VERSION, Envelope, EnvelopeError, Notify, Recipient, RecipientStatus, Ret,
+    ENVELOPE_VERSION, Envelope, EnvelopeError, Meta, Notify, Recipient, RecipientStatus, Ret,
 };
 pub use crate::smtp::auth::Users;
 pub use crate::smtp::auth::sasl::{Exchange, Mechanism, Progress, SaslError, start as start_sasl};
 pub use crate::smtp::command::{Command, ParseContext, parse as parse_command};
+pub use crate::smtp::consumed_headers::{
+    ConsumedHeaders, HeaderRefusal, MAX_IDEMPOTENCY_KEY, MAX_META_FIELDS, MAX_META_KEY,
+    MAX_META_VALUE, Scan, scan as scan_consumed_headers,
+};
 pub use crate::smtp::data::{DataReader, LineEndings};
 pub use crate::submission::Submission;
 

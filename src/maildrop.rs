@@ -20,8 +20,13 @@
 //! directory, so a file without a leading dot is always complete. The daemon
 //! imports each file through an SMTP session over an in-memory pipe, exactly
 //! like mail from a local client, and deletes it only after the spool
-//! committed it. A file it cannot parse, or that intake refuses with 5xx, is
-//! moved to `bad/` and logged; nothing is dropped silently.
+//! committed it. The message claims its file's name in the same commit
+//! (docs/idempotency.md), so a file offered again after a crash between the
+//! commit and its removal is answered as a duplicate and removed, not
+//! queued twice; a message whose `Idempotency-Key` was already used is
+//! deduplicated like one submitted over SMTP. A file it cannot parse, or
+//! that intake refuses with 5xx, is moved to `bad/` and logged; nothing is
+//! dropped silently.
 //!
 //! Permissions: the daemon creates the directory with mode 3733 (like
 //! Postfix's world-writable maildrop of old): every local user may drop a
@@ -358,7 +363,8 @@ impl Importer {
         };
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
         let client: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
-        let session = Session::new(server_end, client, self.settings.lane, self.shared.clone());
+        let session = Session::new(server_end, client, self.settings.lane, self.shared.clone())
+            .with_maildrop_file(name);
         let (_, outcome) = tokio::join!(
             session.run(),
             submission::submit(
@@ -373,6 +379,11 @@ impl Importer {
         match outcome {
             Outcome::Accepted(_) => {
                 let id = outcome.queue_id().unwrap_or("?").to_owned();
+                let how = if outcome.is_duplicate() {
+                    "was already queued (duplicate)"
+                } else {
+                    "imported"
+                };
                 let directory = self.settings.directory.clone();
                 let removed = tokio::task::spawn_blocking(move || {
                     fs::remove_file(&path)?;
@@ -382,12 +393,13 @@ impl Importer {
                 match removed {
                     Ok(Ok(())) => tracing::info!(
                         queue_id = %id,
-                        "{id}: imported from maildrop file {name} (user {user})"
+                        "{id}: {how} from maildrop file {name} (user {user})"
                     ),
-                    // Stays in the maildrop and would be imported again: say so.
+                    // Stays in the maildrop, and its claim makes the next
+                    // import a duplicate: say so.
                     Ok(Err(error)) => tracing::error!(
                         queue_id = %id,
-                        "{id}: imported from maildrop file {name}, but cannot remove it: {error}"
+                        "{id}: {how} from maildrop file {name}, but cannot remove it: {error}"
                     ),
                     Err(_) => {}
                 }

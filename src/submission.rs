@@ -42,7 +42,8 @@ pub struct Submission {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// `250` to the final dot: the message is stored. Holds the reply text
-    /// (`2.0.0 Ok: queued as ID`).
+    /// (`2.0.0 Ok: queued as ID`, or `… ID (duplicate)` when it repeats an
+    /// idempotent submission already stored).
     Accepted(String),
     /// Not stored, try again later: no connection, a timeout, a 4xx reply.
     /// If the reply to the final dot never came, the message may have been
@@ -53,12 +54,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The queue id from `250 2.0.0 Ok: queued as ID`, if the reply has one.
+    /// The queue id from `250 2.0.0 Ok: queued as ID [(duplicate)]`, if the
+    /// reply has one.
     pub fn queue_id(&self) -> Option<&str> {
         match self {
-            Outcome::Accepted(text) => text.rsplit(' ').next(),
+            Outcome::Accepted(text) => {
+                let (_, rest) = text.split_once("queued as ")?;
+                rest.split_whitespace().next()
+            }
             _ => None,
         }
+    }
+
+    /// The server answered that it already holds this message (an
+    /// idempotent submission's repeat): nothing new was stored.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Outcome::Accepted(text) if text.trim_end().ends_with("(duplicate)"))
     }
 }
 
@@ -266,6 +277,18 @@ mod tests {
         assert!(!offered.offers(EXT_SMTP_UTF8));
         assert_eq!(parse_reply(b"250-relay\r\n250 SI").unwrap(), None);
         assert!(parse_reply(b"hello\r\n").is_err());
+    }
+
+    #[test]
+    fn the_queue_id_is_read_from_a_new_or_a_duplicate_acceptance() {
+        let new = Outcome::Accepted("2.0.0 Ok: queued as 0000000000002A".into());
+        assert_eq!(new.queue_id(), Some("0000000000002A"));
+        assert!(!new.is_duplicate());
+        let repeat = Outcome::Accepted("2.0.0 Ok: queued as 0000000000002A (duplicate)".into());
+        assert_eq!(repeat.queue_id(), Some("0000000000002A"));
+        assert!(repeat.is_duplicate());
+        assert_eq!(Outcome::Accepted("2.0.0 Ok".into()).queue_id(), None);
+        assert_eq!(Outcome::Temporary("x".into()).queue_id(), None);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use relayq::fuzzing::{ENVELOPE_VERSION, Envelope, Lane, Notify, Recipient, RecipientStatus, Ret};
+use relayq::fuzzing::{
+    ENVELOPE_VERSION, Envelope, Lane, Meta, Notify, Recipient, RecipientStatus, Ret,
+};
 use relayq_spool::fuzzing::{decode_envelope, encode_envelope};
 
 fn notify(input: &mut Unstructured) -> Result<Notify> {
@@ -62,6 +64,7 @@ fn envelope(input: &mut Unstructured) -> Result<Envelope> {
         attempts: input.arbitrary()?,
         next_attempt_ms: input.arbitrary()?,
         delay_warned: input.arbitrary()?,
+        meta: Meta::new(input.arbitrary()?),
     })
 }
 

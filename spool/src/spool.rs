@@ -140,8 +140,23 @@ impl Spool {
         envelope: Vec<u8>,
         body: Body,
     ) -> Result<Stored, SpoolError> {
-        let insert = Change::Insert { id, envelope, body };
-        let batch_size = self.submit(Work::Changes(vec![insert])).await?;
+        self.store_with(id, envelope, body, Vec::new()).await
+    }
+
+    /// Stores a new message as [`Spool::store`] does, with `more` changes (records it
+    /// implies, such as a key that must be free) in the same atomic commit: if any of them
+    /// cannot be applied, the message is not stored either.
+    pub async fn store_with(
+        &self,
+        id: QueueId,
+        envelope: Vec<u8>,
+        body: Body,
+        more: Vec<Change>,
+    ) -> Result<Stored, SpoolError> {
+        let mut changes = Vec::with_capacity(1 + more.len());
+        changes.push(Change::Insert { id, envelope, body });
+        changes.extend(more);
+        let batch_size = self.submit(Work::Changes(changes)).await?;
         Ok(Stored { id, batch_size })
     }
 

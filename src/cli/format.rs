@@ -152,6 +152,9 @@ pub fn show(detail: &MessageDetail) -> String {
     if let Some(priority) = detail.mt_priority {
         field("MT-Priority", &priority.to_string());
     }
+    for (key, value) in detail.meta.iter() {
+        field(&format!("Meta {key}"), value);
+    }
     let _ = writeln!(out, "Recipients:");
     for recipient in &message.recipients {
         let status = serde_json::to_value(recipient.status)

@@ -135,6 +135,12 @@ pub struct SmtpSettings {
     /// `user:HASH` lines for SMTP AUTH; set whenever a listener has `auth`
     /// other than `none`. Read by `smtp::credentials`.
     pub users_file: Option<PathBuf>,
+    /// How long an `Idempotency-Key` (docs/idempotency.md) is remembered
+    /// after the message that carried it was accepted; greater than zero.
+    pub idempotency_window: Duration,
+    /// The `Message-ID` field is the idempotency key of a message that
+    /// carries no `Idempotency-Key`.
+    pub dedupe_message_id: bool,
 }
 
 /// `[lanes.high]` and `[lanes.low]`.

@@ -69,6 +69,8 @@ pub(super) struct RawSmtp {
     pub min_data_rate: Option<u64>,
     pub max_errors: Option<u32>,
     pub users_file: Option<PathBuf>,
+    pub idempotency_window: Option<RawDuration>,
+    pub dedupe_message_id: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -65,6 +65,8 @@ fn empty_file_gives_the_defaults() {
     assert_eq!(config.smtp.stress_idle_timeout, Duration::from_secs(10));
     assert_eq!(config.smtp.min_data_rate, 500);
     assert_eq!(config.smtp.max_errors, 20);
+    assert_eq!(config.smtp.idempotency_window, Duration::from_secs(86_400));
+    assert!(!config.smtp.dedupe_message_id);
     assert_eq!(config.lanes.high.concurrency, 64);
     assert_eq!(config.lanes.low.concurrency, 8);
     assert_eq!(config.lanes.get(Lane::Low).concurrency, 8);
@@ -220,6 +222,21 @@ fn bad_duration_names_the_key() {
     assert_eq!(
         error("[smtp]\nidle_timeout = \"0s\"\n"),
         "relayq.toml: smtp.idle_timeout: must be greater than zero"
+    );
+}
+
+#[test]
+fn idempotency_keys() {
+    let config = parse("[smtp]\nidempotency_window = \"2s\"\ndedupe_message_id = true\n").unwrap();
+    assert_eq!(config.smtp.idempotency_window, Duration::from_secs(2));
+    assert!(config.smtp.dedupe_message_id);
+    assert_eq!(
+        error("[smtp]\nidempotency_window = \"0s\"\n"),
+        "relayq.toml: smtp.idempotency_window: must be greater than zero"
+    );
+    assert!(
+        error("[smtp]\ndedupe_message_id = \"yes\"\n")
+            .starts_with("relayq.toml: smtp.dedupe_message_id: invalid type: string"),
     );
 }
 

@@ -38,6 +38,7 @@ const DEFAULT_STRESS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Postfix's `smtpd_min_data_rate`: 500 octets/s (4 kbit/s).
 const DEFAULT_MIN_DATA_RATE: u64 = 500;
 const DEFAULT_MAX_ERRORS: u32 = 20;
+const DEFAULT_IDEMPOTENCY_WINDOW: Duration = minutes(24 * 60);
 const DEFAULT_HIGH_CONCURRENCY: usize = 64;
 const DEFAULT_LOW_CONCURRENCY: usize = 8;
 const DEFAULT_DELIVERY_PORT: u16 = 25;
@@ -177,6 +178,12 @@ pub(super) fn config(
             count => count,
         },
         users_file: users_file(raw.smtp.users_file, &listeners)?,
+        idempotency_window: timeout(
+            raw.smtp.idempotency_window,
+            DEFAULT_IDEMPOTENCY_WINDOW,
+            "smtp.idempotency_window",
+        )?,
+        dedupe_message_id: raw.smtp.dedupe_message_id.unwrap_or(false),
     };
 
     let lanes = LanesSettings {

@@ -155,6 +155,7 @@ async fn show(context: &QueueHandle, request: &Request, id: &str) -> Reply {
             .ret
             .map(|ret| format!("{ret:?}").to_ascii_lowercase()),
         mt_priority: envelope.mt_priority,
+        meta: envelope.meta.clone(),
         headers: String::from_utf8_lossy(&message[..header_end]).into_owned(),
         body: with_body.then(|| String::from_utf8_lossy(&message).into_owned()),
     };

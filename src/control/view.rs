@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::DestinationShaping;
-use crate::queue::envelope::{RecipientStatus, unix_ms};
+use crate::queue::envelope::{Meta, RecipientStatus, unix_ms};
 use crate::queue::{Entry, Envelope, State};
 
 /// One queued message, as `queue list --json` shows it.
@@ -45,6 +45,10 @@ pub struct MessageDetail {
     pub envid: Option<String>,
     pub ret: Option<String>,
     pub mt_priority: Option<i8>,
+    /// The `X-Relayq-Meta-*` fields taken from the message at acceptance,
+    /// as an object (`{}` when there were none).
+    #[serde(default)]
+    pub meta: Meta,
     /// The header section, as stored.
     pub headers: String,
     /// The whole message, when asked for (`?body=1`).

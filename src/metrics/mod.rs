@@ -74,23 +74,31 @@ impl Outcome {
     }
 }
 
-/// Why new mail was refused with a 4xx before it was stored
+/// Why new mail was refused before it was stored
 /// (`relayq_messages_refused_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalReason {
-    /// The lane reached `lanes.*.max_queued`.
+    /// The lane reached `lanes.*.max_queued` (452).
     LaneFull,
-    /// The spool's file system is below `spool.min_free_space`.
+    /// The spool's file system is below `spool.min_free_space` (452, 421).
     Disk,
+    /// The message's `Idempotency-Key` was already used for a different
+    /// message (554).
+    IdempotencyConflict,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 2] = [RefusalReason::LaneFull, RefusalReason::Disk];
+    pub const ALL: [RefusalReason; 3] = [
+        RefusalReason::LaneFull,
+        RefusalReason::Disk,
+        RefusalReason::IdempotencyConflict,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalReason::LaneFull => "lane_full",
             RefusalReason::Disk => "disk",
+            RefusalReason::IdempotencyConflict => "idempotency_conflict",
         }
     }
 }
@@ -159,7 +167,10 @@ pub struct Metrics {
     recipients: [[AtomicU64; 4]; 2],
     /// `relayq_messages_refused_total`, per lane and reason
     /// (`RefusalReason::ALL` order).
-    refused: [[AtomicU64; 2]; 2],
+    refused: [[AtomicU64; 3]; 2],
+    /// `relayq_duplicate_submissions_total`: repeats of an idempotent
+    /// submission answered with the original's queue id.
+    duplicate_submissions: AtomicU64,
     connections_active: AtomicI64,
     /// `relayq_delivery_slots_in_use`, per lane: lane workers running a job.
     delivery_slots_in_use: [AtomicI64; 2],
@@ -197,6 +208,7 @@ impl Metrics {
             accepted: Default::default(),
             recipients: Default::default(),
             refused: Default::default(),
+            duplicate_submissions: AtomicU64::new(0),
             connections_active: AtomicI64::new(0),
             delivery_slots_in_use: Default::default(),
             sessions_shed: Default::default(),
@@ -225,10 +237,16 @@ impl Metrics {
         self.commit_batch_size.observe(batch_size as f64);
     }
 
-    /// New mail for `lane` was refused with a 4xx for `reason` before
-    /// anything was stored (at connect, at MAIL or after the data).
+    /// New mail for `lane` was refused for `reason` before anything was
+    /// stored (at connect, at MAIL or after the data).
     pub fn message_refused(&self, lane: Lane, reason: RefusalReason) {
         self.refused[lane_index(lane)][reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A repeat of an idempotent submission was answered with the
+    /// original's queue id, and nothing was stored.
+    pub fn duplicate_submission(&self) {
+        self.duplicate_submissions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One recipient's outcome in a delivery attempt, reported as the event

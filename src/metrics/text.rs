@@ -94,7 +94,7 @@ pub fn render(
         &mut out,
         "relayq_messages_refused_total",
         "counter",
-        "New mail refused with a 4xx before it was stored, by lane and reason.",
+        "New mail refused before it was stored, by lane and reason.",
     );
     for lane in Lane::ALL {
         for reason in RefusalReason::ALL {
@@ -106,6 +106,19 @@ pub fn render(
             );
         }
     }
+
+    family(
+        &mut out,
+        "relayq_duplicate_submissions_total",
+        "counter",
+        "Repeats of an idempotent submission answered with the original queue id; nothing stored.",
+    );
+    sample(
+        &mut out,
+        "relayq_duplicate_submissions_total",
+        &[],
+        metrics.duplicate_submissions.load(Ordering::Relaxed),
+    );
 
     family(
         &mut out,
@@ -456,12 +469,20 @@ mod tests {
         metrics.message_refused(Lane::Low, RefusalReason::LaneFull);
         metrics.message_refused(Lane::Low, RefusalReason::LaneFull);
         metrics.message_refused(Lane::High, RefusalReason::Disk);
+        metrics.message_refused(Lane::High, RefusalReason::IdempotencyConflict);
+        metrics.duplicate_submission();
         let text = render(&metrics, &Queue::default(), &[], SystemTime::now());
+        assert!(
+            text.contains("relayq_duplicate_submissions_total 1\n"),
+            "{text}"
+        );
         for (lane, reason, count) in [
             ("low", "lane_full", 2),
             ("low", "disk", 0),
+            ("low", "idempotency_conflict", 0),
             ("high", "lane_full", 0),
             ("high", "disk", 1),
+            ("high", "idempotency_conflict", 1),
         ] {
             let line = format!(
                 "relayq_messages_refused_total{{lane=\"{lane}\",reason=\"{reason}\"}} {count}\n"

@@ -3,6 +3,7 @@
 //! checksum).
 
 mod codec;
+mod meta;
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::Lane;
+
+pub use meta::Meta;
 
 /// Bumped when the meaning of a field changes; a new optional field is a new
 /// tag in [`codec`] (and `#[serde(default)]` here for JSON).
@@ -64,6 +67,14 @@ pub struct Envelope {
     /// The one "delayed" DSN (`retry.delay_warning`) has been sent.
     #[serde(default)]
     pub delay_warned: bool,
+    /// The `X-Relayq-Meta-*` fields intake took from the message, for its
+    /// events (docs/idempotency.md).
+    #[serde(default, skip_serializing_if = "Meta::is_empty")]
+    pub meta: Meta,
+    /// The message's `Message-ID` without `<>` (the client's, or the one
+    /// intake added), for its events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +177,8 @@ impl Envelope {
             attempts: 0,
             next_attempt_ms: None,
             delay_warned: false,
+            meta: Meta::default(),
+            message_id: None,
         }
     }
 
@@ -295,6 +308,8 @@ mod tests {
             attempts: 0,
             next_attempt_ms: None,
             delay_warned: false,
+            meta: Meta::new(vec![("order".into(), "42".into())]),
+            message_id: Some("20261207.1@app.example".into()),
         }
     }
 

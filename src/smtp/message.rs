@@ -5,6 +5,13 @@
 //! bytes arrive. With DKIM keys, a message whose From: domain has one is
 //! signed over the header section as stored and the body hashed as it
 //! passes ([`crate::dkim`]); the signatures go in front at the end.
+//!
+//! The fields intake consumes (`Idempotency-Key`, `X-Relayq-Meta-*`:
+//! [`super::consumed_headers`]) are taken out of the header section before
+//! it is stored or signed. A message with an idempotency key (or every
+//! message, for the maildrop importer) has its content hashed as it
+//! streams, for the fingerprint that tells a repeat from a different
+//! message ([`super::idempotency`]).
 
 use std::io;
 use std::sync::Arc;
@@ -13,6 +20,8 @@ use std::time::SystemTime;
 use mail_parser::MessageParser;
 use relayq_spool::{Body, BodyWriter};
 
+use super::consumed_headers::{self, ConsumedHeaders, Scan};
+use super::idempotency::ContentHasher;
 use super::long_lines::LineBreaker;
 use crate::dkim::{PendingSignature, Signed, Signers};
 
@@ -20,11 +29,13 @@ use crate::dkim::{PendingSignature, Signed, Signers};
 /// size; a longer one is passed through unexamined.
 const MAX_HEADER_SECTION: usize = 64 * 1024;
 
-/// What the header section said, for lane selection and the log.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What the header section said, for lane selection, the log and events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderFacts {
     /// `Precedence: bulk | list | junk` (such mail takes the low lane).
     pub bulk_precedence: bool,
+    /// The `Message-ID` without `<>`: the client's, or the one added here.
+    pub message_id: Option<String>,
 }
 
 /// A finished message.
@@ -38,6 +49,21 @@ pub struct AssembledMessage {
     pub line_breaks: u64,
     /// The DKIM signatures made (none when no key covers the From: domain).
     pub dkim: Signed,
+    /// The fields intake consumed from the header section.
+    pub consumed: ConsumedHeaders,
+    /// The hash of the content as the client sent it, without its
+    /// `Idempotency-Key` field; `None` when it was not asked for.
+    pub content_hash: Option<u128>,
+}
+
+/// Which messages have their content hashed for an idempotency fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fingerprinting {
+    /// Those with a key: an `Idempotency-Key`, or, when `message_id`
+    /// (`smtp.dedupe_message_id`), a `Message-ID`.
+    Keyed { message_id: bool },
+    /// Every message (the maildrop importer claims each file it imports).
+    Always,
 }
 
 /// Headers relayq adds to the message it stores.
@@ -65,6 +91,10 @@ pub struct MessageBuilder {
     signers: Option<Arc<Signers>>,
     /// Set at the end of the header section when a key covers the From: domain.
     signing: Option<PendingSignature>,
+    fingerprinting: Fingerprinting,
+    /// Set at the end of the header section when the content is hashed.
+    content_hash: Option<ContentHasher>,
+    consumed: ConsumedHeaders,
 }
 
 impl MessageBuilder {
@@ -81,7 +111,17 @@ impl MessageBuilder {
             broken: Vec::new(),
             signers: None,
             signing: None,
+            fingerprinting: Fingerprinting::Keyed { message_id: false },
+            content_hash: None,
+            consumed: ConsumedHeaders::default(),
         }
+    }
+
+    /// Which messages get a content hash (default: those with an
+    /// `Idempotency-Key`).
+    pub fn with_fingerprinting(mut self, fingerprinting: Fingerprinting) -> MessageBuilder {
+        self.fingerprinting = fingerprinting;
+        self
     }
 
     /// Signs the message with the keys of its From: domain, if any has keys.
@@ -180,15 +220,20 @@ impl MessageBuilder {
             facts: self.facts,
             line_breaks: self.lines.breaks(),
             dkim,
+            consumed: self.consumed,
+            content_hash: self.content_hash.map(|hasher| hasher.finish()),
         }))
     }
 
     /// Writes content that follows the header section.
     fn write_body(&mut self, data: &[u8]) -> io::Result<()> {
-        if let Some(signing) = self.signing.as_mut()
-            && self.writer.is_some()
-        {
-            signing.update(data);
+        if self.writer.is_some() {
+            if let Some(signing) = self.signing.as_mut() {
+                signing.update(data);
+            }
+            if let Some(hasher) = self.content_hash.as_mut() {
+                hasher.update(data);
+            }
         }
         self.write(data)
     }
@@ -201,9 +246,27 @@ impl MessageBuilder {
     }
 
     /// Writes the trace headers, any missing Message-ID/Date, then the
-    /// client's header section as received; when `complete` (the whole
-    /// header section), starts signing if a key covers the From: domain.
+    /// client's header section as received without the consumed fields;
+    /// when `complete` (the whole header section), takes those fields and
+    /// starts signing if a key covers the From: domain (and the consumed
+    /// fields do not refuse the message).
     fn write_header_section(&mut self, section: &[u8], complete: bool) -> io::Result<()> {
+        let scan = if complete {
+            consumed_headers::scan(section)
+        } else {
+            Scan::default()
+        };
+        let hashed = match self.fingerprinting {
+            Fingerprinting::Always => true,
+            Fingerprinting::Keyed { message_id } => scan.consumed.key(message_id).is_some(),
+        };
+        if hashed {
+            let mut hasher = ContentHasher::new();
+            for part in scan.fingerprinted(section) {
+                hasher.update(part);
+            }
+            self.content_hash = Some(hasher);
+        }
         let mut has_message_id = false;
         let mut has_date = false;
         let mut author_domain = None;
@@ -216,6 +279,9 @@ impl MessageBuilder {
                 has_message_id |= name.eq_ignore_ascii_case("Message-ID");
                 has_date |= name.eq_ignore_ascii_case("Date");
             }
+            if let Some(message_id) = parsed.message_id() {
+                self.facts.message_id = Some(message_id.to_owned());
+            }
             if let Some(precedence) = parsed.header_raw("Precedence") {
                 let value = precedence.trim().to_ascii_lowercase();
                 self.facts.bulk_precedence = matches!(value.as_str(), "bulk" | "list" | "junk");
@@ -224,15 +290,21 @@ impl MessageBuilder {
         let mut prefix = self.trace.received.clone();
         if !has_message_id {
             prefix.push_str(&format!("Message-ID: {}\r\n", self.trace.message_id));
+            let added = self.trace.message_id.trim_matches(['<', '>']);
+            self.facts.message_id = Some(added.to_owned());
         }
         if !has_date {
             prefix.push_str(&format!("Date: {}\r\n", self.trace.date));
         }
+        let stored = scan.stored(section);
         self.write(prefix.as_bytes())?;
-        self.write(section)?;
-        if let (Some(signers), Some(domain)) = (&self.signers, author_domain) {
-            self.signing = signers.start(&domain, &[prefix.as_bytes(), section]);
+        self.write(&stored)?;
+        if let (Some(signers), Some(domain)) = (&self.signers, author_domain)
+            && scan.consumed.refusal.is_none()
+        {
+            self.signing = signers.start(&domain, &[prefix.as_bytes(), &stored]);
         }
+        self.consumed = scan.consumed;
         Ok(())
     }
 }
@@ -329,6 +401,109 @@ mod tests {
         assert!(text.contains("\r\nSubject: word"));
         assert!(text.contains("word\r\n word"), "folded before a space");
         assert_eq!(text.matches('x').count(), 5000);
+    }
+
+    /// The stored bytes, the consumed fields and the content hash of a
+    /// message assembled with `trace`.
+    fn assemble(
+        spool: &Spool,
+        trace: TraceHeaders,
+        chunks: &[&[u8]],
+        fingerprinting: Fingerprinting,
+    ) -> (String, ConsumedHeaders, Option<u128>) {
+        let mut builder = MessageBuilder::new(spool.body_writer(), trace, 1 << 20)
+            .with_fingerprinting(fingerprinting);
+        for chunk in chunks {
+            builder.push(chunk).unwrap();
+        }
+        let message = builder.finish().unwrap().unwrap();
+        let stored = message.body.inline_bytes().unwrap().to_vec();
+        assert_eq!(stored.len() as u64, message.size);
+        (
+            String::from_utf8(stored).unwrap(),
+            message.consumed,
+            message.content_hash,
+        )
+    }
+
+    const KEYED: Fingerprinting = Fingerprinting::Keyed { message_id: false };
+
+    #[test]
+    fn consumed_fields_are_not_stored_and_the_metadata_is_kept_aside() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        let content: &[u8] = b"Subject: s\r\nIdempotency-Key: order-7\r\n\
+X-Relayq-Meta-Tenant: acme\r\n\r\nbody\r\n";
+        let (stored, consumed, hash) = assemble(&spool, trace(), &[content], KEYED);
+        assert!(
+            stored.ends_with("\r\nSubject: s\r\n\r\nbody\r\n"),
+            "{stored}"
+        );
+        assert!(!stored.contains("Idempotency-Key") && !stored.contains("X-Relayq-Meta"));
+        assert_eq!(consumed.idempotency_key.as_deref(), Some("order-7"));
+        assert_eq!(consumed.meta, [("tenant".to_owned(), "acme".to_owned())]);
+        assert!(hash.is_some());
+    }
+
+    #[test]
+    fn the_content_hash_counts_what_the_client_sent_and_nothing_relayq_adds() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        let hash = |trace: TraceHeaders, chunks: &[&[u8]]| {
+            assemble(&spool, trace, chunks, KEYED).2.expect("keyed")
+        };
+        let original: &[u8] =
+            b"From: a@example.com\r\nIdempotency-Key: k1\r\nX-Relayq-Meta-a: 1\r\n\r\nbody\r\n";
+        let first = hash(trace(), &[original]);
+        // Another Received:, Message-ID and Date (relayq's), another split
+        // of the same content, another key value: the same content.
+        let other_trace = TraceHeaders {
+            received: "Received: from elsewhere by relay; later\r\n".into(),
+            message_id: "<OTHER@relay>".into(),
+            date: "Tue, 24 Nov 2026 10:00:00 +0000".into(),
+        };
+        assert_eq!(
+            hash(other_trace, &[&original[..20], &original[20..]]),
+            first
+        );
+        assert_eq!(
+            hash(
+                trace(),
+                &[b"From: a@example.com\r\nIdempotency-Key: k2\r\nX-Relayq-Meta-a: 1\r\n\r\nbody\r\n"]
+            ),
+            first
+        );
+        // The client's own fields, metadata included, and the body count.
+        for changed in [
+            &b"From: b@example.com\r\nIdempotency-Key: k1\r\nX-Relayq-Meta-a: 1\r\n\r\nbody\r\n"[..],
+            b"From: a@example.com\r\nIdempotency-Key: k1\r\nX-Relayq-Meta-a: 2\r\n\r\nbody\r\n",
+            b"From: a@example.com\r\nIdempotency-Key: k1\r\nX-Relayq-Meta-a: 1\r\n\r\nbody!\r\n",
+            b"From: a@example.com\r\nIdempotency-Key: k1\r\nX-Relayq-Meta-a: 1\r\nDate: x\r\n\r\nbody\r\n",
+        ] {
+            assert_ne!(hash(trace(), &[changed]), first, "{}", String::from_utf8_lossy(changed));
+        }
+    }
+
+    #[test]
+    fn only_keyed_messages_are_hashed_unless_every_one_must_be() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        let plain: &[u8] = b"Message-ID: <m@example.com>\r\n\r\nbody\r\n";
+        assert_eq!(assemble(&spool, trace(), &[plain], KEYED).2, None);
+        let by_message_id = Fingerprinting::Keyed { message_id: true };
+        let (_, consumed, hash) = assemble(&spool, trace(), &[plain], by_message_id);
+        assert!(hash.is_some());
+        assert_eq!(consumed.key(true), Some("<m@example.com>"));
+        assert!(
+            assemble(
+                &spool,
+                trace(),
+                &[b"\r\nno header\r\n"],
+                Fingerprinting::Always
+            )
+            .2
+            .is_some()
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use relayq_spool::QueueId;
+
 use super::admission::LaneFull;
+use super::consumed_headers::HeaderRefusal;
 
 /// One reply. Every 2xx, 4xx and 5xx reply carries an enhanced status code;
 /// the greeting and 354 do not (RFC 2034 §3), and have an empty `status`.
@@ -140,5 +143,30 @@ pub fn chunk_not_read() -> Reply {
         421,
         "4.5.0",
         "Error: refused BDAT chunk not read, closing connection",
+    )
+}
+
+/// The consumed header fields (idempotency key, metadata) make the message
+/// unacceptable as it is.
+pub fn header_refused(refusal: &HeaderRefusal) -> Reply {
+    Reply::new(550, "5.6.0", refusal.to_string())
+}
+
+/// A repeat of an idempotent submission: the original is queued, nothing
+/// more is stored (docs/idempotency.md).
+pub fn duplicate(original: QueueId) -> Reply {
+    Reply::new(
+        250,
+        "2.0.0",
+        format!("Ok: queued as {original} (duplicate)"),
+    )
+}
+
+/// Another message under an idempotency key already used.
+pub fn idempotency_conflict(original: QueueId) -> Reply {
+    Reply::new(
+        554,
+        "5.6.0",
+        format!("Idempotency-Key already used for a different message ({original})"),
     )
 }

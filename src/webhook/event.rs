@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde::ser::SerializeMap;
 
 use crate::events::EventKind;
 use crate::outcome::RemoteReply;
 use crate::queue::Lane;
-use crate::queue::envelope::{Envelope, RecipientStatus};
+use crate::queue::envelope::{Envelope, Meta, RecipientStatus};
 use crate::queue::transition::{Cause, NoteKind, OperatorAction, Transition};
 
 /// What happened. `test` is only sent by `relayq webhook test`.
@@ -146,26 +145,6 @@ pub struct WebhookEvent {
     pub at: SystemTime,
 }
 
-/// `X-Relayq-Meta-*` fields of the message, in their order, as a JSON object.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meta(pub Vec<(String, String)>);
-
-impl Meta {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Serialize for Meta {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, value) in &self.0 {
-            map.serialize_entry(key, value)?;
-        }
-        map.end()
-    }
-}
-
 impl WebhookEvent {
     /// An event of `event_type` at `at` with only the fields every event has.
     pub fn new(id: String, event_type: EventType, at: SystemTime) -> WebhookEvent {
@@ -257,6 +236,8 @@ fn message_fields(event: &mut WebhookEvent, transition: &Transition) {
     event.sender = Some(envelope.reverse_path.clone());
     event.lane = Some(transition.lane);
     event.attempt = Some(envelope.attempts);
+    event.message_id = envelope.message_id.clone();
+    event.meta = envelope.meta.clone();
 }
 
 fn remote(reply: &RemoteReply, relay: Option<&crate::outcome::Target>) -> Remote {
@@ -387,6 +368,8 @@ pub fn accepted(
             event.sender = Some(envelope.reverse_path.clone());
             event.lane = Some(envelope.lane);
             event.attempt = Some(0);
+            event.message_id = envelope.message_id.clone();
+            event.meta = envelope.meta.clone();
             event.recipient = Some(recipient.address.clone());
             event
         })

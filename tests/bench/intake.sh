@@ -13,6 +13,14 @@
 #   DKIM="none"           relayq's DKIM signing, one relayq receiver each: none,
 #                         ed25519, rsa2048 (e.g. DKIM="none ed25519 rsa2048";
 #                         signed receivers are reported as relayq-ed25519 etc.)
+#   IDEMPOTENCY_KEY=0     relayq with idempotency keys, one relayq receiver each:
+#                         0 (none), 1 (every message carries a key), or "0 1"
+#                         (both, for the cost of keys: rows relayq and
+#                         relayq-idem). With 1, relayq runs with
+#                         smtp.dedupe_message_id = true, so every smtp-source
+#                         message is keyed by its Message-Id (unique per
+#                         message), and the latency probe sends a real
+#                         "Idempotency-Key: lat.RUN.SEQ" header
 #   CASE_TIMEOUT=120      seconds; a case still running then is stopped and
 #                         reported as time-bounded (msgs = what got through)
 #   DRAIN_TIMEOUT=300     seconds to wait for Postfix to empty its queue between cases
@@ -47,6 +55,7 @@ MODES=${MODES:-"new reuse"}
 RUNS=${RUNS:-1}
 RECEIVERS=${RECEIVERS:-"sink postfix relayq"}
 DKIM=${DKIM:-none}
+IDEMPOTENCY_KEY=${IDEMPOTENCY_KEY:-0}
 CASE_TIMEOUT=${CASE_TIMEOUT:-120}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
 LAT_RATES=${LAT_RATES-"200 500"}
@@ -79,6 +88,7 @@ done
 for s in $SIZES $SESSIONS; do [[ $s =~ ^[0-9]+$ && $s -gt 0 ]] || die "bad size/session count '$s'"; done
 for m in $MODES; do [[ $m == new || $m == reuse ]] || die "MODES: 'new' or 'reuse', got '$m'"; done
 for d in $DKIM; do [[ $d == none || $d == ed25519 || $d == rsa2048 ]] || die "DKIM: none, ed25519 or rsa2048, got '$d'"; done
+for k in $IDEMPOTENCY_KEY; do [[ $k == 0 || $k == 1 ]] || die "IDEMPOTENCY_KEY: 0, 1 or \"0 1\", got '$k'"; done
 (( RUNS >= 1 && RUNS <= 20 )) || die "RUNS must be 1..20"
 (( CASE_TIMEOUT >= 5 && CASE_TIMEOUT <= 3600 )) || die "CASE_TIMEOUT must be 5..3600"
 
@@ -160,8 +170,14 @@ pf_drain() { # wait until Postfix has delivered everything to the sink
     return 1
 }
 
-# The relayq receiver's name for a DKIM setting.
-rq_label() { [[ $1 == none ]] && echo relayq || echo "relayq-$1"; }
+# rq_label DKIM IDEM: the relayq receiver's name for a DKIM setting and an
+# IDEMPOTENCY_KEY setting (relayq, relayq-ed25519, relayq-idem, ...).
+rq_label() {
+    local label=relayq
+    [[ $1 != none ]] && label="$label-$1"
+    [[ ${2:-0} == 1 ]] && label="$label-idem"
+    echo "$label"
+}
 
 # rq_dkim SETTING: the [[dkim]] block signing the bench senders' mail
 # (bench@example.com, latency@bench.example.com) with a key made once per run.
@@ -177,8 +193,12 @@ rq_dkim() {
 }
 
 rq_seq=0
-# rq_start [DKIM]: a fresh relayq, signing with the DKIM setting (default none).
+# rq_start [DKIM [IDEM]]: a fresh relayq, signing with the DKIM setting
+# (default none); with IDEM=1, every smtp-source message is keyed by its
+# Message-Id (smtp.dedupe_message_id).
 rq_start() {
+    local dedupe=false
+    [[ ${2:-0} == 1 ]] && dedupe=true
     local dkim_block
     dkim_block=$(rq_dkim "${1:-none}") || { echo "relayq: could not make a ${1} DKIM key with openssl" >>"$PROBLEMS"; return 1; }
     rq_seq=$((rq_seq + 1))
@@ -192,6 +212,7 @@ path = "$RQ_DIR/spool"
 address = "127.0.0.1:$RQ_PORT"
 [smtp]
 max_connections = 2000
+dedupe_message_id = $dedupe
 # Like the Postfix instance, relay everything to the smtp-sink; no DNS.
 [[route]]
 domains = ["*"]
@@ -358,10 +379,11 @@ run_case() {
     log "  $(printf '%-7s %-5s s=%-3s l=%-6s' "$rcv" "$mode" "$sess" "$size") msgs=$count secs=$secs status=$status cpu_ticks=${cpu_in:-NA}${cpu_all:+/$cpu_all} $extra"
 }
 
-latency() { # receiver port rate
-    local rcv=$1 port=$2 rate=$3 f=$WORK/lat-$1-$3.json
+latency() { # receiver port rate [IDEM]
+    local rcv=$1 port=$2 rate=$3 f=$WORK/lat-$1-$3.json keyed=()
+    [[ ${4:-0} == 1 ]] && keyed=(--idempotency-key)
     run_bg timeout $((LAT_DURATION + 120)) "$PY" "$HERE/latency.py" --port "$port" --rate "$rate" --duration "$LAT_DURATION" \
-        --size "$LAT_SIZE" --mode "$LAT_MODE" --pool "$LAT_POOL" --label "$rcv" --json >"$f" 2>"$f.err"
+        --size "$LAT_SIZE" --mode "$LAT_MODE" --pool "$LAT_POOL" --label "$rcv" "${keyed[@]}" --json >"$f" 2>"$f.err"
     if [[ -s $f ]]; then
         cat "$f" >>"$LATF"
         "$PY" "$HERE/report.py" --lat-line "$f" >&2
@@ -384,7 +406,7 @@ latency() { # receiver port rate
     echo "disk: $(df -hT "$WORK" | awk 'NR==2{print $1, $2, $3}') (temp dir $WORK; Postfix queue and relayq spool both here)"
     echo "postfix: $(postconf -d mail_version 2>/dev/null | cut -d' ' -f3); smtp-source/smtp-sink from the same package"
     echo "python: $("$PY" --version 2>&1)"
-    echo "settings: MESSAGES=$MESSAGES SIZES='$SIZES' SESSIONS='$SESSIONS' MODES='$MODES' DKIM='$DKIM' RUNS=$RUNS CASE_TIMEOUT=$CASE_TIMEOUT LAT_RATES='$LAT_RATES' LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE LAT_SIZE=$LAT_SIZE"
+    echo "settings: MESSAGES=$MESSAGES SIZES='$SIZES' SESSIONS='$SESSIONS' MODES='$MODES' DKIM='$DKIM' IDEMPOTENCY_KEY='$IDEMPOTENCY_KEY' RUNS=$RUNS CASE_TIMEOUT=$CASE_TIMEOUT LAT_RATES='$LAT_RATES' LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE LAT_SIZE=$LAT_SIZE"
     echo "clk_tck: $(getconf CLK_TCK)"
     # Context for every fsync-bound number below: latency of one 4 KB
     # write + fdatasync in the temp dir, 200 times.
@@ -441,9 +463,11 @@ for ((run = 1; run <= RUNS; run++)); do
                 fi
                 if has relayq && ((RQ_OK)); then
                     for dkim in $DKIM; do
-                        if rq_start "$dkim"; then
-                            run_case "$run" "$(rq_label "$dkim")" "$RQ_PORT" "$RQ_PID" "$mode" "$sess" "$size"
-                        fi
+                        for idem in $IDEMPOTENCY_KEY; do
+                            if rq_start "$dkim" "$idem"; then
+                                run_case "$run" "$(rq_label "$dkim" "$idem")" "$RQ_PORT" "$RQ_PID" "$mode" "$sess" "$size"
+                            fi
+                        done
                     done
                 fi
             done
@@ -457,12 +481,14 @@ if [[ -n $LAT_RATES ]]; then
         if has sink; then has postfix && pf_drain; quiet_wait; latency sink "$SINK_PORT" "$rate"; fi
         if has postfix; then pf_drain; quiet_wait; latency postfix "$PF_PORT" "$rate"; fi
         for dkim in $DKIM; do
-            if has relayq && ((RQ_OK)) && rq_start "$dkim"; then
-                has postfix && pf_drain
-                quiet_wait
-                latency "$(rq_label "$dkim")" "$RQ_PORT" "$rate"
-                rq_stop "latency $rate/s" # no-op if latency() stopped it already
-            fi
+            for idem in $IDEMPOTENCY_KEY; do
+                if has relayq && ((RQ_OK)) && rq_start "$dkim" "$idem"; then
+                    has postfix && pf_drain
+                    quiet_wait
+                    latency "$(rq_label "$dkim" "$idem")" "$RQ_PORT" "$rate" "$idem"
+                    rq_stop "latency $rate/s" # no-op if latency() stopped it already
+                fi
+            done
         done
     done
 fi

@@ -35,6 +35,8 @@ For accepted -> delivered latency (tests/bench/delivery.sh): --sent-log FILE
 adds an "X-Bench-Id: <run>.<seq>" header to every message and writes one line
 per acknowledged message to FILE: "<id> <final dot sent> <250 received>" (unix
 seconds, wall clock, comparable with timed_sink.py's arrival times).
+--idempotency-key adds a unique "Idempotency-Key: lat.<run>.<seq>" header to
+every message (relayq's idempotent submission; docs/idempotency.md).
 --domains N spreads recipients over N domains with --rcpt-fmt (default
 "r{seq}@d{dom}.test", dom = 1 + seq mod N).
 """
@@ -311,6 +313,7 @@ async def main_async(args):
             f"Subject: latency probe {seq}\r\n"
             f"Message-ID: <lat.{seq}.{args.run_id}@bench.invalid>\r\n"
             + (f"X-Bench-Id: {args.run_id}.{seq}\r\n" if args.sent_lines is not None else "")
+            + (f"Idempotency-Key: lat.{args.run_id}.{seq}\r\n" if args.idempotency_key else "")
             + "\r\n"
         ).encode()
         return hdr + cache["body"][cache["split"]:]
@@ -403,6 +406,8 @@ def main():
     p.add_argument("--sent-log", help="write '<id> <dot sent> <250 received>' per acknowledged message")
     p.add_argument("--domains", type=int, default=0, help="spread recipients over this many domains")
     p.add_argument("--rcpt-fmt", default="r{seq}@d{dom}.test", help="recipient with --domains")
+    p.add_argument("--idempotency-key", action="store_true",
+                   help="add a unique 'Idempotency-Key: lat.<run>.<seq>' header to every message")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 

@@ -6,9 +6,11 @@ import os
 import statistics
 import sys
 
-ORDER = {"sink": 0, "postfix": 1, "relayq": 2, "relayq-ed25519": 3, "relayq-rsa2048": 4}
-NAMES = {"sink": "smtp-sink", "postfix": "postfix", "relayq": "relayq",
-         "relayq-ed25519": "rq-ed25519", "relayq-rsa2048": "rq-rsa2048"}
+ORDER = {"sink": 0, "postfix": 1, "relayq": 2, "relayq-idem": 2.5, "relayq-ed25519": 3,
+         "relayq-ed25519-idem": 3.5, "relayq-rsa2048": 4, "relayq-rsa2048-idem": 4.5}
+NAMES = {"sink": "smtp-sink", "postfix": "postfix", "relayq": "relayq", "relayq-idem": "rq-idem",
+         "relayq-ed25519": "rq-ed25519", "relayq-rsa2048": "rq-rsa2048",
+         "relayq-ed25519-idem": "rq-ed-idem", "relayq-rsa2048-idem": "rq-rsa-idem"}
 
 
 def human_size(n):
@@ -199,6 +201,24 @@ def main():
             f"{NAMES.get(rcv, rcv):10} {mode:5} {sess:>4} {human_size(size):>7} {fnum(a['cpu_in'], 3):>8} "
             f"{fnum(a['cpu_all'], 3):>8} {fnum(a['client'], 3):>7}  {' '.join(by.split()[:8])}"
         )
+
+    keyed = sorted({k for k in keys if k[3].endswith("-idem") and (*k[:3], k[3][: -len("-idem")]) in agg})
+    if keyed:
+        w("")
+        w("Cost of idempotency keys (IDEMPOTENCY_KEY): intake CPU per message with a key on every")
+        w("message against the same receiver without keys (budget: +5 %)")
+        hdr = f"{'receiver':12} {'conn':5} {'sess':>4} {'size':>7} {'keyed':>8} {'plain':>8} {'change':>8}"
+        w(hdr)
+        w("-" * len(hdr))
+        for k in keyed:
+            mode, sess, size, rcv = k
+            with_keys = agg[k]["cpu_in"]
+            without = agg[(mode, sess, size, rcv[: -len("-idem")])]["cpu_in"]
+            change = f"{(with_keys / without - 1) * 100:+.1f} %" if with_keys and without else "-"
+            w(
+                f"{NAMES.get(rcv, rcv):12} {mode:5} {sess:>4} {human_size(size):>7} "
+                f"{fnum(with_keys, 3):>8} {fnum(without, 3):>8} {change:>8}"
+            )
     rq = [x for x in rows if x["rcv"].startswith("relayq")]
     if rq:
         w("")

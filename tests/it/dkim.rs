@@ -46,14 +46,14 @@ print(json.dumps(verdicts))
 "#;
 
 #[derive(Debug, PartialEq, Eq)]
-struct Verdict {
+pub(crate) struct Verdict {
     domain: String,
     selector: String,
     pass: bool,
 }
 
 /// A private key file and the DNS record that publishes its public key.
-struct TestKey {
+pub(crate) struct TestKey {
     path: PathBuf,
     /// `SELECTOR._domainkey.DOMAIN`.
     name: String,
@@ -71,7 +71,12 @@ fn openssl(arguments: &[&str]) -> Vec<u8> {
 
 /// Makes a key (`rsa_bits`: RSA of that size, else Ed25519) and derives
 /// its record as the README says.
-fn make_key(directory: &Path, domain: &str, selector: &str, rsa_bits: Option<u32>) -> TestKey {
+pub(crate) fn make_key(
+    directory: &Path,
+    domain: &str,
+    selector: &str,
+    rsa_bits: Option<u32>,
+) -> TestKey {
     let path = directory.join(format!("{selector}.{domain}.pem"));
     let out = path.to_str().unwrap();
     let bits;
@@ -103,14 +108,14 @@ fn make_key(directory: &Path, domain: &str, selector: &str, rsa_bits: Option<u32
     }
 }
 
-fn dkim_block(domain: &str, selector: &str, key: &TestKey) -> String {
+pub(crate) fn dkim_block(domain: &str, selector: &str, key: &TestKey) -> String {
     format!(
         "[[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nprivate_key = \"{}\"\n",
         key.path.display()
     )
 }
 
-fn verify(message: &[u8], keys: &[&TestKey]) -> Vec<Verdict> {
+pub(crate) fn verify(message: &[u8], keys: &[&TestKey]) -> Vec<Verdict> {
     let records: serde_json::Map<String, serde_json::Value> = keys
         .iter()
         .map(|key| (key.name.clone(), key.record.clone().into()))
@@ -143,7 +148,7 @@ fn verify(message: &[u8], keys: &[&TestKey]) -> Vec<Verdict> {
         .collect()
 }
 
-fn passes(domain: &str, selector: &str) -> Verdict {
+pub(crate) fn passes(domain: &str, selector: &str) -> Verdict {
     Verdict {
         domain: domain.into(),
         selector: selector.into(),

@@ -14,7 +14,7 @@ const ORIGIN: &str = "relay.test.example";
 
 /// A relay on a fixed loopback port, so that `sendmail` finds it from the
 /// config and finds it again after a restart.
-fn start_relay(extra: &str) -> TestRelay {
+pub(crate) fn start_relay(extra: &str) -> TestRelay {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -25,9 +25,9 @@ fn start_relay(extra: &str) -> TestRelay {
     ))
 }
 
-struct Run {
-    code: i32,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stderr: String,
 }
 
 /// Runs `program args` with `input` on stdin, as user `tester`, within WAIT.
@@ -65,7 +65,7 @@ fn run(program: &Path, args: &[&str], config: &Path, input: &[u8]) -> Run {
 }
 
 /// `relayq sendmail ARGS` against `relay`.
-fn sendmail(relay: &TestRelay, args: &[&str], input: &[u8]) -> Run {
+pub(crate) fn sendmail(relay: &TestRelay, args: &[&str], input: &[u8]) -> Run {
     let mut full = vec!["sendmail"];
     full.extend_from_slice(args);
     run(

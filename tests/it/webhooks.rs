@@ -420,3 +420,74 @@ fn operator_deletes_and_bounces_are_announced_per_open_recipient() {
     expected.sort();
     assert_eq!(seen, expected);
 }
+
+#[test]
+fn accepted_events_carry_the_message_id_and_metadata_of_every_event() {
+    let receiver = Receiver::start();
+    let (port, servers) = start_mx(vec![
+        ("127.0.61.1", Script::default()),
+        ("127.0.61.9", Script::default()),
+    ]);
+    let dns = TestDns::start(zone());
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"accepted\", \"delivered\"", "");
+    let relay = TestRelay::start(&config(&dns, port, "", &hooks));
+    let id = submit(
+        &relay,
+        "app@sender.test",
+        &["one@dest.test", "two@dest.test"],
+        "Subject: meta\r\nMessage-ID: <order-42@app.test>\r\nX-Relayq-Meta-Order: 42\r\n\
+         X-Relayq-Meta-Customer: c-7\r\n\r\nhello\r\n",
+    );
+    let plain = submit(
+        &relay,
+        "app@sender.test",
+        &["three@dest.test"],
+        "Subject: plain\r\n\r\nx\r\n",
+    );
+    expect_messages(&relay, &servers[0], 2, WAIT);
+    let events = receiver.wait_for_events(6, WAIT);
+    let of = |queue_id: &str, event_type: &str| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|event| event["queue_id"] == queue_id && event["type"] == event_type)
+            .cloned()
+            .collect()
+    };
+    let accepted = of(&id, "accepted");
+    assert_eq!(accepted.len(), 2, "{events:#?}");
+    for event in accepted.iter().chain(&of(&id, "delivered")) {
+        assert_eq!(event["message_id"], "order-42@app.test");
+        assert_eq!(
+            event["meta"],
+            serde_json::json!({"order": "42", "customer": "c-7"})
+        );
+        assert_eq!(event["sender"], "app@sender.test");
+    }
+    assert_eq!(accepted[0]["attempt"], 0);
+    let recipients: HashSet<&str> = accepted
+        .iter()
+        .map(|event| event["recipient"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        recipients,
+        HashSet::from(["one@dest.test", "two@dest.test"])
+    );
+    // Without a Message-ID, the one relayq added; without metadata, no "meta".
+    let added = &of(&plain, "accepted")[0];
+    assert_eq!(
+        added["message_id"],
+        format!("{plain}@{}", relay_hostname(&relay))
+    );
+    assert!(added.get("meta").is_none(), "{added}");
+}
+
+/// The host name the test relay runs with (its Received: and Message-ID).
+fn relay_hostname(relay: &TestRelay) -> String {
+    let line = relay.wait_for_log("relayq ready: hostname ");
+    line.split("relayq ready: hostname ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_owned()
+}

@@ -243,3 +243,39 @@ async fn appends_follow_commit_order_and_survive_a_reopen() {
     assert_eq!(stored.len(), 1);
     assert_eq!(sequence(&stored[0].0), 4);
 }
+
+#[tokio::test]
+async fn store_with_commits_the_message_with_its_records_or_neither() {
+    let (_dir, spool) = common::temp_spool();
+    let first = spool.allocate_id();
+    let stored = spool
+        .store_with(
+            first,
+            b"e".to_vec(),
+            Body::from_bytes(b"b".to_vec()),
+            vec![insert(b"claim", b"first")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((stored.id, stored.batch_size), (first, 1));
+    let second = spool.allocate_id();
+    let refused = spool
+        .store_with(
+            second,
+            b"e".to_vec(),
+            Body::from_bytes(b"b".to_vec()),
+            vec![insert(b"claim", b"second")],
+        )
+        .await;
+    assert!(matches!(
+        refused,
+        Err(SpoolError::RecordExists { ref existing, .. }) if existing == b"first"
+    ));
+    let ids: Vec<_> = spool
+        .scan()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, [first]);
+}

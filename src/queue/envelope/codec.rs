@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{Envelope, EnvelopeError, Lane, Notify, Recipient, RecipientStatus, Ret};
+use super::{Envelope, EnvelopeError, Lane, Meta, Notify, Recipient, RecipientStatus, Ret};
 
 /// First octet of a binary record. A JSON document never starts with it.
 const BINARY: u8 = 0xB1;
@@ -20,6 +20,12 @@ const BINARY: u8 = 0xB1;
 const END: u8 = 0;
 /// The authenticated submitter (RFC 4954), a string.
 const AUTH_USER: u8 = 1;
+/// The message's metadata: a length, then a count and as many key and value
+/// strings (the length lets an older relayq skip it).
+const META: u8 = 2;
+/// The message's `Message-ID` without its angle brackets, a string (length-
+/// prefixed, so an older relayq skips it).
+const MESSAGE_ID: u8 = 4;
 
 pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 48 * envelope.recipients.len());
@@ -89,6 +95,24 @@ pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
         out.push(AUTH_USER);
         string(&mut out, user);
     }
+    if !envelope.meta.is_empty() {
+        let mut fields = Vec::with_capacity(64);
+        varint(&mut fields, envelope.meta.len() as u64);
+        for (key, value) in envelope.meta.iter() {
+            string(&mut fields, key);
+            string(&mut fields, value);
+        }
+        out.push(META);
+        varint(&mut out, fields.len() as u64);
+        out.extend_from_slice(&fields);
+    }
+    if let Some(message_id) = &envelope.message_id {
+        let mut field = Vec::with_capacity(message_id.len() + 2);
+        string(&mut field, message_id);
+        out.push(MESSAGE_ID);
+        varint(&mut out, field.len() as u64);
+        out.extend_from_slice(&field);
+    }
     out.push(END);
     out
 }
@@ -154,10 +178,28 @@ impl Reader<'_> {
             recipients.push(self.recipient()?);
         }
         let mut auth_user = None;
+        let mut meta = Meta::default();
+        let mut message_id = None;
         loop {
             match self.byte()? {
                 END => break,
                 AUTH_USER => auth_user = Some(self.string()?),
+                META => {
+                    let length = self.length()?;
+                    meta = Reader {
+                        rest: self.take(length)?,
+                    }
+                    .meta()?;
+                }
+                MESSAGE_ID => {
+                    let length = self.length()?;
+                    message_id = Some(
+                        Reader {
+                            rest: self.take(length)?,
+                        }
+                        .string()?,
+                    );
+                }
                 // A field a newer relayq added: skip it.
                 _ => {
                     let length = self.length()?;
@@ -189,7 +231,26 @@ impl Reader<'_> {
             next_attempt_ms,
             delay_warned: flags & 8 != 0,
             auth_user,
+            meta,
+            message_id,
         })
+    }
+
+    /// The payload of a `META` field, all of it.
+    fn meta(&mut self) -> Result<Meta, EnvelopeError> {
+        let count = self.varint()?;
+        // Every field takes at least two octets.
+        if count > (self.rest.len() / 2) as u64 {
+            return Err(malformed("metadata count"));
+        }
+        let mut fields = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            fields.push((self.string()?, self.string()?));
+        }
+        if !self.rest.is_empty() {
+            return Err(malformed("metadata"));
+        }
+        Ok(Meta::new(fields))
     }
 
     fn recipient(&mut self) -> Result<Recipient, EnvelopeError> {
@@ -362,6 +423,10 @@ mod tests {
         envelope.next_attempt_ms = Some(0);
         envelope.delay_warned = true;
         envelope.auth_user = Some("alice".into());
+        envelope.meta = Meta::new(vec![
+            ("order_id".into(), "A-42".into()),
+            ("tenant".into(), "café".into()),
+        ]);
         envelope
     }
 
@@ -388,6 +453,24 @@ mod tests {
         let envelope = sample();
         let json = serde_json::to_vec(&envelope).unwrap();
         assert!(encode(&envelope).len() * 3 < json.len());
+    }
+
+    #[test]
+    fn metadata_is_a_tagged_field_that_older_readers_skip() {
+        let mut plain = sample();
+        plain.meta = Meta::default();
+        let without = encode(&plain);
+        assert_eq!(decode(&without).unwrap().meta, Meta::default());
+        // With metadata, the record is the same up to the end marker, then
+        // the META field.
+        let with = encode(&sample());
+        let at = without.len() - 1;
+        assert_eq!(with[..at], without[..at]);
+        assert_eq!(with[at], META);
+        // A reader that does not know the tag skips it by its length.
+        let mut unknown = with.clone();
+        unknown[at] = 9;
+        assert_eq!(decode(&unknown).unwrap(), plain);
     }
 
     #[test]

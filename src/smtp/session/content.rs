@@ -13,19 +13,21 @@
 use std::time::SystemTime;
 
 use bytes::Buf;
-use relayq_spool::QueueId;
+use relayq_spool::{QueueId, SpoolError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::super::data::{DataReader, LineEndings};
+use super::super::idempotency::{self, Repeat};
 use super::super::message::{MessageBuilder, TraceHeaders};
 use super::super::reply::{self, Reply};
 use super::pace::Request;
 use super::{Next, Session};
 use crate::events::{Event, EventKind};
 use crate::queue::Lane;
-use crate::queue::envelope::Envelope;
+use crate::queue::envelope::{Envelope, Meta};
 use crate::timefmt;
+use crate::webhook::{self, EventType, Staged};
 
 /// How much DATA content past the size limit is still read in search of its
 /// end, so that a client that does not read replies before its final dot
@@ -262,11 +264,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             trace,
             self.live.config.spool.max_message_size,
         )
-        .with_signers(shared.dkim.current());
+        .with_signers(shared.dkim.current())
+        .with_fingerprinting(self.fingerprinting());
         (id, builder)
     }
 
-    /// Stores the message and answers: 250 only once it is on disk.
+    /// Stores the message and answers: 250 only once it is on disk. A
+    /// message with an idempotency key (docs/idempotency.md) is stored with
+    /// its claim in the same commit; a repeat is answered from the claim it
+    /// collides with, and nothing is stored.
     async fn commit(&mut self, id: QueueId, builder: MessageBuilder) {
         let Some(transaction) = self.transaction.take() else {
             self.reply(reply::bad_sequence("Error: need MAIL command"));
@@ -281,7 +287,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             builder.finish()
         };
-        let assembled = match finished {
+        let mut assembled = match finished {
             Ok(Some(assembled)) => assembled,
             Ok(None) => {
                 self.reply_error(reply::message_too_big());
@@ -293,6 +299,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return;
             }
         };
+        if let Some(refusal) = &assembled.consumed.refusal {
+            tracing::info!(queue_id = %id, "{id}: refused after the data: {refusal}");
+            self.reply(reply::header_refused(refusal));
+            return;
+        }
+        let claims = self.claims(&assembled.consumed);
+        // Every claiming message has its content hashed (`fingerprinting`).
+        let fingerprint = assembled.content_hash.map_or(0, |content| {
+            idempotency::fingerprint(
+                &transaction.reverse_path,
+                transaction
+                    .recipients
+                    .iter()
+                    .map(|recipient| recipient.address.as_str()),
+                content,
+            )
+        });
         let line_breaks = assembled.line_breaks;
         let mail = transaction.mail;
         let lane = Lane::select(
@@ -307,6 +330,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let reservation = match admission.reserve(&self.shared.queue, lane) {
             Ok(reservation) => reservation,
             Err(full) => {
+                if !claims.is_empty()
+                    && let Some(repeat) = self.stored_repeat(&claims, fingerprint).await
+                {
+                    self.answer_repeat(id, repeat, lane);
+                    return;
+                }
                 admission.refused(full, &self.shared.metrics);
                 self.reply(reply::lane_full(full));
                 return;
@@ -327,6 +356,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         envelope.ret = mail.ret;
         envelope.envid = mail.envid;
         envelope.mt_priority = mail.mt_priority;
+        envelope.meta = Meta::new(std::mem::take(&mut assembled.consumed.meta));
+        envelope.message_id = assembled.facts.message_id.take();
+        let mut changes = idempotency::claim_changes(&claims, fingerprint, id, envelope.arrival_ms);
+        // `accepted` events are committed with the message (announce only
+        // what is stored), and built only when a webhook takes them.
+        let webhooks = &self.shared.webhooks;
+        let staged = if webhooks.wants(EventType::Accepted) {
+            let events = webhook::event::accepted(id, &envelope, webhooks.ids());
+            webhooks.stage(&events, &mut changes)
+        } else {
+            Staged::default()
+        };
         // A small body is kept for the first delivery pass, which then needs
         // no read of the spool (queue::fresh).
         let fresh_body = assembled
@@ -338,10 +379,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match self
             .shared
             .spool
-            .store(id, envelope.encode(), assembled.body)
+            .store_with(id, envelope.encode(), assembled.body, changes)
             .await
         {
             Ok(stored) => {
+                webhooks.committed(staged);
                 let metrics = &self.shared.metrics;
                 metrics.message_accepted(lane, storing.elapsed(), stored.batch_size);
                 tracing::info!(
@@ -379,6 +421,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 event.client = envelope.client_address;
                 self.shared.events.publish(event);
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
+            }
+            // A claim of this message is taken, by an earlier commit or an
+            // earlier request of the same one (which then succeeded: a
+            // failed commit fails all its requests).
+            Err(SpoolError::RecordExists { existing, .. }) => {
+                match Repeat::judge(&existing, fingerprint) {
+                    Some(repeat) => self.answer_repeat(id, repeat, lane),
+                    None => {
+                        tracing::error!(queue_id = %id, "{id}: an idempotency record does not decode");
+                        self.reply(reply::spool_unavailable());
+                    }
+                }
             }
             Err(error) => {
                 tracing::error!(queue_id = %id, "spool refused the message: {error}");

@@ -7,6 +7,7 @@
 
 mod auth;
 mod content;
+mod idempotent;
 mod pace;
 mod starttls;
 mod transaction;
@@ -71,6 +72,8 @@ pub struct SessionShared {
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// The DKIM keys; a reload replaces their contents.
     pub dkim: Arc<SigningKeys>,
+    /// `accepted` events go into the outbox with the message.
+    pub webhooks: Arc<crate::webhook::Webhooks>,
 }
 
 /// What the loop does after a command.
@@ -115,6 +118,10 @@ pub struct Session<S> {
     /// An AUTH exchange waiting for the client's next response line, which
     /// is not a command.
     sasl: Option<Exchange>,
+    /// The maildrop file this session imports: its message claims the file
+    /// (docs/idempotency.md), so it is stored once however often it is
+    /// offered.
+    maildrop_file: Option<String>,
 }
 
 /// How a wait on the client ended.
@@ -153,7 +160,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             secure: false,
             auth_user: None,
             sasl: None,
+            maildrop_file: None,
         }
+    }
+
+    /// The session imports the maildrop file `name` (one message).
+    pub fn with_maildrop_file(mut self, name: &str) -> Session<S> {
+        self.maildrop_file = Some(name.to_owned());
+        self
     }
 
     /// Offers what the listener offers beyond plain SMTP.
