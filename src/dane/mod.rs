@@ -18,6 +18,19 @@ pub use self::verifier::{DaneVerifier, Verdict};
 
 use crate::dns::{MxResolver, TargetDnssec};
 
+/// How DANE applied to an open session, kept with the connection so that
+/// its reuse for another message can be judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionDane {
+    /// The host's addresses were not secure, or it has no TLSA records.
+    NotApplicable,
+    /// The certificate matched a usable TLSA record; `name` is the
+    /// reference identifier a DANE-TA certificate carried.
+    Authenticated { usage: Usage, name: Option<String> },
+    /// Secure TLSA records, none usable: encrypted, not authenticated.
+    EncryptOnly,
+}
+
 /// What DANE requires of a session with `host` (an MX host of
 /// `next_hop`, reached on `port`), looking its TLSA records up only when
 /// its address records were DNSSEC-secure (RFC 7672 §2.2.2).

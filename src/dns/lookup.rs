@@ -183,7 +183,14 @@ pub(super) async fn ask<T>(
     record_type: RecordType,
     extract: fn(&RData) -> Option<T>,
 ) -> Result<Reply<T>, String> {
-    let failed = |what: &str| format!("{what} looking up {record_type} for {}", host_text(name));
+    let failed = |what: &str| {
+        let shown = if name.is_root() {
+            ".".to_owned()
+        } else {
+            host_text(name)
+        };
+        format!("{what} looking up {record_type} for {shown}")
+    };
     match path.resolver.lookup(name.clone(), record_type).await {
         Ok(lookup) => {
             // Answers may include the CNAMEs that led to the records.
