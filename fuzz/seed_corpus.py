@@ -162,6 +162,13 @@ SEEDS = {
         "repeated": b"Idempotency-Key: a\r\nIdempotency-Key: b\r\nMessage-ID: <m@example.com>\r\n",
         "no-colon": b" leading space\r\nno colon\r\nX-Relayq-Meta-: empty\r\n",
     },
+    "bounce_class": {
+        "no-rules": b"\x00550 5.1.1 The email account that you tried to reach does not exist.\r\n",
+        "rules": b"[rules]\nspam_block = ['acme.*blocked', '^550 5\\.7\\.1 ']\npolicy = [\"relay\"]\n"
+                 b"\x00554 5.7.1 ACME: you are blocked\r\n421 4.7.0 [TSS04] Messages deferred\r\n",
+        "bad-rules": b"[rules]\nspammy = ['(']\n\x00452-4.2.2 The email account\r\n452 4.2.2 is over quota\r\n",
+        "microsoft": b"\x00550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. (S3150)\r\n",
+    },
     "mta_sts": {
         "policy": b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n",
         "txt": b"v=STSv1; id=20160831085700Z;",

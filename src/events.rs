@@ -10,6 +10,7 @@ use relayq_spool::QueueId;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::bounce::BounceClass;
 use crate::queue::Lane;
 
 /// Events kept for slow subscribers before the oldest are dropped.
@@ -90,6 +91,9 @@ pub struct Event {
     pub policy: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Why a recipient failed: on `deferred`, `bounced` and `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<BounceClass>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +120,7 @@ impl Event {
             tls: None,
             policy: None,
             status: None,
+            class: None,
             reply: None,
             client: None,
             delay: None,
@@ -145,6 +150,7 @@ impl Event {
             tls: None,
             policy: None,
             status: None,
+            class: None,
             reply,
             client: None,
             delay: None,
@@ -185,6 +191,7 @@ impl Event {
         field("policy", self.policy.map(str::to_owned));
         field("delay", self.delay.map(|d| format!("{d:.1}")));
         field("dsn", self.status.clone());
+        field("class", self.class.map(|class| class.as_str().to_owned()));
         if let Some(reply) = &self.reply {
             line.push_str(&format!(" ({reply})"));
         }
@@ -245,5 +252,29 @@ mod tests {
         let json = serde_json::to_value(&accepted).unwrap();
         assert!(json.get("tls").is_none() && json.get("policy").is_none());
         assert!(!accepted.to_text().contains("tls="));
+    }
+
+    #[test]
+    fn failure_events_carry_their_class() {
+        let mut event = Event::new(EventKind::Bounced, QueueId(1), Lane::High);
+        event.recipient = Some("user@example.org".into());
+        event.status = Some("5.1.1".into());
+        event.class = Some(BounceClass::InvalidRecipient);
+        event.reply = Some("550 5.1.1 user unknown".into());
+        let text = event.to_text();
+        assert!(
+            text.contains(" dsn=5.1.1 class=invalid_recipient (550 5.1.1 user unknown)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["class"], "invalid_recipient");
+        let delivered = Event::new(EventKind::Delivered, QueueId(1), Lane::High);
+        assert!(
+            serde_json::to_value(&delivered)
+                .unwrap()
+                .get("class")
+                .is_none()
+        );
+        assert!(!delivered.to_text().contains("class="));
     }
 }

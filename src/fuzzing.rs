@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+pub use crate::bounce::{BounceClass, BuiltinRules, Classifier, OperatorRules};
 pub use crate::cli::sendmail::{Prepared, ReadError, prepare, read_message};
 pub use crate::config::{Config, ConfigError};
 pub use crate::control::http::{
@@ -39,6 +40,12 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
         "relay.example",
         Path::new("/var/lib/relayq"),
     )
+}
+
+/// Checks and compiles a `bounce.rules_file`'s text as loading the
+/// configuration does.
+pub fn parse_bounce_rules(text: &str) -> Result<OperatorRules, String> {
+    crate::config::parse_bounce_rules(text)
 }
 
 /// The longest reply the outbound client accepts.

@@ -5,6 +5,7 @@
 // One measured exception, `memory` (a call into glibc): see that module.
 #![deny(unsafe_code)]
 
+pub mod bounce;
 pub mod cli;
 pub mod config;
 pub(crate) mod control;

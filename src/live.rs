@@ -3,7 +3,7 @@
 //!
 //! [`Live::build`] does all the fallible work of turning a validated
 //! [`Config`] into the objects the daemon runs with (resolver, Redis client,
-//! retry policy, lane caps). A new component that loads something at start
+//! retry policy, lane caps, bounce classifier). A new component that loads something at start
 //! and again on reload (keys, certificates, a users file) adds one field and
 //! one line there; an error from it makes the reload change nothing.
 //!
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
+use crate::bounce::{BuiltinRules, Classifier};
 use crate::config::{Config, Route};
 use crate::delivery::client::ClientSettings;
 use crate::delivery::cluster::Cluster;
@@ -45,6 +46,9 @@ pub struct Live {
     /// a reload did not change keeps its `Arc` (next hops compare routes
     /// by identity).
     pub routes: Vec<Arc<Route>>,
+    /// Bounce classes: the operator's rules (`bounce.rules_file`, as read
+    /// with this configuration) before the built-in ones.
+    pub classifier: Classifier,
 }
 
 impl Live {
@@ -74,6 +78,14 @@ impl Live {
             (Some(url), _) => Some(Arc::new(Cluster::new(url, metrics.clone())?)),
         };
         let max_queued = PerLane::from_fn(|lane| config.lanes.get(lane).max_queued);
+        // The built-in rules never change: compiled once, then shared.
+        let builtin = match previous {
+            Some(previous) => previous.classifier.builtin().clone(),
+            None => Arc::new(
+                BuiltinRules::compile().context("cannot compile the built-in bounce rules")?,
+            ),
+        };
+        let classifier = Classifier::new(config.bounce.rules.clone(), builtin);
         let admission = match previous {
             Some(previous) if *previous.admission.max_queued() == max_queued => {
                 previous.admission.clone()
@@ -103,6 +115,7 @@ impl Live {
                         .unwrap_or_else(|| Arc::new(route.clone()))
                 })
                 .collect(),
+            classifier,
             config,
         })
     }

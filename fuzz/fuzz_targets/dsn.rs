@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use mail_parser::{MessageParser, MimeHeaders};
-use relayq::fuzzing::{Action, Report, ReportedRecipient, Ret, build_dsn};
+use relayq::fuzzing::{Action, BounceClass, Report, ReportedRecipient, Ret, build_dsn};
 
 const SEPARATOR: u8 = 0xFF;
 const PER_MESSAGE_FIELDS: usize = 5;
@@ -29,6 +29,9 @@ struct Control {
     now: SystemTime,
     last_attempt: Option<SystemTime>,
     will_retry_until: Option<SystemTime>,
+    /// Per recipient, after everything else (so a short control segment
+    /// leaves them absent).
+    classes: Vec<Option<BounceClass>>,
 }
 
 fn time(input: &mut Unstructured) -> Result<SystemTime> {
@@ -58,6 +61,12 @@ fn control(input: &mut Unstructured) -> Result<Control> {
             .arbitrary::<bool>()?
             .then(|| time(input))
             .transpose()?,
+        classes: (0..count)
+            .map(|_| {
+                let index = input.int_in_range(0..=BounceClass::ALL.len()).unwrap_or(0);
+                index.checked_sub(1).map(|index| BounceClass::ALL[index])
+            })
+            .collect(),
     })
 }
 
@@ -106,7 +115,8 @@ fuzz_target!(|data: &[u8]| {
     let recipients: Vec<ReportedRecipient> = recipient_fields
         .chunks(PER_RECIPIENT_FIELDS)
         .zip(&control.actions)
-        .map(|(fields, &action)| ReportedRecipient {
+        .zip(&control.classes)
+        .map(|((fields, &action), &class)| ReportedRecipient {
             final_recipient: fields[0].clone(),
             original_recipient: optional(&fields[1]),
             action,
@@ -115,6 +125,7 @@ fuzz_target!(|data: &[u8]| {
             diagnostic: optional(&fields[4]),
             last_attempt: control.last_attempt,
             will_retry_until: control.will_retry_until,
+            class,
         })
         .collect();
     let envid = optional(envid);

@@ -7,7 +7,7 @@
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use relayq::fuzzing::{
-    ENVELOPE_VERSION, Envelope, Lane, Meta, Notify, Recipient, RecipientStatus, Ret,
+    BounceClass, ENVELOPE_VERSION, Envelope, Lane, Meta, Notify, Recipient, RecipientStatus, Ret,
 };
 use relayq_spool::fuzzing::{decode_envelope, encode_envelope};
 
@@ -32,6 +32,10 @@ fn recipient(input: &mut Unstructured) -> Result<Recipient> {
             RecipientStatus::Bounced,
         ])?,
         last_reply: input.arbitrary()?,
+        class: match input.int_in_range(0..=BounceClass::ALL.len())? {
+            0 => None,
+            index => Some(BounceClass::ALL[index - 1]),
+        },
     })
 }
 

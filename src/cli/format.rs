@@ -165,6 +165,9 @@ pub fn show(detail: &MessageDetail) -> String {
         if let Some(reply) = &recipient.last_reply {
             let _ = write!(out, " ({reply})");
         }
+        if let Some(class) = recipient.class {
+            let _ = write!(out, " class={class}");
+        }
         out.push('\n');
     }
     let _ = writeln!(out, "Headers:");
@@ -323,7 +326,48 @@ mod tests {
     #[test]
     fn list_looks_like_mailq() {
         assert_eq!(list(&[]), "Mail queue is empty\n");
-        let message = MessageView {
+        let message = sample();
+        let text = list(&[message]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], LIST_HEADER);
+        assert!(lines[1].starts_with("0660EE029DCD2E! "), "{text}");
+        assert!(
+            lines[1].contains(" 2048 Mon Nov 23 09:01:56  app@example.com"),
+            "{text}"
+        );
+        assert_eq!(lines[2].trim(), "(451 4.7.1 later)");
+        assert_eq!(lines[3].trim(), "user@example.org");
+        assert!(!text.contains("done@example.org"));
+        assert_eq!(lines.last().unwrap(), &"-- 2 Kbytes in 1 Requests.");
+    }
+
+    #[test]
+    fn show_gives_each_failed_recipient_its_class() {
+        let detail = MessageDetail {
+            message: sample(),
+            client_address: None,
+            helo: None,
+            auth_user: None,
+            envid: None,
+            ret: None,
+            mt_priority: None,
+            meta: Default::default(),
+            headers: "Subject: x\r\n".into(),
+            body: None,
+        };
+        let text = show(&detail);
+        assert!(
+            text.contains("  <user@example.org> deferred (451 4.7.1 later) class=policy\n"),
+            "{text}"
+        );
+        assert!(text.contains("  <done@example.org> delivered\n"), "{text}");
+        let json = serde_json::to_value(&detail).unwrap();
+        assert_eq!(json["recipients"][0]["class"], "policy");
+        assert!(json["recipients"][1].get("class").is_none());
+    }
+
+    fn sample() -> MessageView {
+        MessageView {
             id: "0660EE029DCD2E".into(),
             lane: "high".into(),
             state: "held".into(),
@@ -337,25 +381,15 @@ mod tests {
                     address: "user@example.org".into(),
                     status: RecipientStatus::Deferred,
                     last_reply: Some("451 4.7.1 later".into()),
+                    class: Some(crate::bounce::BounceClass::Policy),
                 },
                 RecipientView {
                     address: "done@example.org".into(),
                     status: RecipientStatus::Delivered,
                     last_reply: None,
+                    class: None,
                 },
             ],
-        };
-        let text = list(&[message]);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], LIST_HEADER);
-        assert!(lines[1].starts_with("0660EE029DCD2E! "), "{text}");
-        assert!(
-            lines[1].contains(" 2048 Mon Nov 23 09:01:56  app@example.com"),
-            "{text}"
-        );
-        assert_eq!(lines[2].trim(), "(451 4.7.1 later)");
-        assert_eq!(lines[3].trim(), "user@example.org");
-        assert!(!text.contains("done@example.org"));
-        assert_eq!(lines.last().unwrap(), &"-- 2 Kbytes in 1 Requests.");
+        }
     }
 }

@@ -9,10 +9,11 @@
 //! Invariant: a [`Config`] that exists is valid; code using it does not
 //! re-check ranges or combinations. The only I/O here is reading the file,
 //! the `delivery.tls_ca_file` certificates, the webhooks' secret and CA
-//! files, and detecting the built-in
-//! defaults (host name, state directory); a route's
+//! files, the `bounce.rules_file` rules, and detecting the built-in defaults
+//! (host name, state directory); a route's
 //! password file is read by the delivery code through [`Route::read_password`].
 
+mod bounce;
 mod dkim;
 mod keywords;
 mod raw;
@@ -37,6 +38,7 @@ use ipnet::IpNet;
 
 use crate::queue::Lane;
 
+pub use self::bounce::BounceSettings;
 pub use self::dkim::DkimSettings;
 pub use self::keywords::{IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
@@ -66,6 +68,7 @@ pub struct Config {
     pub dkim: Vec<DkimSettings>,
     /// `[[webhook]]` blocks in file order; names are unique.
     pub webhooks: Vec<WebhookSettings>,
+    pub bounce: BounceSettings,
     pub cluster: ClusterSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,
@@ -373,6 +376,13 @@ pub(crate) fn parse_with_fixed_defaults(
         state_dir: state_dir.to_path_buf(),
     };
     Config::parse_with(text, origin, &system)
+}
+
+/// A `bounce.rules_file`'s text, checked and compiled as loading the
+/// configuration does; the error says `key: reason` (the fuzz targets use
+/// it).
+pub(crate) fn parse_bounce_rules(text: &str) -> Result<crate::bounce::OperatorRules, String> {
+    bounce::load(text).map_err(|invalid| format!("{}: {}", invalid.key, invalid.reason))
 }
 
 /// A problem found in the text, before it is tied to a file name.

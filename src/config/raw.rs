@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub destination: Vec<RawDestination>,
     pub dkim: Vec<RawDkim>,
     pub webhook: Vec<RawWebhook>,
+    pub bounce: RawBounce,
     pub cluster: RawCluster,
     pub control: RawControl,
     pub metrics: RawMetrics,
@@ -173,6 +174,12 @@ pub(super) struct RawDkim {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub(super) struct RawBounce {
+    pub rules_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub(super) struct RawCluster {
     pub redis_url: Option<String>,
 }
@@ -262,7 +269,7 @@ fn describe_type_error(message: &str) -> String {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;

@@ -181,6 +181,8 @@ fn every_key_of_the_example_is_set_or_shown() {
         "[[route]]",
         "[[dkim]]",
         "trust_anchor",
+        "[bounce]",
+        "rules_file",
     ] {
         assert!(EXAMPLE.contains(&format!("# {key}")), "{key} is missing");
     }
@@ -705,6 +707,41 @@ fn dkim_blocks_are_validated() {
     assert!(
         error(&block.replace("example.com", "exa mple.com"))
             .starts_with("relayq.toml: dkim[0].domain: ")
+    );
+}
+
+#[test]
+fn a_bounce_rules_file_is_read_and_its_errors_name_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("bounce-rules.toml");
+    let text = format!("[bounce]\nrules_file = {:?}\n", rules.display().to_string());
+    let missing = parse(&text).unwrap_err().to_string();
+    assert!(
+        missing.starts_with(&format!(
+            "relayq.toml: bounce.rules_file: cannot read {}: ",
+            rules.display()
+        )),
+        "{missing}"
+    );
+    std::fs::write(&rules, "[rules]\nspam_block = ['ok', '[unclosed']\n").unwrap();
+    let invalid = parse(&text).unwrap_err().to_string();
+    assert!(
+        invalid.starts_with(&format!(
+            "relayq.toml: bounce.rules_file: {}: rules.spam_block[1]: invalid regular expression",
+            rules.display()
+        )),
+        "{invalid}"
+    );
+    std::fs::write(&rules, "[rules]\nspam_block = ['ok']\n").unwrap();
+    let config = parse(&text).unwrap();
+    assert_eq!(config.bounce.rules_file.as_deref(), Some(rules.as_path()));
+    assert_eq!(config.bounce.rules.len(), 1);
+    assert!(parse("").unwrap().bounce.rules.is_empty());
+    assert_eq!(
+        parse("[bounce]\nrules_file = \"\"\n")
+            .unwrap_err()
+            .to_string(),
+        "relayq.toml: bounce.rules_file: must not be empty"
     );
 }
 

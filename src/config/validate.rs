@@ -279,6 +279,7 @@ pub(super) fn config(
     let cluster = super::shaping::cluster(raw.cluster)?;
     let dkim = super::dkim::dkim(raw.dkim)?;
     let webhooks = super::webhook::webhooks(raw.webhook)?;
+    let bounce = super::bounce::bounce(raw.bounce)?;
 
     let control = ControlSettings {
         socket: raw
@@ -327,6 +328,7 @@ pub(super) fn config(
         destinations,
         dkim,
         webhooks,
+        bounce,
         cluster,
         control,
         metrics,

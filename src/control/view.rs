@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounce::BounceClass;
 use crate::metrics::DestinationShaping;
 use crate::queue::envelope::{Meta, RecipientStatus, unix_ms};
 use crate::queue::{Entry, Envelope, State};
@@ -30,6 +31,10 @@ pub struct RecipientView {
     pub address: String,
     pub status: RecipientStatus,
     pub last_reply: Option<String>,
+    /// Why the last attempt failed (docs/events.md, "Bounce classes");
+    /// left out while pending and once delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<BounceClass>,
 }
 
 /// `queue show`: the list entry and more.
@@ -177,6 +182,7 @@ impl MessageView {
                     address: recipient.address.clone(),
                     status: recipient.status,
                     last_reply: recipient.last_reply.clone(),
+                    class: recipient.class,
                 })
                 .collect(),
         }

@@ -78,7 +78,7 @@ impl Pass {
         let now = SystemTime::now();
         let early = {
             let mut pass = lock(&self.results);
-            let delivered = pass.record(results, self.delay, now);
+            let delivered = pass.record(results, self.delay, now, &self.settings.classifier);
             // The last job's results are committed by `finish` right away.
             let last_job = self.jobs_remaining.load(Ordering::Acquire) == 1;
             (!delivered.is_empty() && !last_job)

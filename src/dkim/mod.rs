@@ -7,11 +7,13 @@
 //! the From: address's domain ([`Signers::start`]); the returned
 //! [`PendingSignature`] hashes the body as it streams to the spool, and
 //! [`PendingSignature::finish`] (RSA: run it off the async worker threads)
-//! yields the `DKIM-Signature:` fields to put in front of the stored message.
+//! yields the `DKIM-Signature:` fields to put in front of the stored message,
+//! or a [`SigningError`]: then the message is refused, never stored unsigned.
 //!
 //! Invariant: a message is signed once, at acceptance; the stored message is
 //! what every delivery sends.
 
+mod field;
 mod key;
 mod sign;
 
@@ -75,7 +77,7 @@ impl Signers {
             })?;
             let headers = match &block.headers {
                 Some(names) => names.clone(),
-                None => sign::RECOMMENDED_HEADERS.map(str::to_owned).to_vec(),
+                None => sign::DEFAULT_HEADERS.map(str::to_owned).to_vec(),
             };
             by_domain
                 .entry(block.domain.clone())
@@ -114,6 +116,13 @@ impl Signers {
         closest_domain(author_domain, |domain| self.by_domain.contains_key(domain))
     }
 
+    /// Whether a key signs mail whose From: address is in `author_domain`
+    /// (lowercase, ASCII).
+    pub(crate) fn covers(&self, author_domain: &str) -> bool {
+        let author_domain = author_domain.trim_end_matches('.').to_ascii_lowercase();
+        self.signing_domain(&author_domain).is_some()
+    }
+
     /// Starts signing a message whose stored header section is the
     /// concatenation of `header_section` (complete fields, without the blank
     /// line) and whose From: address is in `author_domain`; `None` when no
@@ -148,15 +157,27 @@ pub(crate) struct PendingSignature {
     separator: usize,
 }
 
-/// The outcome of signing one message.
+/// The signatures of one message.
 #[derive(Debug, Default)]
 pub(crate) struct Signed {
     /// `DKIM-Signature:` fields, CRLF-terminated, in `[[dkim]]` order.
     pub fields: String,
     /// `domain/selector` of each signature made.
     pub signatures: Vec<String>,
-    /// `domain/selector: reason` of each key that failed to sign.
-    pub failures: Vec<String>,
+}
+
+/// Why a message that a key covers could not be signed. The message is
+/// refused with a temporary error rather than sent unsigned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SigningError {
+    /// The header section was longer than intake examines, and the From:
+    /// field among what it held names a domain a key covers, or there was
+    /// no From: among it (so none can be ruled out).
+    #[error("the header section is over {0} octets, too large to sign")]
+    HeaderSectionTooLarge(usize),
+    /// A key failed to sign (every key of the domain signs, or none).
+    #[error("{key}: {reason}")]
+    Key { key: String, reason: String },
 }
 
 impl PendingSignature {
@@ -170,9 +191,10 @@ impl PendingSignature {
         self.body.update(content);
     }
 
-    /// Signs with every key of the domain. CPU-bound (an RSA signature takes
-    /// milliseconds): not for an async worker thread.
-    pub(crate) fn finish(self, now: SystemTime) -> Signed {
+    /// Signs with every key of the domain; the first key that fails is the
+    /// error. CPU-bound (an RSA signature takes milliseconds): not for an
+    /// async worker thread.
+    pub(crate) fn finish(self, now: SystemTime) -> Result<Signed, SigningError> {
         let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
@@ -187,10 +209,15 @@ impl PendingSignature {
                     signed.fields.push_str(&field);
                     signed.signatures.push(name);
                 }
-                Err(error) => signed.failures.push(format!("{name}: {error}")),
+                Err(error) => {
+                    return Err(SigningError::Key {
+                        key: name,
+                        reason: error.to_string(),
+                    });
+                }
             }
         }
-        signed
+        Ok(signed)
     }
 }
 

@@ -1,18 +1,24 @@
 //! Computing DKIM-Signature fields (RFC 6376 §5): which header fields are
-//! signed, relaxed/relaxed canonicalisation, and the signature over a header
-//! section and a body hash computed while the body streamed past.
+//! signed (and oversigned), relaxed/relaxed canonicalisation, and the
+//! signature over a header section and a body hash computed while the body
+//! streamed past. The field itself is written by `super::field`.
 //!
 //! Pure: no I/O, and the signing time is passed in.
 
 use mail_auth::common::crypto::{HashContext, HashImpl, Sha256, SigningKey};
-use mail_auth::common::headers::{HeaderWriter, Writable, Writer};
-use mail_auth::dkim::canonicalize::{BodyHasher, CanonicalHeaders};
-use mail_auth::dkim::{Canonicalization, Signature};
+use mail_auth::common::headers::{Writable, Writer};
+use mail_auth::dkim::Canonicalization;
+use mail_auth::dkim::canonicalize::BodyHasher;
 
 use super::Signer;
+use super::field::{Tags, UnsignedField};
 
-/// RFC 6376 §5.4.1: the header fields a signer should sign when present.
-pub(crate) const RECOMMENDED_HEADERS: [&str; 19] = [
+/// The header fields signed when present, unless a `[[dkim]]` block lists
+/// its own: the RFC 6376 §5.4.1 set, then the fields that say what the
+/// message is (identity and MIME structure), and `List-Unsubscribe-Post`,
+/// which RFC 8058 §4 requires to be signed with `List-Unsubscribe` for
+/// one-click unsubscription.
+pub(crate) const DEFAULT_HEADERS: [&str; 24] = [
     "From",
     "Reply-To",
     "Subject",
@@ -32,6 +38,29 @@ pub(crate) const RECOMMENDED_HEADERS: [&str; 19] = [
     "List-Post",
     "List-Owner",
     "List-Archive",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe-Post",
+];
+
+/// Fields a message has at most once (RFC 5322 §3.6, RFC 2045, RFC 8058),
+/// oversigned whenever they are signed: a second instance can only be a
+/// replay's addition, and a verifier checks the bottom-most one (RFC 6376
+/// §5.4.2), which a reader may not see.
+const SINGLETONS: [&str; 11] = [
+    "From",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 ];
 
 /// One header field: the name, and the value from after the colon through
@@ -65,9 +94,10 @@ pub(crate) fn fields(section: &[u8]) -> Vec<Field<'_>> {
     fields
 }
 
-/// The `h=` list: each of `names` once per instance present, and `From`
-/// once more than present, so that no From field can be added without
-/// breaking the signature (RFC 6376 §8.15, "oversigning").
+/// The `h=` list: each of `names` once per instance present, and each
+/// singleton once more than present (none present: listed once), so that
+/// no such field can be added without breaking the signature (RFC 6376
+/// §8.15, "oversigning"). A name repeated in `names` counts once.
 pub(crate) fn signed_names(names: &[String], fields: &[Field<'_>]) -> Vec<String> {
     let mut signed = Vec::new();
     for (position, name) in names.iter().enumerate() {
@@ -81,11 +111,10 @@ pub(crate) fn signed_names(names: &[String], fields: &[Field<'_>]) -> Vec<String
             .iter()
             .filter(|(field, _)| name_matches(field, name))
             .count();
-        let count = if name.eq_ignore_ascii_case("From") {
-            present + 1
-        } else {
-            present
-        };
+        let singleton = SINGLETONS
+            .iter()
+            .any(|singleton| singleton.eq_ignore_ascii_case(name));
+        let count = present + usize::from(singleton);
         signed.extend(std::iter::repeat_n(name.clone(), count));
     }
     signed
@@ -145,42 +174,34 @@ pub(crate) fn signature_field(
     body_hash: &[u8],
     now: u64,
 ) -> mail_auth::Result<String> {
-    let names = signer.header_names();
-    let mut signature = Signature {
-        v: 1,
-        a: signer.key.algorithm(),
-        d: signer.domain.clone(),
-        s: signer.selector.clone(),
-        bh: body_hash.to_vec(),
-        h: signed_names(names, fields),
-        t: now,
-        ch: Canonicalization::Relaxed,
-        cb: Canonicalization::Relaxed,
-        ..Signature::default()
-    };
-    // `CanonicalHeaders` writes its list last to first (it is built from a
-    // top-down scan of the message), so it takes the selection reversed.
-    let mut headers = selected(&signature.h, fields);
-    headers.reverse();
-    let headers = Canonicalization::Relaxed.canonical_headers(headers);
-    signature.b = signer.key.sign(SignedData {
-        headers,
-        signature: &signature,
+    let names = signed_names(signer.header_names(), fields);
+    let field = UnsignedField::new(&Tags {
+        algorithm: signer.key.algorithm(),
+        domain: &signer.domain,
+        selector: &signer.selector,
+        timestamp: now,
+        signed_names: &names,
+        body_hash,
+    });
+    let signature = signer.key.sign(SignedData {
+        headers: selected(&names, fields),
+        field: &field,
     })?;
-    Ok(signature.to_header())
+    Ok(field.complete(&signature))
 }
 
-/// RFC 6376 §3.7: the signed headers, then the DKIM-Signature field itself
-/// with an empty `b=`, both canonicalised, without a final CRLF.
+/// RFC 6376 §3.7: the signed header fields in `h=` order, then the
+/// DKIM-Signature field itself with an empty `b=`, all canonicalised
+/// (relaxed), without a final CRLF.
 struct SignedData<'a> {
-    headers: CanonicalHeaders<'a>,
-    signature: &'a Signature,
+    headers: Vec<Field<'a>>,
+    field: &'a UnsignedField,
 }
 
 impl Writable for SignedData<'_> {
     fn write(self, writer: &mut impl Writer) {
-        self.headers.write(writer);
-        self.signature.write(writer, false);
+        Canonicalization::Relaxed.canonicalize_headers(self.headers.into_iter(), writer);
+        self.field.canonical(writer);
     }
 }
 
@@ -208,17 +229,55 @@ mod tests {
     }
 
     #[test]
-    fn signs_present_recommended_fields_and_oversigns_from() {
+    fn signs_present_default_fields_and_oversigns_singletons() {
         let fields = fields(SECTION);
-        let wanted: Vec<String> = names(&RECOMMENDED_HEADERS);
+        let wanted: Vec<String> = names(&DEFAULT_HEADERS);
         assert_eq!(
             signed_names(&wanted, &fields),
-            names(&["From", "From", "Subject", "To", "To"])
+            names(&[
+                "From",
+                "From",
+                "Reply-To",
+                "Subject",
+                "Subject",
+                "Date",
+                "To",
+                "To",
+                "To",
+                "Cc",
+                "List-Unsubscribe",
+                "Message-ID",
+                "MIME-Version",
+                "Content-Type",
+                "List-Unsubscribe-Post",
+            ])
         );
-        let configured = names(&["from", "X-Mailer", "Cc", "FROM"]);
+        let section = b"From: a@example.com\r\nList-Unsubscribe: <https://u>\r\n\
+            List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nList-Id: <l>\r\n\
+            Content-Transfer-Encoding: 7bit\r\nReferences: <r>\r\n";
+        let signed = signed_names(&wanted, &super::fields(section));
+        for (name, times) in [
+            ("List-Unsubscribe", 2),
+            ("List-Unsubscribe-Post", 2),
+            ("List-Id", 1),
+            ("Content-Transfer-Encoding", 1),
+            ("References", 1),
+            ("Resent-To", 0),
+        ] {
+            let count = signed.iter().filter(|signed| *signed == name).count();
+            assert_eq!(count, times, "{name} in {signed:?}");
+        }
+    }
+
+    #[test]
+    fn a_configured_list_oversigns_its_singletons_in_its_spelling() {
+        let fields = fields(SECTION);
+        let configured = names(&["from", "X-Mailer", "Cc", "FROM", "subject", "Received"]);
         assert_eq!(
             signed_names(&configured, &fields),
-            names(&["from", "from", "X-Mailer"])
+            names(&[
+                "from", "from", "X-Mailer", "Cc", "subject", "subject", "Received"
+            ])
         );
     }
 

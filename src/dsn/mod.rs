@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use memchr::memmem;
 
+use crate::bounce::BounceClass;
 use crate::queue::envelope::Ret;
 use crate::timefmt::rfc5322;
 use crate::wire::text::one_line;
@@ -84,6 +85,10 @@ pub struct ReportedRecipient {
     pub last_attempt: Option<SystemTime>,
     /// Emitted for [`Action::Delayed`] only.
     pub will_retry_until: Option<SystemTime>,
+    /// Why it failed (or, delayed, why the last attempt did), emitted as
+    /// the extension field `X-Relayq-Class: spam_block` (RFC 3464 §2.4
+    /// lets an MTA add `X-` fields to the per-recipient block).
+    pub class: Option<BounceClass>,
 }
 
 /// Everything one DSN reports on.
@@ -555,6 +560,9 @@ fn delivery_status(report: &Report) -> String {
             && let Some(until) = recipient.will_retry_until
         {
             push_field(&mut fields, "Will-Retry-Until", &rfc5322(until));
+        }
+        if let Some(class) = recipient.class {
+            push_field(&mut fields, "X-Relayq-Class", class.as_str());
         }
     }
     fields

@@ -27,6 +27,7 @@ fn bounced(address: &str) -> ReportedRecipient {
         diagnostic: Some("550 5.1.1 user unknown".to_owned()),
         last_attempt: Some(at(1_795_424_516)),
         will_retry_until: None,
+        class: Some(BounceClass::InvalidRecipient),
     }
 }
 
@@ -229,6 +230,7 @@ fn delivery_status_fields_per_message_and_per_recipient() {
         Some(rfc5322(at(1_795_424_516)).as_str())
     );
     assert_eq!(field(block, "Will-Retry-Until"), None);
+    assert_eq!(field(block, "X-Relayq-Class"), Some("invalid_recipient"));
 }
 
 #[test]
@@ -523,6 +525,7 @@ fn success_reports_and_local_reasons() {
         action: Action::Relayed,
         status: "2.0.0".to_owned(),
         diagnostic: Some("250 2.0.0 Ok: queued as 4F2".to_owned()),
+        class: None,
         ..bounced("bob@example.org")
     };
     let recipients = [relayed];
@@ -533,6 +536,7 @@ fn success_reports_and_local_reasons() {
         field(&status_blocks(&message)[1], "Action"),
         Some("relayed")
     );
+    assert_eq!(field(&status_blocks(&message)[1], "X-Relayq-Class"), None);
 
     let nxdomain = ReportedRecipient {
         status: "5.1.2".to_owned(),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::bounce::BounceClass;
 use crate::events::EventKind;
 use crate::outcome::DaneResult;
 use crate::queue::{Lane, Queue};
@@ -165,6 +166,11 @@ pub struct Metrics {
     accepted: [AtomicU64; 2],
     /// `relayq_recipients_total`, per lane and outcome (`Outcome::ALL` order).
     recipients: [[AtomicU64; 4]; 2],
+    /// `relayq_bounces_total`, per class (`BounceClass::ALL` order):
+    /// recipients bounced or expired.
+    bounces: [AtomicU64; BounceClass::ALL.len()],
+    /// `relayq_deferrals_total`, per class: deferred attempts.
+    deferrals: [AtomicU64; BounceClass::ALL.len()],
     /// `relayq_messages_refused_total`, per lane and reason
     /// (`RefusalReason::ALL` order).
     refused: [[AtomicU64; 3]; 2],
@@ -207,6 +213,8 @@ impl Metrics {
         Metrics {
             accepted: Default::default(),
             recipients: Default::default(),
+            bounces: Default::default(),
+            deferrals: Default::default(),
             refused: Default::default(),
             duplicate_submissions: AtomicU64::new(0),
             connections_active: AtomicI64::new(0),
@@ -264,6 +272,18 @@ impl Metrics {
                 .unwrap_or_default();
             self.delivery_seconds[lane].observe(waited.as_secs_f64());
         }
+    }
+
+    /// The class of a recipient's failure, reported as the event `event`:
+    /// a bounce or an expiry counts in `relayq_bounces_total`, a deferral
+    /// in `relayq_deferrals_total`.
+    pub fn failure_class(&self, event: EventKind, class: BounceClass) {
+        let counters = match event {
+            EventKind::Bounced | EventKind::Expired => &self.bounces,
+            EventKind::Deferred => &self.deferrals,
+            _ => return,
+        };
+        counters[class.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an SMTP connection as active until the guard is dropped.

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use super::histogram::HistogramSnapshot;
 use super::{AuthScope, Metrics, Outcome, QueueGauges, RefusalReason, ShedReason, lane_index};
+use crate::bounce::BounceClass;
 use crate::outcome::DaneResult;
 use crate::queue::envelope::unix_ms;
 use crate::queue::{Lane, Queue, State};
@@ -135,6 +136,36 @@ pub fn render(
                 metrics.recipients[lane_index(lane)][outcome as usize].load(Ordering::Relaxed),
             );
         }
+    }
+
+    family(
+        &mut out,
+        "relayq_bounces_total",
+        "counter",
+        "Recipients bounced or expired, by class (docs/events.md, \"Bounce classes\").",
+    );
+    for class in BounceClass::ALL {
+        sample(
+            &mut out,
+            "relayq_bounces_total",
+            &[("class", class.as_str())],
+            metrics.bounces[class.index()].load(Ordering::Relaxed),
+        );
+    }
+
+    family(
+        &mut out,
+        "relayq_deferrals_total",
+        "counter",
+        "Deferred delivery attempts of a recipient, by class.",
+    );
+    for class in BounceClass::ALL {
+        sample(
+            &mut out,
+            "relayq_deferrals_total",
+            &[("class", class.as_str())],
+            metrics.deferrals[class.index()].load(Ordering::Relaxed),
+        );
     }
 
     family(
@@ -434,6 +465,27 @@ mod tests {
         assert!(text.contains("relayq_spool_commit_batch_size_sum 2\n"));
         assert!(text.contains("relayq_spool_commit_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("relayq_delivery_seconds_bucket{lane=\"low\",le=\"0.1\"} 1\n"));
+    }
+
+    #[test]
+    fn bounces_and_deferrals_are_counted_by_class() {
+        let metrics = Metrics::new();
+        metrics.failure_class(EventKind::Bounced, BounceClass::InvalidRecipient);
+        metrics.failure_class(EventKind::Expired, BounceClass::Expired);
+        metrics.failure_class(EventKind::Deferred, BounceClass::RateLimited);
+        metrics.failure_class(EventKind::Delivered, BounceClass::Unclassified);
+        let text = render(&metrics, &Queue::default(), &[], SystemTime::now());
+        for line in [
+            "relayq_bounces_total{class=\"invalid_recipient\"} 1\n",
+            "relayq_bounces_total{class=\"expired\"} 1\n",
+            "relayq_bounces_total{class=\"rate_limited\"} 0\n",
+            "relayq_bounces_total{class=\"unclassified\"} 0\n",
+            "relayq_deferrals_total{class=\"rate_limited\"} 1\n",
+            "relayq_deferrals_total{class=\"expired\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(text.matches("relayq_bounces_total{").count(), 16);
     }
 
     #[test]

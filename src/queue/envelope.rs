@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::Lane;
+use crate::bounce::BounceClass;
 
 pub use meta::Meta;
 
@@ -89,6 +90,11 @@ pub struct Recipient {
     /// The last reply or reason for this recipient, for `queue show` and DSNs.
     #[serde(default)]
     pub last_reply: Option<String>,
+    /// The class of `last_reply` when it was a failure (a deferral, a
+    /// bounce, expiry, an operator's bounce); `None` while pending and once
+    /// delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<BounceClass>,
 }
 
 /// RFC 3461 NOTIFY; all false means the parameter was absent.
@@ -125,6 +131,7 @@ impl Recipient {
             notify: Notify::default(),
             status: RecipientStatus::Pending,
             last_reply: None,
+            class: None,
         }
     }
 }
@@ -290,6 +297,7 @@ mod tests {
                 },
                 status: RecipientStatus::Pending,
                 last_reply: None,
+                class: Some(BounceClass::RateLimited),
             }],
             lane: Lane::Low,
             arrival_ms: 1_790_000_000_000,

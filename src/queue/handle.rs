@@ -18,6 +18,7 @@ use relayq_spool::{Body, Change, EnvelopeEdit, QueueId, Spool, SpoolError};
 use super::envelope::{EnvelopeError, Recipient, Ret};
 use super::transition::{self, Cause, Note, NoteKind, Record, Transition};
 use super::{Envelope, Queue};
+use crate::bounce::BounceClass;
 use crate::dsn::{self, Action, ReportedRecipient};
 use crate::events::{Event, EventKind, Events};
 use crate::live::Settings;
@@ -130,7 +131,14 @@ impl QueueHandle {
             let mut event = Event::new(change.kind, id, lane);
             event.recipient = Some(change.address.clone());
             event.status = Some(change.reply.status.clone());
+            event.class = change.class;
             event.delay = Some(delay);
+            // `class=` and the JSON field are there for failures only:
+            // after `delay=` (where Postfix has `delays=`), so that `to=…,
+            // delay=…` and `dsn=…, status=…` stay side by side for Postfix
+            // log readers.
+            let class = change.class.map(BounceClass::as_str);
+            let class_words = class.map_or(String::new(), |class| format!(", class={class}"));
             match &change.cause {
                 Cause::Attempt { relay, protection } => {
                     let word = match change.kind {
@@ -145,7 +153,8 @@ impl QueueHandle {
                         queue_id = %id,
                         tls = %tls,
                         policy = %policy,
-                        "{id}: to=<{}>, relay={}, tls={tls}, policy={policy}, delay={delay:.1}, dsn={}, status={word} ({})",
+                        class,
+                        "{id}: to=<{}>, relay={}, tls={tls}, policy={policy}, delay={delay:.1}{class_words}, dsn={}, status={word} ({})",
                         change.address,
                         relay.as_deref().unwrap_or("none"),
                         change.reply.status,
@@ -159,7 +168,8 @@ impl QueueHandle {
                 Cause::Expired { age } => {
                     tracing::info!(
                         queue_id = %id,
-                        "{id}: to=<{}>, delay={:.0}, dsn=4.4.7, status=expired (gave up after {}; last: {})",
+                        class,
+                        "{id}: to=<{}>, delay={:.0}{class_words}, dsn=4.4.7, status=expired (gave up after {}; last: {})",
                         change.address,
                         age.as_secs_f64(),
                         humantime::format_duration(Duration::from_secs(age.as_secs())),
@@ -170,7 +180,8 @@ impl QueueHandle {
                 Cause::Operator => {
                     tracing::info!(
                         queue_id = %id,
-                        "{id}: to=<{}>, delay={delay:.1}, dsn={}, status=bounced ({})",
+                        class,
+                        "{id}: to=<{}>, delay={delay:.1}{class_words}, dsn={}, status=bounced ({})",
                         change.address,
                         change.reply.status,
                         change.reply.text,
@@ -180,6 +191,9 @@ impl QueueHandle {
             }
             self.events.publish(event);
             self.metrics.recipient(lane, change.kind, arrival);
+            if let Some(class) = change.class {
+                self.metrics.failure_class(change.kind, class);
+            }
         }
     }
 
@@ -347,6 +361,7 @@ fn reported_recipient(
             note.reply.to_string()
         }),
         remote_mta: note.relay.as_ref().map(|relay| relay.host.clone()),
+        class: note.class,
         last_attempt: Some(note.at),
         will_retry_until: (kind == NoteKind::Delayed).then(|| envelope.arrival() + max_age),
     }

@@ -16,6 +16,7 @@ use relayq_spool::QueueId;
 use super::envelope::{Notify, RecipientStatus, unix_ms};
 use super::retry::RetryPolicy;
 use super::{Envelope, Lane, PendingOperation};
+use crate::bounce::{BounceClass, Classifier};
 use crate::events::EventKind;
 use crate::outcome::{Protection, RemoteReply, Target};
 
@@ -61,6 +62,10 @@ pub struct RecipientChange {
     /// `Delivered`, `Deferred`, `Bounced` or `Expired`.
     pub kind: EventKind,
     pub reply: RemoteReply,
+    /// Why it failed: set for `Deferred`, `Bounced` (`admin` for an
+    /// operator's bounce) and `Expired` (always `expired`); `None` for
+    /// `Delivered`.
+    pub class: Option<BounceClass>,
     pub cause: Cause,
     /// From arrival to this change.
     pub delay: Duration,
@@ -88,6 +93,9 @@ pub struct Note {
     pub index: usize,
     pub kind: NoteKind,
     pub reply: RemoteReply,
+    /// The class of the failure reported (the DSN's `X-Relayq-Class:`);
+    /// `None` for a relayed recipient.
+    pub class: Option<BounceClass>,
     pub relay: Option<Target>,
     pub at: SystemTime,
 }
@@ -215,12 +223,14 @@ impl PassResults {
     }
 
     /// Records one job's results (`delay`: from arrival to the pass's
-    /// start; `now`: when the job ended). Returns the indices delivered.
+    /// start; `now`: when the job ended), each failure with its class by
+    /// `classifier`. Returns the indices delivered.
     pub fn record(
         &mut self,
         results: Vec<RecipientResult>,
         delay: Duration,
         now: SystemTime,
+        classifier: &Classifier,
     ) -> Vec<usize> {
         let mut delivered = Vec::new();
         for result in results {
@@ -234,13 +244,16 @@ impl PassResults {
                 Outcome::Waiting { until } => {
                     recipient.status = RecipientStatus::Deferred;
                     recipient.last_reply = Some(result.reply.to_string());
+                    recipient.class = Some(classifier.classify(&result.reply));
                     self.wait_until = Some(self.wait_until.map_or(until, |at| at.min(until)));
                     continue;
                 }
             };
             self.attempted = true;
+            let class = (kind != EventKind::Delivered).then(|| classifier.classify(&result.reply));
             recipient.status = status;
             recipient.last_reply = Some(result.reply.to_string());
+            recipient.class = class;
             let note = match result.outcome {
                 Outcome::Delivered => {
                     delivered.push(result.index);
@@ -255,6 +268,7 @@ impl PassResults {
                     index: result.index,
                     kind,
                     reply: result.reply.clone(),
+                    class,
                     relay: result.relay.clone(),
                     at: now,
                 });
@@ -263,6 +277,7 @@ impl PassResults {
                 address: recipient.address.clone(),
                 kind,
                 reply: result.reply,
+                class,
                 cause: Cause::Attempt {
                     relay: result.relay,
                     protection: result.protection,
@@ -344,10 +359,12 @@ impl PassResults {
                     .clone()
                     .unwrap_or_else(|| "no attempt succeeded".to_owned());
                 recipient.status = RecipientStatus::Bounced;
+                recipient.class = Some(BounceClass::Expired);
                 recipients.push(RecipientChange {
                     address: recipient.address.clone(),
                     kind: EventKind::Expired,
                     reply: RemoteReply::local("4.4.7", last.clone()),
+                    class: Some(BounceClass::Expired),
                     cause: Cause::Expired { age },
                     delay: age,
                 });
@@ -358,6 +375,7 @@ impl PassResults {
                         "4.4.7",
                         format!("delivery time expired; last reply: {last}"),
                     ),
+                    class: Some(BounceClass::Expired),
                     relay: None,
                     at: now,
                 });
@@ -377,6 +395,8 @@ impl PassResults {
                             "4.4.7",
                             recipient.last_reply.clone().unwrap_or_default(),
                         ),
+                        // Still being retried: the class of the last try.
+                        class: recipient.class,
                         relay: None,
                         at: now,
                     });
@@ -517,10 +537,12 @@ fn bounce_open_recipients(
         }
         recipient.status = RecipientStatus::Bounced;
         recipient.last_reply = Some(reply.to_string());
+        recipient.class = Some(BounceClass::Admin);
         notes.push(Note {
             index,
             kind: NoteKind::Failed,
             reply: reply.clone(),
+            class: Some(BounceClass::Admin),
             relay: None,
             at: now,
         });
@@ -528,6 +550,7 @@ fn bounce_open_recipients(
             address: recipient.address.clone(),
             kind: EventKind::Bounced,
             reply: reply.clone(),
+            class: Some(BounceClass::Admin),
             cause: Cause::Operator,
             delay,
         });
@@ -547,6 +570,7 @@ pub fn mark_delivered(envelope: &mut Envelope, indices: &[usize]) {
     for &index in indices {
         if let Some(recipient) = envelope.recipients.get_mut(index) {
             recipient.status = RecipientStatus::Delivered;
+            recipient.class = None;
         }
     }
 }
@@ -604,5 +628,7 @@ pub fn unreported_failures(envelope: &Envelope, notes: &[Note]) -> usize {
         .count()
 }
 
+#[cfg(test)]
+mod class_tests;
 #[cfg(test)]
 mod tests;

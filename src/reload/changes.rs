@@ -33,7 +33,7 @@ const RESTART_KEYS: [&str; 8] = [
 pub fn compare(running: &Config, new: &Config) -> Changes {
     let mut changes = Changes::default();
     let new_delivery = keep_restart_keys(running, new.clone()).delivery;
-    let live: [(&'static str, bool); 14] = [
+    let live: [(&'static str, bool); 15] = [
         ("hostname", running.hostname != new.hostname),
         (
             "spool.max_message_size",
@@ -52,6 +52,9 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
         ("route", running.routes != new.routes),
         ("destination", running.destinations != new.destinations),
         ("cluster", running.cluster != new.cluster),
+        // Compares the rules as read now, so an edited file with the same
+        // path is a change too.
+        ("bounce", running.bounce != new.bounce),
         (
             "control.bulk_chunk",
             running.control.bulk_chunk != new.control.bulk_chunk,
@@ -90,6 +93,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
     known.routes = running.routes.clone();
     known.destinations = running.destinations.clone();
     known.cluster = running.cluster.clone();
+    known.bounce = running.bounce.clone();
     known.control = running.control.clone();
     known.log = running.log.clone();
     known.source.clone_from(&running.source);
@@ -142,6 +146,20 @@ mod tests {
         assert!(keep_restart_keys(&running, new).delivery.mta_sts);
         let only_sts = compare(&running, &config("[delivery]\nmta_sts = false\n"));
         assert!(only_sts.applied.is_empty(), "{only_sts:?}");
+    }
+
+    #[test]
+    fn an_edited_bounce_rules_file_is_a_change_under_the_same_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("bounce-rules.toml");
+        let text = format!("[bounce]\nrules_file = {:?}\n", rules.display().to_string());
+        std::fs::write(&rules, "[rules]\npolicy = ['acme']\n").unwrap();
+        let running = config(&text);
+        assert_eq!(compare(&running, &config(&text)), Changes::default());
+        std::fs::write(&rules, "[rules]\nspam_block = ['acme']\n").unwrap();
+        let changes = compare(&running, &config(&text));
+        assert_eq!(changes.applied, ["bounce"]);
+        assert!(changes.restart.is_empty());
     }
 
     #[test]

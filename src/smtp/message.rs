@@ -4,7 +4,8 @@
 //! through (to a file once it is large), with the size limit enforced as
 //! bytes arrive. With DKIM keys, a message whose From: domain has one is
 //! signed over the header section as stored and the body hashed as it
-//! passes ([`crate::dkim`]); the signatures go in front at the end.
+//! passes ([`crate::dkim`]); the signatures go in front at the end. Such a
+//! message that cannot be signed is refused, never stored unsigned.
 //!
 //! The fields intake consumes (`Idempotency-Key`, `X-Relayq-Meta-*`:
 //! [`super::consumed_headers`]) are taken out of the header section before
@@ -23,10 +24,11 @@ use relayq_spool::{Body, BodyWriter};
 use super::consumed_headers::{self, ConsumedHeaders, Scan};
 use super::idempotency::ContentHasher;
 use super::long_lines::LineBreaker;
-use crate::dkim::{PendingSignature, Signed, Signers};
+use crate::dkim::{PendingSignature, Signed, Signers, SigningError};
 
 /// The header section is held in memory until its end is seen, up to this
-/// size; a longer one is passed through unexamined.
+/// size; a longer one is passed through unexamined, and so cannot be
+/// signed.
 const MAX_HEADER_SECTION: usize = 64 * 1024;
 
 /// What the header section said, for lane selection, the log and events.
@@ -66,6 +68,17 @@ pub enum Fingerprinting {
     Always,
 }
 
+/// What [`MessageBuilder::finish`] made of the content.
+#[derive(Debug)]
+pub enum Assembly {
+    Message(AssembledMessage),
+    /// Over `spool.max_message_size`.
+    TooBig,
+    /// A DKIM key covers the From: domain and the message could not be
+    /// signed: it is not stored (invariant: never sent unsigned).
+    NotSigned(SigningError),
+}
+
 /// Headers relayq adds to the message it stores.
 pub struct TraceHeaders {
     /// The complete `Received:` field, CRLF-terminated.
@@ -95,6 +108,9 @@ pub struct MessageBuilder {
     /// Set at the end of the header section when the content is hashed.
     content_hash: Option<ContentHasher>,
     consumed: ConsumedHeaders,
+    /// Set, and the writer dropped, when a message that must be signed
+    /// cannot be.
+    not_signed: Option<SigningError>,
 }
 
 impl MessageBuilder {
@@ -114,6 +130,7 @@ impl MessageBuilder {
             fingerprinting: Fingerprinting::Keyed { message_id: false },
             content_hash: None,
             consumed: ConsumedHeaders::default(),
+            not_signed: None,
         }
     }
 
@@ -175,23 +192,25 @@ impl MessageBuilder {
         };
         let search_from = section.len().saturating_sub(3);
         section.extend_from_slice(data);
-        if let Some(end) = header_section_end(section, search_from) {
+        let end = header_section_end(section, search_from);
+        if let Some(end) = end.filter(|&end| end <= MAX_HEADER_SECTION) {
             let mut section = self.header_section.take().unwrap_or_default();
             let rest = section.split_off(end);
             self.write_header_section(&section, true)?;
             self.write_body(&rest)?;
         } else if section.len() > MAX_HEADER_SECTION {
-            // Unexamined, so unsigned: the From: may come later.
+            // Too long, whether its end arrived in this chunk or not: which
+            // header sections are examined does not depend on chunking.
             let section = self.header_section.take().unwrap_or_default();
             self.write_header_section(&section, false)?;
         }
         Ok(())
     }
 
-    /// Completes the message; `None` if it went over the size limit. When
-    /// [`MessageBuilder::signs`], this signs (CPU-bound) and, for a large
-    /// message, copies the body file once: call it off the async workers.
-    pub fn finish(mut self) -> io::Result<Option<AssembledMessage>> {
+    /// Completes the message. When [`MessageBuilder::signs`], this signs
+    /// (CPU-bound) and, for a large message, copies the body file once: call
+    /// it off the async workers.
+    pub fn finish(mut self) -> io::Result<Assembly> {
         if self.writer.is_some() {
             let mut rest = Vec::new();
             self.lines.finish(&mut rest);
@@ -201,11 +220,20 @@ impl MessageBuilder {
             // The content ended inside the header section: it is all header.
             self.write_header_section(&section, true)?;
         }
+        if let Some(error) = self.not_signed.take() {
+            return Ok(Assembly::NotSigned(error));
+        }
         let Some(writer) = self.writer.take() else {
-            return Ok(None);
+            return Ok(Assembly::TooBig);
         };
-        let dkim = match self.signing.take() {
-            Some(pending) => pending.finish(SystemTime::now()),
+        let dkim = match self
+            .signing
+            .take()
+            .map(|pending| pending.finish(SystemTime::now()))
+        {
+            Some(Ok(signed)) => signed,
+            // Dropping the writer deletes any file it created.
+            Some(Err(error)) => return Ok(Assembly::NotSigned(error)),
             None => Signed::default(),
         };
         let size = writer.len() + dkim.fields.len() as u64;
@@ -214,7 +242,7 @@ impl MessageBuilder {
         } else {
             writer.finish_with_prefix(dkim.fields.as_bytes())?
         };
-        Ok(Some(AssembledMessage {
+        Ok(Assembly::Message(AssembledMessage {
             body,
             size,
             facts: self.facts,
@@ -250,7 +278,24 @@ impl MessageBuilder {
     /// when `complete` (the whole header section), takes those fields and
     /// starts signing if a key covers the From: domain (and the consumed
     /// fields do not refuse the message).
+    /// When not, a message a key may cover is refused (`not_signed`): a
+    /// From: beyond what was held cannot be ruled out.
     fn write_header_section(&mut self, section: &[u8], complete: bool) -> io::Result<()> {
+        if !complete && let Some(signers) = &self.signers {
+            // Only the fields within the first MAX_HEADER_SECTION octets
+            // count, however much more this chunk brought.
+            let held = &section[..section.len().min(MAX_HEADER_SECTION)];
+            let author_domain = MessageParser::new()
+                .parse_headers(complete_fields(held))
+                .and_then(|parsed| crate::dkim::author_domain(parsed.from()));
+            if author_domain.is_none_or(|domain| signers.covers(&domain)) {
+                self.not_signed = Some(SigningError::HeaderSectionTooLarge(MAX_HEADER_SECTION));
+                // Dropping the writer deletes any file it created; the rest
+                // of the content is read and discarded.
+                self.writer = None;
+                return Ok(());
+            }
+        }
         let scan = if complete {
             consumed_headers::scan(section)
         } else {
@@ -309,6 +354,19 @@ impl MessageBuilder {
     }
 }
 
+/// The complete fields at the start of an unfinished header section: up to
+/// the last line break that another field's first line follows (the last
+/// line held may be continued, or cut short).
+fn complete_fields(section: &[u8]) -> &[u8] {
+    let mut end = 0;
+    for newline in memchr::memchr_iter(b'\n', section) {
+        if !matches!(section.get(newline + 1), Some(b' ' | b'\t') | None) {
+            end = newline + 1;
+        }
+    }
+    &section[..end]
+}
+
 /// Index just past the blank line ending the header section, searching from
 /// `from`; an empty header section (content starts with CRLF) ends at 0.
 fn header_section_end(section: &[u8], from: usize) -> Option<usize> {
@@ -336,7 +394,11 @@ mod tests {
         for chunk in chunks {
             builder.push(chunk).unwrap();
         }
-        let message = builder.finish().unwrap()?;
+        let message = match builder.finish().unwrap() {
+            Assembly::Message(message) => message,
+            Assembly::TooBig => return None,
+            Assembly::NotSigned(error) => panic!("not signed: {error}"),
+        };
         let id = spool.allocate_id();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -416,7 +478,9 @@ mod tests {
         for chunk in chunks {
             builder.push(chunk).unwrap();
         }
-        let message = builder.finish().unwrap().unwrap();
+        let Assembly::Message(message) = builder.finish().unwrap() else {
+            panic!("not assembled");
+        };
         let stored = message.body.inline_bytes().unwrap().to_vec();
         assert_eq!(stored.len() as u64, message.size);
         (
@@ -511,5 +575,103 @@ X-Relayq-Meta-Tenant: acme\r\n\r\nbody\r\n";
         let directory = tempfile::tempdir().unwrap();
         let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
         assert!(build(&spool, &[&[b'x'; 70_000], &[b'y'; 70_000]], 100_000).is_none());
+    }
+
+    #[test]
+    fn complete_fields_stop_before_a_line_that_may_go_on() {
+        let section = b"From: a@example.com\r\nSubject: x\r\n y\r\nTo: b@exa";
+        assert_eq!(
+            complete_fields(section),
+            b"From: a@example.com\r\nSubject: x\r\n y\r\n"
+        );
+        assert_eq!(complete_fields(b"From: a@example.com\r\n"), b"");
+        assert_eq!(complete_fields(b"From: a@example.com\r\n\tmore"), b"");
+    }
+
+    /// Signers for example.com with an Ed25519 key made by openssl.
+    fn example_signers(directory: &std::path::Path) -> Arc<Signers> {
+        let key = directory.join("ed.pem");
+        let output = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .output()
+            .expect("the openssl command line tool runs");
+        assert!(output.status.success(), "{output:?}");
+        let settings = crate::config::DkimSettings {
+            domain: "example.com".into(),
+            selector: "s".into(),
+            private_key: key,
+            headers: None,
+        };
+        Arc::new(Signers::load(&[settings]).unwrap())
+    }
+
+    /// A header section longer than intake holds, its From: field `before`
+    /// or after that much filler.
+    fn long_header_section(from: &str, before: bool) -> Vec<u8> {
+        let mut content = Vec::new();
+        if before {
+            content.extend_from_slice(format!("From: {from}\r\n").as_bytes());
+        }
+        for index in 0..1000 {
+            content
+                .extend_from_slice(format!("X-Filler-{index}: {}\r\n", "f".repeat(80)).as_bytes());
+        }
+        if !before {
+            content.extend_from_slice(format!("From: {from}\r\n").as_bytes());
+        }
+        content.extend_from_slice(b"\r\nbody\r\n");
+        assert!(content.len() > MAX_HEADER_SECTION);
+        content
+    }
+
+    fn assemble_signed(
+        spool: &Spool,
+        signers: &Arc<Signers>,
+        content: &[u8],
+        chunk_size: usize,
+    ) -> Assembly {
+        let mut builder = MessageBuilder::new(spool.body_writer(), trace(), 1 << 20)
+            .with_signers(Some(signers.clone()));
+        for chunk in content.chunks(chunk_size) {
+            builder.push(chunk).unwrap();
+        }
+        builder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_header_section_too_large_to_sign_is_not_stored_unsigned() {
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path().join("spool"))).unwrap();
+        let signers = example_signers(directory.path());
+        // What each message becomes, in small chunks and in one: refused,
+        // unsigned, or signed by these keys.
+        let outcome = |from: &str, from_first: bool, chunk_size: usize| {
+            let content = long_header_section(from, from_first);
+            match assemble_signed(&spool, &signers, &content, chunk_size) {
+                Assembly::NotSigned(SigningError::HeaderSectionTooLarge(_)) => "refused".to_owned(),
+                Assembly::Message(message) if message.dkim.signatures.is_empty() => {
+                    "unsigned".to_owned()
+                }
+                Assembly::Message(message) => message.dkim.signatures.join(","),
+                other => format!("{other:?}"),
+            }
+        };
+        for chunk_size in [4096, 1 << 20] {
+            // From: a covered domain; or none among the fields held (the
+            // first 64 KiB), so that none can be ruled out.
+            assert_eq!(outcome("app@example.com", true, chunk_size), "refused");
+            assert_eq!(outcome("app@example.com", false, chunk_size), "refused");
+            assert_eq!(outcome("app@other.org", false, chunk_size), "refused");
+            // From: a domain no key covers, among the fields held: unsigned
+            // as before.
+            assert_eq!(outcome("app@other.org", true, chunk_size), "unsigned");
+        }
+        // A short header section from the same domain is signed.
+        let short = b"From: app@example.com\r\n\r\nbody\r\n";
+        let Assembly::Message(message) = assemble_signed(&spool, &signers, short, 4096) else {
+            panic!("not assembled");
+        };
+        assert_eq!(message.dkim.signatures, ["example.com/s"]);
     }
 }

@@ -97,6 +97,16 @@ pub fn spool_unavailable() -> Reply {
     )
 }
 
+/// A message a DKIM key covers that could not be signed: not queued, rather
+/// than sent unsigned (ARCHITECTURE.md, the DKIM invariant).
+pub fn not_signed(error: &crate::dkim::SigningError) -> Reply {
+    Reply::new(
+        451,
+        "4.3.0",
+        format!("Error: message not queued: cannot DKIM-sign it ({error})"),
+    )
+}
+
 pub fn insufficient_storage_at_mail() -> Reply {
     Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
 }

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::bounce::BounceClass;
 use crate::events::EventKind;
 use crate::outcome::RemoteReply;
 use crate::queue::Lane;
@@ -128,7 +129,7 @@ pub struct WebhookEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub class: Option<String>,
+    pub class: Option<BounceClass>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<Remote>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -278,6 +279,7 @@ pub fn for_transition(
         let mut event = WebhookEvent::new(ids.next(at), event_type, at);
         message_fields(&mut event, transition);
         event.recipient = Some(change.address.clone());
+        event.class = change.class;
         match &change.cause {
             Cause::Attempt { relay, protection } => {
                 event.remote = Some(remote(&change.reply, relay.as_ref()));

@@ -12,11 +12,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::common::delivery::{config, expect_messages, start_mx, zone_with_sender_mx};
+use crate::common::dkim::{dkim_block, make_key, passes, verify};
 use crate::common::dns_server::TestDns;
 use crate::common::fake_mx::Script;
 use crate::common::tls_client::{ListenerFiles, TlsClient};
 use crate::common::{Response, SmtpClient, TestRelay, WAIT, maildrop_files, queue_json, queued_id};
-use crate::dkim::{dkim_block, make_key, passes, verify};
 use crate::sendmail;
 
 const FROM: &str = "app@example.com";

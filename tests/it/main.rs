@@ -7,6 +7,7 @@
 
 mod common;
 
+mod bounce_classes;
 mod check_config;
 mod cluster_redis;
 mod connection_pressure;
@@ -24,6 +25,9 @@ mod destination_rate;
 mod destination_rollup;
 mod destination_suspension;
 mod dkim;
+mod dkim_oversigning;
+mod dkim_signature_field;
+mod dkim_signing_failure;
 mod dns_resolution;
 mod durability;
 mod group_commit;

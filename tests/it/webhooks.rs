@@ -119,6 +119,8 @@ fn delivered_and_bounced_events_are_posted_signed_with_their_fields() {
     assert_eq!(bounced["recipient"], "bad@dest.test");
     assert_eq!(bounced["remote"]["code"], 550);
     assert_eq!(bounced["remote"]["enhanced"], "5.1.1");
+    assert_eq!(bounced["class"], "invalid_recipient");
+    assert!(delivered.get("class").is_none(), "{delivered}");
     for event in &events {
         for (field, value) in event.as_object().unwrap() {
             assert!(!value.is_null(), "{field} is null in {event}");
@@ -198,6 +200,7 @@ fn an_outage_delays_events_without_losing_or_reordering_them() {
         .unwrap();
     assert!(deferred["next_attempt"].as_str().is_some(), "{deferred}");
     assert_eq!(deferred["remote"]["code"], 451);
+    assert_eq!(deferred["class"], "policy", "greylisting: {deferred}");
 }
 
 #[test]

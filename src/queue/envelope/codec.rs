@@ -11,6 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{Envelope, EnvelopeError, Lane, Meta, Notify, Recipient, RecipientStatus, Ret};
+use crate::bounce::BounceClass;
 
 /// First octet of a binary record. A JSON document never starts with it.
 const BINARY: u8 = 0xB1;
@@ -26,6 +27,10 @@ const META: u8 = 2;
 /// The message's `Message-ID` without its angle brackets, a string (length-
 /// prefixed, so an older relayq skips it).
 const MESSAGE_ID: u8 = 4;
+/// The recipients' bounce classes: a length, then one octet per recipient
+/// in order ([`class_code`]; 0 for none). Written only when some recipient
+/// has a class, so records of pending mail stay as they were.
+const RECIPIENT_CLASSES: u8 = 3;
 
 pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 48 * envelope.recipients.len());
@@ -112,6 +117,20 @@ pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
         out.push(MESSAGE_ID);
         varint(&mut out, field.len() as u64);
         out.extend_from_slice(&field);
+    }
+    if envelope
+        .recipients
+        .iter()
+        .any(|recipient| recipient.class.is_some())
+    {
+        out.push(RECIPIENT_CLASSES);
+        varint(&mut out, envelope.recipients.len() as u64);
+        out.extend(
+            envelope
+                .recipients
+                .iter()
+                .map(|recipient| recipient.class.map_or(0, class_code)),
+        );
     }
     out.push(END);
     out
@@ -200,6 +219,16 @@ impl Reader<'_> {
                         .string()?,
                     );
                 }
+                RECIPIENT_CLASSES => {
+                    let length = self.length()?;
+                    if length != recipients.len() {
+                        return Err(malformed("recipient classes"));
+                    }
+                    let codes = self.take(length)?;
+                    for (recipient, &code) in recipients.iter_mut().zip(codes) {
+                        recipient.class = class_of_code(code);
+                    }
+                }
                 // A field a newer relayq added: skip it.
                 _ => {
                     let length = self.length()?;
@@ -280,6 +309,7 @@ impl Reader<'_> {
             notify,
             status,
             last_reply,
+            class: None,
         })
     }
 
@@ -349,6 +379,42 @@ impl Reader<'_> {
     }
 }
 
+/// A class's stored octet: stable, whatever the order of the enum.
+fn class_code(class: BounceClass) -> u8 {
+    match class {
+        BounceClass::InvalidRecipient => 1,
+        BounceClass::InactiveMailbox => 2,
+        BounceClass::BadDomain => 3,
+        BounceClass::MailboxFull => 4,
+        BounceClass::MessageTooLarge => 5,
+        BounceClass::SpamBlock => 6,
+        BounceClass::SpamContent => 7,
+        BounceClass::Policy => 8,
+        BounceClass::TlsFailure => 9,
+        BounceClass::DnsFailure => 10,
+        BounceClass::ConnectionFailure => 11,
+        BounceClass::ProtocolError => 12,
+        BounceClass::RateLimited => 13,
+        BounceClass::Expired => 14,
+        BounceClass::Admin => 15,
+        BounceClass::Unclassified => 16,
+    }
+}
+
+/// The class of a stored octet: 0 is none; an octet a newer relayq wrote
+/// for a class this one does not know reads as `unclassified`.
+fn class_of_code(code: u8) -> Option<BounceClass> {
+    match code {
+        0 => None,
+        code => Some(
+            BounceClass::ALL
+                .into_iter()
+                .find(|&class| class_code(class) == code)
+                .unwrap_or(BounceClass::Unclassified),
+        ),
+    }
+}
+
 fn malformed(what: &'static str) -> EnvelopeError {
     EnvelopeError::Malformed(what)
 }
@@ -405,6 +471,7 @@ mod tests {
                     },
                     status: RecipientStatus::Deferred,
                     last_reply: Some("451 4.3.0 try later".into()),
+                    class: Some(BounceClass::RateLimited),
                 },
             ],
             Lane::Low,
@@ -457,13 +524,19 @@ mod tests {
 
     #[test]
     fn metadata_is_a_tagged_field_that_older_readers_skip() {
-        let mut plain = sample();
+        // Only the metadata among the optional fields after it.
+        let mut with_meta = sample();
+        with_meta.message_id = None;
+        for recipient in &mut with_meta.recipients {
+            recipient.class = None;
+        }
+        let mut plain = with_meta.clone();
         plain.meta = Meta::default();
         let without = encode(&plain);
         assert_eq!(decode(&without).unwrap().meta, Meta::default());
         // With metadata, the record is the same up to the end marker, then
         // the META field.
-        let with = encode(&sample());
+        let with = encode(&with_meta);
         let at = without.len() - 1;
         assert_eq!(with[..at], without[..at]);
         assert_eq!(with[at], META);
@@ -480,6 +553,48 @@ mod tests {
         assert_eq!(encoded.pop(), Some(END));
         encoded.extend_from_slice(&[9, 3, b'a', b'b', b'c', END]);
         assert_eq!(decode(&encoded).unwrap(), envelope);
+    }
+
+    #[test]
+    fn recipient_classes_are_stored_only_when_there_is_one() {
+        let mut envelope = sample();
+        let with_class = encode(&envelope);
+        assert_eq!(
+            decode(&with_class).unwrap().recipients[1].class,
+            Some(BounceClass::RateLimited)
+        );
+        envelope.recipients[1].class = None;
+        let without = encode(&envelope);
+        // Two octets of tag and length, and one per recipient.
+        assert_eq!(with_class.len(), without.len() + 2 + 2);
+        assert_eq!(decode(&without).unwrap(), envelope);
+        for class in BounceClass::ALL {
+            envelope.recipients[0].class = Some(class);
+            assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
+        }
+    }
+
+    #[test]
+    fn records_without_classes_and_unknown_class_codes_still_read() {
+        let envelope = sample();
+        let mut encoded = encode(&envelope);
+        // The record as a relayq without classes would have written it.
+        let tag = encoded.len() - 5;
+        assert_eq!(encoded[tag..], [RECIPIENT_CLASSES, 2, 0, 13, END]);
+        let mut older = encoded[..tag].to_vec();
+        older.push(END);
+        let mut expected = envelope.clone();
+        expected.recipients[1].class = None;
+        assert_eq!(decode(&older).unwrap(), expected);
+        // A class added by a newer relayq.
+        encoded[tag + 3] = 200;
+        assert_eq!(
+            decode(&encoded).unwrap().recipients[1].class,
+            Some(BounceClass::Unclassified)
+        );
+        // A count that is not the recipients' is damage.
+        encoded[tag + 1] = 3;
+        assert!(decode(&encoded).is_err());
     }
 
     #[test]

@@ -3,17 +3,20 @@
 use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use super::*;
+use crate::bounce::{BuiltinRules, OperatorRules};
 use crate::config::RetrySettings;
 use crate::queue::envelope::Recipient;
 
 const ARRIVAL: u64 = 1_800_000_000_000;
 
-fn at(seconds_after_arrival: u64) -> SystemTime {
+pub(super) fn at(seconds_after_arrival: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ARRIVAL) + Duration::from_secs(seconds_after_arrival)
 }
 
-fn envelope(recipients: &[&str]) -> Envelope {
+pub(super) fn envelope(recipients: &[&str]) -> Envelope {
     Envelope::new(
         "app@example.com".to_owned(),
         recipients
@@ -26,7 +29,14 @@ fn envelope(recipients: &[&str]) -> Envelope {
     )
 }
 
-fn policy(delay_warning: Option<Duration>) -> RetryPolicy {
+pub(super) fn classifier() -> Classifier {
+    Classifier::new(
+        OperatorRules::default(),
+        Arc::new(BuiltinRules::compile().unwrap()),
+    )
+}
+
+pub(super) fn policy(delay_warning: Option<Duration>) -> RetryPolicy {
     RetryPolicy::new(&RetrySettings {
         initial: Duration::from_secs(300),
         factor: 2.0,
@@ -43,7 +53,7 @@ fn target() -> Target {
     }
 }
 
-fn result(index: usize, outcome: Outcome, code: u16, status: &str) -> RecipientResult {
+pub(super) fn result(index: usize, outcome: Outcome, code: u16, status: &str) -> RecipientResult {
     RecipientResult {
         index,
         outcome,
@@ -72,6 +82,7 @@ fn results_set_states_and_note_what_the_sender_is_told() {
         ],
         Duration::from_secs(3),
         at(3),
+        &classifier(),
     );
     assert_eq!(delivered, vec![0]);
     let statuses: Vec<RecipientStatus> = pass
@@ -113,7 +124,7 @@ fn a_next_hop_with_dsn_reports_success_itself() {
     let mut pass = PassResults::new(message);
     let mut delivered = result(0, Outcome::Delivered, 250, "2.0.0");
     delivered.next_hop_offers_dsn = true;
-    pass.record(vec![delivered], Duration::ZERO, at(1));
+    pass.record(vec![delivered], Duration::ZERO, at(1), &classifier());
     assert!(pass.notes.is_empty());
 }
 
@@ -127,6 +138,7 @@ fn an_early_commit_marks_only_the_delivered_and_announces_only_them() {
         ],
         Duration::ZERO,
         at(1),
+        &classifier(),
     );
     let early = pass.delivered_early(QueueId(7), delivered, at(1));
     assert_eq!(early.record, Record::MarkDelivered(vec![0]));
@@ -162,6 +174,7 @@ fn a_pass_with_open_recipients_counts_an_attempt_and_schedules_the_next() {
         vec![result(0, Outcome::Deferred, 451, "4.3.0")],
         Duration::ZERO,
         at(10),
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), at(10), 0.5);
     assert_eq!(transition.record, Record::Update);
@@ -184,6 +197,7 @@ fn a_pass_that_finalises_everyone_removes_the_message() {
         ],
         Duration::ZERO,
         at(1),
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), at(1), 0.5);
     assert_eq!(transition.record, Record::Remove);
@@ -201,6 +215,7 @@ fn past_max_age_open_recipients_expire_with_a_failure_report() {
         ],
         Duration::ZERO,
         now,
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), now, 0.5);
     assert_eq!(transition.record, Record::Remove);
@@ -233,6 +248,7 @@ fn time_on_hold_does_not_count_toward_expiry() {
         vec![result(0, Outcome::Deferred, 451, "4.3.0")],
         Duration::ZERO,
         now,
+        &classifier(),
     );
     let transition = pass.finish(QueueId(1), None, &policy(None), now, 0.5);
     assert_eq!(transition.record, Record::Update);
@@ -257,6 +273,7 @@ fn the_delay_warning_goes_once_to_those_who_asked() {
         ],
         Duration::ZERO,
         now,
+        &classifier(),
     );
     let warning = Some(Duration::from_secs(4 * 3600));
     let transition = pass.finish(QueueId(1), None, &policy(warning), now, 0.5);
@@ -280,6 +297,7 @@ fn operations_left_with_a_pass_are_applied_at_its_end() {
             ],
             Duration::ZERO,
             at(1),
+            &classifier(),
         );
         pass.finish(QueueId(1), pending, &policy(None), at(1), 0.5)
     };
@@ -355,6 +373,7 @@ fn reports_follow_notify_and_never_go_to_the_null_sender() {
         index,
         kind,
         reply: RemoteReply::local("5.0.0", "x"),
+        class: None,
         relay: None,
         at: at(0),
     };
@@ -394,7 +413,12 @@ fn held_back_recipients_wait_without_an_attempt_or_backoff() {
         next_hop_offers_dsn: false,
         protection: Default::default(),
     };
-    pass.record(vec![wait(0, 17), wait(1, 12)], Duration::ZERO, at(10));
+    pass.record(
+        vec![wait(0, 17), wait(1, 12)],
+        Duration::ZERO,
+        at(10),
+        &classifier(),
+    );
     assert!(pass.recipients.is_empty(), "a wait is not announced");
     let transition = pass.finish(QueueId(7), None, &policy(None), at(10), 0.5);
     assert_eq!(transition.envelope.attempts, 2, "no attempt counted");
@@ -425,6 +449,7 @@ fn an_attempt_beside_a_wait_counts_and_comes_back_at_the_earlier_time() {
         vec![result(0, Outcome::Deferred, 451, "4.3.0"), waiting],
         Duration::ZERO,
         at(10),
+        &classifier(),
     );
     let transition = pass
         .clone()
@@ -460,6 +485,7 @@ fn a_wait_past_the_maximum_age_still_expires() {
         }],
         Duration::ZERO,
         at(6 * 86400 - 1),
+        &classifier(),
     );
     let transition = pass.finish(QueueId(7), None, &policy(None), at(6 * 86400), 0.5);
     assert_eq!(transition.record, Record::Remove);

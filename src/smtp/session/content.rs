@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::super::data::{DataReader, LineEndings};
 use super::super::idempotency::{self, Repeat};
-use super::super::message::{MessageBuilder, TraceHeaders};
+use super::super::message::{Assembly, MessageBuilder, TraceHeaders};
 use super::super::reply::{self, Reply};
 use super::pace::Request;
 use super::{Next, Session};
@@ -288,9 +288,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             builder.finish()
         };
         let mut assembled = match finished {
-            Ok(Some(assembled)) => assembled,
-            Ok(None) => {
+            Ok(Assembly::Message(assembled)) => assembled,
+            Ok(Assembly::TooBig) => {
                 self.reply_error(reply::message_too_big());
+                return;
+            }
+            Ok(Assembly::NotSigned(error)) => {
+                tracing::error!(queue_id = %id, "{id}: refused, not DKIM-signed: {error}");
+                self.reply(reply::not_signed(&error));
                 return;
             }
             Err(error) => {
@@ -395,9 +400,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     stored.batch_size,
                     self.client_ip(),
                 );
-                for failure in &assembled.dkim.failures {
-                    tracing::error!(queue_id = %id, "{id}: not DKIM-signed with {failure}");
-                }
                 if !assembled.dkim.signatures.is_empty() {
                     tracing::info!(
                         queue_id = %id,

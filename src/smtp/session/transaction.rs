@@ -130,6 +130,7 @@ impl<S> Session<S> {
             notify: rcpt.notify,
             status: RecipientStatus::Pending,
             last_reply: None,
+            class: None,
         };
         if let Some(transaction) = self.transaction.as_mut() {
             transaction.recipients.push(recipient);
