@@ -286,7 +286,7 @@ fn algorithm_of(text: &str) -> Result<Algorithm, String> {
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 2 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -196,7 +196,7 @@ pub(super) async fn ask<T>(
             // Answers may include the CNAMEs that led to the records.
             let answers = lookup.answers();
             let secure = match path.validating {
-                true => proven(answers).map_err(|what| failed(what))?,
+                true => proven(answers).map_err(&failed)?,
                 false => false,
             };
             let records: Vec<T> = answers.iter().filter_map(|r| extract(&r.data)).collect();
@@ -214,7 +214,7 @@ pub(super) async fn ask<T>(
         }
         Err(NetError::Dns(ResponseError::NoRecordsFound(no_records))) => {
             let secure = match (path.validating, &no_records.authorities) {
-                (true, Some(authorities)) => proven(authorities).map_err(|what| failed(what))?,
+                (true, Some(authorities)) => proven(authorities).map_err(&failed)?,
                 // A negative answer without records can only have passed
                 // validation by proving the name's zone unsigned.
                 _ => false,
