@@ -47,7 +47,12 @@ impl TrustAnchorSource {
     pub fn read(path: &Path) -> Result<TrustAnchorSource, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        let anchors = parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        TrustAnchorSource::from_text(path, &text)
+    }
+
+    /// The trust anchors of `text`, read from `path`.
+    pub fn from_text(path: &Path, text: &str) -> Result<TrustAnchorSource, String> {
+        let anchors = parse(text).map_err(|error| format!("{}: {error}", path.display()))?;
         Ok(TrustAnchorSource::File {
             path: path.to_owned(),
             anchors,
