@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::control;
-use crate::delivery::{self, engine::DeliveryContext};
+use crate::delivery::{self, DeliveryContext};
 use crate::dkim::{Signers, SigningKeys};
 use crate::events::Events;
 use crate::http::ResolverSource;
@@ -29,6 +29,7 @@ use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::{Security, SessionShared};
 use crate::storage::FreeSpace;
+use crate::suppression::{self, Suppression};
 use crate::systemd::Notifier;
 use crate::webhook::Webhooks;
 
@@ -65,9 +66,19 @@ pub async fn run(
         .context("spool open task failed")?;
     let spool =
         opened.with_context(|| format!("cannot open spool {}", config.spool.path.display()))?;
-    let (queue, recovery) = Queue::rebuild(&spool)
-        .await
-        .context("cannot rebuild the queue from the spool")?;
+    // The schedule and the suppression set are rebuilt side by side: both
+    // are reads of the spool on the blocking pool.
+    let loading = std::time::Instant::now();
+    let (rebuilt, suppressed) = tokio::join!(Queue::rebuild(&spool), Suppression::load(&spool));
+    let (queue, recovery) = rebuilt.context("cannot rebuild the queue from the spool")?;
+    let suppressed = suppressed.context("cannot load the suppression list from the spool")?;
+    tracing::info!(
+        "suppression list: {} addresses loaded ({} unreadable) in {} ms, {:.1} MB in memory",
+        suppressed.len(),
+        suppressed.unreadable,
+        loading.elapsed().as_millis(),
+        suppressed.table_bytes() as f64 / 1e6,
+    );
     tracing::info!(
         "spool {}: {} messages queued (high {}, low {}), {} completed removed, {} set aside",
         config.spool.path.display(),
@@ -83,12 +94,14 @@ pub async fn run(
     let events = Events::new();
     let metrics = Arc::new(Metrics::new());
     let control_socket = control::bind(&config.control.socket)?;
-    let live = Live::build(config.clone(), None, &metrics).context("cannot set up delivery")?;
+    let live =
+        Live::build(config.clone(), None, &metrics, &tracker).context("cannot set up delivery")?;
+    let destinations = DeliveryContext::destinations(&config);
     let settings = Settings::new(live);
     check_dnssec(&settings, &tracker);
     let resolver: ResolverSource = {
         let settings = settings.clone();
-        Arc::new(move || settings.snapshot().resolver.clone())
+        Arc::new(move || settings.delivery().load().resolver.clone())
     };
     let webhooks =
         Arc::new(Webhooks::new(&config.webhooks, &resolver).context("cannot set up webhooks")?);
@@ -101,18 +114,32 @@ pub async fn run(
                 .unwrap_or_default()
         });
     }
+    let suppression = Arc::new(Suppression::new(
+        suppressed,
+        settings.clone(),
+        spool.clone(),
+        events.clone(),
+        metrics.clone(),
+    ));
     let handle = QueueHandle {
-        settings: settings.clone(),
+        settings: settings.queue(),
         spool: spool.clone(),
         queue: queue.clone(),
         events: events.clone(),
         metrics: metrics.clone(),
-        webhooks: webhooks.clone(),
+        hooks: vec![webhooks.clone(), suppression.clone()],
+        reservations: destinations.clone(),
     };
     webhooks.start(&spool, &tracker, shutdown.clone()).await;
     let delivery = Arc::new(
-        DeliveryContext::new(&settings.snapshot(), handle.clone(), tracker.clone())
-            .context("cannot set up delivery")?,
+        DeliveryContext::new(
+            &config,
+            handle.clone(),
+            destinations,
+            settings.delivery(),
+            tracker.clone(),
+        )
+        .context("cannot set up delivery")?,
     );
     {
         // Weak: the metrics outlive nothing, and the context holds them.
@@ -127,7 +154,7 @@ pub async fn run(
     let delivery_shutdown = CancellationToken::new();
     let engine = delivery::engine::spawn(
         delivery.clone(),
-        &settings.snapshot(),
+        &config,
         &tracker,
         delivery_shutdown.clone(),
     );
@@ -150,6 +177,7 @@ pub async fn run(
         )),
         dkim: dkim.clone(),
         webhooks: webhooks.clone(),
+        suppression: suppression.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
@@ -206,6 +234,14 @@ pub async fn run(
         settings.clone(),
         shutdown.clone(),
     ));
+    tracker.spawn(suppression::stream::run(
+        suppression.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(suppression::sweep::run(
+        suppression.clone(),
+        shutdown.clone(),
+    ));
     let notifier = Arc::new(Notifier::from_env());
     let reloader = Arc::new(Reloader {
         file: config.source.clone(),
@@ -231,7 +267,18 @@ pub async fn run(
     // The control API (`relayq queue …`, `relayq reload`); its socket is
     // removed at shutdown.
     tracing::info!("control socket {}", config.control.socket.display());
-    control::spawn(control_socket, handle, reloader, &tracker, shutdown.clone());
+    let control = control::Context {
+        handle,
+        webhooks,
+        suppression: suppression.clone(),
+    };
+    control::spawn(
+        control_socket,
+        control,
+        reloader,
+        &tracker,
+        shutdown.clone(),
+    );
 
     tracing::info!(
         "relayq ready: hostname {}, spool {}, config {}",
@@ -347,7 +394,7 @@ async fn wait_for_signal() {
 /// that strips DNSSEC: MX delivery would defer until it is fixed). Never
 /// delays the start.
 fn check_dnssec(settings: &Settings, tracker: &TaskTracker) {
-    let resolver = settings.snapshot().resolver.clone();
+    let resolver = settings.snapshot().delivery.resolver.clone();
     if resolver.validates() {
         tracker.spawn(async move {
             resolver.check_dnssec().await;

@@ -33,6 +33,9 @@ pub enum EventKind {
     Suspended,
     /// A suspended destination sends again.
     Resumed,
+    /// `RCPT TO:` refused: the address is on the suppression list. No
+    /// message was queued: no `id`, no `lane`.
+    Suppressed,
 }
 
 impl EventKind {
@@ -50,6 +53,7 @@ impl EventKind {
             EventKind::Removed => "removed",
             EventKind::Suspended => "suspended",
             EventKind::Resumed => "resumed",
+            EventKind::Suppressed => "suppressed",
         }
     }
 }
@@ -157,6 +161,31 @@ impl Event {
         }
     }
 
+    /// A recipient refused at RCPT because it is suppressed (`class`: the
+    /// entry's): `reply` is the refusal sent to the client.
+    pub fn suppressed(sender: &str, recipient: &str, class: BounceClass, reply: String) -> Event {
+        Event {
+            time: crate::timefmt::rfc3339(SystemTime::now()),
+            event: EventKind::Suppressed,
+            id: String::new(),
+            lane: None,
+            destination: None,
+            until: None,
+            sender: Some(sender.to_owned()),
+            recipient: Some(recipient.to_owned()),
+            recipients: None,
+            size: None,
+            relay: None,
+            tls: None,
+            policy: None,
+            status: Some("5.1.1".to_owned()),
+            class: Some(class),
+            reply: Some(reply),
+            client: None,
+            delay: None,
+        }
+    }
+
     /// One line for `queue tail` without `--json`.
     pub fn to_text(&self) -> String {
         if let Some(name) = &self.destination {
@@ -171,12 +200,17 @@ impl Event {
             };
         }
         let lane = self.lane.map_or("-", Lane::as_str);
-        let mut line = format!(
-            "{} {} {:<9} lane={lane}",
-            self.time,
-            self.id,
-            self.event.as_str(),
-        );
+        let mut line = if self.id.is_empty() {
+            // An event of no queued message (`suppressed`).
+            format!("{} {}", self.time, self.event.as_str())
+        } else {
+            format!(
+                "{} {} {:<9} lane={lane}",
+                self.time,
+                self.id,
+                self.event.as_str(),
+            )
+        };
         let mut field = |name: &str, value: Option<String>| {
             if let Some(value) = value {
                 line.push_str(&format!(" {name}={value}"));
@@ -231,6 +265,32 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suppressed_event_names_no_message() {
+        let event = Event::suppressed(
+            "app@example.com",
+            "gone@example.org",
+            BounceClass::InvalidRecipient,
+            "<gone@example.org>: recipient is suppressed".into(),
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], "suppressed");
+        assert_eq!(json["class"], "invalid_recipient");
+        assert_eq!(json["sender"], "app@example.com");
+        assert!(
+            json.get("id").is_none() && json.get("lane").is_none(),
+            "{json}"
+        );
+        let text = event.to_text();
+        assert!(
+            text.ends_with(
+                " suppressed from=<app@example.com> to=<gone@example.org> dsn=5.1.1 class=invalid_recipient (<gone@example.org>: recipient is suppressed)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("lane="), "{text}");
+    }
 
     #[test]
     fn delivery_events_say_how_they_were_protected() {

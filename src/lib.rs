@@ -31,6 +31,7 @@ pub(crate) mod reload;
 pub mod smtp;
 pub(crate) mod storage;
 pub(crate) mod submission;
+pub(crate) mod suppression;
 pub(crate) mod systemd;
 pub(crate) mod timefmt;
 pub mod tls;

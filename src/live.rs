@@ -1,30 +1,33 @@
-//! Live settings: everything a reload may change, as one immutable snapshot
-//! (ARCHITECTURE.md, "Live settings and reload").
+//! Live settings: everything a reload may change, as one generation of
+//! snapshots (ARCHITECTURE.md, "Invariants").
 //!
-//! [`Live::build`] does all the fallible work of turning a validated
-//! [`Config`] into the objects the daemon runs with (resolver, Redis client,
-//! retry policy, lane caps, bounce classifier). A new component that loads something at start
-//! and again on reload (keys, certificates, a users file) adds one field and
-//! one line there; an error from it makes the reload change nothing.
+//! Each layer reads its own part: the queue [`QueueSettings`] (host name,
+//! retry policy, bounce classifier), delivery [`DeliverySettings`] (resolver, Redis, client
+//! timeouts, routes), intake the whole [`Live`] (the configuration and the
+//! lanes' admission caps). [`Live::build`] does all the fallible work of
+//! turning a validated [`Config`] into the parts, so a reload that fails
+//! changes nothing; [`Settings::replace`] swaps the parts together. A new
+//! component that loads something at start and again on reload (keys,
+//! certificates, a users file) adds one field and one line there.
 //!
-//! Readers take the snapshot once per unit of work — a session at connect,
+//! Readers take their part once per unit of work — a session at connect,
 //! a delivery pass when it starts — and keep it to the end, so a reload
 //! never changes the settings of work in flight, and the hot paths pay one
 //! atomic load per session or pass, no lock.
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use tokio_util::task::TaskTracker;
 
-use crate::bounce::{BuiltinRules, Classifier};
-use crate::config::{Config, Route};
-use crate::delivery::client::ClientSettings;
-use crate::delivery::cluster::Cluster;
-use crate::dns::MxResolver;
+use anyhow::Context as _;
+
+use crate::bounce::BuiltinRules;
+use crate::config::Config;
+use crate::delivery::settings::{CurrentDeliverySettings, DeliverySettings};
 use crate::metrics::Metrics;
 use crate::queue::PerLane;
-use crate::queue::retry::RetryPolicy;
+use crate::queue::settings::{CurrentQueueSettings, QueueSettings};
 use crate::smtp::admission::LaneAdmission;
 
 /// One generation of live settings.
@@ -33,59 +36,42 @@ pub struct Live {
     /// restart (listeners, spool path, control socket, metrics address, log
     /// format) keep their values from the start: see `reload::changes`.
     pub config: Config,
-    pub retry: RetryPolicy,
+    /// The queue's part.
+    pub queue: Arc<QueueSettings>,
+    /// Delivery's part.
+    pub delivery: Arc<DeliverySettings>,
     /// The lanes' `max_queued` caps, checked by intake; kept across a
     /// reload that does not change them (with its log rate limit).
     pub admission: Arc<LaneAdmission>,
-    pub resolver: MxResolver,
-    /// The Redis that destination rates are shared through, if any.
-    pub cluster: Option<Arc<Cluster>>,
-    /// Timeouts and the EHLO name of outbound connections.
-    pub client_settings: ClientSettings,
-    /// `config.routes`, shared by the next hops that lead to them. A route
-    /// a reload did not change keeps its `Arc` (next hops compare routes
-    /// by identity).
-    pub routes: Vec<Arc<Route>>,
-    /// Bounce classes: the operator's rules (`bounce.rules_file`, as read
-    /// with this configuration) before the built-in ones.
-    pub classifier: Classifier,
 }
 
 impl Live {
-    /// Builds the snapshot for `config`. Stateful clients whose settings did
-    /// not change (the resolver and its cache, the Redis connection) are
-    /// taken over from `previous`.
+    /// Builds the generation for `config`. Stateful clients whose settings
+    /// did not change (the resolver and its cache, the Redis connection,
+    /// the admission caps) are taken over from `previous`; a new Redis
+    /// client connects on a task of `tracker`.
     pub fn build(
         config: Config,
         previous: Option<&Live>,
         metrics: &Arc<Metrics>,
+        tracker: &TaskTracker,
     ) -> anyhow::Result<Live> {
-        let delivery = &config.delivery;
-        let resolver = match previous {
-            Some(previous)
-                if previous.config.dns == config.dns
-                    && previous.config.delivery.ip_version == delivery.ip_version =>
-            {
-                previous.resolver.clone()
-            }
-            _ => MxResolver::new(&config.dns, delivery.ip_version).context("dns")?,
-        };
-        let cluster = match (&config.cluster.redis_url, previous) {
-            (None, _) => None,
-            (Some(_), Some(previous)) if previous.config.cluster == config.cluster => {
-                previous.cluster.clone()
-            }
-            (Some(url), _) => Some(Arc::new(Cluster::new(url, metrics.clone())?)),
-        };
-        let max_queued = PerLane::from_fn(|lane| config.lanes.get(lane).max_queued);
-        // The built-in rules never change: compiled once, then shared.
+        // The built-in bounce rules never change: compiled once, then shared.
         let builtin = match previous {
-            Some(previous) => previous.classifier.builtin().clone(),
+            Some(previous) => previous.queue.classifier.builtin().clone(),
             None => Arc::new(
                 BuiltinRules::compile().context("cannot compile the built-in bounce rules")?,
             ),
         };
-        let classifier = Classifier::new(config.bounce.rules.clone(), builtin);
+        let queue = Arc::new(QueueSettings::new(&config, builtin));
+        let delivery = DeliverySettings::build(
+            &config,
+            queue.clone(),
+            previous.map(|previous| (&previous.config, &*previous.delivery)),
+            metrics,
+            tracker,
+        )?;
+        let max_queued = PerLane::from_fn(|lane| config.lanes.get(lane).max_queued);
         let admission = match previous {
             Some(previous) if *previous.admission.max_queued() == max_queued => {
                 previous.admission.clone()
@@ -93,54 +79,51 @@ impl Live {
             _ => Arc::new(LaneAdmission::new(max_queued)),
         };
         Ok(Live {
-            retry: RetryPolicy::new(&config.retry),
+            queue,
+            delivery: Arc::new(delivery),
             admission,
-            resolver,
-            cluster,
-            client_settings: ClientSettings {
-                helo_name: config.hostname.clone(),
-                connect_timeout: delivery.connect_timeout,
-                greeting_timeout: delivery.greeting_timeout,
-                command_timeout: delivery.command_timeout,
-                data_timeout: delivery.data_timeout,
-                final_timeout: delivery.final_timeout,
-            },
-            routes: config
-                .routes
-                .iter()
-                .map(|route| {
-                    previous
-                        .and_then(|previous| previous.routes.iter().find(|old| ***old == *route))
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(route.clone()))
-                })
-                .collect(),
-            classifier,
             config,
         })
     }
 }
 
-/// The current live settings, shared by every component; cheap to clone.
+/// The live settings in force, shared by every component; cheap to clone.
 #[derive(Clone)]
 pub struct Settings {
     current: Arc<ArcSwap<Live>>,
+    queue: CurrentQueueSettings,
+    delivery: CurrentDeliverySettings,
 }
 
 impl Settings {
     pub fn new(live: Live) -> Settings {
         Settings {
+            queue: Arc::new(ArcSwap::new(live.queue.clone())),
+            delivery: Arc::new(ArcSwap::new(live.delivery.clone())),
             current: Arc::new(ArcSwap::new(Arc::new(live))),
         }
     }
 
-    /// The snapshot in force now, to keep for one unit of work.
+    /// The generation in force now, to keep for one unit of work.
     pub fn snapshot(&self) -> Arc<Live> {
         self.current.load_full()
     }
 
-    /// Makes `live` the snapshot new work takes; work in flight keeps its own.
+    /// The queue's part, for the queue handle.
+    pub fn queue(&self) -> CurrentQueueSettings {
+        self.queue.clone()
+    }
+
+    /// Delivery's part, for the delivery engine.
+    pub fn delivery(&self) -> CurrentDeliverySettings {
+        self.delivery.clone()
+    }
+
+    /// Makes `live` the generation new work takes, every part of it; work
+    /// in flight keeps its own.
     pub(crate) fn replace(&self, live: Live) {
+        self.queue.store(live.queue.clone());
+        self.delivery.store(live.delivery.clone());
         self.current.store(Arc::new(live));
     }
 }

@@ -411,7 +411,7 @@ impl Importer {
                 );
                 self.later(name);
             }
-            Outcome::Permanent(reason) => {
+            Outcome::Permanent(reason) | Outcome::NoRecipients(reason) => {
                 self.set_aside(name, &format!("refused by intake: {reason}"))
                     .await;
             }

@@ -45,6 +45,11 @@ impl FreeSpace {
         self.refresh();
     }
 
+    /// `spool.min_free_space` as it is now.
+    pub fn minimum(&self) -> u64 {
+        self.inner.minimum.load(Ordering::Relaxed)
+    }
+
     /// Bytes available to unprivileged writers on the spool's file system.
     pub fn available(&self) -> std::io::Result<u64> {
         let stats = rustix::fs::statvfs(&self.inner.path)?;

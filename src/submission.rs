@@ -5,7 +5,8 @@
 //! local-name qualification, lane selection).
 //!
 //! One transaction, one command at a time, every wait bounded. All or
-//! nothing: a refused recipient aborts the transaction before DATA, so a
+//! nothing: a refused recipient aborts the transaction before DATA (after
+//! the other recipients were asked, so the refusal names them all), so a
 //! message is accepted for every recipient or for none, and the caller can
 //! leave it in the maildrop without risking duplicates. Outcomes are data
 //! ([`Outcome`]), never errors.
@@ -51,6 +52,9 @@ pub enum Outcome {
     Temporary(String),
     /// A 5xx reply: the message will not be accepted as it is.
     Permanent(String),
+    /// Every recipient was refused at RCPT as unavailable (`550`, `551`:
+    /// unknown, suppressed): there is nobody to send the message to.
+    NoRecipients(String),
 }
 
 impl Outcome {
@@ -162,6 +166,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         if reply.code() != 250 {
             return Ok(refused("MAIL", &reply));
         }
+        // Every recipient is asked, so that the refusal names all that were
+        // refused, and says whether any was taken.
+        let mut refusals = Vec::new();
         for recipient in &submission.recipients {
             let mut rcpt = format!("RCPT TO:<{recipient}>");
             if let (true, Some(notify)) = (offered.offers(EXT_DSN), &submission.notify) {
@@ -169,8 +176,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             let reply = self.command(&rcpt, "RCPT").await?;
             if !(250..=252).contains(&reply.code()) {
-                return Ok(refused(&format!("RCPT <{recipient}>"), &reply));
+                refusals.push((
+                    reply.code(),
+                    refused(&format!("RCPT <{recipient}>"), &reply),
+                ));
             }
+        }
+        if !refusals.is_empty() {
+            return Ok(refused_recipients(refusals, submission.recipients.len()));
         }
         let reply = self.command("DATA", "DATA").await?;
         if reply.code() != 354 {
@@ -251,6 +264,39 @@ fn lines_joined(reply: &Reply) -> String {
     reply.lines().collect::<Vec<_>>().join(" ")
 }
 
+/// All or nothing: a refused recipient refuses the message (`refusals`:
+/// the reply code and outcome of each). Permanent when some refusal is (a
+/// retry cannot succeed), and `NoRecipients` when every recipient's mailbox
+/// is unavailable (550, 551: RFC 5321 §4.2.2; not a syntax error or a
+/// policy refusal such as relay denied).
+fn refused_recipients(refusals: Vec<(u16, Outcome)>, recipients: usize) -> Outcome {
+    let permanent = refusals
+        .iter()
+        .filter(|(_, refusal)| matches!(refusal, Outcome::Permanent(_)))
+        .count();
+    let unavailable = refusals
+        .iter()
+        .filter(|(code, _)| matches!(code, 550 | 551))
+        .count();
+    let texts: Vec<String> = refusals
+        .into_iter()
+        .map(|(_, refusal)| match refusal {
+            Outcome::Accepted(text)
+            | Outcome::Temporary(text)
+            | Outcome::Permanent(text)
+            | Outcome::NoRecipients(text) => text,
+        })
+        .collect();
+    let text = texts.join("; ");
+    if permanent == 0 {
+        Outcome::Temporary(text)
+    } else if unavailable == recipients {
+        Outcome::NoRecipients(text)
+    } else {
+        Outcome::Permanent(text)
+    }
+}
+
 fn refused(stage: &str, reply: &Reply) -> Outcome {
     let text = format!("{stage}: {} {}", reply.code(), lines_joined(reply));
     match reply.code() {
@@ -304,6 +350,37 @@ mod tests {
         assert_eq!(
             refused("end of data", &reply),
             Outcome::Permanent("end of data: 554 5.7.1 no".into())
+        );
+    }
+
+    #[test]
+    fn refusals_of_every_recipient_say_so() {
+        let permanent = |code: u16, text: &str| (code, Outcome::Permanent(text.to_owned()));
+        let temporary = |text: &str| (451, Outcome::Temporary(text.to_owned()));
+        assert_eq!(
+            refused_recipients(vec![permanent(550, "a"), permanent(551, "b")], 2),
+            Outcome::NoRecipients("a; b".into())
+        );
+        assert_eq!(
+            refused_recipients(vec![permanent(550, "a")], 2),
+            Outcome::Permanent("a".into())
+        );
+        // A syntax error or a policy refusal is no unknown addressee.
+        assert_eq!(
+            refused_recipients(vec![permanent(550, "a"), permanent(501, "b")], 2),
+            Outcome::Permanent("a; b".into())
+        );
+        assert_eq!(
+            refused_recipients(vec![permanent(554, "a")], 1),
+            Outcome::Permanent("a".into())
+        );
+        assert_eq!(
+            refused_recipients(vec![permanent(550, "a"), temporary("b")], 2),
+            Outcome::Permanent("a; b".into())
+        );
+        assert_eq!(
+            refused_recipients(vec![temporary("b")], 1),
+            Outcome::Temporary("b".into())
         );
     }
 

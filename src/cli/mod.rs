@@ -1,13 +1,16 @@
 //! Command-line clients of the daemon: `relayq queue …` (and `mailq`),
-//! `relayq webhook …`, `relayq reload`.
+//! `relayq webhook …`, `relayq suppression …`, `relayq reload`; and what is
+//! generated from the command's definitions (man pages, shell completions).
 //! They find the daemon through the configuration, resolved as `serve`
 //! resolves it.
 
 pub(crate) mod client;
 pub(crate) mod format;
+pub mod generate;
 pub mod queue;
 pub mod reload;
 pub mod sendmail;
+pub mod suppression;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};

@@ -275,7 +275,7 @@ fn list(socket: &Path, target: &str, json: bool) -> Result<(), Failure> {
 
 /// Reads a JSON array from `reader` one element at a time, calling `each`
 /// for each until it returns false.
-fn each_in_array<T: serde::de::DeserializeOwned>(
+pub(super) fn each_in_array<T: serde::de::DeserializeOwned>(
     reader: impl Read,
     each: impl FnMut(T) -> bool,
 ) -> Result<(), serde_json::Error> {

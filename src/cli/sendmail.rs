@@ -5,8 +5,9 @@
 //! and, when the listener cannot be reached or answers 4xx, leaves it in the
 //! maildrop for the daemon to import (`crate::maildrop`). Exit codes
 //! (sysexits.h): 0 accepted or safely in the maildrop; 64 usage;
-//! 65 a malformed message or a 5xx refusal; 75 neither listener nor maildrop
-//! took it.
+//! 65 a malformed message or a 5xx refusal; 67 every recipient refused at
+//! RCPT as unavailable (550/551: unknown or suppressed); 75 neither
+//! listener nor maildrop took it.
 //!
 //! Parsing (arguments, the message) is pure; [`run`] does the I/O.
 
@@ -28,6 +29,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_USAGE: u8 = 64;
 /// EX_DATAERR: a malformed message, or a 5xx refusal.
 pub const EXIT_DATAERR: u8 = 65;
+/// EX_NOUSER: every recipient was refused at RCPT as unavailable (550, 551).
+pub const EXIT_NOUSER: u8 = 67;
 /// EX_TEMPFAIL: neither the listener nor the maildrop took the message.
 pub const EXIT_TEMPFAIL: u8 = 75;
 
@@ -376,6 +379,10 @@ fn send(options: &Options) -> u8 {
         Outcome::Permanent(reason) => {
             eprintln!("sendmail: refused by {address}: {reason}");
             EXIT_DATAERR
+        }
+        Outcome::NoRecipients(reason) => {
+            eprintln!("sendmail: refused by {address}: {reason}");
+            EXIT_NOUSER
         }
         Outcome::Temporary(reason) => {
             let directory = &config.control.maildrop;

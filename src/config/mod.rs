@@ -18,6 +18,7 @@ mod dkim;
 mod keywords;
 mod raw;
 mod shaping;
+mod suppression;
 mod validate;
 mod values;
 mod webhook;
@@ -43,6 +44,7 @@ pub use self::dkim::DkimSettings;
 pub use self::keywords::{IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteTls, TlsPolicy};
 use self::raw::RawConfig;
 pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
+pub use self::suppression::SuppressionSettings;
 use self::validate::SystemDefaults;
 pub use self::webhook::{Secret, WebhookSettings};
 
@@ -70,6 +72,7 @@ pub struct Config {
     pub webhooks: Vec<WebhookSettings>,
     pub bounce: BounceSettings,
     pub cluster: ClusterSettings,
+    pub suppression: SuppressionSettings,
     pub control: ControlSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,

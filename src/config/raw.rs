@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     pub webhook: Vec<RawWebhook>,
     pub bounce: RawBounce,
     pub cluster: RawCluster,
+    pub suppression: RawSuppression,
     pub control: RawControl,
     pub metrics: RawMetrics,
     pub log: RawLog,
@@ -182,6 +183,14 @@ pub(super) struct RawBounce {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawCluster {
     pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSuppression {
+    pub enabled: Option<bool>,
+    pub classes: Option<Vec<String>>,
+    pub expire_after: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -280,6 +280,7 @@ pub(super) fn config(
     let dkim = super::dkim::dkim(raw.dkim)?;
     let webhooks = super::webhook::webhooks(raw.webhook)?;
     let bounce = super::bounce::bounce(raw.bounce)?;
+    let suppression = super::suppression::suppression(raw.suppression)?;
 
     let control = ControlSettings {
         socket: raw
@@ -330,6 +331,7 @@ pub(super) fn config(
         webhooks,
         bounce,
         cluster,
+        suppression,
         control,
         metrics,
         log,

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use relayq_spool::QueueId;
 use serde::Deserialize;
 
+use super::Context;
 use super::http::Request;
 use super::operations::{self, Bulk};
 use super::select::Filter;
@@ -18,7 +19,6 @@ use super::view::{
     AGE_BUCKETS, DestinationAges, LaneCounts, MessageDetail, MessageView, StatsView, age_bucket,
 };
 use crate::queue::envelope::unix_ms;
-use crate::queue::handle::QueueHandle;
 use crate::queue::transition::Operation;
 use crate::queue::{Envelope, Lane, SetId};
 use crate::reload::Reloader;
@@ -38,6 +38,11 @@ pub enum Reply {
     /// A bulk operation, run in chunks; with `progress`, JSON lines of
     /// progress before the report.
     Bulk { bulk: Bulk, progress: bool },
+    /// `GET /suppression`: a JSON array streamed as it is built.
+    Suppressions {
+        class: Option<crate::bounce::BounceClass>,
+        limit: Option<usize>,
+    },
 }
 
 impl Reply {
@@ -62,7 +67,14 @@ pub fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
     body
 }
 
-pub async fn handle(context: &QueueHandle, request: &Request, body: &[u8]) -> Reply {
+pub async fn handle(context: &Context, request: &Request, body: &[u8]) -> Reply {
+    let path = request.path.trim_start_matches('/');
+    if let Some(rest) = path.strip_prefix("suppression")
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        let address = rest.strip_prefix('/').unwrap_or_default();
+        return super::suppression::handle(context, request, body, address).await;
+    }
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["queue"]) => list(request),
@@ -112,7 +124,7 @@ fn list(request: &Request) -> Reply {
     Reply::List { filter, limit }
 }
 
-async fn show(context: &QueueHandle, request: &Request, id: &str) -> Reply {
+async fn show(context: &Context, request: &Request, id: &str) -> Reply {
     let Ok(id) = id.parse::<QueueId>() else {
         return Reply::error(400, "not a queue id");
     };
@@ -163,7 +175,7 @@ async fn show(context: &QueueHandle, request: &Request, id: &str) -> Reply {
 }
 
 /// Counts by lane × state and by domain × age, from the schedule alone.
-fn stats(context: &QueueHandle) -> Reply {
+fn stats(context: &Context) -> Reply {
     let mut lanes: Vec<LaneCounts> = Lane::ALL
         .iter()
         .map(|lane| LaneCounts {
@@ -243,12 +255,7 @@ struct Selection {
     report_ids: bool,
 }
 
-async fn operate(
-    context: &QueueHandle,
-    operation: Operation,
-    request: &Request,
-    body: &[u8],
-) -> Reply {
+async fn operate(context: &Context, operation: Operation, request: &Request, body: &[u8]) -> Reply {
     let selection: Selection = match serde_json::from_slice(body) {
         Ok(selection) => selection,
         Err(error) => return Reply::error(400, &format!("body: {error}")),

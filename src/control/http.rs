@@ -83,7 +83,7 @@ pub fn parse_request(head: &[u8]) -> Result<Request, HeadError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Ok(Request {
         method: method.to_owned(),
-        path: percent_decode(path),
+        path: percent_decode_path(path),
         query: parse_query(query),
         content_length,
     })
@@ -102,6 +102,16 @@ pub fn parse_query(query: &str) -> Vec<(String, String)> {
 
 /// Decodes `%XX` escapes and `+` (as a space); invalid escapes stay as they are.
 pub fn percent_decode(text: &str) -> String {
+    decode(text, true)
+}
+
+/// Decodes `%XX` escapes of a path, where `+` is itself (RFC 3986: only a
+/// form-encoded query makes it a space): `/suppression/user+tag@example.org`.
+pub fn percent_decode_path(text: &str) -> String {
+    decode(text, false)
+}
+
+fn decode(text: &str, plus_is_space: bool) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut at = 0;
@@ -115,7 +125,7 @@ pub fn percent_decode(text: &str) -> String {
                 }
                 None => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             byte => out.push(byte),
         }
         at += 1;
@@ -265,6 +275,9 @@ mod tests {
     #[test]
     fn percent_coding() {
         assert_eq!(percent_decode("a%2Fb%zz%"), "a/b%zz%");
+        let request = parse_request(b"GET /suppression/a+b%2Bc@x?q=1+2 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(request.path, "/suppression/a+b+c@x");
+        assert_eq!(request.param("q"), Some("1 2"));
         assert_eq!(percent_decode(&percent_encode("x y&z=é")), "x y&z=é");
     }
 

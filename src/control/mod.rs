@@ -7,11 +7,13 @@
 //! - `select`: the filters of lists and bulk operations (pure);
 //! - `operations`: retry, hold, release, delete, bounce, one by one or in
 //!   chunks;
-//! - `view`: the JSON documents, shared with the CLI.
+//! - `view`: the JSON documents, shared with the CLI;
+//! - `suppression`: the suppression list's routes and its JSON.
 //!
-//! `GET /queue` and bulk operations stream their answers (chunked): the
-//! daemon never holds a whole list of a large queue, and a client that goes
-//! away stops the work at the next write.
+//! `GET /queue`, `GET /suppression` and bulk operations stream their
+//! answers (chunked): the daemon never holds a whole list of a large queue
+//! or suppression list, and a client that goes away stops the work at the
+//! next write.
 //!
 //! Invariant: connections are bounded (`MAX_CONNECTIONS`, a permit taken
 //! before accept), request heads and bodies are capped, and reading a
@@ -21,6 +23,7 @@ pub mod api;
 pub mod http;
 pub mod operations;
 pub mod select;
+pub mod suppression;
 pub mod view;
 
 use std::os::unix::fs::PermissionsExt;
@@ -28,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, watch};
@@ -37,6 +40,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::queue::handle::QueueHandle;
 use crate::reload::Reloader;
+use crate::suppression::Suppression;
+use crate::webhook::Webhooks;
 use api::Reply;
 
 /// Control connections served at once (event streams included).
@@ -92,6 +97,23 @@ pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
 /// transaction and one write each.
 const LIST_CHUNK: usize = 256;
 
+/// What the control API works on: the queue (through its handle, which
+/// the context dereferences to), the webhooks and the suppression list.
+#[derive(Clone)]
+pub struct Context {
+    pub handle: QueueHandle,
+    pub webhooks: Arc<Webhooks>,
+    pub suppression: Arc<Suppression>,
+}
+
+impl std::ops::Deref for Context {
+    type Target = QueueHandle;
+
+    fn deref(&self) -> &QueueHandle {
+        &self.handle
+    }
+}
+
 /// What the control API serves besides the queue.
 #[derive(Debug, Clone, Copy)]
 pub struct ControlOptions {
@@ -102,7 +124,7 @@ pub struct ControlOptions {
 /// Serves the control API until `shutdown`; then the socket file is removed.
 pub fn spawn(
     socket: ControlSocket,
-    context: QueueHandle,
+    context: Context,
     reloader: Arc<Reloader>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
@@ -145,7 +167,7 @@ pub fn spawn(
 
 async fn serve_connection(
     mut stream: UnixStream,
-    context: &QueueHandle,
+    context: &Context,
     reloader: &Reloader,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -172,11 +194,14 @@ async fn serve_connection(
         }
         Reply::Bulk { bulk, progress } => {
             let options = ControlOptions {
-                bulk_chunk: context.settings.snapshot().config.control.bulk_chunk,
+                bulk_chunk: reloader.settings.snapshot().config.control.bulk_chunk,
             };
             let done = stream_bulk(stream, context, &bulk, progress, options, shutdown).await;
             release_free_memory().await;
             done
+        }
+        Reply::Suppressions { class, limit } => {
+            suppression::stream_list(stream, context, class, limit).await
         }
         reply => write_reply(&mut stream, reply).await,
     }
@@ -259,7 +284,7 @@ async fn write_all(
 /// that fails (the client went away: `queue list | head`) ends the work.
 async fn stream_list(
     mut stream: UnixStream,
-    context: &QueueHandle,
+    context: &Context,
     filter: &select::Filter,
     limit: Option<usize>,
 ) -> std::io::Result<()> {
@@ -328,7 +353,7 @@ async fn stream_list(
 /// operation (it was asked for); shutdown does, between two chunks.
 async fn stream_bulk(
     mut stream: UnixStream,
-    context: &QueueHandle,
+    context: &Context,
     bulk: &operations::Bulk,
     progress: bool,
     options: ControlOptions,
@@ -368,7 +393,7 @@ async fn stream_bulk(
 /// event rate gets `{"lagged": N}` for the N events it missed.
 async fn stream_events(
     mut stream: UnixStream,
-    context: &QueueHandle,
+    context: &Context,
     shutdown: &CancellationToken,
     text: bool,
 ) -> std::io::Result<()> {

@@ -15,9 +15,10 @@ use relayq_spool::{QueueId, SpoolError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::Context;
 use super::select::Filter;
 use super::view::{OperationCounts, OperationReport, Skipped};
-use crate::queue::handle::{LoadError, QueueHandle};
+use crate::queue::handle::LoadError;
 use crate::queue::operations::ClaimError;
 use crate::queue::transition::{self, Operation, Transition};
 use crate::queue::{Entry, PendingOperation, State};
@@ -63,7 +64,7 @@ fn refusal(operation: Operation, state: State) -> Option<&'static str> {
 }
 
 /// Applies `operation` to each of `ids` in turn.
-pub async fn run(handle: &QueueHandle, operation: Operation, ids: Vec<QueueId>) -> OperationReport {
+pub async fn run(handle: &Context, operation: Operation, ids: Vec<QueueId>) -> OperationReport {
     let mut report = OperationReport::default();
     for id in ids {
         let result = apply(handle, operation, id).await;
@@ -137,7 +138,7 @@ fn selects(operation: Operation, state: State) -> bool {
 /// updated after each chunk. At `shutdown` it stops between two chunks:
 /// what was done is committed, the rest stays queued as it was.
 pub async fn run_bulk(
-    handle: &QueueHandle,
+    handle: &Context,
     bulk: &Bulk,
     chunk: usize,
     shutdown: &CancellationToken,
@@ -198,7 +199,7 @@ pub async fn run_bulk(
 /// One chunk of a bulk operation; true when the operation must stop (the
 /// spool refused the commit).
 async fn run_chunk(
-    handle: &QueueHandle,
+    handle: &Context,
     bulk: &Bulk,
     candidates: Vec<QueueId>,
     report: &mut OperationReport,
@@ -318,7 +319,7 @@ async fn run_chunk(
 /// The stored envelopes of `claimed`, in one read transaction on the
 /// blocking pool.
 async fn read_envelopes(
-    handle: &QueueHandle,
+    handle: &Context,
     claimed: &[(QueueId, Entry)],
 ) -> Result<Vec<Option<Vec<u8>>>, String> {
     let ids: Vec<QueueId> = claimed.iter().map(|(id, _)| *id).collect();
@@ -332,7 +333,7 @@ async fn read_envelopes(
 
 /// For a message whose delivery pass is in flight: leaves a hold, delete
 /// or bounce with the pass; anything else is skipped.
-fn leave_with_pass(handle: &QueueHandle, operation: Operation, id: QueueId) -> Result<(), Outcome> {
+fn leave_with_pass(handle: &Context, operation: Operation, id: QueueId) -> Result<(), Outcome> {
     let Some((pending, word)) = pending(operation) else {
         return Err(Outcome::Skipped("delivery in progress".to_owned()));
     };
@@ -352,7 +353,7 @@ enum Outcome {
     Pending(String),
 }
 
-async fn apply(handle: &QueueHandle, operation: Operation, id: QueueId) -> Result<(), Outcome> {
+async fn apply(handle: &Context, operation: Operation, id: QueueId) -> Result<(), Outcome> {
     let queue = &handle.queue;
     for _ in 0..BUSY_TRIES {
         let entry = queue.get(id).ok_or(Outcome::NotFound)?;
@@ -402,7 +403,7 @@ async fn apply(handle: &QueueHandle, operation: Operation, id: QueueId) -> Resul
 /// Builds and applies the operation's transition on a claimed message; on
 /// `Err` nothing was stored.
 async fn commit(
-    handle: &QueueHandle,
+    handle: &Context,
     operation: Operation,
     id: QueueId,
     _entry: &Entry,

@@ -1,7 +1,7 @@
 //! The delivery engine: per lane one dispatcher (due messages → passes →
-//! jobs at their destinations) and as many workers as the lane's width
-//! (`lanes.*.concurrency`, changed by a reload) that run jobs which can
-//! start now.
+//! jobs at their destinations), the lane workers (`workers`) that run jobs
+//! which can start now, and the sweeper of idle connections and ended
+//! suspensions. [`Engine`] is what a reload changes in it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,17 +12,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::destination::{DestinationKey, Destinations, NextHop, Refusal, Rejected, RouteHop};
-use super::job::{self, Job};
+use super::destination::{DestinationKey, NextHop, Rejected, RouteHop};
+use super::job::{self, DeliveryContext, Job};
 use super::pass::Pass;
-use super::workers::{Engine, LaneWorkers};
+use super::settings::DeliverySettings;
+use super::workers::Workers;
+use crate::config::Config;
 use crate::events::{Event, EventKind};
-use crate::live::Live;
-use crate::mta_sts::MtaSts;
+use crate::queue::Lane;
 use crate::queue::handle::{LoadError, QueueHandle};
-use crate::queue::transition::{self, Outcome};
-use crate::queue::{Lane, PerLane};
-use crate::tls::TlsConfigs;
+use crate::queue::transition;
 
 /// Due messages loaded together by a dispatcher (one blocking-pool trip).
 const LOAD_BATCH: usize = 32;
@@ -33,64 +32,6 @@ const MAX_PASSES_IN_FLIGHT: usize = 10_000;
 const MAX_QUEUED_PER_DESTINATION: usize = 1_000;
 /// How long a postponed message waits before it is looked at again.
 const POSTPONE: Duration = Duration::from_secs(1);
-/// How long a destination whose hosts all refused connections is skipped.
-const DEAD_DESTINATION_FOR: Duration = Duration::from_secs(60);
-
-/// Everything delivery needs, shared by the engine's tasks. The settings a
-/// reload may change are not here: each pass takes the live snapshot when
-/// it starts ([`Pass::settings`]) and its jobs keep it.
-pub struct DeliveryContext {
-    /// The spool, schedule, events, metrics and live settings, through
-    /// which every change of a message goes.
-    pub handle: QueueHandle,
-    pub destinations: Destinations,
-    pub tls_configs: TlsConfigs,
-    /// `None` when `delivery.mta_sts` is off. Built at start, with the
-    /// start's resolver and trust anchors.
-    pub mta_sts: Option<MtaSts>,
-    in_flight: PerLane<Arc<Semaphore>>,
-    pub(super) workers: PerLane<LaneWorkers>,
-    /// Tasks that commit or talk to a server are tracked, so shutdown waits
-    /// for them.
-    tracker: TaskTracker,
-}
-
-impl DeliveryContext {
-    pub fn new(
-        live: &Live,
-        handle: QueueHandle,
-        tracker: TaskTracker,
-    ) -> anyhow::Result<DeliveryContext> {
-        let config = &live.config;
-        let tls_configs = TlsConfigs::with_trust_anchors(&config.delivery.extra_trust_anchors)?;
-        let mta_sts = config.delivery.mta_sts.then(|| {
-            MtaSts::new(
-                live.resolver.clone(),
-                tls_configs.verifying(),
-                &config.spool.path,
-            )
-        });
-        Ok(DeliveryContext {
-            handle,
-            destinations: Destinations::new(
-                config.delivery.destination_concurrency,
-                DEAD_DESTINATION_FOR,
-                &config.destinations,
-            ),
-            tls_configs,
-            mta_sts,
-            in_flight: PerLane::from_fn(|_| Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT))),
-            workers: PerLane::default(),
-            tracker,
-        })
-    }
-
-    /// The tracker of tasks shutdown waits for.
-    pub fn tracker(&self) -> &TaskTracker {
-        &self.tracker
-    }
-}
-
 /// The destination of a recipient domain going to `hop`: the first
 /// `[[destination]]` rule that matches the domain or, for `mx:` patterns,
 /// its most preferred MX host (looked up only when some rule has such a
@@ -102,14 +43,14 @@ impl DeliveryContext {
 /// provider's MX carries mail for all the provider's domains.
 pub async fn destination_of(
     context: &DeliveryContext,
-    live: &Live,
+    settings: &DeliverySettings,
     domain: &str,
     hop: &NextHop,
 ) -> (DestinationKey, NextHop) {
     if let Some(key) = context.destinations.key_without_mx(domain, hop) {
         return (key, hop.clone());
     }
-    let mx_host = live.resolver.preferred_exchange(domain).await;
+    let mx_host = settings.resolver.preferred_exchange(domain).await;
     match context
         .destinations
         .key_for(domain, hop, mx_host.as_deref())
@@ -124,8 +65,8 @@ pub async fn destination_of(
 
 /// The next hop for a recipient domain: the first route naming it, else
 /// a `*` route, else its MX hosts.
-pub fn next_hop(live: &Live, domain: &str) -> NextHop {
-    let routes = &live.routes;
+pub fn next_hop(settings: &DeliverySettings, domain: &str) -> NextHop {
+    let routes = &settings.routes;
     let exact = routes
         .iter()
         .find(|route| route.domains.iter().any(|d| d == domain));
@@ -151,7 +92,7 @@ pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 /// `DELIVERY_GRACE` to finish.
 pub fn spawn(
     context: Arc<DeliveryContext>,
-    live: &Live,
+    config: &Config,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Engine {
@@ -166,17 +107,39 @@ pub fn spawn(
             abort.cancel();
         });
     }
-    let engine = Engine::new(context.clone(), shutdown.clone(), abort);
+    let engine = Engine {
+        workers: Workers::new(context.clone(), shutdown.clone(), abort),
+    };
     for lane in Lane::ALL {
-        tracker.spawn(dispatch(context.clone(), lane, shutdown.clone()));
-        engine.set_width(lane, live.config.lanes.get(lane).concurrency);
+        let in_flight = Arc::new(Semaphore::new(MAX_PASSES_IN_FLIGHT));
+        tracker.spawn(dispatch(context.clone(), lane, in_flight, shutdown.clone()));
+        engine.set_width(lane, config.lanes.get(lane).concurrency);
     }
     tracker.spawn(sweep(context, shutdown));
     engine
 }
 
-async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: CancellationToken) {
-    let in_flight = context.in_flight[lane].clone();
+/// The running engine: what a reload changes in it.
+pub struct Engine {
+    workers: Arc<Workers>,
+}
+
+impl Engine {
+    /// Sets a lane's width (`lanes.*.concurrency`): new workers start at
+    /// once; workers above a lower width leave when their job is done.
+    pub fn set_width(&self, lane: Lane, width: usize) {
+        self.workers.set_width(lane, width);
+    }
+}
+
+/// Starts passes for a lane's due messages, at most `in_flight`'s permits
+/// at a time.
+async fn dispatch(
+    context: Arc<DeliveryContext>,
+    lane: Lane,
+    in_flight: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
     loop {
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => match permit {
@@ -206,42 +169,6 @@ async fn dispatch(context: Arc<DeliveryContext>, lane: Lane, shutdown: Cancellat
     }
 }
 
-pub(super) async fn work(
-    context: Arc<DeliveryContext>,
-    lane: Lane,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-) {
-    let workers = &context.workers[lane];
-    loop {
-        let narrowed = workers.narrowed.notified();
-        tokio::pin!(narrowed);
-        // Registered before the width is read, so a narrowing in between
-        // still wakes this worker.
-        narrowed.as_mut().enable();
-        if workers.retire_if_over() {
-            return;
-        }
-        let job = tokio::select! {
-            job = context.destinations.take(lane) => job,
-            _ = &mut narrowed => continue,
-            _ = shutdown.cancelled() => return workers.leave(),
-        };
-        let key = job.destination.clone();
-        // Dropped however the job ends, so the gauge cannot drift.
-        let slot = context.handle.metrics.delivery_slot(lane);
-        let again = tokio::select! {
-            again = job::run(&context, job) => again,
-            _ = abort.cancelled() => return workers.leave(),
-        };
-        drop(slot);
-        context.destinations.finished(&key);
-        if let Some(job) = again {
-            context.destinations.requeue(job);
-        }
-    }
-}
-
 async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -251,7 +178,7 @@ async fn sweep(context: Arc<DeliveryContext>, shutdown: CancellationToken) {
         }
         let swept = context.destinations.sweep();
         for connection in swept.connections {
-            context.tracker.spawn(connection.quit());
+            context.tracker().spawn(connection.quit());
         }
         for name in swept.resumed {
             tracing::info!("destination {name} resumed");
@@ -352,6 +279,7 @@ async fn start_pass(
         Ok(Some(loaded)) => loaded,
         Ok(None) => {
             handle.queue.remove(id);
+            context.destinations.release(id);
             return;
         }
         Err(LoadError::Undecodable(error)) => {
@@ -368,6 +296,7 @@ async fn start_pass(
                 }
             }
             handle.queue.remove(id);
+            context.destinations.release(id);
             return;
         }
         Err(error @ LoadError::Unreadable(_)) => {
@@ -399,11 +328,11 @@ async fn start_pass(
     }
     // The settings this pass and its jobs run under, whatever a reload
     // changes meanwhile.
-    let live = handle.settings.snapshot();
+    let settings = context.settings.load_full();
     let mut groups: HashMap<(DestinationKey, NextHop, NextHop), Vec<usize>> = HashMap::new();
     for (domain, indices) in domains {
-        let hop = next_hop(&live, &domain);
-        let (key, pool) = destination_of(context, &live, &domain, &hop).await;
+        let hop = next_hop(&settings, &domain);
+        let (key, pool) = destination_of(context, &settings, &domain, &hop).await;
         groups.entry((key, hop, pool)).or_default().extend(indices);
     }
     if groups.is_empty() {
@@ -425,7 +354,14 @@ async fn start_pass(
         return;
     }
 
-    let pass = Arc::new(Pass::new(id, envelope, body, groups.len(), permit, live));
+    let pass = Arc::new(Pass::new(
+        id,
+        envelope,
+        body,
+        groups.len(),
+        permit,
+        settings,
+    ));
     for ((destination, hop, pool), recipients) in groups {
         let job = Job {
             pass: pass.clone(),
@@ -442,36 +378,10 @@ async fn start_pass(
                 throttle,
             } = *rejected;
             if let Some(throttle) = throttle {
-                let label = context.destinations.label(&job.destination);
-                context.handle.metrics.shaping.throttled(&label, throttle);
+                context.throttled(&job.destination, throttle);
             }
             // Deferred at once, no lane slot used.
-            defer(context, job, refusal);
+            job::defer(context, job, refusal);
         }
     }
-}
-
-impl DeliveryContext {
-    /// Per destination (its metrics label), the connections in use now.
-    pub fn active_connections(&self) -> Vec<(String, u64)> {
-        self.destinations
-            .active_connections()
-            .into_iter()
-            .map(|(label, active)| (label, active as u64))
-            .collect()
-    }
-}
-
-/// Ends a job that cannot start: a dead next hop is an ordinary deferral; a
-/// wait (rate, suspension) defers without an attempt.
-pub fn defer(context: &Arc<DeliveryContext>, job: Job, refusal: Refusal) {
-    let results = match refusal {
-        Refusal::Dead(reason) => job.all(Outcome::Deferred, reason),
-        Refusal::Wait(wait) => job.all(Outcome::Waiting { until: wait.until }, wait.reply),
-    };
-    let context = context.clone();
-    context
-        .tracker
-        .clone()
-        .spawn(async move { job.pass.record(&context.handle, results).await });
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use relayq_spool::QueueId;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::live::Live;
+use super::settings::DeliverySettings;
 use crate::queue::handle::QueueHandle;
 use crate::queue::retry::jitter_unit;
 use crate::queue::transition::{Operation, PassResults, RecipientResult};
@@ -27,9 +27,9 @@ const RECORD_FAILED_RETRY: Duration = Duration::from_secs(60);
 pub struct Pass {
     pub id: QueueId,
     pub lane: Lane,
-    /// The live settings when the pass started: its jobs and its record
+    /// Delivery's settings when the pass started: its jobs and its record
     /// (retry policy) use them to the end, whatever a reload changes.
-    pub settings: Arc<Live>,
+    pub settings: Arc<DeliverySettings>,
     /// From arrival to the start of the pass: the `delay=` of its log lines.
     delay: Duration,
     results: Mutex<PassResults>,
@@ -47,7 +47,7 @@ impl Pass {
         body: Option<Bytes>,
         jobs: usize,
         in_flight: OwnedSemaphorePermit,
-        settings: Arc<Live>,
+        settings: Arc<DeliverySettings>,
     ) -> Pass {
         Pass {
             id,
@@ -78,7 +78,7 @@ impl Pass {
         let now = SystemTime::now();
         let early = {
             let mut pass = lock(&self.results);
-            let delivered = pass.record(results, self.delay, now, &self.settings.classifier);
+            let delivered = pass.record(results, self.delay, now, &self.settings.queue.classifier);
             // The last job's results are committed by `finish` right away.
             let last_job = self.jobs_remaining.load(Ordering::Acquire) == 1;
             (!delivered.is_empty() && !last_job)
@@ -102,7 +102,7 @@ impl Pass {
         let transition = results.finish(
             self.id,
             pending.map(Operation::from),
-            &self.settings.retry,
+            &self.settings.queue.retry,
             SystemTime::now(),
             jitter_unit(),
         );

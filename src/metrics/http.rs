@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use relayq_spool::Spool;
 
+use super::health::{self, SpoolHealth};
 use super::text::{CONTENT_TYPE, render};
 use super::{DestinationConnections, Metrics};
 use crate::queue::Queue;
@@ -52,15 +53,23 @@ impl Endpoint {
 
     fn respond(&self, request: &Request) -> Response {
         match (request.method.as_str(), request.path.as_str()) {
-            ("GET", "/metrics") => Response::ok(
-                CONTENT_TYPE,
-                render(
+            ("GET", "/metrics") => {
+                let mut text = render(
                     &self.metrics,
                     &self.queue,
-                    &(self.destinations)(),
+                    (self.destinations)(),
                     SystemTime::now(),
-                ),
-            ),
+                );
+                health::render(
+                    &mut text,
+                    &SpoolHealth {
+                        takes_writes: self.spool.is_healthy(),
+                        free_bytes: self.free_space.available().ok(),
+                        min_free_bytes: self.free_space.minimum(),
+                    },
+                );
+                Response::ok(CONTENT_TYPE, text)
+            }
             ("GET", "/healthz") if self.is_healthy() => {
                 Response::ok("text/plain; charset=utf-8", "ok\n".to_owned())
             }

@@ -7,9 +7,11 @@
 //! Recording is lock-free: relaxed atomic adds, no I/O, no await, so it may
 //! sit on the SMTP and delivery hot paths.
 
+mod health;
 mod histogram;
 pub mod http;
 mod shaping;
+mod suppression;
 mod text;
 mod webhooks;
 
@@ -23,12 +25,13 @@ use crate::outcome::DaneResult;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
 
-/// Reads, at scrape time, the connections each destination has in use, as
-/// `(label, count)`: the delivery engine owns those counts, so they are
-/// asked for rather than mirrored here (like the queue gauges).
-pub type DestinationConnections = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+/// Reads, at scrape time, the connections each destination has in use: the
+/// delivery engine owns those counts, so they are asked for rather than
+/// mirrored here (like the queue gauges).
+pub type DestinationConnections = Arc<dyn Fn() -> Vec<ActiveConnections> + Send + Sync>;
 
-pub use shaping::{DestinationShaping, ShapingMetrics, Throttle};
+pub use shaping::{ActiveConnections, DestinationShaping, ShapingMetrics, Throttle};
+pub use suppression::SuppressionMetrics;
 pub use webhooks::{WebhookMetrics, WebhookRow};
 
 /// What became of one recipient in one delivery attempt
@@ -196,10 +199,15 @@ pub struct Metrics {
     listeners_up: AtomicBool,
     /// `relayq_config_reloads_total`: index 0 `ok`, 1 `error`.
     config_reloads: [AtomicU64; 2],
+    /// `relayq_config_last_reload_successful`: false from a refused reload
+    /// until one is applied (the file on disk would not start the daemon).
+    last_reload_failed: AtomicBool,
     /// Output control: destination gauges, throttles, the cluster's Redis.
     pub shaping: ShapingMetrics,
     /// The webhooks' outboxes and posts.
     pub webhooks: WebhookMetrics,
+    /// The suppression list: its size, the recipients it refused.
+    pub suppression: SuppressionMetrics,
 }
 
 impl Default for Metrics {
@@ -231,8 +239,10 @@ impl Metrics {
             ],
             listeners_up: AtomicBool::new(false),
             config_reloads: Default::default(),
+            last_reload_failed: AtomicBool::new(false),
             shaping: ShapingMetrics::default(),
             webhooks: WebhookMetrics::default(),
+            suppression: SuppressionMetrics::default(),
         }
     }
 
@@ -327,6 +337,7 @@ impl Metrics {
     /// A configuration reload ended: applied (`ok`) or refused (`error`).
     pub fn config_reloaded(&self, ok: bool) {
         self.config_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        self.last_reload_failed.store(!ok, Ordering::Relaxed);
     }
 
     /// All SMTP listeners are bound (for `/healthz`).

@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::histogram::HistogramSnapshot;
-use super::{AuthScope, Metrics, Outcome, QueueGauges, RefusalReason, ShedReason, lane_index};
+use super::{
+    ActiveConnections, AuthScope, Metrics, Outcome, QueueGauges, RefusalReason, ShedReason,
+    lane_index,
+};
 use crate::bounce::BounceClass;
 use crate::outcome::DaneResult;
 use crate::queue::envelope::unix_ms;
@@ -21,7 +24,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub fn render(
     metrics: &Metrics,
     queue: &Queue,
-    destinations: &[(String, u64)],
+    destinations: Vec<ActiveConnections>,
     now: SystemTime,
 ) -> String {
     let gauges = QueueGauges::read(queue);
@@ -247,11 +250,11 @@ pub fn render(
         "gauge",
         "Deliveries running at a destination now, each on one connection it holds or is opening (idle pooled connections not counted).",
     );
-    for (destination, active) in destinations {
+    for (destination, active) in super::shaping::connection_series(destinations) {
         sample(
             &mut out,
             "relayq_destination_active_connections",
-            &[("destination", &escape_label_value(destination))],
+            &[("destination", &escape_label_value(&destination))],
             active,
         );
     }
@@ -270,6 +273,19 @@ pub fn render(
             metrics.config_reloads[index].load(Ordering::Relaxed),
         );
     }
+
+    family(
+        &mut out,
+        "relayq_config_last_reload_successful",
+        "gauge",
+        "0 from a reload whose file did not validate or load until a reload is applied, else 1: while 0, the file on disk is not what runs, and a restart would fail.",
+    );
+    sample(
+        &mut out,
+        "relayq_config_last_reload_successful",
+        &[],
+        u8::from(!metrics.last_reload_failed.load(Ordering::Relaxed)),
+    );
 
     family(
         &mut out,
@@ -326,6 +342,7 @@ pub fn render(
     }
     metrics.shaping.render(&mut out);
     metrics.webhooks.render(&mut out);
+    metrics.suppression.render(&mut out);
     out
 }
 
@@ -398,8 +415,29 @@ mod tests {
     use crate::events::EventKind;
 
     #[test]
+    fn a_refused_reload_shows_until_one_is_applied() {
+        let metrics = Metrics::new();
+        let gauge = |metrics: &Metrics| {
+            let text = render(metrics, &Queue::default(), Vec::new(), SystemTime::now());
+            text.lines()
+                .find_map(|line| line.strip_prefix("relayq_config_last_reload_successful "))
+                .map(str::to_owned)
+        };
+        assert_eq!(gauge(&metrics).as_deref(), Some("1"));
+        metrics.config_reloaded(false);
+        assert_eq!(gauge(&metrics).as_deref(), Some("0"));
+        metrics.config_reloaded(true);
+        assert_eq!(gauge(&metrics).as_deref(), Some("1"));
+    }
+
+    #[test]
     fn empty_registry_writes_every_series() {
-        let text = render(&Metrics::new(), &Queue::default(), &[], SystemTime::now());
+        let text = render(
+            &Metrics::new(),
+            &Queue::default(),
+            Vec::new(),
+            SystemTime::now(),
+        );
         let queue_series = text
             .lines()
             .filter(|line| line.starts_with("relayq_queue_messages{"))
@@ -445,7 +483,7 @@ mod tests {
         }
         let arrival = queue.get(QueueId(1)).unwrap().arrival_ms;
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(arrival + 2500);
-        let text = render(&Metrics::new(), &queue, &[], now);
+        let text = render(&Metrics::new(), &queue, Vec::new(), now);
         assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"ready\"} 1\n"));
         assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"deferred\"} 2\n"));
         assert!(text.contains("relayq_queue_messages{lane=\"high\",state=\"ready\"} 0\n"));
@@ -457,7 +495,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.message_accepted(Lane::Low, Duration::from_millis(3), 2);
         metrics.recipient(Lane::Low, EventKind::Bounced, SystemTime::now());
-        let text = render(&metrics, &Queue::default(), &[], SystemTime::now());
+        let text = render(&metrics, &Queue::default(), Vec::new(), SystemTime::now());
         assert!(text.contains("relayq_messages_accepted_total{lane=\"low\"} 1\n"));
         assert!(text.contains("relayq_recipients_total{lane=\"low\",outcome=\"bounced\"} 1\n"));
         assert!(text.contains("relayq_spool_commit_batch_size_bucket{le=\"1\"} 0\n"));
@@ -474,7 +512,7 @@ mod tests {
         metrics.failure_class(EventKind::Expired, BounceClass::Expired);
         metrics.failure_class(EventKind::Deferred, BounceClass::RateLimited);
         metrics.failure_class(EventKind::Delivered, BounceClass::Unclassified);
-        let text = render(&metrics, &Queue::default(), &[], SystemTime::now());
+        let text = render(&metrics, &Queue::default(), Vec::new(), SystemTime::now());
         for line in [
             "relayq_bounces_total{class=\"invalid_recipient\"} 1\n",
             "relayq_bounces_total{class=\"expired\"} 1\n",
@@ -492,16 +530,15 @@ mod tests {
     fn slots_in_use_and_destination_connections_are_gauges() {
         let metrics = Arc::new(Metrics::new());
         let _slot = metrics.delivery_slot(Lane::High);
-        let destinations = [
-            ("dest.example".to_owned(), 2),
-            ("odd\"name\\".to_owned(), 0),
-        ];
-        let text = render(
-            &metrics,
-            &Queue::default(),
-            &destinations,
-            SystemTime::now(),
-        );
+        let destinations = [("dest.example", 2), ("odd\"name\\", 0)]
+            .into_iter()
+            .map(|(destination, active)| ActiveConnections {
+                destination: destination.to_owned(),
+                rule: false,
+                active,
+            })
+            .collect();
+        let text = render(&metrics, &Queue::default(), destinations, SystemTime::now());
         assert!(text.contains("relayq_delivery_slots_in_use{lane=\"high\"} 1\n"));
         assert!(text.contains("relayq_delivery_slots_in_use{lane=\"low\"} 0\n"));
         assert!(text.contains("# TYPE relayq_destination_active_connections gauge\n"));
@@ -523,7 +560,7 @@ mod tests {
         metrics.message_refused(Lane::High, RefusalReason::Disk);
         metrics.message_refused(Lane::High, RefusalReason::IdempotencyConflict);
         metrics.duplicate_submission();
-        let text = render(&metrics, &Queue::default(), &[], SystemTime::now());
+        let text = render(&metrics, &Queue::default(), Vec::new(), SystemTime::now());
         assert!(
             text.contains("relayq_duplicate_submissions_total 1\n"),
             "{text}"

@@ -15,6 +15,9 @@ use super::policy::{Policy, parse_policy};
 
 /// The name of the cache file in the spool directory.
 pub const FILE_NAME: &str = "mta-sts-policies.json";
+/// RFC 8461 §3.3: "MTAs SHOULD proactively refresh cached policies before
+/// they expire; a suggested refresh frequency is once per day."
+const REFRESH_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// A policy as fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,13 @@ impl CachedPolicy {
     /// A policy is used for `max_age` after it was fetched, no longer.
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
         now < self.fetched + self.policy.max_age
+    }
+
+    /// Whether the policy should be fetched again although its id did not
+    /// change: once a day, or after half its `max_age` when that is
+    /// shorter, so that it is renewed well before it runs out.
+    pub fn refresh_due(&self, now: SystemTime) -> bool {
+        now >= self.fetched + REFRESH_EVERY.min(self.policy.max_age / 2)
     }
 }
 
@@ -136,6 +146,19 @@ mod tests {
         assert_eq!(load(&path), policies);
         assert!(cached.is_valid_at(fetched + Duration::from_secs(86_399)));
         assert!(!cached.is_valid_at(fetched + Duration::from_secs(86_400)));
+
+        // Refreshed after half its max_age (a day is longer), while valid.
+        assert!(!cached.refresh_due(fetched + Duration::from_secs(43_199)));
+        assert!(cached.refresh_due(fetched + Duration::from_secs(43_200)));
+        let weekly_text = "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 604800\n";
+        let weekly = CachedPolicy {
+            text: weekly_text.into(),
+            policy: parse_policy(weekly_text).unwrap(),
+            ..cached.clone()
+        };
+        // A week-long policy is refreshed once a day.
+        assert!(!weekly.refresh_due(fetched + Duration::from_secs(86_399)));
+        assert!(weekly.refresh_due(fetched + Duration::from_secs(86_400)));
 
         std::fs::write(&path, b"{ not json").unwrap();
         assert!(load(&path).is_empty(), "a broken file is ignored");

@@ -15,9 +15,9 @@ use crate::http::{HttpClient, HttpError, Resolution, Response};
 pub const MAX_BODY: usize = 64 * 1024;
 /// The path of the policy file (RFC 8461 §3.3).
 pub const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
-/// How long connecting to the policy host's addresses may take, of the
-/// fetch's whole time (a host that accepts nothing must not use it all).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to the policy host may take, of the fetch's whole
+/// time, so that an address that drops packets leaves time for the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a policy file could not be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,14 +4,16 @@
 //! connection. Routes (smarthosts) are never subject to it.
 //!
 //! Code map: `policy` parses the TXT record and the policy file and matches
-//! MX host names (pure); `http` fetches the policy file; `cache` keeps
-//! fetched policies on disk.
+//! MX host names (pure); `fetch` runs fetches off the lane workers, one per
+//! domain at a time; `http` fetches the policy file; `cache` keeps fetched
+//! policies on disk and says when one is due for its refresh.
 //!
 //! Invariant: a domain whose valid policy says `enforce` gets no MAIL FROM
 //! except over STARTTLS with a certificate verified for an MX host the
-//! policy names (enforced in `delivery::job`).
+//! policy names (enforced in `delivery::job::policy`).
 
 pub(crate) mod cache;
+mod fetch;
 pub(crate) mod http;
 pub(crate) mod policy;
 
@@ -22,17 +24,14 @@ use std::time::{Duration, SystemTime};
 
 use hickory_resolver::proto::rr::Name;
 use rustls::ClientConfig;
+use tokio_util::task::TaskTracker;
 
 use self::cache::CachedPolicy;
+pub(crate) use self::fetch::FETCH_TIMEOUT;
 use self::policy::{Mode, Policy};
 use crate::dns::MxResolver;
 use crate::outcome::{PolicyKind, Protection, Target, TlsProtection};
 
-/// The whole fetch of a policy file: connect, TLS, request, response.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a failed fetch of a policy id is not tried again, so a domain
-/// whose policy host is down does not cost every delivery a fetch.
-const FAILED_FETCH_MEMORY: Duration = Duration::from_secs(300);
 /// How long a TXT lookup that failed (timeout, SERVFAIL) is not repeated
 /// for the domain, so name servers that drop TXT queries do not cost every
 /// delivery the resolver's timeouts; the cached policy, if any, applies.
@@ -91,16 +90,26 @@ pub fn protection(tls: TlsProtection, active: Option<&ActivePolicy>) -> Protecti
     }
 }
 
-/// The policies of recipient domains; cheap to share.
+/// What [`MtaSts::policy_for`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The policy that applies to the delivery now (`None`: no policy).
+    Ready(Option<ActivePolicy>),
+    /// The domain announces a policy that is being fetched, and none is
+    /// cached: its mail waits for the fetch (at most `FETCH_TIMEOUT`).
+    Fetching { domain: String },
+}
+
+/// The policies of recipient domains; shared by the lane workers.
 pub struct MtaSts {
-    resolver: MxResolver,
     /// Verifies policy hosts against the system roots and `tls_ca_file`.
     tls: Arc<ClientConfig>,
     cache_path: PathBuf,
     state: Mutex<State>,
-    /// One fetch per domain at a time; saves of the cache file in order.
-    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Saves of the cache file, one at a time and in order.
     saving: tokio::sync::Mutex<()>,
+    /// Fetches run on tasks of their own, which shutdown waits for.
+    tracker: TaskTracker,
 }
 
 #[derive(Default)]
@@ -110,38 +119,44 @@ struct State {
     failed: HashMap<(String, String), SystemTime>,
     /// Domains whose TXT lookup failed, and when.
     lookup_failed: HashMap<String, SystemTime>,
+    /// The fetch running for each domain (one at a time).
+    fetching: HashMap<String, fetch::Running>,
 }
 
 impl MtaSts {
     /// Loads the cache file from `spool_directory`.
     pub fn new(
-        resolver: MxResolver,
         tls: Arc<ClientConfig>,
         spool_directory: &std::path::Path,
+        tracker: TaskTracker,
     ) -> MtaSts {
         let cache_path = spool_directory.join(cache::FILE_NAME);
         let policies = cache::load(&cache_path);
         MtaSts {
-            resolver,
             tls,
             cache_path,
             state: Mutex::new(State {
                 policies,
                 ..State::default()
             }),
-            fetching: Mutex::default(),
             saving: tokio::sync::Mutex::new(()),
+            tracker,
         }
     }
 
-    /// The policy that applies to mail for `domain` now, if any (RFC 8461
-    /// §5.1): the TXT record's id decides whether the cached policy is
-    /// current; a new id is fetched. Without a TXT record, or when the
-    /// fetch fails, a cached policy still within its `max_age` is used;
-    /// else the domain is treated as having no policy.
-    pub async fn policy_for(&self, domain: &str) -> Option<ActivePolicy> {
+    /// The policy that applies to mail for `domain` now (RFC 8461 §5.1),
+    /// looked up with `resolver` (the delivery's own, so a reload's `[dns]`
+    /// applies): the TXT record's id decides whether the cached policy is
+    /// current; a new id is fetched, on a task of its own, and waited for
+    /// briefly. Without a TXT record, or while the fetch runs or when it
+    /// fails, a cached policy still within its `max_age` is used; with
+    /// none, mail waits while the fetch runs, and after a failure is
+    /// treated as having no policy. A cached policy due for its refresh
+    /// (RFC 8461 §3.3) is fetched again in the background and used
+    /// meanwhile.
+    pub async fn policy_for(self: &Arc<Self>, resolver: &MxResolver, domain: &str) -> Lookup {
         if domain.starts_with('[') {
-            return None;
+            return Lookup::Ready(None);
         }
         // IDN as punycode: the name in the policy host's certificate.
         let domain = Name::from_utf8(domain.trim_end_matches('.'))
@@ -149,32 +164,46 @@ impl MtaSts {
             .unwrap_or_else(|_| domain.to_owned())
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        let announced = self.announced_id(&domain).await;
+        let announced = self.announced_id(resolver, &domain).await;
         let cached = self.cached(&domain);
         let policy = match (announced, cached) {
-            (Some(id), Some(cached)) if cached.id == id => Some(cached.policy),
-            (Some(id), cached) => match self.refresh(&domain, &id).await {
-                Some(policy) => Some(policy),
-                None => cached.map(|cached| cached.policy),
-            },
+            (Some(id), Some(cached)) if cached.id == id => {
+                if cached.refresh_due(SystemTime::now()) {
+                    self.start_fetch(resolver, &domain, &id);
+                }
+                Some(cached.policy)
+            }
+            (Some(id), cached) => {
+                if let Some(running) = self.start_fetch(resolver, &domain, &id) {
+                    running.wait_briefly().await;
+                }
+                match (self.cached(&domain), cached) {
+                    (Some(fresh), _) if fresh.id == id => Some(fresh.policy),
+                    (_, Some(cached)) => Some(cached.policy),
+                    (_, None) if self.is_fetching(&domain) => {
+                        return Lookup::Fetching { domain };
+                    }
+                    (_, None) => None,
+                }
+            }
             (None, cached) => cached.map(|cached| cached.policy),
-        }?;
-        (policy.mode != Mode::None).then_some(ActivePolicy { domain, policy })
+        };
+        Lookup::Ready(
+            policy
+                .filter(|policy| policy.mode != Mode::None)
+                .map(|policy| ActivePolicy { domain, policy }),
+        )
     }
 
     /// The policy id in the domain's `_mta-sts` TXT record, if it has one
     /// that is valid and it could be looked up.
-    async fn announced_id(&self, domain: &str) -> Option<String> {
+    async fn announced_id(&self, resolver: &MxResolver, domain: &str) -> Option<String> {
         if let Some(at) = lock(&self.state).lookup_failed.get(domain)
             && at.elapsed().unwrap_or_default() < FAILED_LOOKUP_MEMORY
         {
             return None;
         }
-        match self
-            .resolver
-            .txt_records(&format!("_mta-sts.{domain}"))
-            .await
-        {
+        match resolver.txt_records(&format!("_mta-sts.{domain}")).await {
             Ok(records) => match policy::policy_id(&records) {
                 Ok(id) => Some(id),
                 Err(policy::PolicyError::NoRecord) => None,
@@ -205,104 +234,6 @@ impl MtaSts {
             .get(domain)
             .filter(|cached| cached.is_valid_at(SystemTime::now()))
             .cloned()
-    }
-
-    /// Fetches the policy with id `id` (once at a time per domain), caches
-    /// and saves it. `None` when it cannot be had now.
-    async fn refresh(&self, domain: &str, id: &str) -> Option<Policy> {
-        let gate = lock(&self.fetching)
-            .entry(domain.to_owned())
-            .or_default()
-            .clone();
-        let policy = {
-            let _one_at_a_time = gate.lock().await;
-            self.refresh_alone(domain, id).await
-        };
-        let mut fetching = lock(&self.fetching);
-        // Nobody else waits for this domain's gate: forget it, so the map
-        // holds only fetches in progress.
-        if Arc::strong_count(&gate) == 2 {
-            fetching.remove(domain);
-        }
-        policy
-    }
-
-    async fn refresh_alone(&self, domain: &str, id: &str) -> Option<Policy> {
-        // Fetched meanwhile by another delivery?
-        if let Some(cached) = self.cached(domain)
-            && cached.id == id
-        {
-            return Some(cached.policy);
-        }
-        let key = (domain.to_owned(), id.to_owned());
-        if let Some(at) = lock(&self.state).failed.get(&key)
-            && at.elapsed().unwrap_or_default() < FAILED_FETCH_MEMORY
-        {
-            return None;
-        }
-        let host = format!("mta-sts.{domain}");
-        let fetched = match self.resolver.host_addresses(&host).await {
-            Ok(addresses) => http::fetch(&host, &addresses, self.tls.clone(), FETCH_TIMEOUT)
-                .await
-                .map_err(|error| error.to_string()),
-            Err(error) => Err(error.to_string()),
-        }
-        .and_then(|text| {
-            let policy = policy::parse_policy(&text).map_err(|error| error.to_string())?;
-            Ok((text, policy))
-        });
-        let (text, policy) = match fetched {
-            Ok(fetched) => fetched,
-            Err(reason) => {
-                tracing::warn!(
-                    "MTA-STS {domain}: cannot fetch policy {id} from https://{host}{}: {reason}",
-                    http::POLICY_PATH
-                );
-                let mut state = lock(&self.state);
-                state
-                    .failed
-                    .retain(|_, at| at.elapsed().unwrap_or_default() < FAILED_FETCH_MEMORY);
-                state.failed.insert(key, SystemTime::now());
-                return None;
-            }
-        };
-        tracing::info!(
-            "MTA-STS {domain}: policy {id} fetched: mode {}, mx {}, max_age {}s",
-            policy.mode.as_str(),
-            policy.mx.join(" "),
-            policy.max_age.as_secs()
-        );
-        let cached = CachedPolicy {
-            id: id.to_owned(),
-            fetched: SystemTime::now(),
-            text,
-            policy: policy.clone(),
-        };
-        lock(&self.state).policies.insert(domain.to_owned(), cached);
-        self.save().await;
-        Some(policy)
-    }
-
-    /// Writes the cache file (expired policies left out) on the blocking
-    /// pool. A failure is logged: the policies stay in memory.
-    async fn save(&self) {
-        let _in_order = self.saving.lock().await;
-        let snapshot = {
-            let mut state = lock(&self.state);
-            let now = SystemTime::now();
-            state.policies.retain(|_, cached| cached.is_valid_at(now));
-            state.policies.clone()
-        };
-        let path = self.cache_path.clone();
-        let saved = tokio::task::spawn_blocking(move || cache::save(&path, &snapshot)).await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(
-                "MTA-STS policy cache {}: cannot save: {error}",
-                self.cache_path.display()
-            ),
-            Err(error) => tracing::warn!("MTA-STS policy cache: cannot save: {error}"),
-        }
     }
 }
 

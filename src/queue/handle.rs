@@ -16,14 +16,15 @@ use std::time::Duration;
 use relayq_spool::{Body, Change, EnvelopeEdit, QueueId, Spool, SpoolError};
 
 use super::envelope::{EnvelopeError, Recipient, Ret};
+use super::hooks::{Staged, TransitionHook};
+use super::reservations::Reservations;
+use super::settings::CurrentQueueSettings;
 use super::transition::{self, Cause, Note, NoteKind, Record, Transition};
 use super::{Envelope, Queue};
 use crate::bounce::BounceClass;
 use crate::dsn::{self, Action, ReportedRecipient};
 use crate::events::{Event, EventKind, Events};
-use crate::live::Settings;
 use crate::metrics::Metrics;
-use crate::webhook::{self, Webhooks};
 
 /// Header section bytes read for RET=HDRS reports.
 const MAX_HEADER_SECTION: usize = 256 * 1024;
@@ -31,15 +32,18 @@ const MAX_HEADER_SECTION: usize = 256 * 1024;
 /// Everything a transition touches. Cheap to clone.
 #[derive(Clone)]
 pub struct QueueHandle {
-    /// The live settings: `hostname` (Reporting-MTA of DSNs and their
-    /// Message-ID domain) and the retry policy.
-    pub settings: Settings,
+    /// The queue's part of the live settings: `hostname` (Reporting-MTA of
+    /// DSNs and their Message-ID domain) and the retry policy.
+    pub settings: CurrentQueueSettings,
     pub spool: Spool,
     pub queue: Arc<Queue>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
-    /// Where the events of a transition go durably, in its commit.
-    pub webhooks: Arc<Webhooks>,
+    /// What else transitions imply (webhook events, suppression entries):
+    /// staged into their commit, told once it returned.
+    pub hooks: Vec<Arc<dyn TransitionHook>>,
+    /// Given back when a transition removes or holds a message.
+    pub reservations: Arc<dyn Reservations>,
 }
 
 impl QueueHandle {
@@ -71,19 +75,15 @@ impl QueueHandle {
             }
             queued_reports.push(queued);
         }
-        let events: Vec<_> = transitions
+        let staged: Vec<Staged> = self
+            .hooks
             .iter()
-            .flat_map(|transition| {
-                webhook::event::for_transition(
-                    transition,
-                    |event_type| self.webhooks.wants(event_type),
-                    self.webhooks.ids(),
-                )
-            })
+            .map(|hook| hook.stage(transitions, &mut changes))
             .collect();
-        let staged = self.webhooks.stage(&events, &mut changes);
         self.spool.apply(changes).await?;
-        self.webhooks.committed(staged);
+        for (hook, staged) in self.hooks.iter().zip(staged) {
+            hook.committed(transitions, staged);
+        }
         for (transition, reports) in transitions.iter().zip(&queued_reports) {
             self.committed(transition, reports);
         }
@@ -103,6 +103,9 @@ impl QueueHandle {
         }
         for (report_id, envelope) in reports {
             self.queue.insert(*report_id, envelope);
+        }
+        if transition.record == Record::Remove || transition.envelope.held {
+            self.reservations.release(id);
         }
 
         self.announce(transition);
@@ -213,14 +216,14 @@ impl QueueHandle {
         }
         let original = self.read_original(id, envelope.ret).await;
         let now = transition.now;
-        let live = self.settings.snapshot();
-        let hostname = &live.config.hostname;
+        let settings = self.settings.load();
+        let hostname = &settings.hostname;
         reported
             .into_iter()
             .map(|(kind, notes)| {
                 let recipients: Vec<ReportedRecipient> = notes
                     .iter()
-                    .map(|note| reported_recipient(envelope, kind, note, live.retry.max_age))
+                    .map(|note| reported_recipient(envelope, kind, note, settings.retry.max_age))
                     .collect();
                 let report_id = self.spool.allocate_id();
                 let message = dsn::build(&dsn::Report {

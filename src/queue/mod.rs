@@ -9,9 +9,12 @@ pub(crate) mod domains;
 pub mod envelope;
 pub(crate) mod fresh;
 pub(crate) mod handle;
+pub(crate) mod hooks;
 mod lane;
 pub(crate) mod operations;
+pub(crate) mod reservations;
 pub(crate) mod retry;
+pub(crate) mod settings;
 pub(crate) mod transition;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -33,7 +33,7 @@ const RESTART_KEYS: [&str; 8] = [
 pub fn compare(running: &Config, new: &Config) -> Changes {
     let mut changes = Changes::default();
     let new_delivery = keep_restart_keys(running, new.clone()).delivery;
-    let live: [(&'static str, bool); 15] = [
+    let live: [(&'static str, bool); 16] = [
         ("hostname", running.hostname != new.hostname),
         (
             "spool.max_message_size",
@@ -55,6 +55,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
         // Compares the rules as read now, so an edited file with the same
         // path is a change too.
         ("bounce", running.bounce != new.bounce),
+        ("suppression", running.suppression != new.suppression),
         (
             "control.bulk_chunk",
             running.control.bulk_chunk != new.control.bulk_chunk,
@@ -94,6 +95,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
     known.destinations = running.destinations.clone();
     known.cluster = running.cluster.clone();
     known.bounce = running.bounce.clone();
+    known.suppression = running.suppression.clone();
     known.control = running.control.clone();
     known.log = running.log.clone();
     known.source.clone_from(&running.source);

@@ -17,8 +17,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::delivery::engine::DeliveryContext;
-use crate::delivery::workers::Engine;
+use crate::delivery::{DeliveryContext, Engine};
 use crate::dkim::{Signers, SigningKeys};
 use crate::live::{Live, Settings};
 use crate::logging::LogLevel;
@@ -108,6 +107,7 @@ impl Reloader {
         let running = self.settings.snapshot();
         let metrics = self.metrics.clone();
         let credentials = self.credentials.clone();
+        let tracker = self.delivery.tracker().clone();
         let path = file.clone();
         // Reading files (the configuration, resolv.conf, keys) blocks.
         let built = tokio::task::spawn_blocking(
@@ -115,7 +115,7 @@ impl Reloader {
                 let config = Config::load(&path)?;
                 let changes = changes::compare(&running.config, &config);
                 let config = changes::keep_restart_keys(&running.config, config);
-                let live = Live::build(config, Some(&running), &metrics)
+                let live = Live::build(config, Some(&running), &metrics, &tracker)
                     .map_err(|error| ReloadError::Unusable { file: path, error })?;
                 let signers = Signers::load_for(&live.config)?;
                 // Last, because it replaces the certificates and the users file

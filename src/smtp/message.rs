@@ -71,7 +71,8 @@ pub enum Fingerprinting {
 /// What [`MessageBuilder::finish`] made of the content.
 #[derive(Debug)]
 pub enum Assembly {
-    Message(AssembledMessage),
+    /// Boxed: the other variants are small, and this one is moved once.
+    Message(Box<AssembledMessage>),
     /// Over `spool.max_message_size`.
     TooBig,
     /// A DKIM key covers the From: domain and the message could not be
@@ -242,7 +243,7 @@ impl MessageBuilder {
         } else {
             writer.finish_with_prefix(dkim.fields.as_bytes())?
         };
-        Ok(Assembly::Message(AssembledMessage {
+        Ok(Assembly::Message(Box::new(AssembledMessage {
             body,
             size,
             facts: self.facts,
@@ -250,7 +251,7 @@ impl MessageBuilder {
             dkim,
             consumed: self.consumed,
             content_hash: self.content_hash.map(|hasher| hasher.finish()),
-        }))
+        })))
     }
 
     /// Writes content that follows the header section.

@@ -2,92 +2,18 @@
 //! JSON form, its stored form in the outbox, and how events are made from a
 //! committed transition (pure: the caller passes the ids and the time).
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+pub use super::event_type::EventType;
 use crate::bounce::BounceClass;
 use crate::events::EventKind;
 use crate::outcome::RemoteReply;
 use crate::queue::Lane;
 use crate::queue::envelope::{Envelope, Meta, RecipientStatus};
 use crate::queue::transition::{Cause, NoteKind, OperatorAction, Transition};
-
-/// What happened. `test` is only sent by `relayq webhook test`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventType {
-    Accepted,
-    Delivered,
-    Deferred,
-    Bounced,
-    Expired,
-    Delayed,
-    Suppressed,
-    Deleted,
-    Test,
-}
-
-impl EventType {
-    /// The types a `[[webhook]]` may subscribe to.
-    pub const SUBSCRIBABLE: [EventType; 8] = [
-        EventType::Accepted,
-        EventType::Delivered,
-        EventType::Deferred,
-        EventType::Bounced,
-        EventType::Expired,
-        EventType::Delayed,
-        EventType::Suppressed,
-        EventType::Deleted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Accepted => "accepted",
-            EventType::Delivered => "delivered",
-            EventType::Deferred => "deferred",
-            EventType::Bounced => "bounced",
-            EventType::Expired => "expired",
-            EventType::Delayed => "delayed",
-            EventType::Suppressed => "suppressed",
-            EventType::Deleted => "deleted",
-            EventType::Test => "test",
-        }
-    }
-
-    /// Index into per-type tables of [`EventType::SUBSCRIBABLE`] length.
-    pub fn index(self) -> Option<usize> {
-        EventType::SUBSCRIBABLE
-            .iter()
-            .position(|subscribable| *subscribable == self)
-    }
-}
-
-impl fmt::Display for EventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for EventType {
-    type Err = ();
-
-    fn from_str(text: &str) -> Result<EventType, ()> {
-        EventType::SUBSCRIBABLE
-            .into_iter()
-            .chain([EventType::Test])
-            .find(|event| event.as_str() == text)
-            .ok_or(())
-    }
-}
-
-impl Serialize for EventType {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
 
 /// The reply that decided an event (`remote`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -376,6 +302,22 @@ pub fn accepted(
             event
         })
         .collect()
+}
+
+/// A recipient refused at RCPT because it is on the suppression list:
+/// nothing was queued, so there is no queue id, message id or metadata.
+pub fn suppressed(
+    sender: &str,
+    recipient: &str,
+    class: BounceClass,
+    ids: &EventIds,
+    at: SystemTime,
+) -> WebhookEvent {
+    let mut event = WebhookEvent::new(ids.next(at), EventType::Suppressed, at);
+    event.sender = Some(sender.to_owned());
+    event.recipient = Some(recipient.to_owned());
+    event.class = Some(class);
+    event
 }
 
 pub fn unix_ms(at: SystemTime) -> u64 {

@@ -15,6 +15,7 @@
 //! - `signature`: the `Relayq-Signature` header.
 
 pub mod event;
+mod event_type;
 pub mod outbox;
 mod sender;
 pub mod signature;
@@ -31,6 +32,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::WebhookSettings;
 use crate::http::{HttpClient, Resolution, ResolverSource};
 use crate::metrics::WebhookRow;
+use crate::queue::hooks::{Staged as QueueStaged, TransitionHook};
+use crate::queue::transition::Transition;
 pub use event::{EventIds, EventType, WebhookEvent};
 
 /// How long connecting to a receiver may take, of a post's `timeout`.
@@ -363,6 +366,29 @@ impl Webhooks {
             },
         };
         Some(outcome)
+    }
+}
+
+/// Webhooks take the events of every committed transition: staged into
+/// its commit (the outbox), counted and their senders woken after it.
+impl TransitionHook for Webhooks {
+    fn stage(&self, transitions: &[Transition], changes: &mut Vec<Change>) -> QueueStaged {
+        if self.hooks.is_empty() {
+            return Box::new(Staged::default());
+        }
+        let events: Vec<WebhookEvent> = transitions
+            .iter()
+            .flat_map(|transition| {
+                event::for_transition(transition, |event_type| self.wants(event_type), &self.ids)
+            })
+            .collect();
+        Box::new(Webhooks::stage(self, &events, changes))
+    }
+
+    fn committed(&self, _transitions: &[Transition], staged: QueueStaged) {
+        if let Ok(staged) = staged.downcast::<Staged>() {
+            Webhooks::committed(self, *staged);
+        }
     }
 }
 

@@ -344,9 +344,16 @@ fn idle_close_then_second_message(ip: &str, script: Script) {
     let fault = start(ip, script, zone(ip, "mx.dest.test"), "", &[]);
     let first = fault.submit("first");
     fault.relay.wait_for_log(&format!("{first}: removed"));
-    // The connection waits in the pool (for up to 5 s); the server has
-    // meanwhile said 421 and closed its end.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The connection waits in the pool (for up to 5 s); the server says
+    // 421 after its idle time and closes its end.
+    let deadline = Instant::now() + WITHIN;
+    while fault.mx.active_sessions() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never closed its idle session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let second = fault.submit("second");
     let outcome = fault
         .relay
@@ -355,6 +362,12 @@ fn idle_close_then_second_message(ip: &str, script: Script) {
         outcome.contains("status=sent"),
         "the second message went out on a fresh connection: {outcome}"
     );
+    // It was the pooled connection that met the 421 (not a pool emptied
+    // by its idle timeout): the relay says so before opening a new one.
+    let reused = fault
+        .relay
+        .wait_for_log(&format!("{second}: pooled connection to "));
+    assert!(reused.contains("421 4.4.2"), "{reused}");
     assert_eq!(fault.mx.messages().len(), 2);
     assert_eq!(fault.mx.sessions(), 2, "one session per message");
     fault.slots_come_back();

@@ -8,7 +8,7 @@ use crate::common::TestRelay;
 use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
 use crate::common::dns_server::TestDns;
 use crate::common::fake_mx::Script;
-use crate::common::shaping::{queue_json, rate_violation, wait_until};
+use crate::common::shaping::{queue_json, queue_text, rate_violation, wait_until};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -71,4 +71,78 @@ fn starts_keep_to_the_rate_and_waiting_mail_is_deferred_without_an_attempt() {
     // 12 starts at 4/s cannot take less than 11 intervals.
     let span = *starts.last().unwrap() - starts[0];
     assert!(span >= Duration::from_millis(2700), "{span:?}");
+}
+
+/// Mail waiting for its slot gives the slot back when it leaves the queue:
+/// after a bulk delete of hundreds of messages promised slots minutes
+/// ahead, a new message to the destination goes out at once, not after
+/// the slots the deleted mail held.
+#[test]
+fn deleted_mail_gives_its_rate_slots_back() {
+    let (port, servers) = start_mx(vec![("127.0.23.2", Script::default())]);
+    let zone = zone_with_sender_mx("127.0.23.9")
+        .mx("dest.test", 10, "mx.dest.test")
+        .a("mx.dest.test", "127.0.23.2");
+    let dns = TestDns::start(zone);
+    let relay = TestRelay::start(&config(
+        &dns,
+        port,
+        "",
+        "[[destination]]\nname = \"slow\"\nmatch = [\"dest.test\"]\nrate = \"1/s\"\n",
+    ));
+    // One session, one transaction per message: 1 goes now, the rest are
+    // promised a slot each, up to five minutes ahead.
+    let count = 300;
+    let mut client = relay.client();
+    client.greet();
+    for n in 0..count {
+        let reply = client.send_message(
+            "app@sender.test",
+            &[&format!("u{n}@dest.test")],
+            format!("Subject: waiting {n}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(reply.code, 250, "{reply:?}");
+    }
+    client.command("QUIT");
+    wait_until(
+        "every message is delivered or waits for its slot",
+        WITHIN,
+        || {
+            let list = queue_json(&relay, &["list"]);
+            let waiting = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|message| {
+                    message["state"] == "deferred"
+                        && message["recipients"][0]["last_reply"]
+                            .as_str()
+                            .is_some_and(|reply| reply.contains("rate limit"))
+                })
+                .count();
+            waiting + servers[0].messages().len() == count
+        },
+    );
+    let delivered_before = servers[0].messages().len();
+    assert!(
+        delivered_before < count / 2,
+        "most mail waits: {delivered_before} of {count} delivered"
+    );
+
+    queue_text(&relay, &["delete", "--all"]);
+    wait_until("the queue is empty", WITHIN, || {
+        queue_json(&relay, &["list"]).as_array().unwrap().is_empty()
+    });
+    submit(
+        &relay,
+        "app@sender.test",
+        &["after@dest.test"],
+        "Subject: after the delete\r\n\r\n",
+    );
+    // Without its slots given back it would wait some five minutes.
+    wait_until("the new message is delivered", WITHIN, || {
+        servers[0].messages().iter().any(|message| {
+            String::from_utf8_lossy(&message.data).contains("Subject: after the delete\r\n")
+        })
+    });
 }

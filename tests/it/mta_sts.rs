@@ -10,6 +10,8 @@ use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_wi
 use crate::common::dns_server::{TestDns, Zone};
 use crate::common::fake_mx::{FakeMx, Script};
 use crate::common::policy_server::{self, PolicyServer, policy_response};
+use crate::common::shaping::{queue_json, wait_until};
+use crate::common::silent::{BlackHole, SilentServer};
 use crate::common::{TestRelay, WAIT, spawn_tail};
 
 const WITHIN: Duration = Duration::from_secs(15);
@@ -433,5 +435,151 @@ fn json_logs_carry_tls_and_policy_fields() {
     let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(entry["tls"], "verified", "{line}");
     assert_eq!(entry["policy"], "mta-sts-testing", "{line}");
+    expect_messages(&relay, &servers[0], 1, WITHIN);
+}
+
+/// A `[dns]` changed by a reload applies to MTA-STS too: policies are
+/// looked up through the new name servers, like the MX hosts.
+#[test]
+fn a_reload_of_dns_applies_to_policy_lookups() {
+    let site = Site::new("reloaded", 14);
+    let (port, servers) = start_mx(vec![(&site.mx_ip, site.mx_script(&site.mx_host()))]);
+    let without_policy = TestDns::start(
+        zone_with_sender_mx("127.0.88.250")
+            .mx(&site.domain, 10, &site.mx_host())
+            .a(&site.mx_host(), &site.mx_ip),
+    );
+    let with_policy = TestDns::start(site.zone("d1"));
+    let _policy_host = site.policy_server(&policy("enforce", &site.mx_host(), 86400));
+    let relay = TestRelay::start(&relay_config(&without_policy, port));
+    let first = site.submit(&relay);
+    let line = wait_for_delivery(&relay, &first, "sent");
+    assert!(line.contains("policy=none"), "{line}");
+
+    relay.rewrite_config(&relay_config(&with_policy, port));
+    let reload = relay.reload();
+    assert!(reload.status.success(), "{reload:?}");
+    let second = site.submit(&relay);
+    let line = wait_for_delivery(&relay, &second, "sent");
+    assert!(
+        line.contains("tls=verified") && line.contains("policy=mta-sts,"),
+        "the new name servers announce a policy: {line}"
+    );
+    expect_messages(&relay, &servers[0], 2, WITHIN);
+}
+
+/// A policy host that accepts connections and never answers (a tarpit)
+/// holds no lane worker while its fetch hangs: with one worker, mail for
+/// another domain goes out meanwhile. The domain's own mail waits for the
+/// fetch without an attempt, then goes as without a policy (RFC 8461 §5).
+#[test]
+fn a_tarpit_policy_host_holds_no_delivery_slot() {
+    let site = Site::new("tarpit", 15);
+    let other = Site::new("bystander", 16);
+    let tarpit = SilentServer::start(&format!("{}:443", site.policy_ip));
+    let (port, servers) = start_mx(vec![
+        (&site.mx_ip, Script::default()),
+        (&other.mx_ip, Script::default()),
+    ]);
+    let dns = TestDns::start(
+        site.zone("p1")
+            .mx(&other.domain, 10, &other.mx_host())
+            .a(&other.mx_host(), &other.mx_ip),
+    );
+    let ca = policy_server::ca_file();
+    let relay = TestRelay::start(&config(
+        &dns,
+        port,
+        &format!("tls_ca_file = \"{}\"", ca.display()),
+        "[lanes.high]\nconcurrency = 1\n",
+    ));
+    let first = site.submit(&relay);
+    wait_until("the policy fetch reaches the tarpit", WITHIN, || {
+        tarpit.accepted() >= 1
+    });
+    let second = other.submit(&relay);
+    let line = wait_for_delivery(&relay, &second, "sent");
+    assert!(
+        tarpit.open() >= 1,
+        "the other domain's mail went out while the fetch hung: {line}"
+    );
+    let detail = queue_json(&relay, &["show", &first]);
+    assert_eq!(detail["attempts"], 0, "{detail}");
+    let reply = detail["recipients"][0]["last_reply"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reply.contains("being fetched"), "{detail}");
+
+    let line = wait_for_delivery(&relay, &first, "sent");
+    assert!(line.contains("policy=none"), "{line}");
+    relay.wait_for_log("cannot fetch policy p1");
+    expect_messages(&relay, &servers[0], 1, WITHIN);
+    expect_messages(&relay, &servers[1], 1, WITHIN);
+}
+
+/// A cached policy is fetched again before its max_age runs out (RFC 8461
+/// §3.3: refresh proactively), in the background: deliveries go on under
+/// the cached policy while the refresh hangs on a tarpit.
+#[test]
+fn a_policy_is_refreshed_in_the_background_before_it_expires() {
+    let site = Site::new("refresh", 17);
+    let (port, servers) = start_mx(vec![(&site.mx_ip, site.mx_script(&site.mx_host()))]);
+    let dns = TestDns::start(site.zone("f1"));
+    let policy_host = site.policy_server(&policy("enforce", &site.mx_host(), 20));
+    let relay = TestRelay::start(&relay_config(&dns, port));
+    let first = site.submit(&relay);
+    let line = wait_for_delivery(&relay, &first, "sent");
+    assert!(line.contains("policy=mta-sts,"), "{line}");
+    assert_eq!(policy_host.requests(), 1);
+
+    // The policy host now takes connections and never answers.
+    drop(policy_host);
+    let tarpit = SilentServer::start(&format!("{}:443", site.policy_ip));
+    let mut delivered = 1;
+    wait_until(
+        "a refresh of the policy begins",
+        Duration::from_secs(30),
+        || {
+            let id = site.submit(&relay);
+            let line = wait_for_delivery(&relay, &id, "sent");
+            assert!(line.contains("policy=mta-sts,"), "{line}");
+            delivered += 1;
+            tarpit.accepted() >= 1
+        },
+    );
+    // The refresh hangs; the cached policy, still valid, keeps applying
+    // and nothing waits for the refresh.
+    let id = site.submit(&relay);
+    let line = wait_for_delivery(&relay, &id, "sent");
+    assert!(line.contains("policy=mta-sts,"), "{line}");
+    assert!(tarpit.open() >= 1, "delivered while the refresh hangs");
+    expect_messages(&relay, &servers[0], delivered + 1, WITHIN);
+}
+
+/// A policy host whose first address drops packets: that address gets a
+/// few seconds, not the whole fetch's time, and the policy comes from the
+/// second one.
+#[test]
+fn a_policy_host_address_that_drops_packets_is_skipped() {
+    let site = Site::new("blackhole", 18);
+    let second_address = "127.0.90.18";
+    let _black_hole = BlackHole::start(&format!("{}:443", site.policy_ip));
+    let _policy_host = PolicyServer::start(
+        second_address,
+        &format!("mta-sts.{}", site.domain),
+        policy_response(&policy("enforce", &site.mx_host(), 86400)),
+    );
+    let (port, servers) = start_mx(vec![(&site.mx_ip, site.mx_script(&site.mx_host()))]);
+    let dns = TestDns::start(
+        site.zone("h1")
+            .a(&format!("mta-sts.{}", site.domain), second_address),
+    );
+    let relay = TestRelay::start(&relay_config(&dns, port));
+    let id = site.submit(&relay);
+    let line = wait_for_delivery(&relay, &id, "sent");
+    assert!(
+        line.contains("tls=verified") && line.contains("policy=mta-sts,"),
+        "{line}"
+    );
     expect_messages(&relay, &servers[0], 1, WITHIN);
 }

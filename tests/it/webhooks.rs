@@ -494,3 +494,31 @@ fn relay_hostname(relay: &TestRelay) -> String {
         .unwrap()
         .to_owned()
 }
+
+#[test]
+fn a_recipient_refused_as_suppressed_is_announced_without_a_queue_id() {
+    let receiver = Receiver::start();
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"suppressed\"", "");
+    let relay = TestRelay::start(&hooks);
+    let added = std::process::Command::new(env!("CARGO_BIN_EXE_relayq"))
+        .args(["suppression", "add", "Gone@Dest.test", "--config"])
+        .arg(&relay.config_path)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", common::output_text(&added));
+    let mut client = relay.client();
+    client.greet();
+    client.command("MAIL FROM:<app@sender.test>");
+    let refused = client.command("RCPT TO:<gone@dest.test>");
+    assert_eq!(refused.code, 550, "{}", refused.text());
+    let events = receiver.wait_for_events(1, WAIT);
+    let event = &events[0];
+    assert_eq!(event["type"], "suppressed");
+    assert_eq!(event["recipient"], "gone@dest.test");
+    assert_eq!(event["sender"], "app@sender.test");
+    assert_eq!(event["class"], "admin");
+    for absent in ["queue_id", "lane", "attempt", "message_id", "meta"] {
+        assert!(event.get(absent).is_none(), "{absent} in {event}");
+    }
+}

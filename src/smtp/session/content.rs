@@ -288,7 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             builder.finish()
         };
         let mut assembled = match finished {
-            Ok(Assembly::Message(assembled)) => assembled,
+            Ok(Assembly::Message(assembled)) => *assembled,
             Ok(Assembly::TooBig) => {
                 self.reply_error(reply::message_too_big());
                 return;

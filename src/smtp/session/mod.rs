@@ -35,6 +35,7 @@ use crate::live::{Live, Settings};
 use crate::metrics::{Metrics, RefusalReason, ShedReason};
 use crate::queue::{Lane, Queue};
 use crate::storage::FreeSpace;
+use crate::suppression::Suppression;
 use content::BdatState;
 use pace::Request;
 use transaction::Transaction;
@@ -74,6 +75,8 @@ pub struct SessionShared {
     pub dkim: Arc<SigningKeys>,
     /// `accepted` events go into the outbox with the message.
     pub webhooks: Arc<crate::webhook::Webhooks>,
+    /// The suppression list, checked at RCPT.
+    pub suppression: Arc<Suppression>,
 }
 
 /// What the loop does after a command.
@@ -301,7 +304,7 @@ impl<S: AsyncRead + AsyncWrite + StartTls + Unpin> Session<S> {
             Command::Ehlo(host) => self.ehlo(host, true),
             Command::Helo(host) => self.ehlo(host, false),
             Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt(rcpt) => self.rcpt(rcpt),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt).await,
             Command::Data => return self.data().await,
             Command::Bdat { chunk_size, last } => return self.bdat(chunk_size, last).await,
             Command::Rset => {

@@ -1,5 +1,8 @@
 //! The envelope part of a session: EHLO/HELO, MAIL and RCPT, with the relay,
-//! sequence, size and storage checks that decide whether a transaction may go on.
+//! sequence, size and storage checks that decide whether a transaction may go on,
+//! and the suppression list.
+
+use std::time::SystemTime;
 
 use super::super::address::Mailbox;
 use super::super::command::{MailCommand, RcptCommand};
@@ -8,6 +11,7 @@ use super::Session;
 use crate::metrics::RefusalReason;
 use crate::queue::Lane;
 use crate::queue::envelope::{Recipient, RecipientStatus};
+use crate::webhook::{self, EventType};
 
 /// A mail transaction in progress (RFC 5321 §3.3).
 pub struct Transaction {
@@ -99,7 +103,7 @@ impl<S> Session<S> {
         self.reply(Reply::new(250, "2.1.0", "Ok"));
     }
 
-    pub(super) fn rcpt(&mut self, rcpt: RcptCommand) {
+    pub(super) async fn rcpt(&mut self, rcpt: RcptCommand) {
         let Some(transaction) = self.transaction.as_ref() else {
             self.reply_error(reply::bad_sequence("Error: need MAIL command"));
             return;
@@ -124,6 +128,30 @@ impl<S> Session<S> {
             return;
         }
         let address = self.resolve_local(&rcpt.forward_path);
+        let suppression = &self.shared.suppression;
+        if let Some(hit) =
+            suppression.check(&self.live.config.suppression, &address, SystemTime::now())
+        {
+            suppression.refused_at_rcpt(&transaction.reverse_path, &address, &hit);
+            // The `suppressed` event is committed before the refusal is sent
+            // (a rare path: one group commit's wait).
+            let webhooks = &self.shared.webhooks;
+            if webhooks.wants(EventType::Suppressed) {
+                let event = webhook::event::suppressed(
+                    &transaction.reverse_path,
+                    &address,
+                    hit.class,
+                    webhooks.ids(),
+                    SystemTime::now(),
+                );
+                webhooks.record(&self.shared.spool, &[event]).await;
+            }
+            // The other recipients go on; and like a full lane, this is no
+            // client error that counts towards `smtp.max_errors`: a list
+            // with many suppressed addresses must not cost the session.
+            self.reply(Reply::new(550, "5.1.1", hit.reply_text(&address)));
+            return;
+        }
         let recipient = Recipient {
             address,
             orcpt: rcpt.orcpt,

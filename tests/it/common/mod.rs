@@ -8,6 +8,7 @@ pub mod fake_mx;
 pub mod policy_server;
 pub mod shaping;
 pub mod signed_dns;
+pub mod silent;
 pub mod tls_client;
 pub mod webhook_receiver;
 
