@@ -12,6 +12,7 @@ mod check_config;
 mod cluster_redis;
 mod connection_pressure;
 mod crash_soak;
+mod dane;
 mod dane_dnssec;
 mod delivery_connections;
 mod delivery_crash;
