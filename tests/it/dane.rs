@@ -179,6 +179,17 @@ fn a_matching_dane_ee_record_delivers_with_tls_dane() {
         "the start checks the path: {}",
         relay.logs_text()
     );
+
+    // The authenticated session is pooled and carries the next message.
+    let id = submit(
+        &relay,
+        "app@sender.test",
+        &["other@ee.dane.test"],
+        "Subject: again\r\n\r\n",
+    );
+    let line = wait_for_delivery(&relay, &id, "sent");
+    assert!(line.contains("tls=dane, policy=dane,"), "{line}");
+    assert_eq!(servers[0].sessions(), 1, "the connection was reused");
 }
 
 #[test]
@@ -481,6 +492,17 @@ fn an_unsigned_zone_gets_opportunistic_tls() {
         dns.queries()
     );
     assert!(dane_count(&relay, "insecure") >= 1.0);
+
+    // The session was judged (no DANE): it is pooled and carries the next
+    // message too.
+    let id = submit(
+        &relay,
+        "app@sender.test",
+        &["other@unsigned.test"],
+        "Subject: y\r\n\r\n",
+    );
+    wait_for_delivery(&relay, &id, "sent");
+    assert_eq!(servers[0].sessions(), 1, "the connection was reused");
 }
 
 #[test]
