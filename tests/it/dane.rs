@@ -1,140 +1,17 @@
 //! DANE for SMTP (RFC 7672) in MX delivery, `[delivery] dane = true`
 //! against a DNSSEC-signed test root served in process (its key is the
 //! relay's `[dns] trust_anchor`): a certificate that matches the MX host's
-//! TLSA records delivers with `tls=dane policy=dane`; a mismatch, an MX
-//! without STARTTLS, a failed TLSA lookup and bogus signatures defer, and
-//! nothing ever falls back to unauthenticated TLS; an unsigned zone gets
-//! opportunistic TLS; DANE wins over MTA-STS.
+//! TLSA records (DANE-EE, DANE-TA with a name match) delivers with
+//! `tls=dane policy=dane`; unusable records still require TLS; an
+//! unsigned zone gets opportunistic TLS and no TLSA lookup; DANE wins over
+//! MTA-STS. The refusals are in `dane_refusals`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
-
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-use sha2::{Digest as _, Sha256};
-
+use crate::common::TestRelay;
+use crate::common::dane::*;
 use crate::common::delivery::{expect_messages, start_mx, submit};
-use crate::common::dns_server::{TestDns, Zone};
-use crate::common::fake_mx::{FakeMx, Script, TlsIdentity, test_ca};
+use crate::common::fake_mx::{Script, test_ca};
 use crate::common::policy_server::{self, policy_response};
-use crate::common::signed_dns::{Security, SignedDns, SignedZones};
-use crate::common::{TestRelay, WAIT};
-
-const WITHIN: Duration = Duration::from_secs(15);
-
-/// The DER certificates of a PEM chain, end entity first.
-fn chain(identity: &TlsIdentity) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("PEM chain")
-}
-
-/// `3 1 1`: SHA-256 of the server certificate's public key.
-fn dane_ee(identity: &TlsIdentity) -> Vec<u8> {
-    let spki = relayq::dane::public_key_info(&chain(identity)[0]).expect("SPKI");
-    Sha256::digest(spki).to_vec()
-}
-
-/// `2 0 1`: SHA-256 of the issuing CA's certificate.
-fn dane_ta(identity: &TlsIdentity) -> Vec<u8> {
-    let ca = CertificateDer::from_pem_slice(identity.ca_pem.as_bytes()).expect("CA PEM");
-    Sha256::digest(ca.as_ref()).to_vec()
-}
-
-/// An MX offering STARTTLS with `identity`.
-fn tls_script(identity: TlsIdentity) -> Script {
-    Script {
-        tls: Some(identity),
-        ..Script::default()
-    }
-}
-
-/// A certificate for `host` from the MTA-STS test CA, the CA's certificate
-/// sent along (DANE-TA needs the anchor in the chain, RFC 7672 §3.1.2).
-fn ca_issued(host: &str) -> TlsIdentity {
-    let mut identity = policy_server::identity(host);
-    identity.cert_pem = format!("{}{}", identity.cert_pem, identity.ca_pem);
-    identity
-}
-
-/// Signed zones with the senders' domain (bounces go there, no TLSA).
-fn zones(sender_mx_ip: &str) -> SignedZones {
-    SignedZones::new()
-        .zone("dane.test", Security::Signed)
-        .mx("sender.test", 10, "mx.sender.test")
-        .a("mx.sender.test", sender_mx_ip)
-}
-
-fn relay_config(dns: &SignedDns, anchor_dir: &std::path::Path, port: u16, extra: &str) -> String {
-    let anchor = dns.trust_anchor_file(anchor_dir);
-    format!(
-        "[delivery]\nport = {port}\ndane = true\nconnect_timeout = \"2s\"\ngreeting_timeout = \"5s\"\n\
-         command_timeout = \"5s\"\ndata_timeout = \"5s\"\nfinal_timeout = \"5s\"\n\
-         tls_ca_file = \"{}\"\n\
-         [dns]\nnameservers = [\"{}\"]\ntrust_anchor = \"{}\"\n\
-         [retry]\ninitial = \"1s\"\nfactor = 1.0\nmax = \"1s\"\nmax_age = \"1h\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
-        policy_server::ca_file().display(),
-        dns.address,
-        anchor.display()
-    )
-}
-
-/// The first delivery log line of message `id` with `status`.
-fn wait_for_delivery(relay: &TestRelay, id: &str, status: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(line) = relay
-            .log_lines(&format!("{id}: to="))
-            .into_iter()
-            .find(|line| line.contains(&format!("status={status}")))
-        {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {status} line for {id}; logs:\n{}",
-            relay.logs_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_no_transaction(server: &FakeMx) {
-    let commands = server.commands();
-    assert!(
-        commands
-            .iter()
-            .all(|command| !command.to_ascii_uppercase().starts_with("MAIL")),
-        "no MAIL FROM may reach a host DANE refuses: {commands:?}"
-    );
-    assert!(server.messages().is_empty());
-}
-
-/// `relayq_dane_results_total{result="RESULT"}` as scraped now.
-fn dane_count(relay: &TestRelay, result: &str) -> f64 {
-    let line = relay.wait_for_log("metrics on ");
-    let address: SocketAddr = line
-        .split("metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .expect("metrics address");
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("metrics");
-    let series = format!("relayq_dane_results_total{{result=\"{result}\"}} ");
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{response}"))
-}
+use crate::common::signed_dns::Security;
 
 #[test]
 fn a_matching_dane_ee_record_delivers_with_tls_dane() {
@@ -253,95 +130,6 @@ fn a_dane_ta_record_needs_the_chain_and_a_name_match() {
 }
 
 #[test]
-fn a_mismatch_defers_and_past_max_age_bounces_naming_dane() {
-    let mx_ip = "127.0.72.21";
-    let presented = test_ca().0;
-    let published = ca_issued("mx.mismatch.dane.test");
-    let (port, servers) = start_mx(vec![
-        (mx_ip, tls_script(presented)),
-        ("127.0.72.29", Script::default()),
-    ]);
-    let dns = zones("127.0.72.29")
-        .mx("mismatch.dane.test", 10, "mx.mismatch.dane.test")
-        .a("mx.mismatch.dane.test", mx_ip)
-        .tlsa(
-            &format!("_{port}._tcp.mx.mismatch.dane.test"),
-            3,
-            1,
-            1,
-            &dane_ee(&published),
-        )
-        .start();
-    let anchors = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(
-        &relay_config(&dns, anchors.path(), port, "")
-            .replace("max_age = \"1h\"", "max_age = \"3s\""),
-    );
-    let id = submit(
-        &relay,
-        "app@sender.test",
-        &["user@mismatch.dane.test"],
-        "Subject: x\r\n\r\n",
-    );
-    let line = wait_for_delivery(&relay, &id, "deferred");
-    assert!(
-        line.contains("dsn=4.7.5") && line.contains("DANE"),
-        "{line}"
-    );
-    assert!(line.contains("policy=dane"), "{line}");
-    assert!(
-        line.contains("matches none of the 1 usable TLSA records"),
-        "{line}"
-    );
-    assert!(line.contains("class=tls_failure"), "{line}");
-    assert!(servers[0].sessions() >= 1, "the handshake was tried");
-    assert_no_transaction(&servers[0]);
-
-    let bounces = expect_messages(&relay, &servers[1], 1, WITHIN);
-    let report = String::from_utf8_lossy(&bounces[0].data).into_owned();
-    assert!(
-        report.contains("Action: failed") && report.contains("4.7.5") && report.contains("DANE"),
-        "{report}"
-    );
-    assert_no_transaction(&servers[0]);
-    assert!(dane_count(&relay, "mismatch") >= 1.0);
-}
-
-#[test]
-fn an_mx_without_starttls_defers() {
-    let mx_ip = "127.0.72.31";
-    let identity = test_ca().0;
-    let (port, servers) = start_mx(vec![(mx_ip, Script::default())]);
-    let dns = zones("127.0.72.39")
-        .mx("plaintext.dane.test", 10, "mx.plaintext.dane.test")
-        .a("mx.plaintext.dane.test", mx_ip)
-        .tlsa(
-            &format!("_{port}._tcp.mx.plaintext.dane.test"),
-            3,
-            1,
-            1,
-            &dane_ee(&identity),
-        )
-        .start();
-    let anchors = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&relay_config(&dns, anchors.path(), port, ""));
-    let id = submit(
-        &relay,
-        "app@sender.test",
-        &["user@plaintext.dane.test"],
-        "Subject: x\r\n\r\n",
-    );
-    let line = wait_for_delivery(&relay, &id, "deferred");
-    assert!(
-        line.contains("dsn=4.7.5") && line.contains("no STARTTLS offered; DANE requires TLS"),
-        "{line}"
-    );
-    assert!(servers[0].sessions() >= 1);
-    assert_no_transaction(&servers[0]);
-    assert!(dane_count(&relay, "no_starttls") >= 1.0);
-}
-
-#[test]
 fn unusable_tlsa_records_still_require_tls() {
     let tls_ip = "127.0.72.91";
     let plain_ip = "127.0.72.92";
@@ -398,61 +186,6 @@ fn unusable_tlsa_records_still_require_tls() {
     );
     assert_no_transaction(&servers[1]);
     assert!(dane_count(&relay, "no_usable_tlsa") >= 1.0);
-}
-
-#[test]
-fn a_failed_tlsa_lookup_defers_without_connecting() {
-    let mx_ip = "127.0.72.41";
-    let (port, servers) = start_mx(vec![(mx_ip, tls_script(test_ca().0))]);
-    let dns = zones("127.0.72.49")
-        .mx("servfail.dane.test", 10, "mx.servfail.dane.test")
-        .a("mx.servfail.dane.test", mx_ip)
-        .servfail(&format!("_{port}._tcp.mx.servfail.dane.test"))
-        .start();
-    let anchors = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&relay_config(&dns, anchors.path(), port, ""));
-    let id = submit(
-        &relay,
-        "app@sender.test",
-        &["user@servfail.dane.test"],
-        "Subject: x\r\n\r\n",
-    );
-    let line = wait_for_delivery(&relay, &id, "deferred");
-    assert!(
-        line.contains("dsn=4.7.5")
-            && line.contains("TLSA lookup failed")
-            && line.contains("SERVFAIL"),
-        "{line}"
-    );
-    assert_eq!(
-        servers[0].sessions(),
-        0,
-        "a secure host whose TLSA lookup failed is never used, not even with TLS"
-    );
-    assert!(dane_count(&relay, "tlsa_lookup_failed") >= 1.0);
-}
-
-#[test]
-fn bogus_signatures_defer() {
-    let mx_ip = "127.0.72.51";
-    let (port, servers) = start_mx(vec![(mx_ip, tls_script(test_ca().0))]);
-    let dns = zones("127.0.72.59")
-        .zone("bogus.test", Security::Bogus)
-        .mx("bogus.test", 10, "mx.bogus.test")
-        .a("mx.bogus.test", mx_ip)
-        .start();
-    let anchors = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(&relay_config(&dns, anchors.path(), port, ""));
-    let id = submit(
-        &relay,
-        "app@sender.test",
-        &["user@bogus.test"],
-        "Subject: x\r\n\r\n",
-    );
-    let line = wait_for_delivery(&relay, &id, "deferred");
-    assert!(line.contains("DNSSEC validation failed (bogus)"), "{line}");
-    assert_eq!(servers[0].sessions(), 0);
-    assert!(dane_count(&relay, "dnssec_failed") >= 1.0);
 }
 
 #[test]
@@ -587,39 +320,4 @@ fn dane_wins_over_mta_sts() {
     );
     assert!(line.contains("policy=dane"), "{line}");
     assert_no_transaction(&servers[1]);
-}
-
-#[test]
-fn name_servers_without_dnssec_defer_and_the_log_says_why() {
-    let mx_ip = "127.0.72.81";
-    let (port, servers) = start_mx(vec![(mx_ip, tls_script(test_ca().0))]);
-    // A plain name server, and the built-in root anchor: nothing validates.
-    let dns = TestDns::start(
-        Zone::default()
-            .mx("plain.example", 10, "mx.plain.example")
-            .a("mx.plain.example", mx_ip),
-    );
-    let relay = TestRelay::start(&format!(
-        "[delivery]\nport = {port}\ndane = true\nconnect_timeout = \"2s\"\n\
-         [dns]\nnameservers = [\"{}\"]\n\
-         [retry]\ninitial = \"1s\"\nfactor = 1.0\nmax = \"1s\"\nmax_age = \"1h\"\n",
-        dns.address
-    ));
-    let line = relay.wait_for_log("DNSSEC validation fails");
-    assert!(
-        line.contains("do not seem to pass DNSSEC records"),
-        "{line}"
-    );
-    let id = submit(
-        &relay,
-        "app@sender.test",
-        &["user@plain.example"],
-        "Subject: x\r\n\r\n",
-    );
-    let line = wait_for_delivery(&relay, &id, "deferred");
-    assert!(
-        line.contains("DNSSEC validation failed") && line.contains("do not seem to pass DNSSEC"),
-        "{line}"
-    );
-    assert_eq!(servers[0].sessions(), 0);
 }

@@ -14,6 +14,7 @@ mod connection_pressure;
 mod crash_soak;
 mod dane;
 mod dane_dnssec;
+mod dane_refusals;
 mod delivery_connections;
 mod delivery_crash;
 mod delivery_faults;

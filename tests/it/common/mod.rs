@@ -1,5 +1,6 @@
 //! Test harness: the real `relayq` binary on a temporary spool and an
 //! ephemeral loopback port, and a small blocking SMTP client.
+pub mod dane;
 pub mod delivery;
 pub mod dkim;
 pub mod dns_server;
