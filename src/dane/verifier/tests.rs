@@ -1,3 +1,5 @@
+//! Unit tests of the DANE verifier: DANE-EE and DANE-TA verdicts over certificate chains made for the test.
+
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
