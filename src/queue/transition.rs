@@ -163,6 +163,11 @@ pub struct Transition {
     /// Recipients to report; which of them a DSN goes out for (NOTIFY, the
     /// null sender) is [`reported`]'s decision.
     pub notes: Vec<Note>,
+    /// The recipients still open when this transition passed the delay
+    /// warning point (`retry.delay_warning`), whatever their NOTIFY: the
+    /// `delayed` events (a DSN only goes to those with NOTIFY=DELAY, in
+    /// `notes`).
+    pub delayed: Vec<usize>,
     pub operator: Option<OperatorAction>,
     pub now: SystemTime,
 }
@@ -315,6 +320,7 @@ impl PassResults {
             record: Record::MarkDelivered(delivered),
             recipients: announced,
             notes: Vec::new(),
+            delayed: Vec::new(),
             operator: None,
             now,
         }
@@ -351,6 +357,7 @@ impl PassResults {
         // Time on hold counts neither toward expiry nor the delay warning.
         let counted_age = envelope.queued_age(now);
         let open = open_recipients(&envelope);
+        let mut delayed = Vec::new();
         if !open.is_empty() && policy.is_expired(counted_age) {
             for &index in &open {
                 let recipient = &mut envelope.recipients[index];
@@ -385,6 +392,7 @@ impl PassResults {
             && counted_age >= warning
             && !envelope.delay_warned
         {
+            delayed = open.clone();
             for &index in &open {
                 let recipient = &envelope.recipients[index];
                 if recipient.notify.delay {
@@ -441,6 +449,7 @@ impl PassResults {
             record,
             recipients,
             notes,
+            delayed,
             operator,
             now,
         }
@@ -457,6 +466,7 @@ pub fn complete(id: QueueId, envelope: Envelope, now: SystemTime) -> Transition 
         record: Record::Remove,
         recipients: Vec::new(),
         notes: Vec::new(),
+        delayed: Vec::new(),
         operator: None,
         now,
     }
@@ -474,6 +484,7 @@ pub fn deleted(id: QueueId, lane: Lane, arrival_ms: u64, now: SystemTime) -> Tra
         record: Record::Remove,
         recipients: Vec::new(),
         notes: Vec::new(),
+        delayed: Vec::new(),
         operator: Some(OperatorAction::Deleted),
         now,
     }
@@ -516,6 +527,7 @@ pub fn operator(
         record,
         recipients,
         notes,
+        delayed: Vec::new(),
         operator: action,
         now,
     }

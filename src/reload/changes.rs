@@ -17,8 +17,9 @@ pub struct Changes {
 /// Keys that a running daemon cannot change: sockets it has bound, the
 /// spool it has open, the maildrop it watches, the log format of the
 /// installed subscriber, the MTA-STS policy store and the trust anchors
-/// it and the outbound TLS configurations were built with.
-const RESTART_KEYS: [&str; 8] = [
+/// it and the outbound TLS configurations were built with, and the
+/// webhooks (each has a sender task and an outbox range of its own).
+const RESTART_KEYS: [&str; 9] = [
     "listener",
     "spool.path",
     "control.socket",
@@ -27,6 +28,7 @@ const RESTART_KEYS: [&str; 8] = [
     "log.format",
     "delivery.mta_sts",
     "delivery.tls_ca_file",
+    "webhook",
 ];
 
 /// Compares the running configuration with a new one.
@@ -66,7 +68,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
         .collect();
-    let restart: [bool; 8] = [
+    let restart: [bool; 9] = [
         running.listeners != new.listeners,
         running.spool.path != new.spool.path,
         running.control.socket != new.control.socket,
@@ -75,6 +77,7 @@ pub fn compare(running: &Config, new: &Config) -> Changes {
         running.log.format != new.log.format,
         running.delivery.mta_sts != new.delivery.mta_sts,
         running.delivery.extra_trust_anchors != new.delivery.extra_trust_anchors,
+        running.webhooks != new.webhooks,
     ];
     changes.restart = RESTART_KEYS
         .into_iter()
@@ -116,6 +119,7 @@ pub fn keep_restart_keys(running: &Config, mut new: Config) -> Config {
     new.metrics.listen = running.metrics.listen;
     new.log.format = running.log.format;
     new.delivery.mta_sts = running.delivery.mta_sts;
+    new.webhooks.clone_from(&running.webhooks);
     new.delivery
         .extra_trust_anchors
         .clone_from(&running.delivery.extra_trust_anchors);
@@ -162,6 +166,22 @@ mod tests {
         let changes = compare(&running, &config(&text));
         assert_eq!(changes.applied, ["bounce"]);
         assert!(changes.restart.is_empty());
+    }
+
+    #[test]
+    fn webhooks_need_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s\n").unwrap();
+        let running = config("");
+        let new = config(&format!(
+            "[[webhook]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/\"\nsecret_file = {:?}\n",
+            secret.display().to_string()
+        ));
+        let changes = compare(&running, &new);
+        assert!(changes.applied.is_empty(), "{changes:?}");
+        assert_eq!(changes.restart, ["webhook"]);
+        assert!(keep_restart_keys(&running, new).webhooks.is_empty());
     }
 
     #[test]

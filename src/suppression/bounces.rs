@@ -113,6 +113,7 @@ mod tests {
             record: Record::Remove,
             recipients,
             notes: Vec::new(),
+            delayed: Vec::new(),
             operator: None,
             now,
         }

@@ -13,7 +13,7 @@ use crate::events::EventKind;
 use crate::outcome::RemoteReply;
 use crate::queue::Lane;
 use crate::queue::envelope::{Envelope, Meta, RecipientStatus};
-use crate::queue::transition::{Cause, NoteKind, OperatorAction, Transition};
+use crate::queue::transition::{Cause, OperatorAction, Transition};
 
 /// The reply that decided an event (`remote`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -224,22 +224,22 @@ pub fn for_transition(
         events.push(event);
     }
     if wanted(EventType::Delayed) {
-        for note in transition
-            .notes
-            .iter()
-            .filter(|note| note.kind == NoteKind::Delayed)
-        {
-            let Some(recipient) = envelope.recipients.get(note.index) else {
+        for &index in &transition.delayed {
+            let Some(recipient) = envelope.recipients.get(index) else {
                 continue;
             };
             let mut event = WebhookEvent::new(ids.next(at), EventType::Delayed, at);
             message_fields(&mut event, transition);
             event.recipient = Some(recipient.address.clone());
+            event.class = recipient.class;
+            event.next_attempt = envelope
+                .next_attempt_ms
+                .map(|ms| rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)));
             event.remote = recipient.last_reply.as_ref().map(|last| Remote {
                 host: None,
                 ip: None,
                 code: None,
-                enhanced: note.reply.status.clone(),
+                enhanced: "4.4.7".to_owned(),
                 text: last.clone(),
             });
             events.push(event);

@@ -522,3 +522,56 @@ fn a_recipient_refused_as_suppressed_is_announced_without_a_queue_id() {
         assert!(event.get(absent).is_none(), "{absent} in {event}");
     }
 }
+
+#[test]
+fn passing_the_delay_warning_is_announced_for_every_open_recipient() {
+    let receiver = Receiver::start();
+    let always_later = Script {
+        rcpt_reply: Arc::new(|_| "451 4.3.0 try again later".to_owned()),
+        ..Script::default()
+    };
+    let (port, _servers) = start_mx(vec![
+        ("127.0.61.1", always_later),
+        ("127.0.61.9", Script::default()),
+    ]);
+    let dns = TestDns::start(zone());
+    let dir = secret_dir();
+    let hooks = webhook(dir.path(), &receiver, "\"delayed\"", "");
+    // `delay_warning` lands in the [retry] section the delivery config ends with.
+    let relay = TestRelay::start(&config(
+        &dns,
+        port,
+        "",
+        &format!("delay_warning = \"2s\"\n{hooks}"),
+    ));
+    let id = submit(
+        &relay,
+        "app@sender.test",
+        &["slow@dest.test", "later@dest.test"],
+        "Subject: slow\r\n\r\nx\r\n",
+    );
+    let events = receiver.wait_for_events(2, WAIT);
+    for event in &events {
+        assert_eq!(event["type"], "delayed");
+        assert_eq!(event["queue_id"], id.as_str());
+        assert!(event["next_attempt"].as_str().is_some(), "{event}");
+        assert!(
+            event["remote"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("try again later"),
+            "{event}"
+        );
+    }
+    let recipients: HashSet<&str> = events
+        .iter()
+        .map(|event| event["recipient"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        recipients,
+        HashSet::from(["slow@dest.test", "later@dest.test"])
+    );
+    // Once per message.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(distinct(&receiver.events()).len(), 2);
+}

@@ -280,10 +280,13 @@ fn the_delay_warning_goes_once_to_those_who_asked() {
     let notes: Vec<(usize, NoteKind)> =
         transition.notes.iter().map(|n| (n.index, n.kind)).collect();
     assert_eq!(notes, vec![(0, NoteKind::Delayed)]);
+    // Events go for every open recipient, whatever its NOTIFY.
+    assert_eq!(transition.delayed, vec![0, 1]);
     assert!(transition.envelope.delay_warned);
     let again =
         PassResults::new(transition.envelope).finish(QueueId(1), None, &policy(warning), now, 0.5);
     assert!(again.notes.is_empty());
+    assert!(again.delayed.is_empty());
 }
 
 #[test]
