@@ -169,6 +169,12 @@ SEEDS = {
         "bad-rules": b"[rules]\nspammy = ['(']\n\x00452-4.2.2 The email account\r\n452 4.2.2 is over quota\r\n",
         "microsoft": b"\x00550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. (S3150)\r\n",
     },
+    "dane": {
+        "dnskey": b"; the root\n. 3600 IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==\n",
+        "ds": b". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n",
+        "bad-line": b"example. IN DS 1 13 2 00\n",
+        "der": bytes.fromhex("3003020100"),
+    },
     "mta_sts": {
         "policy": b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n",
         "txt": b"v=STSv1; id=20160831085700Z;",

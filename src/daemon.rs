@@ -98,6 +98,7 @@ pub async fn run(
         Live::build(config.clone(), None, &metrics, &tracker).context("cannot set up delivery")?;
     let destinations = DeliveryContext::destinations(&config);
     let settings = Settings::new(live);
+    check_dnssec(&settings, &tracker);
     let resolver: ResolverSource = {
         let settings = settings.clone();
         Arc::new(move || settings.delivery().load().resolver.clone())
@@ -385,5 +386,18 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// With `delivery.dane`, checks at start that DNSSEC validation works on
+/// the configured name servers and logs the result (an error names a path
+/// that strips DNSSEC: MX delivery would defer until it is fixed). Never
+/// delays the start.
+fn check_dnssec(settings: &Settings, tracker: &TaskTracker) {
+    let resolver = settings.snapshot().delivery.resolver.clone();
+    if resolver.validates() {
+        tracker.spawn(async move {
+            resolver.check_dnssec().await;
+        });
     }
 }

@@ -1,5 +1,8 @@
 //! Where mail goes: MX and address lookups over hickory's resolver, and the
 //! classification of what DNS said into bounce or defer (ARCHITECTURE.md, "Delivery"; RFC 5321 §5.1, RFC 7505).
+//! With `delivery.dane`, MX delivery's lookups are DNSSEC-validated
+//! (`dnssec`) and each target says what DNSSEC proved about it; `tlsa`
+//! looks up a secure host's TLSA records (RFC 7672 §2.2).
 //!
 //! Invariant: every query is for an absolute name. A resolv.conf `search`
 //! list would otherwise retry a name that SERVFAILs under the search
@@ -8,9 +11,13 @@
 //! deferred. Names are made absolute here, and the resolver is built with no
 //! search list at all, so neither layer alone can reintroduce the bug.
 
+mod anchor;
+mod dnssec;
 mod lookup;
+mod mx;
 mod names;
 mod order;
+mod tlsa;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,14 +30,16 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::{Hosts, TokioResolver};
-use tokio::time::Instant;
 
 use crate::config::{DnsSettings, IpVersion};
 
+pub use self::anchor::{Anchor, TrustAnchorSource};
+use self::dnssec::Validation;
 use self::lookup::{Answer, HostLookup, mx_of};
 use self::names::{absolute_name, domain_literal, host_text};
 pub use self::order::MAX_TARGETS;
-use self::order::{HostAddresses, ResolvedHost, SplitMix64};
+use self::order::{HostAddresses, ResolvedHost};
+pub use self::tlsa::TlsaLookup;
 
 /// One address to deliver to, in the order returned by
 /// [`MxResolver::mail_targets`].
@@ -43,6 +52,27 @@ pub struct MailTarget {
     pub address: IpAddr,
     /// The MX preference; 0 for an implicit MX or a domain literal.
     pub preference: u16,
+    /// What DNSSEC proved about the host, when MX lookups are validated
+    /// (`delivery.dane`); `None` otherwise and for a domain literal.
+    pub dnssec: Option<TargetDnssec>,
+}
+
+/// What DNSSEC proved about one MX host (RFC 7672 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetDnssec {
+    /// The domain's MX RRset (and any CNAME leading to it) is secure; for
+    /// an implicit MX, the denial of MX records is. With an insecure MX
+    /// RRset DANE still applies to a host with secure TLSA records, but
+    /// the next-hop domain is no reference identifier (RFC 7672 §2.2.1).
+    pub mx_secure: bool,
+    /// The host's address records (and any CNAME leading to them) are
+    /// secure: its TLSA records are looked up. Otherwise DANE does not
+    /// apply to it.
+    pub host_secure: bool,
+    /// The host's name after the CNAMEs of its address lookup, when they
+    /// led elsewhere (lowercase, no trailing dot): the first TLSA base
+    /// domain to try.
+    pub expanded: Option<String>,
 }
 
 /// Why there is no address to deliver to. Each variant carries a readable
@@ -113,6 +143,8 @@ pub struct MxResolver {
 #[derive(Debug)]
 struct Inner {
     resolver: TokioResolver,
+    /// With `delivery.dane`: the validating resolver MX delivery uses.
+    validation: Option<Validation>,
     /// `/etc/hosts`, consulted for route/smarthost names only: MX hosts
     /// come from DNS alone, as Postfix does by default.
     hosts: Hosts,
@@ -138,7 +170,14 @@ impl MxResolver {
             settings.nameservers.iter().map(name_server).collect()
         };
         let hosts = Hosts::from_system().unwrap_or_default();
-        build(name_servers, hosts, ip_version, LookupLimits::default())
+        let dnssec = settings.dnssec.then(|| settings.trust_anchors.clone());
+        build(
+            name_servers,
+            hosts,
+            ip_version,
+            LookupLimits::default(),
+            dnssec,
+        )
     }
 
     /// Explicit name servers plus a resolv.conf-style `search` list and
@@ -176,57 +215,39 @@ impl MxResolver {
             "search list and ndots ignored: names are absolute"
         );
         let name_servers = nameservers.iter().map(name_server).collect();
-        build(name_servers, Hosts::default(), ip_version, limits)
+        build(name_servers, Hosts::default(), ip_version, limits, None)
     }
 
-    /// Where to deliver mail for `domain` (a domain name, IDN allowed, or a
-    /// `[192.0.2.1]`/`[IPv6:2001:db8::1]` literal): up to [`MAX_TARGETS`]
-    /// addresses, in the order to try. A literal is returned as is, whatever
-    /// `ip_version` says.
-    pub async fn mail_targets(&self, domain: &str) -> Result<Vec<MailTarget>, DnsError> {
-        if let Some(address) = domain_literal(domain)? {
-            return Ok(vec![MailTarget {
-                host: address.to_string(),
-                address,
-                preference: 0,
-            }]);
-        }
-        let name = absolute_name(domain)?;
-        let readable = host_text(&name);
-        let deadline = Instant::now() + self.inner.total;
+    /// Explicit name servers, and MX lookups validated from `anchors`, as
+    /// with `delivery.dane`. `/etc/hosts` is not read.
+    pub fn with_dnssec(
+        nameservers: &[SocketAddr],
+        anchors: TrustAnchorSource,
+        ip_version: IpVersion,
+        limits: LookupLimits,
+    ) -> anyhow::Result<MxResolver> {
+        let name_servers = nameservers.iter().map(name_server).collect();
+        build(
+            name_servers,
+            Hosts::default(),
+            ip_version,
+            limits,
+            Some(anchors),
+        )
+    }
 
-        let exchanges = match self.query(&name, RecordType::MX, mx_of).await {
-            Err(reason) => return Err(DnsError::Temporary(reason)),
-            Ok(Answer::NxDomain) => {
-                return Err(DnsError::NoSuchDomain(format!(
-                    "{readable}: no such domain"
-                )));
-            }
-            // RFC 5321 §5.1: no MX records, the domain itself is the host.
-            Ok(Answer::NoData) => return self.implicit_mx(&name, &readable, deadline).await,
-            Ok(Answer::Records(records)) => records,
-        };
-        let Some(exchanges) = order::prioritize(exchanges, &mut SplitMix64::from_entropy()) else {
-            return Err(DnsError::NullMx(format!(
-                "{readable} accepts no mail (null MX, RFC 7505)"
-            )));
-        };
+    /// Whether MX lookups are DNSSEC-validated (`delivery.dane`).
+    pub fn validates(&self) -> bool {
+        self.inner.validation.is_some()
+    }
 
-        let (resolved, first_problem) = self
-            .resolve_exchanges(&readable, &exchanges, deadline)
-            .await;
-        let targets = order::order_targets(&resolved, self.inner.ip_version);
-        if targets.is_empty() {
-            let hosts: Vec<String> = exchanges.iter().map(|(_, host)| host_text(host)).collect();
-            return Err(DnsError::Temporary(first_problem.unwrap_or_else(|| {
-                format!(
-                    "no {} found for the MX hosts of {readable} ({})",
-                    family_text(self.inner.ip_version),
-                    hosts.join(", ")
-                )
-            })));
-        }
-        Ok(targets)
+    /// Checks that DNSSEC validation works on the configured name servers
+    /// (the trust anchors' DNSKEY RRsets validate), logs the result when
+    /// it changed, and returns it: `Ok` says what was checked, `Err` why
+    /// it failed. `None` without `delivery.dane`.
+    pub async fn check_dnssec(&self) -> Option<Result<String, String>> {
+        let validation = self.inner.validation.as_ref()?;
+        Some(validation.check(self.plain()).await)
     }
 
     /// The most preferred MX host of `domain`, lowercase and without the
@@ -265,13 +286,13 @@ impl MxResolver {
         let name = absolute_name(host)?;
         let readable = host_text(&name);
         let lookup = match self.static_host(&name) {
-            Some(addresses) => HostLookup::Found(addresses),
+            Some(addresses) => HostLookup::Found(addresses, Default::default()),
             None => tokio::time::timeout(self.inner.total, self.resolve_host(&name))
                 .await
                 .unwrap_or_else(|_| HostLookup::Temporary(format!("timeout resolving {readable}"))),
         };
         let addresses = match lookup {
-            HostLookup::Found(addresses) => addresses,
+            HostLookup::Found(addresses, _) => addresses,
             HostLookup::NoSuchHost => {
                 return Err(DnsError::NoSuchDomain(format!("{readable}: no such host")));
             }
@@ -283,6 +304,7 @@ impl MxResolver {
                 host: readable.clone(),
                 preference: 0,
                 addresses,
+                dnssec: None,
             }],
             self.inner.ip_version,
         );
@@ -294,101 +316,6 @@ impl MxResolver {
         }
         Ok(targets.into_iter().map(|target| target.address).collect())
     }
-
-    /// The addresses of MX hosts in order, until [`MAX_TARGETS`] are known or
-    /// time is up, and the first temporary failure met on the way. Hosts
-    /// that do not exist or have no address are skipped.
-    async fn resolve_exchanges(
-        &self,
-        readable: &str,
-        exchanges: &[(u16, Name)],
-        deadline: Instant,
-    ) -> (Vec<ResolvedHost>, Option<String>) {
-        let mut resolved: Vec<ResolvedHost> = Vec::new();
-        let mut found = 0;
-        let mut first_problem: Option<String> = None;
-        for (index, (preference, host)) in exchanges.iter().enumerate() {
-            // Enough addresses: stop, but finish the preference level first,
-            // since prefer_ipv4/prefer_ipv6 reorder within a level.
-            let new_level = index == 0 || exchanges[index - 1].0 != *preference;
-            if found >= MAX_TARGETS && new_level {
-                break;
-            }
-            let mx_host = host_text(host);
-            let lookup = match tokio::time::timeout_at(deadline, self.resolve_host(host)).await {
-                Ok(lookup) => lookup,
-                Err(_) => {
-                    first_problem.get_or_insert(format!(
-                        "timeout resolving the MX hosts of {readable} (stopped at {mx_host})"
-                    ));
-                    break;
-                }
-            };
-            match lookup {
-                HostLookup::Found(addresses) => {
-                    found += addresses.ipv4.len() + addresses.ipv6.len();
-                    resolved.push(ResolvedHost {
-                        host: mx_host,
-                        preference: *preference,
-                        addresses,
-                    });
-                }
-                HostLookup::NoSuchHost => {
-                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host does not exist");
-                }
-                HostLookup::NoAddresses => {
-                    tracing::debug!(domain = %readable, mx = %mx_host, "MX host has no usable address");
-                }
-                HostLookup::Temporary(reason) => {
-                    first_problem.get_or_insert(reason);
-                }
-            }
-        }
-
-        (resolved, first_problem)
-    }
-
-    async fn implicit_mx(
-        &self,
-        name: &Name,
-        readable: &str,
-        deadline: Instant,
-    ) -> Result<Vec<MailTarget>, DnsError> {
-        let lookup = tokio::time::timeout_at(deadline, self.resolve_host(name))
-            .await
-            .unwrap_or_else(|_| HostLookup::Temporary(format!("timeout resolving {readable}")));
-        let addresses = match lookup {
-            HostLookup::Found(addresses) => addresses,
-            HostLookup::NoSuchHost => {
-                return Err(DnsError::NoSuchDomain(format!(
-                    "{readable}: no such domain"
-                )));
-            }
-            // The name exists but has no MX, no A and no AAAA: not a mail
-            // domain (RFC 5321 §5.1). With one family configured the other
-            // was not asked, so that stays a deferral.
-            HostLookup::NoAddresses if self.inner.ip_version.both_families() => {
-                return Err(DnsError::NoSuchDomain(format!(
-                    "{readable} has no MX, A or AAAA records: not a mail domain"
-                )));
-            }
-            HostLookup::NoAddresses => HostAddresses::default(),
-            HostLookup::Temporary(reason) => return Err(DnsError::Temporary(reason)),
-        };
-        let host = ResolvedHost {
-            host: readable.to_owned(),
-            preference: 0,
-            addresses,
-        };
-        let targets = order::order_targets(&[host], self.inner.ip_version);
-        if targets.is_empty() {
-            return Err(DnsError::Temporary(format!(
-                "{readable} has no MX records and no {}",
-                family_text(self.inner.ip_version)
-            )));
-        }
-        Ok(targets)
-    }
 }
 
 fn build(
@@ -396,7 +323,14 @@ fn build(
     hosts: Hosts,
     ip_version: IpVersion,
     limits: LookupLimits,
+    dnssec: Option<TrustAnchorSource>,
 ) -> anyhow::Result<MxResolver> {
+    let validation = match dnssec {
+        Some(anchors) => Some(
+            Validation::new(anchors, name_servers.clone(), limits).context("DNSSEC validation")?,
+        ),
+        None => None,
+    };
     let (config, options) = resolver_setup(name_servers, limits);
     let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
@@ -405,6 +339,7 @@ fn build(
     Ok(MxResolver {
         inner: Arc::new(Inner {
             resolver,
+            validation,
             hosts,
             ip_version,
             total: limits.total,

@@ -11,6 +11,8 @@ pub use crate::control::http::{
     HeadError, MAX_BODY, MAX_HEAD, Request, ResponseHead, head_end, parse_chunk_size,
     parse_request, parse_response, percent_decode, percent_encode,
 };
+pub use crate::dane::{Tlsa, public_key_info};
+pub use crate::dns::{Anchor, TrustAnchorSource};
 pub use crate::dsn::{Action, MAX_RETURNED_MESSAGE, Report, ReportedRecipient, build as build_dsn};
 pub use crate::maildrop::{
     Dropped, MaildropError, encode as encode_maildrop, parse as parse_maildrop,
@@ -29,6 +31,7 @@ pub use crate::smtp::consumed_headers::{
 };
 pub use crate::smtp::data::{DataReader, LineEndings};
 pub use crate::submission::Submission;
+pub use rustls::pki_types::CertificateDer;
 
 /// Validates configuration text the way `Config::parse` does, but against
 /// fixed machine defaults (host name, state directory), so that the outcome

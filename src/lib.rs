@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod control;
 pub mod daemon;
+pub mod dane;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;

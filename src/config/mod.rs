@@ -196,6 +196,10 @@ pub struct DeliverySettings {
     /// Honour MTA-STS (RFC 8461) policies of recipient domains delivered
     /// to by MX.
     pub mta_sts: bool,
+    /// DANE for SMTP (RFC 7672) for MX delivery: DNSSEC-validated MX
+    /// lookups (`dns.dnssec` is set with it) and TLSA-authenticated TLS.
+    /// Never with `tls = "disabled"`.
+    pub dane: bool,
     /// `tls_ca_file`: extra trust anchors for the certificates of MX hosts,
     /// MTA-STS policy hosts and routes, read and parsed at load time (so a missing or broken
     /// file is a configuration error). Empty when the key is not set.
@@ -223,6 +227,12 @@ pub struct RetrySettings {
 pub struct DnsSettings {
     /// Resolvers to ask; empty means those of `/etc/resolv.conf`.
     pub nameservers: Vec<SocketAddr>,
+    /// `trust_anchor` (read and checked at load), else the built-in root
+    /// anchor: what DNSSEC is validated from.
+    pub trust_anchors: crate::dns::TrustAnchorSource,
+    /// `delivery.dane`: MX delivery validates DNSSEC (the resolver is
+    /// built with validation; DANE itself is applied by delivery).
+    pub dnssec: bool,
 }
 
 /// One `[[route]]`: mail for these domains goes to a fixed host instead of MX.

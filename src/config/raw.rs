@@ -103,6 +103,7 @@ pub(super) struct RawDelivery {
     pub data_timeout: Option<RawDuration>,
     pub final_timeout: Option<RawDuration>,
     pub mta_sts: Option<bool>,
+    pub dane: Option<bool>,
     pub tls_ca_file: Option<PathBuf>,
 }
 
@@ -120,6 +121,7 @@ pub(super) struct RawRetry {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawDns {
     pub nameservers: Vec<String>,
+    pub trust_anchor: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

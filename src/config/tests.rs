@@ -180,6 +180,7 @@ fn every_key_of_the_example_is_set_or_shown() {
         "delay_warning",
         "[[route]]",
         "[[dkim]]",
+        "trust_anchor",
         "[bounce]",
         "rules_file",
     ] {
@@ -743,3 +744,5 @@ fn a_bounce_rules_file_is_read_and_its_errors_name_both_files() {
         "relayq.toml: bounce.rules_file: must not be empty"
     );
 }
+
+mod dane;

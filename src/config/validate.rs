@@ -21,6 +21,7 @@ use super::{
     MetricsSettings, RetrySettings, Route, RouteTls, SmtpSettings, SpoolSettings, TlsFiles,
     TlsPolicy,
 };
+use crate::dns::TrustAnchorSource;
 use crate::queue::Lane;
 
 const DEFAULT_LISTENER: &str = "127.0.0.1:2525";
@@ -225,6 +226,7 @@ pub(super) fn config(
             "delivery.final_timeout",
         )?,
         mta_sts: raw.delivery.mta_sts.unwrap_or(true),
+        dane: raw.delivery.dane.unwrap_or(false),
         extra_trust_anchors: match &raw.delivery.tls_ca_file {
             Some(path) => {
                 non_empty_path(path, "delivery.tls_ca_file")?;
@@ -234,6 +236,13 @@ pub(super) fn config(
             None => Vec::new(),
         },
     };
+
+    if delivery.dane && delivery.tls == TlsPolicy::Disabled {
+        return Err(Invalid::new(
+            "delivery.dane",
+            "DANE needs TLS: set delivery.tls to \"opportunistic\" or \"required\"",
+        ));
+    }
 
     let retry = retry(raw.retry)?;
 
@@ -248,6 +257,15 @@ pub(super) fn config(
                     .map_err(|reason| Invalid::new(format!("dns.nameservers[{index}]"), reason))
             })
             .collect::<Result<_, _>>()?,
+        trust_anchors: match &raw.dns.trust_anchor {
+            Some(path) => {
+                non_empty_path(path, "dns.trust_anchor")?;
+                TrustAnchorSource::read(path)
+                    .map_err(|reason| Invalid::new("dns.trust_anchor", reason))?
+            }
+            None => TrustAnchorSource::Root,
+        },
+        dnssec: delivery.dane,
     };
 
     let mut routes: Vec<Route> = Vec::with_capacity(raw.route.len());

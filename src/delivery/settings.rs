@@ -1,6 +1,6 @@
 //! Delivery's part of the live settings: the resolver, the fleet's Redis,
-//! the outbound client's timeouts and name, the routes, the MX port and TLS
-//! policy, and the queue's part (the retry policy a pass records with).
+//! the outbound client's timeouts and name, the routes, the MX port, TLS
+//! policy and DANE, and the queue's part (the retry policy a pass records with).
 //! Built with the other layers' parts and swapped with them by a reload
 //! (`live`). A delivery pass takes the part in force when it starts and its
 //! jobs keep it to the end.
@@ -34,6 +34,9 @@ pub struct DeliverySettings {
     pub port: u16,
     /// `delivery.tls`: STARTTLS for MX delivery.
     pub tls: TlsPolicy,
+    /// `delivery.dane`: DANE (RFC 7672) for MX delivery; the resolver then
+    /// validates DNSSEC.
+    pub dane: bool,
 }
 
 impl DeliverySettings {
@@ -93,6 +96,7 @@ impl DeliverySettings {
                 .collect(),
             port: delivery.port,
             tls: delivery.tls,
+            dane: delivery.dane,
         })
     }
 }

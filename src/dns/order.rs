@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use crate::config::IpVersion;
 
-use super::MailTarget;
+use super::{MailTarget, TargetDnssec};
 
 /// At most this many addresses are tried for one destination.
 pub const MAX_TARGETS: usize = 5;
@@ -60,6 +60,8 @@ pub(super) struct ResolvedHost {
     pub host: String,
     pub preference: u16,
     pub addresses: HostAddresses,
+    /// What DNSSEC proved, when the lookup was validated.
+    pub dnssec: Option<TargetDnssec>,
 }
 
 /// Flattens resolved hosts into the addresses to try, following
@@ -77,6 +79,7 @@ pub(super) fn order_targets(hosts: &[ResolvedHost], ip_version: IpVersion) -> Ve
                     host: host.host.clone(),
                     address,
                     preference: host.preference,
+                    dnssec: host.dnssec.clone(),
                 });
             }
         }
@@ -164,6 +167,7 @@ mod tests {
                 ipv6: parse(ipv6),
                 ipv4: parse(ipv4),
             },
+            dnssec: None,
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::bounce::BounceClass;
 use crate::events::EventKind;
+use crate::outcome::DaneResult;
 use crate::queue::{Lane, Queue};
 use histogram::Histogram;
 
@@ -188,6 +189,8 @@ pub struct Metrics {
     smtp_stress: AtomicBool,
     /// `relayq_auth_lockouts_total`, per scope (`AuthScope::ALL` order).
     auth_lockouts: [AtomicU64; 3],
+    /// `relayq_dane_results_total`, per result (`DaneResult::LABELS` order).
+    dane_results: [AtomicU64; DaneResult::LABELS.len()],
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
     /// `relayq_delivery_seconds`, per lane.
@@ -227,6 +230,7 @@ impl Metrics {
             sessions_shed: Default::default(),
             smtp_stress: AtomicBool::new(false),
             auth_lockouts: Default::default(),
+            dane_results: Default::default(),
             commit_seconds: Histogram::new(histogram::COMMIT_SECONDS),
             commit_batch_size: Histogram::new(histogram::BATCH_SIZE),
             delivery_seconds: [
@@ -318,6 +322,11 @@ impl Metrics {
     /// Failed AUTH attempts locked `scope` out.
     pub fn auth_lockout(&self, scope: AuthScope) {
         self.auth_lockouts[scope as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What DANE made of one attempted MX host.
+    pub fn dane_result(&self, result: DaneResult) {
+        self.dane_results[result.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The listeners entered or left stress mode (connection pressure).

@@ -12,6 +12,7 @@ use super::{
     lane_index,
 };
 use crate::bounce::BounceClass;
+use crate::outcome::DaneResult;
 use crate::queue::envelope::unix_ms;
 use crate::queue::{Lane, Queue, State};
 
@@ -225,6 +226,21 @@ pub fn render(
             "relayq_auth_lockouts_total",
             &[("scope", scope.as_str())],
             metrics.auth_lockouts[scope as usize].load(Ordering::Relaxed),
+        );
+    }
+
+    family(
+        &mut out,
+        "relayq_dane_results_total",
+        "counter",
+        "DANE (delivery.dane) per attempted MX host: matched, no_usable_tlsa (TLS without authentication), mismatch, no_starttls, handshake_failed, tlsa_lookup_failed, dnssec_failed (MX or address lookup did not validate), insecure (DANE does not apply).",
+    );
+    for (index, label) in DaneResult::LABELS.iter().enumerate() {
+        sample(
+            &mut out,
+            "relayq_dane_results_total",
+            &[("result", label)],
+            metrics.dane_results[index].load(Ordering::Relaxed),
         );
     }
 

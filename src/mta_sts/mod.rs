@@ -57,8 +57,12 @@ impl ActivePolicy {
     }
 
     /// Why the policy refuses a session with `target` protected by `tls`,
-    /// or `None` when it allows it (RFC 8461 §4).
+    /// or `None` when it allows it (RFC 8461 §4). A session DANE
+    /// authenticated is never refused: DANE wins (RFC 8461 §2).
     pub fn refusal(&self, target: &Target, tls: TlsProtection) -> Option<String> {
+        if tls == TlsProtection::Dane {
+            return None;
+        }
         if !self.policy.allows(&target.host) {
             return Some(format!(
                 "MX host {} does not match the policy's mx ({})",
@@ -72,7 +76,7 @@ impl ActivePolicy {
                 "the certificate of {target} is not valid for {}",
                 target.host
             )),
-            TlsProtection::Verified => None,
+            TlsProtection::Verified | TlsProtection::Dane => None,
         }
     }
 }

@@ -22,6 +22,15 @@
 #   WEBHOOK=0              1: relayq gets one [[webhook]] subscribed to delivered and
 #                          bounced, posting to a local receiver that answers 200 at once
 #                          (tests/bench/webhook_sink.py on WEBHOOK_PORT=2616): what events cost
+#   DNSSEC=0               1: the zones are served by BIND (named, tests/bench/signed_zones.sh)
+#                          under a DNSSEC-signed root instead of dnsmasq: a signed test.,
+#                          every dN.test and mx.bench.test delegated from it without DS
+#                          (provably insecure), relayq given the root's key as trust anchor
+#   DANE=0                 1: relayq runs with [delivery] dane = true (implies DNSSEC=1): what
+#                          DANE costs for mail to domains without DNSSEC. Compare with
+#                          DNSSEC=1 DANE=0 (same DNS server, DANE off). With dnsmasq
+#                          (no DNSSEC at all) dane = true would defer every message: the
+#                          validator cannot tell an unsigned zone from a stripped one
 #   THROTTLE_MESSAGES=10000 THROTTLE_SESSIONS=4 THROTTLE_PORT=2615
 #   SYSTEMS="relayq postfix"
 #   FILL_TIMEOUT=900 DRAIN_TIMEOUT=900 STALL=60  bounds (seconds); a drain
@@ -34,7 +43,7 @@
 #                          read with `perf report -i FILE --no-children --sort sym`
 #
 # Network: only 127.0.0.1. relayq never uses the system resolver here: its
-# [dns] nameservers is the dnsmasq started by this script on 127.0.0.1:DNS_PORT,
+# [dns] nameservers is the dnsmasq (DNSSEC=1: named) started by this script on 127.0.0.1:DNS_PORT,
 # which answers MX dN.test -> mx.bench.test -> 127.0.0.1 and nothing else,
 # with a TTL of one hour (dnsmasq's default for its own records is 0, which
 # would make every delivery pass ask again, unlike any real MX).
@@ -61,6 +70,8 @@ CASES=${CASES:-"drain e2e latency"}
 RULES=${RULES:-0}
 WEBHOOK=${WEBHOOK:-0}
 WEBHOOK_PORT=${WEBHOOK_PORT:-2616}
+DANE=${DANE:-0}
+DNSSEC=${DNSSEC:-$DANE}
 THROTTLE_MESSAGES=${THROTTLE_MESSAGES:-10000}
 THROTTLE_SESSIONS=${THROTTLE_SESSIONS:-4}
 THROTTLE_PORT=${THROTTLE_PORT:-2615}
@@ -91,10 +102,12 @@ fsub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a-b}'; }
 fdiv() { awk -v a="$1" -v b="$2" -v f="${3:-%.1f}" 'BEGIN{ if (b > 0) printf f, a/b; else printf "NA" }'; }
 
 for v in DRAIN_MESSAGES E2E_MESSAGES DOMAINS SIZE SESSIONS LAT_RATE LAT_DURATION FILL_TIMEOUT DRAIN_TIMEOUT STALL \
-    IDLE_WAIT IDLE_PCT SINK_PORT PF_PORT RQ_PORT TSINK_PORT DNS_PORT RULES WEBHOOK WEBHOOK_PORT THROTTLE_MESSAGES THROTTLE_SESSIONS THROTTLE_PORT; do
+    IDLE_WAIT IDLE_PCT SINK_PORT PF_PORT RQ_PORT TSINK_PORT DNS_PORT RULES WEBHOOK WEBHOOK_PORT THROTTLE_MESSAGES THROTTLE_SESSIONS THROTTLE_PORT \
+    DANE DNSSEC; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((DOMAINS >= 1 && DOMAINS <= 1000)) || die "DOMAINS must be 1..1000"
+((DANE == 0 || DNSSEC == 1)) || die "DANE=1 needs DNSSEC=1 (dnsmasq serves no DNSSEC)"
 ((DRAIN_MESSAGES % DOMAINS == 0 && E2E_MESSAGES % DOMAINS == 0)) || die "message counts must be multiples of DOMAINS"
 ((SESSIONS >= 1 && SESSIONS <= 200)) || die "SESSIONS must be 1..200"
 ((FILL_TIMEOUT <= 3600 && DRAIN_TIMEOUT <= 3600 && LAT_DURATION <= 600)) || die "timeouts too large"
@@ -104,6 +117,10 @@ done
 NEED_PKGS=()
 command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null || NEED_PKGS+=(postfix)
 command -v dnsmasq >/dev/null || NEED_PKGS+=(dnsmasq-base)
+if [[ $DNSSEC == 1 ]]; then
+    command -v named >/dev/null || NEED_PKGS+=(bind9)
+    command -v dnssec-signzone >/dev/null || NEED_PKGS+=(bind9-utils)
+fi
 command -v python3 >/dev/null || NEED_PKGS+=(python3)
 install_packages "${NEED_PKGS[@]}"
 PY=$(command -v python3)
@@ -128,7 +145,7 @@ cleanup() {
     [[ -n $SINK_PID ]] && stop_pid "$SINK_PID" sink 5
     [[ -n $TSINK_PID ]] && stop_pid "$TSINK_PID" timed-sink 5
     [[ -n $THR_PID ]] && stop_pid "$THR_PID" throttle-sink 5
-    [[ -n $DNS_PID ]] && stop_pid "$DNS_PID" dnsmasq 5
+    [[ -n $DNS_PID ]] && stop_pid "$DNS_PID" dns-server 5
     [[ -n $HOOK_PID ]] && stop_pid "$HOOK_PID" webhook-sink 5
     if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"
@@ -184,6 +201,10 @@ fsize() { stat -c %s "$1" 2>/dev/null || echo 0; }
 
 # ---------------------------------------------------------------- components
 dns_start() {
+    if [[ $DNSSEC == 1 ]]; then
+        named_start
+        return
+    fi
     local args=() i
     for ((i = 1; i <= DOMAINS; i++)); do args+=("--mx-host=d$i.test,mx.bench.test,10"); done
     dnsmasq --no-daemon --port="$DNS_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
@@ -192,6 +213,22 @@ dns_start() {
     DNS_PID=$!
     sleep 0.5
     kill -0 "$DNS_PID" 2>/dev/null || die "dnsmasq did not start: $(tail -3 "$WORK/dnsmasq.log")"
+}
+# DNSSEC=1: BIND with a signed root and the bench's zones delegated
+# insecurely (tests/bench/signed_zones.sh); $WORK/named/trust-anchor holds
+# the root's key for relayq's [dns] trust_anchor.
+named_start() {
+    bash "$HERE/signed_zones.sh" "$WORK/named" "$DNS_PORT" "$DOMAINS" >"$WORK/named-setup.log" 2>&1 \
+        || die "signing the bench zones failed: $(tail -3 "$WORK/named-setup.log")"
+    named -g -c "$WORK/named/named.conf" >"$WORK/named.log" 2>&1 &
+    DNS_PID=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+        grep -q 'running' "$WORK/named.log" 2>/dev/null && break
+        kill -0 "$DNS_PID" 2>/dev/null || die "named did not start: $(tail -3 "$WORK/named.log")"
+        sleep 0.2
+    done
+    grep -q 'running' "$WORK/named.log" || die "named did not load its zones: $(tail -3 "$WORK/named.log")"
 }
 sink_start() {
     wait_port_free "$SINK_PORT" 10 || die "port $SINK_PORT still busy"
@@ -248,6 +285,13 @@ max = "2s"
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
 EOF
+    if [[ $DNSSEC == 1 ]]; then
+        echo "trust_anchor = \"$WORK/named/trust-anchor\"" >>"$RQ_DIR/relayq.toml"
+    fi
+    if [[ $DANE == 1 ]]; then
+        # [delivery] is closed above; a second table header would be refused.
+        sed -i 's/^\[delivery\]$/[delivery]\ndane = true/' "$RQ_DIR/relayq.toml"
+    fi
     if [[ $RULES == 1 ]]; then
         # Rules that match none of the bench's mail: the cost of looking.
         cat >>"$RQ_DIR/relayq.toml" <<EOF
@@ -353,6 +397,7 @@ row() { printf '%s\n' "$*" >>"$RES"; }
     echo "postfix: $(postconf -d mail_version 2>/dev/null | cut -d' ' -f3); dnsmasq: $(dnsmasq --version | head -1 | awk '{print $3}'); $("$PY" --version 2>&1)"
     echo "relayq [[destination]] rules that do not bind: $([[ $RULES == 1 ]] && echo yes || echo no)"
     echo "relayq [[webhook]] (delivered, bounced) to a local receiver: $([[ $WEBHOOK == 1 ]] && echo yes || echo no)"
+    echo "DNS: $([[ $DNSSEC == 1 ]] && echo "named $(named -v | awk '{print $2}'), signed root, insecure dN.test" || echo dnsmasq); relayq delivery.dane: $([[ $DANE == 1 ]] && echo true || echo false)"
     echo "settings: DRAIN_MESSAGES=$DRAIN_MESSAGES E2E_MESSAGES=$E2E_MESSAGES DOMAINS=$DOMAINS SIZE=$SIZE SESSIONS=$SESSIONS LAT_RATE=$LAT_RATE LAT_DURATION=$LAT_DURATION LAT_MODE=$LAT_MODE CASES='$CASES' SYSTEMS='$SYSTEMS'"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); clk_tck $HZ"
 } >"$WORK/meta.txt"
@@ -367,7 +412,7 @@ if sys_on relayq; then
 fi
 
 dns_start
-log "work dir $WORK; dnsmasq on 127.0.0.1:$DNS_PORT with MX for d1..d$DOMAINS.test"
+log "work dir $WORK; $([[ $DNSSEC == 1 ]] && echo "named (signed root, insecure delegations)" || echo dnsmasq) on 127.0.0.1:$DNS_PORT with MX for d1..d$DOMAINS.test"
 
 # Results, as key=value per system and case (formatted at the end).
 declare -A R

@@ -42,17 +42,20 @@ async fn mx_hosts_in_preference_order() {
             MailTarget {
                 host: "mx1.example.com".into(),
                 address: "127.0.0.11".parse().unwrap(),
-                preference: 10
+                preference: 10,
+                dnssec: None,
             },
             MailTarget {
                 host: "mx2.example.com".into(),
                 address: "127.0.0.12".parse().unwrap(),
-                preference: 20
+                preference: 20,
+                dnssec: None,
             },
             MailTarget {
                 host: "mx3.example.com".into(),
                 address: "127.0.0.13".parse().unwrap(),
-                preference: 30
+                preference: 30,
+                dnssec: None,
             },
         ]
     );
@@ -99,7 +102,8 @@ async fn no_mx_means_the_domain_itself_ipv4() {
         vec![MailTarget {
             host: "plain.example".into(),
             address: "127.0.0.31".parse().unwrap(),
-            preference: 0
+            preference: 0,
+            dnssec: None,
         }]
     );
 }

@@ -16,6 +16,7 @@ use super::{
     ClientError, ClientSettings, ConnectError, ConnectErrorKind, Credentials, RemoteReply, Target,
     TlsInfo, TlsMode,
 };
+use crate::dane::{DaneVerifier, SessionDane};
 use crate::tls::{TlsConfigs, server_name};
 use crate::wire::ehlo::Capabilities;
 
@@ -35,6 +36,9 @@ pub struct Connection {
     /// Reset for reuse at least once: the server may since have ended the
     /// idle session (with a 421 still waiting in the input).
     pub(super) reused: bool,
+    /// How DANE applied when the session was opened; `None` when it was
+    /// not asked (DANE off, a route).
+    dane: Option<SessionDane>,
 }
 
 /// How long QUIT waits for its 221 (and the close for its close_notify).
@@ -52,7 +56,7 @@ impl Connection {
         credentials: Option<&Credentials>,
         tls_configs: &TlsConfigs,
     ) -> Result<Connection, ConnectError> {
-        let first = open_once(target, settings, tls, credentials, tls_configs).await;
+        let first = open_once(target, settings, tls, credentials, tls_configs, None).await;
         match first {
             Err(error) if tls == TlsMode::Opportunistic && error.kind == ConnectErrorKind::Tls => {
                 tracing::warn!(
@@ -66,11 +70,26 @@ impl Connection {
                     TlsMode::Disabled,
                     credentials,
                     tls_configs,
+                    None,
                 )
                 .await
             }
             other => other,
         }
+    }
+
+    /// Connects to a host with usable TLSA records (RFC 7672): STARTTLS is
+    /// mandatory, the certificate is judged by `dane` (whose verdict the
+    /// caller reads, success or not), the SNI is the TLSA base domain, and
+    /// nothing is retried without TLS.
+    pub async fn open_dane(
+        target: &Target,
+        settings: &ClientSettings,
+        dane: &Arc<DaneVerifier>,
+        tls_configs: &TlsConfigs,
+    ) -> Result<Connection, ConnectError> {
+        let mode = TlsMode::StartTls { verify: true };
+        open_once(target, settings, mode, None, tls_configs, Some(dane)).await
     }
 
     pub fn target(&self) -> &Target {
@@ -80,6 +99,16 @@ impl Connection {
     /// The TLS session, if the connection is encrypted.
     pub fn tls(&self) -> Option<&TlsInfo> {
         self.tls.as_ref()
+    }
+
+    /// How DANE applied to this session, as recorded by the caller that
+    /// opened it.
+    pub fn dane(&self) -> Option<&SessionDane> {
+        self.dane.as_ref()
+    }
+
+    pub fn set_dane(&mut self, dane: SessionDane) {
+        self.dane = Some(dane);
     }
 
     /// Whether the server offers DSN (RFC 3461): if not, NOTIFY=SUCCESS
@@ -150,9 +179,14 @@ async fn open_once(
     tls: TlsMode,
     credentials: Option<&Credentials>,
     tls_configs: &TlsConfigs,
+    dane: Option<&Arc<DaneVerifier>>,
 ) -> Result<Connection, ConnectError> {
     let stream = connect(target, settings.connect_timeout).await?;
-    let name = server_name(&target.host, target.address.ip());
+    let name = match dane {
+        // RFC 7672 §8.1: the TLSA base domain as SNI.
+        Some(dane) => server_name(&dane.expectation().base, target.address.ip()),
+        None => server_name(&target.host, target.address.ip()),
+    };
     let (mut transport, mut tls_info) = match tls {
         TlsMode::Implicit { verify } => {
             let config = choose_config(tls_configs, verify);
@@ -208,7 +242,12 @@ async fn open_once(
             let stream = transport
                 .into_tcp_for_upgrade()
                 .map_err(|detail| tls_error(target, detail))?;
-            let config = choose_config(tls_configs, verify);
+            let config = match dane {
+                Some(dane) => dane
+                    .client_config()
+                    .map_err(|error| tls_error(target, error.to_string()))?,
+                None => choose_config(tls_configs, verify),
+            };
             transport = Transport::handshake(stream, config, name.clone(), limit)
                 .await
                 .map_err(|detail| tls_error(target, detail))?;
@@ -247,6 +286,7 @@ async fn open_once(
         rset_pending: false,
         mail_answered: false,
         reused: false,
+        dane: None,
     })
 }
 

@@ -104,7 +104,8 @@ pub struct TlsInfo {
     pub protocol: String,
     /// IANA name, e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
-    /// Whether the certificate verified for the target name.
+    /// Whether the certificate verified for the target name (by DANE, for
+    /// a DANE session).
     pub verified: bool,
 }
 

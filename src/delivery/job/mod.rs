@@ -4,13 +4,16 @@
 //!
 //! Code map: `context` (what a job runs with), `policy` (the recipient
 //! domain's transport security policy: which applies, and whether it lets
-//! a session carry mail), `connect` (next hop lookup and connecting),
+//! a session carry mail), `dane` (DANE per MX host: what its TLSA records
+//! ask, the session opened under them, what became of it), `connect`
+//! (next hop lookup and connecting),
 //! `transaction` (one transaction of a batch of recipients), `gate` (the
 //! start gate before MAIL: suspension, local and fleet rates), `feedback`
 //! (overload signals and suspensions from the remote end's replies).
 
 mod connect;
 mod context;
+mod dane;
 mod feedback;
 mod gate;
 mod policy;
@@ -28,7 +31,7 @@ use super::client::{Disposition, RemoteReply};
 use super::destination::{DestinationKey, NextHop, Queued, Refusal, Wait};
 use super::pass::Pass;
 use crate::mta_sts::ActivePolicy;
-use crate::outcome::Protection;
+use crate::outcome::{PolicyKind, Protection};
 use crate::queue::Lane;
 use crate::queue::transition::{Outcome, RecipientResult};
 
@@ -155,7 +158,10 @@ async fn deliver(context: &Arc<DeliveryContext>, job: &Job) -> Ended {
     let mut ended = deliver_under(context, job, sts.as_ref()).await;
     if let (Ended::Results(results), Some(active)) = (&mut ended, &sts) {
         for result in results {
-            result.protection.policy = active.kind();
+            // DANE wins over MTA-STS (RFC 8461 §2).
+            if result.protection.policy != PolicyKind::Dane {
+                result.protection.policy = active.kind();
+            }
         }
     }
     ended
@@ -197,12 +203,26 @@ async fn deliver_under(
                         {
                             return Ended::Requeue;
                         }
-                        results.extend(job.all_of(&pending, failure.outcome, failure.reply));
+                        let mut failed = job.all_of(&pending, failure.outcome, failure.reply);
+                        if failure.dane {
+                            for result in &mut failed {
+                                result.protection.policy = PolicyKind::Dane;
+                            }
+                        }
+                        results.extend(failed);
                         return Ended::Results(results);
                     }
                 }
             }
         };
+        if let (true, NextHop::Mx(domain), false) = (job.pass.settings.dane, &job.hop, fresh)
+            && !dane::reusable(&connection, domain)
+        {
+            // Opened before DANE was on, or authenticated by another
+            // domain's name: a fresh connection is judged for this one.
+            context.tracker().spawn(connection.quit());
+            continue;
+        }
         if let Err(refused) = policy::allows(job, sts, &connection) {
             // Nothing is sent over a session the policy refuses: a pooled
             // one is closed and a fresh one opened instead.
@@ -213,7 +233,7 @@ async fn deliver_under(
             }
             continue;
         }
-        let protection = crate::mta_sts::protection(policy::tls_protection(connection.tls()), sts);
+        let protection = policy::protection(&connection, sts);
         let relay = Some(connection.target().clone());
         let batch: Vec<usize> = pending
             .iter()

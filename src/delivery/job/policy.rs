@@ -1,16 +1,19 @@
 //! What the recipient domain's transport security policy (MTA-STS, RFC
 //! 8461) asks of a job: the policy that applies (looked up with the pass's
 //! resolver; while a new one is being fetched the mail waits), and, for
-//! each session about to carry mail, whether the policy lets it.
+//! each session about to carry mail, whether the policy lets it. DANE
+//! (`dane`) is decided per MX host when connecting, and wins: a session
+//! DANE authenticated is never refused here (RFC 8461 §2).
 
 use std::time::SystemTime;
 
 use super::Job;
 use super::context::DeliveryContext;
-use crate::delivery::client::{Connection, RemoteReply, TlsInfo};
+use crate::dane::SessionDane;
+use crate::delivery::client::{Connection, RemoteReply};
 use crate::delivery::destination::NextHop;
 use crate::mta_sts::{ActivePolicy, Lookup};
-use crate::outcome::TlsProtection;
+use crate::outcome::{PolicyKind, Protection, TlsProtection};
 use crate::queue::transition::{Outcome, RecipientResult};
 
 /// The policy that applies to the job's mail (MX delivery only), or, while
@@ -52,7 +55,7 @@ pub(super) fn allows(
     let Some(active) = policy else {
         return Ok(());
     };
-    let Some(reason) = active.refusal(connection.target(), tls_protection(connection.tls())) else {
+    let Some(reason) = active.refusal(connection.target(), tls_protection(connection)) else {
         return Ok(());
     };
     if active.enforced() {
@@ -69,12 +72,29 @@ pub(super) fn allows(
     Ok(())
 }
 
-/// Whether a session is encrypted, and with a verified certificate.
-pub(super) fn tls_protection(tls: Option<&TlsInfo>) -> TlsProtection {
-    match tls {
+/// Whether a session is encrypted, and with a certificate verified (by
+/// DANE, or for the host name).
+pub(super) fn tls_protection(connection: &Connection) -> TlsProtection {
+    if let Some(SessionDane::Authenticated { .. }) = connection.dane() {
+        return TlsProtection::Dane;
+    }
+    match connection.tls() {
         None => TlsProtection::None,
         Some(info) if info.verified => TlsProtection::Verified,
         Some(_) => TlsProtection::Unverified,
+    }
+}
+
+/// How a session was protected, in the words of log lines and events:
+/// `policy=dane` for a host under DANE, else the MTA-STS policy's.
+pub(super) fn protection(connection: &Connection, sts: Option<&ActivePolicy>) -> Protection {
+    let tls = tls_protection(connection);
+    match connection.dane() {
+        Some(SessionDane::Authenticated { .. } | SessionDane::EncryptOnly) => Protection {
+            tls,
+            policy: PolicyKind::Dane,
+        },
+        _ => crate::mta_sts::protection(tls, sts),
     }
 }
 

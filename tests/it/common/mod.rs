@@ -1,5 +1,6 @@
 //! Test harness: the real `relayq` binary on a temporary spool and an
 //! ephemeral loopback port, and a small blocking SMTP client.
+pub mod dane;
 pub mod delivery;
 pub mod dkim;
 pub mod dns_server;
@@ -7,6 +8,7 @@ pub mod dns_server;
 pub mod fake_mx;
 pub mod policy_server;
 pub mod shaping;
+pub mod signed_dns;
 pub mod silent;
 pub mod tls_client;
 pub mod webhook_receiver;
