@@ -24,6 +24,8 @@ mod values;
 mod webhook;
 
 #[cfg(test)]
+mod documented;
+#[cfg(test)]
 mod tests;
 
 use std::ffi::OsString;
