@@ -1,6 +1,6 @@
 //! Tests that the configuration parser, the annotated example
 //! (`conf/relayq.toml`) and the reference (`docs/configuration.md`) name the
-//! same keys, so a key added to one and not the others fails the build.
+//! same keys, so a key added to one and not the others fails the tests.
 //!
 //! The parser's keys come from the raw structs themselves: a deserializer
 //! that serde's derived code hands its field lists to ([`Tracer`]), so no
@@ -15,7 +15,9 @@ use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 
 use super::raw::{self, RawConfig};
 
@@ -51,7 +53,10 @@ fn is_table_line(line: &str) -> bool {
     let name = line
         .strip_prefix("[[")
         .and_then(|rest| rest.strip_suffix("]]"))
-        .or_else(|| line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')));
+        .or_else(|| {
+            line.strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+        });
     name.is_some_and(|name| {
         !name.is_empty()
             && name
@@ -117,14 +122,21 @@ fn reference_keys(text: &str) -> BTreeSet<String> {
             in_key_table = false;
             continue;
         }
-        let first = line.trim_start_matches('|').split('|').next().unwrap_or("").trim();
+        let first = line
+            .trim_start_matches('|')
+            .split('|')
+            .next()
+            .unwrap_or("")
+            .trim();
         if first == "key" {
             in_key_table = true;
         } else if in_key_table && !first.starts_with("---") {
             let key = first
                 .strip_prefix('`')
                 .and_then(|rest| rest.strip_suffix('`'))
-                .unwrap_or_else(|| panic!("docs/configuration.md: a key row without a `key`: {line}"));
+                .unwrap_or_else(|| {
+                    panic!("docs/configuration.md: a key row without a `key`: {line}")
+                });
             assert!(
                 keys.insert(key.to_owned()),
                 "docs/configuration.md documents {key} twice"
@@ -288,7 +300,10 @@ struct OneField<'a>(Option<(&'static str, Tracer<'a>)>);
 impl<'de> MapAccess<'de> for OneField<'_> {
     type Error = Stop;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Stop> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Stop> {
         match &self.0 {
             Some((name, _)) => seed.deserialize(name.into_deserializer()).map(Some),
             None => Ok(None),

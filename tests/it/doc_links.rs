@@ -134,7 +134,11 @@ fn resolve(base: &Path, relative: &str) -> PathBuf {
 fn broken_links(page: &Path) -> Vec<String> {
     let root = root();
     let text = std::fs::read_to_string(page).expect("page readable");
-    let name = page.strip_prefix(&root).unwrap_or(page).display().to_string();
+    let name = page
+        .strip_prefix(&root)
+        .unwrap_or(page)
+        .display()
+        .to_string();
     let mut broken = Vec::new();
     for target in link_targets(&text) {
         if target.is_empty()
@@ -174,7 +178,9 @@ fn broken_links(page: &Path) -> Vec<String> {
         }
         let linked_text = std::fs::read_to_string(&linked).expect("linked page readable");
         if !heading_anchors(&linked_text).contains(fragment) {
-            broken.push(format!("{name}: {target}: {relative} has no heading #{fragment}"));
+            broken.push(format!(
+                "{name}: {target}: {relative} has no heading #{fragment}"
+            ));
         }
     }
     broken
