@@ -86,7 +86,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
     /// How a delivery attempt's session was protected: `none`,
-    /// `unverified` or `verified` (README "MTA-STS").
+    /// `unverified` or `verified` (docs/mail-authentication.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'static str>,
     /// The policy a delivery attempt was under: `none`, `mta-sts-testing`

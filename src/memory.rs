@@ -6,7 +6,7 @@
 //! allocated it and gives back only the top of each heap. A rebuild that
 //! decodes a million envelopes, and redb's page cache refilled from another
 //! thread's arena, leave hundreds of MB free but resident. Measured with a
-//! million queued messages (README, "A million queued messages"): 419 MB
+//! million queued messages (docs/performance.md, "A million queued messages"): 419 MB
 //! resident after a restart, 282 MB after `malloc_trim(0)`, against 293 MB
 //! after the fill. `malloc_trim` releases the free pages of every arena.
 //!

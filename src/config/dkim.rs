@@ -1,4 +1,4 @@
-//! `[[dkim]]`: which mail is signed with which key (README "DKIM"). The key
+//! `[[dkim]]`: which mail is signed with which key (docs/mail-authentication.md). The key
 //! files are read by `crate::dkim::Signers::load`, not here, so that a
 //! reload can re-read them from the same validated settings.
 

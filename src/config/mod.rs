@@ -1,4 +1,4 @@
-//! The configuration file: the validated settings the daemon runs with (README "Configuration").
+//! The configuration file: the validated settings the daemon runs with (docs/configuration.md).
 //!
 //! Loading is two steps. [`raw`] deserializes the TOML into structs in which
 //! every key is optional and unknown keys are refused; [`validate`] applies the
@@ -23,6 +23,8 @@ mod validate;
 mod values;
 mod webhook;
 
+#[cfg(test)]
+mod documented;
 #[cfg(test)]
 mod tests;
 

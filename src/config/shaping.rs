@@ -1,7 +1,7 @@
 //! Output control settings: `[[destination]]` rules (which mail they group,
 //! connection limit, rate, messages per connection, suspension) and
 //! `[cluster]`; their validation, and the pure matching of a recipient
-//! domain or MX host against a rule's patterns (README "Output control").
+//! domain or MX host against a rule's patterns (docs/delivery.md).
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! `[suppression]`: whether bounces put recipients on the suppression list,
-//! which bounce classes do, and when an entry lapses (README
-//! "Suppression").
+//! which bounce classes do, and when an entry lapses (docs/suppression.md).
 
 use std::time::Duration;
 

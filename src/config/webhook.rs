@@ -1,5 +1,5 @@
-//! `[[webhook]]`: where delivery events are posted (README "Delivery
-//! events"). The secret and the extra CA certificates are read here, so that
+//! `[[webhook]]`: where delivery events are posted (docs/events.md,
+//! "Webhooks"). The secret and the extra CA certificates are read here, so that
 //! `check-config` names an unreadable file and a reload re-reads them.
 
 use std::fmt;

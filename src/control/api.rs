@@ -1,5 +1,5 @@
-//! The control API's routes: requests in, JSON out. See README "Operating
-//! relayq" for the endpoints. Lists and bulk operations are answered as
+//! The control API's routes: requests in, JSON out. See docs/operations.md
+//! ("The control API") for the endpoints. Lists and bulk operations are answered as
 //! streams (`Reply::List`, `Reply::Bulk`), served by the connection code in
 //! `mod.rs`.
 

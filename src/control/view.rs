@@ -1,4 +1,4 @@
-//! The JSON documents of the control API (README "Operating relayq"): what `queue list`,
+//! The JSON documents of the control API (docs/operations.md): what `queue list`,
 //! `show`, `stats` and the operations print with `--json`. The CLI reads
 //! them back with the same types.
 

@@ -1,5 +1,4 @@
-//! DKIM signing (RFC 6376, RFC 8463) of mail as it is accepted (README
-//! "DKIM").
+//! DKIM signing (RFC 6376, RFC 8463) of mail as it is accepted (docs/mail-authentication.md).
 //!
 //! [`Signers::load`] turns the validated `[[dkim]]` settings into keys ready
 //! to sign; [`SigningKeys`] holds the current set for intake, replaceable as

@@ -1,4 +1,4 @@
-//! Prometheus metrics (README "Monitoring"): counters and histograms fed where things
+//! Prometheus metrics (docs/monitoring.md): counters and histograms fed where things
 //! happen, queue gauges computed from the queue at scrape time, and the
 //! `/metrics` + `/healthz` HTTP endpoint (`http`).
 //!

@@ -1,4 +1,4 @@
-//! Suppression list metrics (README "Suppression"): the addresses on the
+//! Suppression list metrics (docs/suppression.md): the addresses on the
 //! list, and the recipients refused at RCPT because of it.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! Webhook metrics (README "Delivery events"): events committed per webhook
+//! Webhook metrics (docs/events.md): events committed per webhook
 //! and type, posts by result, the backlog, the oldest waiting event's age,
 //! and events dropped. Read at scrape time from the webhooks, which own the
 //! counts, through a source the daemon registers.

@@ -1,4 +1,4 @@
-//! Live reload (README "Reloading"): on `SIGHUP` or `POST /reload` the
+//! Live reload (docs/operations.md, "Reloading"): on `SIGHUP` or `POST /reload` the
 //! daemon reads the configuration file it was started with again. A file
 //! that does not validate, or whose settings cannot be loaded, changes
 //! nothing; a valid one replaces the live settings in one step.

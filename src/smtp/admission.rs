@@ -1,4 +1,4 @@
-//! Lane admission (`lanes.*.max_queued`, README "Backpressure"): a lane
+//! Lane admission (`lanes.*.max_queued`, docs/delivery.md, "Backpressure"): a lane
 //! that holds its cap of queued messages refuses new mail with `452 4.3.1`,
 //! so a producer that fills it is slowed down while the other lane keeps
 //! accepting.

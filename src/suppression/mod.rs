@@ -1,4 +1,4 @@
-//! The suppression list (README "Suppression"): recipients that bounced
+//! The suppression list (docs/suppression.md): recipients that bounced
 //! with a hard class, and addresses an operator added, are refused at
 //! `RCPT TO:` until an operator removes them (or `expire_after` lapses).
 //!

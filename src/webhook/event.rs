@@ -1,4 +1,4 @@
-//! A delivery event as webhooks receive it (README "Delivery events"): its
+//! A delivery event as webhooks receive it (docs/events.md, "Webhooks"): its
 //! JSON form, its stored form in the outbox, and how events are made from a
 //! committed transition (pure: the caller passes the ids and the time).
 

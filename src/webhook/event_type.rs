@@ -1,4 +1,4 @@
-//! The types of delivery events (README "Delivery events"): what a
+//! The types of delivery events (docs/events.md, "Webhooks"): what a
 //! `[[webhook]]` subscribes to. A leaf: the configuration parses them.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! Delivery events for the application (README "Delivery events"): every
+//! Delivery events for the application (docs/events.md, "Webhooks"): every
 //! `[[webhook]]` gets the events it subscribes to, durably, in commit order,
 //! at least once, signed, in batches.
 //!

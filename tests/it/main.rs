@@ -31,6 +31,7 @@ mod dkim_oversigning;
 mod dkim_signature_field;
 mod dkim_signing_failure;
 mod dns_resolution;
+mod doc_links;
 mod durability;
 mod generated_docs;
 mod group_commit;

@@ -79,7 +79,7 @@ fn openssl(arguments: &[&str]) -> Vec<u8> {
 }
 
 /// Makes a key (`rsa_bits`: RSA of that size, else Ed25519) and derives
-/// its record as the README says.
+/// its record as docs/mail-authentication.md says.
 pub fn make_key(directory: &Path, domain: &str, selector: &str, rsa_bits: Option<u32>) -> TestKey {
     let path = directory.join(format!("{selector}.{domain}.pem"));
     let out = path.to_str().unwrap();
