@@ -182,6 +182,17 @@ SEEDS = {
         "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nvers\r\n0\r\n\r\n",
         "redirect": b"HTTP/1.1 301 Moved\r\nLocation: https://elsewhere/\r\n\r\n",
     },
+    "tls_rpt": {
+        "txt": b"v=TLSRPTv1; rua=mailto:tlsrpt@example.com,https://reports.example.com/v1",
+        "txt-encoded": b"v=TLSRPTv1;rua=mailto:tls%2Breports@example.com?subject=x ; ext=1;",
+        "key": struct.pack(">QQ", 1775001600, 1775088000) + b"example.com",
+        "counts": b'[{"policy":{"policy-type":"sts","policy-string":["version: STSv1","mode: enforce",'
+        b'"mx: mx.example.com","max_age: 86400"],"policy-domain":"example.com","mx-host":["mx.example.com"]},'
+        b'"summary":{"total-successful-session-count":3,"total-failure-session-count":1},'
+        b'"failure-details":[{"result-type":"certificate-expired","sending-mta-ip":null,'
+        b'"receiving-mx-hostname":"mx.example.com","receiving-mx-helo":null,"receiving-ip":"192.0.2.25",'
+        b'"failed-session-count":1,"additional-information":"expired","failure-reason-code":null}]}]',
+    },
 }
 
 

@@ -31,6 +31,7 @@ use crate::smtp::session::{Security, SessionShared};
 use crate::storage::FreeSpace;
 use crate::suppression::{self, Suppression};
 use crate::systemd::Notifier;
+use crate::tls_rpt::TlsRpt;
 use crate::webhook::Webhooks;
 
 /// How long in-flight sessions may take to finish after a shutdown signal.
@@ -131,12 +132,18 @@ pub async fn run(
         reservations: destinations.clone(),
     };
     webhooks.start(&spool, &tracker, shutdown.clone()).await;
+    // Counts sessions for TLS reports and sends them; its last counts are
+    // committed once delivery has stopped, before the spool closes.
+    let tls_rpt = TlsRpt::new(handle.clone(), settings.clone(), dkim.clone(), &resolver)
+        .context("cannot set up TLS reporting")?;
+    tls_rpt.spawn(&tracker, shutdown.clone());
     let delivery = Arc::new(
         DeliveryContext::new(
             &config,
             handle.clone(),
             destinations,
             settings.delivery(),
+            tls_rpt.clone(),
             tracker.clone(),
         )
         .context("cannot set up delivery")?,
@@ -322,6 +329,9 @@ pub async fn run(
             "{} sessions still open after the grace period; closing",
             tracker.len()
         );
+    }
+    if let Err(error) = tls_rpt.flush().await {
+        tracing::warn!("tls-rpt: cannot commit the last session counts: {error}");
     }
     let remaining = queue.len();
     let closing = spool.clone();

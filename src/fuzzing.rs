@@ -31,6 +31,11 @@ pub use crate::smtp::consumed_headers::{
 };
 pub use crate::smtp::data::{DataReader, LineEndings};
 pub use crate::submission::Submission;
+pub use crate::tls_rpt::counts::{
+    CountKey, MAX_FAILURE_DETAILS, MAX_POLICIES, decode as decode_tls_rpt_counts,
+    merge as merge_tls_rpt_counts,
+};
+pub use crate::tls_rpt::rua::{MAX_DESTINATIONS, Rua, parse as parse_tls_rpt_record};
 pub use rustls::pki_types::CertificateDer;
 
 /// Validates configuration text the way `Config::parse` does, but against

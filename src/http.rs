@@ -43,6 +43,10 @@ pub enum HttpError {
     Timeout(Duration),
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The server's certificate did not verify (for the host name, against
+    /// the trust anchors, or in time).
+    #[error("certificate not accepted: {0}")]
+    Certificate(String),
     #[error("response body larger than {0} octets")]
     TooLarge(usize),
     #[error("{0}")]
@@ -181,6 +185,8 @@ fn classify(error: reqwest::Error) -> HttpError {
     }
     if error.is_builder() {
         HttpError::Url(text)
+    } else if is_certificate_error(&error) {
+        HttpError::Certificate(text)
     } else if error.is_connect() {
         HttpError::Connect(text)
     } else if error.is_timeout() {
@@ -188,6 +194,41 @@ fn classify(error: reqwest::Error) -> HttpError {
     } else {
         HttpError::Other(text)
     }
+}
+
+/// Whether rustls refused the server's certificate somewhere in the chain
+/// of causes.
+fn is_certificate_error(error: &reqwest::Error) -> bool {
+    matches!(
+        rustls_error(error, 0),
+        Some(rustls::Error::InvalidCertificate(_))
+    )
+}
+
+/// The rustls error among `error`'s causes. An `io::Error` hides the error
+/// it carries from `source()` (and tokio-rustls's may carry another
+/// `io::Error`), so each one is opened. `depth` bounds the walk.
+fn rustls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+    depth: usize,
+) -> Option<&'a rustls::Error> {
+    if depth > 16 {
+        return None;
+    }
+    if let Some(found) = error.downcast_ref::<rustls::Error>() {
+        return Some(found);
+    }
+    let opened: Option<&'a (dyn std::error::Error + 'static)> = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    opened
+        .and_then(|inner| rustls_error(inner, depth + 1))
+        .or_else(|| {
+            error
+                .source()
+                .and_then(|source| rustls_error(source, depth + 1))
+        })
 }
 
 /// Refuses every name: a pinned client knows its one host's addresses.

@@ -35,5 +35,6 @@ pub(crate) mod suppression;
 pub(crate) mod systemd;
 pub(crate) mod timefmt;
 pub mod tls;
+pub(crate) mod tls_rpt;
 pub mod webhook;
 pub mod wire;

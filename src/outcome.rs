@@ -216,10 +216,6 @@ impl DaneResult {
 
     /// The RFC 8460 §4.3 result type of a failed DANE session; `None` for
     /// a success (`Matched`) and where no DANE policy applied (`Insecure`).
-    #[allow(
-        dead_code,
-        reason = "for TLS-RPT (RFC 8460), which counts DANE sessions by it"
-    )]
     pub fn tls_rpt_result_type(self) -> Option<&'static str> {
         match self {
             DaneResult::Matched | DaneResult::Insecure => None,

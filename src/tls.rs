@@ -103,14 +103,28 @@ impl TlsConfigs {
     /// Whether the certificate chain a server presented verifies for
     /// `server_name` against the trusted roots, now.
     pub fn would_verify(&self, server_name: &ServerName<'_>, chain: &[CertificateDer<'_>]) -> bool {
-        let (Some(verifier), Some((end_entity, intermediates))) =
-            (&self.verifier, chain.split_first())
-        else {
-            return false;
+        self.verification_error(server_name, chain).is_none()
+    }
+
+    /// Why the certificate chain a server presented does not verify for
+    /// `server_name` against the trusted roots now, or `None` when it does
+    /// (what a TLS report counts a session under).
+    pub fn verification_error(
+        &self,
+        server_name: &ServerName<'_>,
+        chain: &[CertificateDer<'_>],
+    ) -> Option<rustls::Error> {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return Some(rustls::Error::NoCertificatesPresented);
+        };
+        let Some(verifier) = &self.verifier else {
+            return Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ));
         };
         verifier
             .verify_server_cert(end_entity, intermediates, server_name, &[], UnixTime::now())
-            .is_ok()
+            .err()
     }
 }
 
@@ -250,5 +264,9 @@ mod tests {
         let configs = TlsConfigs::from_roots(RootCertStore::empty()).unwrap();
         let name = ServerName::try_from("mx.test").unwrap();
         assert!(!configs.would_verify(&name, &[]));
+        assert_eq!(
+            configs.verification_error(&name, &[]),
+            Some(rustls::Error::NoCertificatesPresented)
+        );
     }
 }

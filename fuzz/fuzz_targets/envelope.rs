@@ -69,6 +69,8 @@ fn envelope(input: &mut Unstructured) -> Result<Envelope> {
         next_attempt_ms: input.arbitrary()?,
         delay_warned: input.arbitrary()?,
         meta: Meta::new(input.arbitrary()?),
+        message_id: input.arbitrary()?,
+        tls_report: input.arbitrary()?,
     })
 }
 

@@ -19,6 +19,7 @@ mod keywords;
 mod raw;
 mod shaping;
 mod suppression;
+mod tls_rpt;
 mod validate;
 mod values;
 mod webhook;
@@ -47,6 +48,7 @@ pub use self::keywords::{IpVersion, ListenerAuth, ListenerTls, LogFormat, RouteT
 use self::raw::RawConfig;
 pub use self::shaping::{ClusterSettings, DestinationRule, MatchPattern, Rate};
 pub use self::suppression::SuppressionSettings;
+pub use self::tls_rpt::TlsRptSettings;
 use self::validate::SystemDefaults;
 pub use self::webhook::{Secret, WebhookSettings};
 
@@ -73,6 +75,8 @@ pub struct Config {
     /// `[[webhook]]` blocks in file order; names are unique.
     pub webhooks: Vec<WebhookSettings>,
     pub bounce: BounceSettings,
+    /// `[tls_rpt]`: TLS reporting (RFC 8460).
+    pub tls_rpt: TlsRptSettings,
     pub cluster: ClusterSettings,
     pub suppression: SuppressionSettings,
     pub control: ControlSettings,

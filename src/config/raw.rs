@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub dkim: Vec<RawDkim>,
     pub webhook: Vec<RawWebhook>,
     pub bounce: RawBounce,
+    pub tls_rpt: RawTlsRpt,
     pub cluster: RawCluster,
     pub suppression: RawSuppression,
     pub control: RawControl,
@@ -177,6 +178,16 @@ pub(super) struct RawDkim {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawBounce {
     pub rules_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawTlsRpt {
+    pub enabled: Option<bool>,
+    pub organization: Option<String>,
+    pub contact: Option<String>,
+    pub from: Option<String>,
+    pub interval: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

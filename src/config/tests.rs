@@ -145,6 +145,8 @@ fn example_file_loads_with_production_values() {
     assert_eq!(config.dns, defaults.dns);
     assert_eq!(config.routes, defaults.routes);
     assert_eq!(config.log.format, defaults.log.format);
+    let same_host = parse("hostname = \"relay.example.com\"").unwrap();
+    assert_eq!(config.tls_rpt, same_host.tls_rpt);
 }
 
 #[test]

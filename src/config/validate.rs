@@ -281,6 +281,7 @@ pub(super) fn config(
     let webhooks = super::webhook::webhooks(raw.webhook)?;
     let bounce = super::bounce::bounce(raw.bounce)?;
     let suppression = super::suppression::suppression(raw.suppression)?;
+    let tls_rpt = super::tls_rpt::tls_rpt(raw.tls_rpt, &hostname)?;
 
     let control = ControlSettings {
         socket: raw
@@ -330,6 +331,7 @@ pub(super) fn config(
         dkim,
         webhooks,
         bounce,
+        tls_rpt,
         cluster,
         suppression,
         control,

@@ -27,6 +27,9 @@ const RECORD_FAILED_RETRY: Duration = Duration::from_secs(60);
 pub struct Pass {
     pub id: QueueId,
     pub lane: Lane,
+    /// The message is one of relayq's TLS reports: delivered without
+    /// MTA-STS (RFC 8460 §5.3), and its sessions are not counted.
+    pub tls_report: bool,
     /// Delivery's settings when the pass started: its jobs and its record
     /// (retry policy) use them to the end, whatever a reload changes.
     pub settings: Arc<DeliverySettings>,
@@ -52,6 +55,7 @@ impl Pass {
         Pass {
             id,
             lane: envelope.lane,
+            tls_report: envelope.tls_report,
             settings,
             delay: SystemTime::now()
                 .duration_since(envelope.arrival())

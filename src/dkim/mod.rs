@@ -139,7 +139,32 @@ impl Signers {
             header_section: header_section.concat(),
             body: BodyHash::new(),
             separator: 2,
+            also_sign: &[],
         })
+    }
+}
+
+impl Signers {
+    /// Signs a whole message relayq wrote itself (a TLS-RPT report) the
+    /// way intake signs what it accepts, with the fields of `also_sign`
+    /// signed besides the configured ones: the `DKIM-Signature:` fields to
+    /// put in front of it, or `None` when no key covers its From: domain
+    /// (or it has no header section). CPU-bound, like
+    /// [`PendingSignature::finish`].
+    pub(crate) fn sign_message(
+        self: &Arc<Self>,
+        message: &[u8],
+        also_sign: &'static [&'static str],
+        now: SystemTime,
+    ) -> Option<Result<Signed, SigningError>> {
+        let end = memchr::memmem::find(message, b"\r\n\r\n")? + 2;
+        let (section, body) = message.split_at(end);
+        let parsed = mail_parser::MessageParser::new().parse_headers(section)?;
+        let domain = author_domain(parsed.from())?;
+        let mut pending = self.start(&domain, &[section])?;
+        pending.also_sign = also_sign;
+        pending.update(body);
+        Some(pending.finish(now))
     }
 }
 
@@ -154,6 +179,9 @@ pub(crate) struct PendingSignature {
     /// Octets of the blank line after the header section not seen yet: they
     /// separate header and body, and are part of neither.
     separator: usize,
+    /// Field names signed besides the signer's own (for the messages relayq
+    /// writes itself).
+    also_sign: &'static [&'static str],
 }
 
 /// The signatures of one message.
@@ -203,7 +231,7 @@ impl PendingSignature {
         let signers = self.signers.by_domain.get(&self.domain);
         for signer in signers.map(Vec::as_slice).unwrap_or_default() {
             let name = format!("{}/{}", signer.domain, signer.selector);
-            match sign::signature_field(signer, &fields, &body_hash, now) {
+            match sign::signature_field(signer, self.also_sign, &fields, &body_hash, now) {
                 Ok(field) => {
                     signed.fields.push_str(&field);
                     signed.signatures.push(name);

@@ -170,11 +170,18 @@ impl BodyHash {
 /// at `now` (seconds since the Unix epoch, the `t=` tag).
 pub(crate) fn signature_field(
     signer: &Signer,
+    also_sign: &[&str],
     fields: &[Field<'_>],
     body_hash: &[u8],
     now: u64,
 ) -> mail_auth::Result<String> {
-    let names = signed_names(signer.header_names(), fields);
+    let names = if also_sign.is_empty() {
+        signed_names(signer.header_names(), fields)
+    } else {
+        let mut wanted = signer.header_names().to_vec();
+        wanted.extend(also_sign.iter().map(|name| (*name).to_owned()));
+        signed_names(&wanted, fields)
+    };
     let field = UnsignedField::new(&Tags {
         algorithm: signer.key.algorithm(),
         domain: &signer.domain,

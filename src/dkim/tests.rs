@@ -161,6 +161,41 @@ fn signs_only_covered_authors() {
 }
 
 #[test]
+fn a_whole_message_is_signed_with_the_extra_fields_asked_for() {
+    let directory = tempfile::tempdir().unwrap();
+    let ed25519 = openssl_key(directory.path(), "ed.pem", &["-algorithm", "ed25519"]);
+    let signers = Arc::new(load_one(&ed25519, "example.com", "s").unwrap());
+    let message = b"From: <r@example.com>\r\nTLS-Report-Domain: example.org\r\n\
+        Subject: x\r\n\r\nbody\r\n";
+    let signed = signers
+        .sign_message(message, &["TLS-Report-Domain"], SystemTime::now())
+        .expect("a key covers example.com")
+        .unwrap();
+    let unfolded = signed.fields.replace("\r\n\t", "");
+    assert!(unfolded.contains(":TLS-Report-Domain;"), "{unfolded}");
+    // The same body hash as intake's streamed signature of the message.
+    let mut pending = signers
+        .start("example.com", &[&message[..message.len() - 8]])
+        .unwrap();
+    pending.update(b"\r\nbody\r\n");
+    let streamed = pending.finish(SystemTime::now()).unwrap();
+    let body_hash = |fields: &str| {
+        let start = fields.find("bh=").unwrap();
+        fields[start..start + fields[start..].find(';').unwrap()].to_owned()
+    };
+    assert_eq!(
+        body_hash(&unfolded),
+        body_hash(&streamed.fields.replace("\r\n\t", ""))
+    );
+    let other = b"From: <r@example.org>\r\n\r\nbody\r\n";
+    assert!(
+        signers
+            .sign_message(other, &[], SystemTime::now())
+            .is_none()
+    );
+}
+
+#[test]
 fn author_domain_is_the_first_from_address() {
     let parsed = mail_parser::MessageParser::new()
         .parse_headers(&b"From: \"A\" <a@Example.COM>, b@other.org\r\n\r\n"[..])

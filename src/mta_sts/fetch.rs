@@ -11,9 +11,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use mail_auth::report::tlsrpt::{FailureDetails, PolicyDetails, PolicyType};
+
 use super::cache::{self, CachedPolicy};
+use super::report::{self, Unavailable};
 use super::{MtaSts, http, lock, policy};
 use crate::dns::MxResolver;
+use crate::tls_rpt::SessionResult;
 
 /// The whole fetch of a policy file: connect, TLS, request, response.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,21 +98,23 @@ impl MtaSts {
         let fetched = match resolver.host_addresses(&host).await {
             Ok(addresses) => http::fetch(&host, &addresses, self.tls.clone(), FETCH_TIMEOUT)
                 .await
-                .map_err(|error| error.to_string()),
-            Err(error) => Err(error.to_string()),
+                .map_err(|error| (error.to_string(), Unavailable::Fetch(error))),
+            Err(error) => Err((error.to_string(), Unavailable::Lookup)),
         }
         .and_then(|text| {
-            let policy = policy::parse_policy(&text).map_err(|error| error.to_string())?;
+            let policy = policy::parse_policy(&text)
+                .map_err(|error| (error.to_string(), Unavailable::Invalid))?;
             Ok((text, policy))
         });
         let (text, policy) = match fetched {
             Ok(fetched) => fetched,
-            Err(reason) => {
+            Err((reason, unavailable)) => {
                 let what = if refresh { "refresh" } else { "fetch" };
                 tracing::warn!(
                     "MTA-STS {domain}: cannot {what} policy {id} from https://{host}{}: {reason}",
                     http::POLICY_PATH
                 );
+                self.count_unavailable(domain, &unavailable, reason);
                 let mut state = lock(&self.state);
                 state
                     .failed
@@ -134,6 +140,23 @@ impl MtaSts {
         };
         lock(&self.state).policies.insert(domain.to_owned(), cached);
         self.save().await;
+    }
+
+    /// Counts a policy that could not be had for the domain's TLS report
+    /// (RFC 8460 §4.3.2.1): under the cached policy, which still applies,
+    /// or else as `no-policy-found`. At most one per policy id and
+    /// `FAILED_FETCH_MEMORY`, as fetches are.
+    fn count_unavailable(&self, domain: &str, unavailable: &Unavailable, reason: String) {
+        let details = match self.cached(domain) {
+            Some(cached) => report::report_details(domain, &cached.policy),
+            None => PolicyDetails::new(PolicyType::NoPolicyFound, domain),
+        };
+        let failure = FailureDetails {
+            additional_information: Some(reason),
+            ..FailureDetails::new(unavailable.result_type())
+        };
+        self.tls_rpt
+            .record(&details, &SessionResult::Failure(failure));
     }
 
     /// Writes the cache file (expired policies left out) on the blocking

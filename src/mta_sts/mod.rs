@@ -6,16 +6,20 @@
 //! Code map: `policy` parses the TXT record and the policy file and matches
 //! MX host names (pure); `fetch` runs fetches off the lane workers, one per
 //! domain at a time; `http` fetches the policy file; `cache` keeps fetched
-//! policies on disk and says when one is due for its refresh.
+//! policies on disk and says when one is due for its refresh; `report` says
+//! what a TLS report (RFC 8460) says of policies, and of fetches that
+//! failed (which `fetch` counts for the domain's report).
 //!
 //! Invariant: a domain whose valid policy says `enforce` gets no MAIL FROM
 //! except over STARTTLS with a certificate verified for an MX host the
-//! policy names (enforced in `delivery::job::policy`).
+//! policy names (enforced in `delivery::job::policy`), relayq's own TLS
+//! reports excepted (RFC 8460 §5.3).
 
 pub(crate) mod cache;
 mod fetch;
 pub(crate) mod http;
 pub(crate) mod policy;
+mod report;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,6 +35,7 @@ pub(crate) use self::fetch::FETCH_TIMEOUT;
 use self::policy::{Mode, Policy};
 use crate::dns::MxResolver;
 use crate::outcome::{PolicyKind, Protection, Target, TlsProtection};
+use crate::tls_rpt::TlsRpt;
 
 /// How long a TXT lookup that failed (timeout, SERVFAIL) is not repeated
 /// for the domain, so name servers that drop TXT queries do not cost every
@@ -110,6 +115,9 @@ pub struct MtaSts {
     saving: tokio::sync::Mutex<()>,
     /// Fetches run on tasks of their own, which shutdown waits for.
     tracker: TaskTracker,
+    /// Where a policy that could not be fetched is counted for the
+    /// domain's TLS report.
+    tls_rpt: TlsRpt,
 }
 
 #[derive(Default)]
@@ -129,6 +137,7 @@ impl MtaSts {
         tls: Arc<ClientConfig>,
         spool_directory: &std::path::Path,
         tracker: TaskTracker,
+        tls_rpt: TlsRpt,
     ) -> MtaSts {
         let cache_path = spool_directory.join(cache::FILE_NAME);
         let policies = cache::load(&cache_path);
@@ -141,6 +150,7 @@ impl MtaSts {
             }),
             saving: tokio::sync::Mutex::new(()),
             tracker,
+            tls_rpt,
         }
     }
 

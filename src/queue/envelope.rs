@@ -76,6 +76,11 @@ pub struct Envelope {
     /// intake added), for its events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// A TLS-RPT report relayq wrote itself (`tls_rpt`): delivered without
+    /// MTA-STS or DANE enforcement (RFC 8460 §5.3), announced by no
+    /// webhook event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_report: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +191,7 @@ impl Envelope {
             delay_warned: false,
             meta: Meta::default(),
             message_id: None,
+            tls_report: false,
         }
     }
 
@@ -318,6 +324,7 @@ mod tests {
             delay_warned: false,
             meta: Meta::new(vec![("order".into(), "42".into())]),
             message_id: Some("20261207.1@app.example".into()),
+            tls_report: false,
         }
     }
 

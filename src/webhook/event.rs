@@ -252,10 +252,10 @@ pub fn for_transition(
 }
 
 /// Whether the message is one relayq wrote itself (a delivery status
-/// notification: the null sender, and no client handed it over): events
-/// are for the application's own mail.
+/// notification: the null sender, and no client handed it over; or a
+/// TLS-RPT report): events are for the application's own mail.
 fn is_report(envelope: &Envelope) -> bool {
-    envelope.reverse_path.is_empty() && envelope.client_address.is_none()
+    (envelope.reverse_path.is_empty() && envelope.client_address.is_none()) || envelope.tls_report
 }
 
 /// One `deleted` event per recipient still open when the operator deleted

@@ -3,16 +3,9 @@
 //! or directory of the repository, and its `#fragment`, if any, names a
 //! heading of the Markdown file it points to (as a code host makes anchors
 //! of headings).
-//!
-//! Pages that other work is writing may be linked before they exist:
-//! [`PENDING_PAGES`] lists them. Once such a page exists its links are
-//! checked like any other; remove it from the list then.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
-
-/// Pages linked from the documentation before they land on main.
-const PENDING_PAGES: [&str; 1] = ["docs/tls-rpt.md"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -165,9 +158,7 @@ fn broken_links(page: &Path) -> Vec<String> {
             continue;
         };
         if !linked.exists() {
-            if !PENDING_PAGES.contains(&relative.as_str()) {
-                broken.push(format!("{name}: {target}: no such file {relative}"));
-            }
+            broken.push(format!("{name}: {target}: no such file {relative}"));
             continue;
         }
         let Some(fragment) = fragment else {

@@ -57,4 +57,6 @@ mod suppression_bounces;
 mod suppression_cluster;
 mod systemd;
 mod third_party_client;
+mod tls_rpt;
+mod tls_rpt_dane;
 mod webhooks;

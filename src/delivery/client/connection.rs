@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::auth::authenticate;
-use super::transport::Transport;
+use super::transport::{HandshakeFailure, Transport};
 use super::{
     ClientError, ClientSettings, ConnectError, ConnectErrorKind, Credentials, RemoteReply, Target,
     TlsInfo, TlsMode,
@@ -193,7 +193,7 @@ async fn open_once(
             let transport =
                 Transport::handshake(stream, config, name.clone(), settings.greeting_timeout)
                     .await
-                    .map_err(|detail| tls_error(target, detail))?;
+                    .map_err(|failure| handshake_error(target, failure))?;
             let info = tls_established(target, &transport, tls_configs, &name, verify);
             (transport, info)
         }
@@ -250,7 +250,7 @@ async fn open_once(
             };
             transport = Transport::handshake(stream, config, name.clone(), limit)
                 .await
-                .map_err(|detail| tls_error(target, detail))?;
+                .map_err(|failure| handshake_error(target, failure))?;
             tls_info = tls_established(target, &transport, tls_configs, &name, verify);
             capabilities = hello(&mut transport, target, settings).await?;
         } else if tls == TlsMode::Opportunistic {
@@ -397,20 +397,40 @@ fn tls_established(
                 .map_or_else(|| format!("{suite:?}"), str::to_owned)
         })
         .unwrap_or_else(|| "unknown".to_owned());
-    let verified = verified_in_handshake
-        || session
-            .peer_certificates()
-            .is_some_and(|chain| configs.would_verify(name, chain));
+    let problem = if verified_in_handshake {
+        None
+    } else {
+        match session.peer_certificates() {
+            Some(chain) => configs.verification_error(name, chain),
+            None => Some(rustls::Error::NoCertificatesPresented),
+        }
+    };
+    let verified = problem.is_none();
     tracing::info!(relay = %target, protocol, cipher, verified, "TLS established");
     Some(TlsInfo {
         protocol,
         cipher,
         verified,
+        certificate_failure: problem
+            .as_ref()
+            .map(crate::tls_rpt::results::certificate_failure),
     })
 }
 
 fn tls_error(target: &Target, detail: String) -> ConnectError {
     ConnectError::new(ConnectErrorKind::Tls, format!("{target}: {detail}"))
+}
+
+/// A failed handshake; one that failed on the server's certificate says
+/// why in RFC 8460's terms.
+fn handshake_error(target: &Target, failure: HandshakeFailure) -> ConnectError {
+    let mut error = tls_error(target, failure.detail);
+    error.certificate_failure = failure
+        .tls
+        .as_ref()
+        .filter(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)))
+        .map(crate::tls_rpt::results::certificate_failure);
+    error
 }
 
 /// A failure after the TCP connection was established, before the session

@@ -25,6 +25,8 @@ mod transport;
 use std::fmt;
 use std::time::Duration;
 
+use mail_auth::report::tlsrpt::ResultType;
+
 use crate::queue::envelope::{Notify, Ret};
 
 pub use crate::outcome::{RemoteReply, Target};
@@ -107,6 +109,8 @@ pub struct TlsInfo {
     /// Whether the certificate verified for the target name (by DANE, for
     /// a DANE session).
     pub verified: bool,
+    /// When it did not: why, as an RFC 8460 result type (for TLS reports).
+    pub certificate_failure: Option<ResultType>,
 }
 
 /// One message as the client sends it: the envelope's view, borrowed.
@@ -175,6 +179,9 @@ pub struct ConnectError {
     pub detail: String,
     /// The server's reply when it refused (greeting, EHLO, STARTTLS, AUTH).
     pub remote: Option<RemoteReply>,
+    /// A TLS handshake that failed on the server's certificate: why, as an
+    /// RFC 8460 result type (for TLS reports).
+    pub certificate_failure: Option<ResultType>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +210,7 @@ impl ConnectError {
             kind,
             detail: detail.into(),
             remote: None,
+            certificate_failure: None,
         }
     }
 
@@ -215,6 +223,7 @@ impl ConnectError {
             kind,
             detail: detail.into(),
             remote: Some(reply),
+            certificate_failure: None,
         }
     }
 

@@ -23,6 +23,14 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// Why a TLS handshake failed: the words for logs and replies, and the
+/// error rustls gave (a certificate that did not verify, a protocol
+/// error), when it gave one.
+pub(super) struct HandshakeFailure {
+    pub(super) detail: String,
+    pub(super) tls: Option<rustls::Error>,
+}
+
 pub(super) struct Transport {
     stream: Stream,
     /// Bytes received and not yet consumed as replies.
@@ -44,15 +52,26 @@ impl Transport {
         config: Arc<ClientConfig>,
         server_name: ServerName<'static>,
         limit: Duration,
-    ) -> Result<Transport, String> {
+    ) -> Result<Transport, HandshakeFailure> {
         let connect = TlsConnector::from(config).connect(server_name, stream);
         match timeout(limit, connect).await {
             Ok(Ok(stream)) => Ok(Transport {
                 stream: Stream::Tls(Box::new(stream)),
                 input: Vec::with_capacity(4096),
             }),
-            Ok(Err(error)) => Err(format!("TLS handshake failed: {error}")),
-            Err(_) => Err(format!("timeout in TLS handshake after {limit:?}")),
+            Ok(Err(error)) => Err(HandshakeFailure {
+                detail: format!("TLS handshake failed: {error}"),
+                // tokio-rustls hands rustls's own error over inside the
+                // io::Error.
+                tls: error
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .cloned(),
+            }),
+            Err(_) => Err(HandshakeFailure {
+                detail: format!("timeout in TLS handshake after {limit:?}"),
+                tls: None,
+            }),
         }
     }
 

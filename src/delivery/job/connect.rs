@@ -18,7 +18,7 @@ use crate::queue::transition::Outcome;
 use super::Job;
 use super::context::DeliveryContext;
 use super::dane::{self, HostPlan};
-use super::policy::refused_by_policy;
+use super::policy::{count_failed_session, count_unnamed_host, refused_by_policy};
 
 /// Why no connection could be opened.
 pub(super) struct OpenFailure {
@@ -41,7 +41,8 @@ pub(super) async fn open(
     sts: Option<&ActivePolicy>,
 ) -> Result<Connection, OpenFailure> {
     let settings = &job.pass.settings;
-    let dane_on = settings.dane && matches!(job.hop, NextHop::Mx(_));
+    // RFC 8460 §5.3: relayq's own TLS reports go without DANE too.
+    let dane_on = settings.dane && matches!(job.hop, NextHop::Mx(_)) && !job.pass.tls_report;
     let mut targets = resolve(settings, &job.hop).await.map_err(|error| {
         if dane_on && error.to_string().contains("DNSSEC") {
             context.handle.metrics.dane_result(DaneResult::DnssecFailed);
@@ -69,7 +70,15 @@ pub(super) async fn open(
         // With DANE on, the hosts DANE covers stay whatever the policy's mx
         // says (DANE wins, RFC 8461 §2): the policy is applied per host.
         if !dane_on {
+            let unnamed: Vec<String> = targets
+                .iter()
+                .filter(|(target, _)| !active.policy.allows(&target.host))
+                .map(|(target, _)| target.host.clone())
+                .collect();
             targets.retain(|(target, _)| active.policy.allows(&target.host));
+            if targets.is_empty() {
+                count_unnamed_hosts(context, active, &unnamed);
+            }
         }
         if targets.is_empty() {
             return Err(no_policy_host(active));
@@ -83,6 +92,18 @@ pub(super) async fn open(
         dane_on,
     };
     connect(context, job, &targets, attempt).await
+}
+
+/// Counts each MX host (once) that an enforced policy does not name, when
+/// none it names was left to try.
+fn count_unnamed_hosts(context: &DeliveryContext, active: &ActivePolicy, hosts: &[String]) {
+    let mut counted: Vec<&String> = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        if !counted.contains(&host) {
+            counted.push(host);
+            count_unnamed_host(context, active, host);
+        }
+    }
 }
 
 /// Mail an enforced MTA-STS policy leaves no MX host for.
@@ -207,6 +228,8 @@ async fn connect(
     let mut all_unreachable = true;
     let mut overload = false;
     let mut tried = 0;
+    // Hosts an enforced policy does not name, skipped.
+    let mut unnamed: Vec<String> = Vec::new();
     for (target, dnssec) in targets {
         let plan = match (&job.hop, attempt.dane_on) {
             (NextHop::Mx(domain), true) => {
@@ -218,6 +241,7 @@ async fn connect(
             && !plan.is_dane()
             && !active.policy.allows(&target.host)
         {
+            unnamed.push(target.host.clone());
             continue;
         }
         tried += 1;
@@ -253,6 +277,14 @@ async fn connect(
                 let (counted, reply) = dane::judge(&plan, target, &mut result);
                 if let Some(counted) = counted {
                     dane::record(&context.handle.metrics, domain, target, counted);
+                    dane::count(
+                        &context.tls_rpt,
+                        domain,
+                        target,
+                        &plan,
+                        counted,
+                        reply.as_ref(),
+                    );
                 }
                 reply
             }
@@ -262,6 +294,11 @@ async fn connect(
             Ok(connection) => return Ok(connection),
             Err(error) => error,
         };
+        if let Some(active) = attempt.enforced
+            && !plan.is_dane()
+        {
+            count_failed_session(context, active, target, &error);
+        }
         let reply = dane_reply.clone().unwrap_or_else(|| error.reply());
         tracing::info!(
             queue_id = %job.pass.id,
@@ -297,6 +334,7 @@ async fn connect(
     if tried == 0
         && let Some(active) = attempt.enforced
     {
+        count_unnamed_hosts(context, active, &unnamed);
         return Err(no_policy_host(active));
     }
     if all_unreachable && tried > 0 {

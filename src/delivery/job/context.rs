@@ -19,6 +19,7 @@ use crate::metrics::{ActiveConnections, Throttle};
 use crate::mta_sts::MtaSts;
 use crate::queue::handle::QueueHandle;
 use crate::tls::TlsConfigs;
+use crate::tls_rpt::TlsRpt;
 
 /// How long a destination whose hosts all refused connections is skipped.
 const DEAD_DESTINATION_FOR: Duration = Duration::from_secs(60);
@@ -38,6 +39,8 @@ pub struct DeliveryContext {
     /// Delivery's settings in force (a reload replaces them): new passes
     /// take them.
     pub settings: CurrentDeliverySettings,
+    /// Where sessions under a policy are counted for TLS reports.
+    pub tls_rpt: TlsRpt,
     /// Tasks that commit or talk to a server are tracked, so shutdown waits
     /// for them.
     tracker: TaskTracker,
@@ -59,6 +62,7 @@ impl DeliveryContext {
         handle: QueueHandle,
         destinations: Arc<Destinations<Job>>,
         settings: CurrentDeliverySettings,
+        tls_rpt: TlsRpt,
         tracker: TaskTracker,
     ) -> anyhow::Result<DeliveryContext> {
         let tls_configs = TlsConfigs::with_trust_anchors(&config.delivery.extra_trust_anchors)?;
@@ -67,6 +71,7 @@ impl DeliveryContext {
                 tls_configs.verifying(),
                 &config.spool.path,
                 tracker.clone(),
+                tls_rpt.clone(),
             ))
         });
         Ok(DeliveryContext {
@@ -75,6 +80,7 @@ impl DeliveryContext {
             tls_configs,
             mta_sts,
             settings,
+            tls_rpt,
             tracker,
         })
     }

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use mail_auth::report::tlsrpt::{FailureDetails, PolicyDetails, PolicyType, ResultType};
+
 use crate::dane::{self, DaneVerifier, HostPolicy, SessionDane, Verdict};
 use crate::delivery::client::{
     ClientSettings, ConnectError, ConnectErrorKind, Connection, RemoteReply, Target, TlsMode,
@@ -14,6 +16,7 @@ use crate::delivery::settings::DeliverySettings;
 use crate::dns::TargetDnssec;
 use crate::outcome::DaneResult;
 use crate::tls::TlsConfigs;
+use crate::tls_rpt::{SessionResult, TlsRpt};
 
 /// What DANE asks of one MX host.
 pub(super) enum HostPlan {
@@ -186,6 +189,62 @@ pub(super) fn record(
         "DANE result for {domain} at {target}: {}",
         result.as_str()
     );
+}
+
+/// Counts one attempted host's DANE result for `domain`'s TLS report
+/// (RFC 8460): a match is a successful session under the host's TLSA
+/// records (`policy-type` `tlsa`), a failure counts with its result type
+/// and `reply`'s words; a host DANE does not apply to is not counted here
+/// (MTA-STS counts it, if the domain has a policy).
+pub(super) fn count(
+    tls_rpt: &TlsRpt,
+    domain: &str,
+    target: &Target,
+    plan: &HostPlan,
+    result: DaneResult,
+    reply: Option<&RemoteReply>,
+) {
+    let session = match result {
+        DaneResult::Insecure => return,
+        DaneResult::Matched => SessionResult::Success,
+        failed => {
+            let Some(name) = failed.tls_rpt_result_type() else {
+                return;
+            };
+            let result_type = serde_json::from_value(serde_json::Value::from(name))
+                .unwrap_or(ResultType::ValidationFailure);
+            SessionResult::Failure(FailureDetails {
+                receiving_ip: Some(target.address.ip()),
+                additional_information: reply.map(|reply| reply.text.clone()),
+                ..FailureDetails::new(result_type).with_receiving_mx_hostname(&target.host)
+            })
+        }
+    };
+    let details = PolicyDetails {
+        policy_type: PolicyType::Tlsa,
+        policy_string: match plan {
+            HostPlan::Authenticate(verifier) => verifier
+                .expectation()
+                .records
+                .iter()
+                .map(|(_, record)| presentation(record))
+                .collect(),
+            _ => Vec::new(),
+        },
+        policy_domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+        mx_host: vec![target.host.clone()],
+    };
+    tls_rpt.record(&details, &session);
+}
+
+/// A TLSA record in presentation form, its data in full hex (RFC 8460
+/// §4.4: the policy-string of a `tlsa` policy is its records).
+fn presentation(record: &crate::dane::Tlsa) -> String {
+    let mut text = format!("{} {} {} ", record.usage, record.selector, record.matching);
+    for byte in &record.data {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
 }
 
 /// Whether a pooled connection may carry mail for `domain` with DANE on:

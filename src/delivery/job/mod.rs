@@ -223,6 +223,9 @@ async fn deliver_under(
             context.tracker().spawn(connection.quit());
             continue;
         }
+        if fresh {
+            policy::count_session(context, sts, &connection);
+        }
         if let Err(refused) = policy::allows(job, sts, &connection) {
             // Nothing is sent over a session the policy refuses: a pooled
             // one is closed and a fresh one opened instead.

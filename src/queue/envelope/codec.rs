@@ -31,6 +31,8 @@ const MESSAGE_ID: u8 = 4;
 /// in order ([`class_code`]; 0 for none). Written only when some recipient
 /// has a class, so records of pending mail stay as they were.
 const RECIPIENT_CLASSES: u8 = 3;
+/// Present (with an empty value) on relayq's own TLS-RPT reports.
+const TLS_REPORT: u8 = 5;
 
 pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 48 * envelope.recipients.len());
@@ -132,6 +134,10 @@ pub(super) fn encode(envelope: &Envelope) -> Vec<u8> {
                 .map(|recipient| recipient.class.map_or(0, class_code)),
         );
     }
+    if envelope.tls_report {
+        out.push(TLS_REPORT);
+        varint(&mut out, 0);
+    }
     out.push(END);
     out
 }
@@ -199,6 +205,7 @@ impl Reader<'_> {
         let mut auth_user = None;
         let mut meta = Meta::default();
         let mut message_id = None;
+        let mut tls_report = false;
         loop {
             match self.byte()? {
                 END => break,
@@ -228,6 +235,11 @@ impl Reader<'_> {
                     for (recipient, &code) in recipients.iter_mut().zip(codes) {
                         recipient.class = class_of_code(code);
                     }
+                }
+                TLS_REPORT => {
+                    let length = self.length()?;
+                    self.take(length)?;
+                    tls_report = true;
                 }
                 // A field a newer relayq added: skip it.
                 _ => {
@@ -262,6 +274,7 @@ impl Reader<'_> {
             auth_user,
             meta,
             message_id,
+            tls_report,
         })
     }
 
@@ -494,6 +507,7 @@ mod tests {
             ("order_id".into(), "A-42".into()),
             ("tenant".into(), "café".into()),
         ]);
+        envelope.tls_report = true;
         envelope
     }
 
@@ -527,11 +541,13 @@ mod tests {
         // Only the metadata among the optional fields after it.
         let mut with_meta = sample();
         with_meta.message_id = None;
+        with_meta.tls_report = false;
         for recipient in &mut with_meta.recipients {
             recipient.class = None;
         }
         let mut plain = with_meta.clone();
         plain.meta = Meta::default();
+        plain.tls_report = false;
         let without = encode(&plain);
         assert_eq!(decode(&without).unwrap().meta, Meta::default());
         // With metadata, the record is the same up to the end marker, then
@@ -576,7 +592,11 @@ mod tests {
 
     #[test]
     fn records_without_classes_and_unknown_class_codes_still_read() {
-        let envelope = sample();
+        // The classes as the last field.
+        let envelope = Envelope {
+            tls_report: false,
+            ..sample()
+        };
         let mut encoded = encode(&envelope);
         // The record as a relayq without classes would have written it.
         let tag = encoded.len() - 5;

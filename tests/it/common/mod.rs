@@ -7,6 +7,7 @@ pub mod dns_server;
 
 pub mod fake_mx;
 pub mod policy_server;
+pub mod report_receiver;
 pub mod shaping;
 pub mod signed_dns;
 pub mod silent;

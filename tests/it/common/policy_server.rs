@@ -155,7 +155,7 @@ impl Drop for PolicyServer {
     }
 }
 
-fn acceptor(identity: &TlsIdentity) -> tokio_rustls::TlsAcceptor {
+pub fn acceptor(identity: &TlsIdentity) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
