@@ -157,7 +157,11 @@ if [[ " $CASES " == *" drain "* ]]; then
     got=$(($(echo "$report" | json '["distinct"]') - before))
     secs=$(awk -v a="$t1" -v b="$t0" 'BEGIN{printf "%.2f", a-b}')
     rate=$(awk -v n="$got" -v s="$secs" 'BEGIN{printf "%.0f", n/s}')
-    echo "drain: $got events taken in ${secs}s = $rate events/s (batch_max $BATCH_MAX); receiver summary: $report" >>"$out"
+    # From the receiver's first taken post to its last: the sender's rate,
+    # without what was left of its back-off when the receiver came up.
+    span=$(echo "$report" | json '["seconds_first_to_last"]')
+    taken_rate=$(awk -v n="$got" -v s="$span" 'BEGIN{printf "%.0f", (s > 0 ? n / s : 0)}')
+    echo "drain: $got events taken in ${secs}s from the receiver's return = $rate events/s (back-off included); first to last taken post ${span}s = $taken_rate events/s (batch_max $BATCH_MAX); receiver summary: $report" >>"$out"
     rq_stop
 fi
 
