@@ -178,8 +178,16 @@ pub fn show(detail: &MessageDetail) -> String {
 }
 
 pub fn stats(stats: &StatsView) -> String {
-    let mut out = format!(
-        "{:<6} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+    let mut out = String::new();
+    if let Some(rebuild) = &stats.rebuild {
+        let _ = writeln!(
+            out,
+            "{rebuild}; the counts below cover only the messages read so far\n"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<6} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "lane", "ready", "active", "deferred", "held", "total"
     );
     for lane in &stats.lanes {

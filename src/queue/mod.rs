@@ -688,8 +688,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuild_schedules_what_inserting_each_message_would() {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            relayq_spool::Spool::open(relayq_spool::SpoolOptions::new(dir.path())).unwrap();
+        let spool = relayq_spool::Spool::open(relayq_spool::SpoolOptions::new(dir.path())).unwrap();
         let now_ms = envelope::unix_ms(SystemTime::now());
         let count = rebuild::REBUILD_CHUNK as u64 + 900;
         let mut stored = Vec::new();

@@ -236,12 +236,12 @@ impl Queue {
         {
             scan.scanned_to = Some(last);
         }
-        let _ = self
-            .rebuild
-            .unscanned
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |unscanned| {
-                Some(unscanned.saturating_sub(read))
-            });
+        let _ =
+            self.rebuild
+                .unscanned
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |unscanned| {
+                    Some(unscanned.saturating_sub(read))
+                });
         self.rebuild.scanned.fetch_add(read, Ordering::AcqRel);
         self.rebuild.advanced.notify_waiters();
     }
@@ -432,7 +432,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waits_end_when_the_scan_passes_the_message() {
         let queue = Arc::new(Queue::rebuilding(QueueId(10), 3));
-        assert_eq!(queue.wait_scanned(QueueId(11), Duration::ZERO).await, Ok(()));
+        assert_eq!(
+            queue.wait_scanned(QueueId(11), Duration::ZERO).await,
+            Ok(())
+        );
         let progress = queue
             .wait_scanned(QueueId(5), Duration::from_secs(1))
             .await
@@ -452,7 +455,9 @@ mod tests {
         let waiter = {
             let queue = queue.clone();
             tokio::spawn(async move {
-                let waited = queue.wait_scanned(QueueId(5), Duration::from_secs(60)).await;
+                let waited = queue
+                    .wait_scanned(QueueId(5), Duration::from_secs(60))
+                    .await;
                 (waited, queue.get(QueueId(5)).is_some())
             })
         };
@@ -462,7 +467,11 @@ mod tests {
         };
         tokio::task::yield_now().await;
         // One chunk: message 4 (completed, dropped) and 5.
-        queue.place_scanned(&[(QueueId(5), envelope(Lane::High, 5))], Some(QueueId(5)), 2);
+        queue.place_scanned(
+            &[(QueueId(5), envelope(Lane::High, 5))],
+            Some(QueueId(5)),
+            2,
+        );
         assert_eq!(waiter.await.unwrap(), (Ok(()), true));
         assert!(queue.scanned(QueueId(4)), "dropped: not found from now on");
         assert!(!queue.scanned(QueueId(6)));
