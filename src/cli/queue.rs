@@ -1,6 +1,7 @@
 //! `relayq queue …`: list, show, stats, tail, and the operations, as
 //! requests to the daemon's control API. Exit codes (sysexits): 0 done,
-//! 64 usage, 69 daemon not available, 77 no permission on the socket.
+//! 64 usage, 69 daemon not available, 75 not yet (the queue is being
+//! rebuilt after a start: try again), 77 no permission on the socket.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
