@@ -140,13 +140,15 @@ fn idle_and_trickling_sessions_make_room_for_a_real_client() {
     stop.store(true, Ordering::Relaxed);
     trickler.join().unwrap();
 
-    // Each of the 51 clients that found every permit in use shed one
-    // session; the first shed are the idle and trickling ones, with 421.
+    // The clients that found every permit in use shed sessions; the first
+    // shed are the idle and trickling ones, with 421. (Later arrivals may
+    // shed the waiting clients or be refused, as timing decides: only the
+    // twenty are certain.)
     assert!(
         metric(
             metrics,
             "relayq_smtp_sessions_shed_total{reason=\"pressure\"}"
-        ) >= 51.0,
+        ) >= 20.0,
         "{}",
         relay.logs_text()
     );
