@@ -84,9 +84,6 @@ pub async fn run(
     ));
     let tracker = TaskTracker::new();
     let notifier = Arc::new(Notifier::from_env());
-    // Runs beside everything else: intake, delivery and the control API
-    // start at once, on the messages the scan has placed so far.
-    let rebuild = spawn_rebuild(&config, &queue, &spool, &tracker, &shutdown);
     // The suppression set must be whole before the first RCPT is checked.
     let loading = std::time::Instant::now();
     let suppressed = Suppression::load(&spool)
@@ -223,6 +220,10 @@ pub async fn run(
         )));
     }
     metrics.set_listeners_up();
+    // Started once the listeners are open, so it does not compete with the
+    // start for the CPU; runs beside everything else: intake, delivery and
+    // the control API work on the messages the scan has placed so far.
+    let rebuild = spawn_rebuild(&config, &queue, &spool, &tracker, &shutdown);
     if let Some(address) = config.metrics.listen {
         let socket = metrics::http::bind(address).await?;
         tracing::info!(
