@@ -181,6 +181,12 @@ fn parse_line(line: &str) -> Result<Anchor, String> {
     }
     let owner = Name::from_ascii(owner_text)
         .map_err(|error| format!("owner name {owner_text:?}: {error}"))?;
+    // `example\.` ends with an escaped dot, a label's character.
+    if !owner.is_fqdn() {
+        return Err(format!(
+            "owner name {owner_text:?} must be absolute (end with a dot)"
+        ));
+    }
     if tokens
         .peek()
         .is_some_and(|token| token.bytes().all(|b| b.is_ascii_digit()))
@@ -365,6 +371,7 @@ mod tests {
             ("", "no DS or DNSKEY record"),
             ("example. IN A 192.0.2.1", "not a trust anchor"),
             ("example IN DS 1 8 2 00", "absolute"),
+            ("example\\. IN DS 1 8 2 00", "absolute"),
             (". IN DNSKEY 256 3 8", "public key"),
             (". IN DNSKEY 1 3 8 AwEAAQ==", "zone key bit"),
             (". IN DNSKEY 385 3 8 AwEAAQ==", "revoked"),

@@ -393,8 +393,12 @@ impl TransitionHook for Webhooks {
 }
 
 impl Hook {
+    /// The sender's count plus the events committed since it last looked:
+    /// while it retries a batch it does not look, and the backlog grows.
     fn backlog(&self) -> u64 {
-        self.counts.backlog.load(Ordering::Relaxed).max(0) as u64
+        let counted = self.counts.backlog.load(Ordering::Relaxed);
+        let arrived = self.counts.arrived.load(Ordering::Relaxed);
+        counted.saturating_add_unsigned(arrived).max(0) as u64
     }
 
     fn oldest_age(&self, now: SystemTime) -> Option<Duration> {
