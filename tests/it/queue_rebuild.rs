@@ -78,6 +78,22 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// `GET /rebuild` on the control socket.
+fn rebuild_progress(relay: &TestRelay) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let socket = relay.spool_path().join("control.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("control socket");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"GET /rebuild HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).expect("JSON")
+}
+
 fn token(data: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(data);
     let rest = text.split(TOKEN_HEADER).nth(1)?;
@@ -206,6 +222,11 @@ fn operations_right_after_a_start_find_the_stored_messages() {
     let stats = queue_json(&relay, &["stats"]);
     assert!(stats.get("rebuild").is_none(), "{stats}");
     assert_eq!(stats["total"], STORED - 2, "{stats}");
+    let progress = rebuild_progress(&relay);
+    assert_eq!(
+        progress,
+        serde_json::json!({"in_progress": false, "scanned": STORED, "total": STORED})
+    );
     relay.stop();
     let left = relay.spooled_messages();
     assert_eq!(left.len(), STORED - 2);
