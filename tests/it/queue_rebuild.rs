@@ -1,7 +1,8 @@
 //! A start with a full spool: the daemon listens at once and rebuilds its
 //! schedule in the background. Messages stored before the start are
 //! scheduled by the rebuild, those accepted during it by intake; each is
-//! delivered exactly once. Operator commands work on both.
+//! delivered exactly once. Operator commands work on both, and lane caps
+//! count what the rebuild has not read yet.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,12 +36,23 @@ pub fn store_messages(
     count: usize,
     held: fn(usize) -> bool,
 ) -> Vec<QueueId> {
+    let alternate = |n: usize| if n % 2 == 0 { Lane::High } else { Lane::Low };
+    store_messages_in(spool_path, count, alternate, held)
+}
+
+/// As `store_messages`, message `n` in lane `lane(n)`.
+fn store_messages_in(
+    spool_path: &std::path::Path,
+    count: usize,
+    lane: impl Fn(usize) -> Lane,
+    held: fn(usize) -> bool,
+) -> Vec<QueueId> {
     let spool = Spool::open(SpoolOptions::new(spool_path)).expect("open spool");
     let mut ids = Vec::with_capacity(count);
     let mut changes = Vec::with_capacity(count);
     for n in 0..count {
         let id = spool.allocate_id();
-        let lane = if n % 2 == 0 { Lane::High } else { Lane::Low };
+        let lane = lane(n);
         let body = format!(
             "From: app@sender.test\r\nTo: user{n}@dest.test\r\nSubject: stored {n}\r\n{TOKEN_HEADER}old-{n}\r\n\r\nstored before the start\r\n"
         );
@@ -232,4 +244,42 @@ fn operations_right_after_a_start_find_the_stored_messages() {
     assert_eq!(left.len(), STORED - 2);
     assert!(left.iter().all(|m| m.id != first && m.id != last));
     assert!(left.iter().all(|m| !m.envelope.held));
+}
+
+/// A restart cannot overfill a lane: with the low lane at its cap in the
+/// spool, new low-lane mail is refused from the first moment, whether the
+/// rebuild has read those messages yet or not (until it has, every message
+/// it has not read counts in each lane); room made afterwards is given once.
+#[test]
+fn a_restart_cannot_overfill_a_lane() {
+    const CAP: usize = 3_000;
+    let mut relay = TestRelay::start(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nlane = \"low\"\n\
+         [lanes.low]\nmax_queued = {CAP}\n"
+    ));
+    relay.stop();
+    let stored = store_messages_in(&relay.spool_path(), CAP, |_| Lane::Low, |_| true);
+    relay.launch_listening();
+
+    let low_full = (452, "4.3.1 low lane full, try again later".to_owned());
+    let mut client = relay.client();
+    client.greet();
+    let reply = client.command("MAIL FROM:<app@sender.test>");
+    assert_eq!((reply.code, reply.text()), low_full, "{reply:?}");
+    client.command("QUIT");
+
+    relay.wait_for_log("queue rebuilt in ");
+    let deleted = queue_json(&relay, &["delete", &stored[0].to_string()]);
+    assert_eq!(deleted["counts"]["done"], 1, "{deleted}");
+    let mut client = relay.client();
+    client.greet();
+    let reply = client.send_message(
+        "app@sender.test",
+        &["user@example.org"],
+        b"Subject: room for one\r\n\r\nhello\r\n",
+    );
+    queued_id(&reply);
+    let reply = client.command("MAIL FROM:<app@sender.test>");
+    assert_eq!((reply.code, reply.text()), low_full, "{reply:?}");
+    client.command("QUIT");
 }
