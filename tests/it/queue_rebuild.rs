@@ -36,7 +36,13 @@ pub fn store_messages(
     count: usize,
     held: fn(usize) -> bool,
 ) -> Vec<QueueId> {
-    let alternate = |n: usize| if n % 2 == 0 { Lane::High } else { Lane::Low };
+    let alternate = |n: usize| {
+        if n.is_multiple_of(2) {
+            Lane::High
+        } else {
+            Lane::Low
+        }
+    };
     store_messages_in(spool_path, count, alternate, held)
 }
 
