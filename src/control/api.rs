@@ -191,6 +191,9 @@ fn rebuilding(progress: RebuildProgress) -> Reply {
 
 /// Counts by lane × state and by domain × age, from the schedule alone.
 fn stats(context: &Context) -> Reply {
+    // Read before the walk: counts made while the rebuild ran say so, even
+    // when it ends during the walk.
+    let rebuild = context.queue.rebuild_progress();
     let mut lanes: Vec<LaneCounts> = Lane::ALL
         .iter()
         .map(|lane| LaneCounts {
@@ -239,7 +242,6 @@ fn stats(context: &Context) -> Reply {
         })
         .collect();
     destinations.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
-    let rebuild = context.queue.rebuild_progress();
     Reply::ok(&StatsView {
         rebuild: rebuild.in_progress.then_some(rebuild),
         total: lanes.iter().map(LaneCounts::total).sum(),
