@@ -27,6 +27,8 @@ pub fn render(
     destinations: Vec<ActiveConnections>,
     now: SystemTime,
 ) -> String {
+    // Read before the gauges: counts made while the rebuild ran say so.
+    let rebuilding = queue.rebuild_progress().in_progress;
     let gauges = QueueGauges::read(queue);
     let now_ms = unix_ms(now);
     let mut out = String::with_capacity(4096);
@@ -89,7 +91,7 @@ pub fn render(
         &mut out,
         "relayq_queue_rebuild_in_progress",
         &[],
-        u64::from(queue.rebuild_progress().in_progress),
+        u64::from(rebuilding),
     );
 
     family(
