@@ -682,7 +682,7 @@ mod tests {
         assert_eq!(counts(&queue), [(0, 0), (1, 1)]);
     }
 
-    /// The rebuild bulk-loads what inserting each message would build: the
+    /// The rebuild's scan builds what inserting each message would: the
     /// same entries, lane counts, domains and due order, over more than one
     /// scan chunk; completed messages leave the spool.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
