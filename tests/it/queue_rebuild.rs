@@ -274,6 +274,8 @@ fn a_restart_cannot_overfill_a_lane() {
     assert_eq!((reply.code, reply.text()), low_full, "{reply:?}");
     client.command("QUIT");
 
+    // Logged with the unread count when the rebuild was still running.
+    relay.wait_for_log(&format!("low lane full (lanes.low.max_queued = {CAP}"));
     relay.wait_for_log("queue rebuilt in ");
     let deleted = queue_json(&relay, &["delete", &stored[0].to_string()]);
     assert_eq!(deleted["counts"]["done"], 1, "{deleted}");
