@@ -19,8 +19,8 @@ use crate::live::{Live, Settings};
 use crate::logging::LogLevel;
 use crate::maildrop;
 use crate::metrics::{self, Metrics};
-use crate::queue::Queue;
 use crate::queue::handle::QueueHandle;
+use crate::queue::{Queue, Recovery};
 use crate::reload::{self, Reloader};
 use crate::smtp::auth::AuthFailures;
 use crate::smtp::credentials::Loaded;
@@ -62,17 +62,33 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dkim = Arc::new(SigningKeys::new(Signers::load_for(&config)?));
     let spool_path = config.spool.path.clone();
-    let opened = tokio::task::spawn_blocking(move || Spool::open(SpoolOptions::new(spool_path)))
-        .await
-        .context("spool open task failed")?;
-    let spool =
+    // The boundary of the background rebuild is read before anything can
+    // allocate a queue id (ARCHITECTURE.md, "the rebuild's boundary").
+    let opened = tokio::task::spawn_blocking(move || {
+        let spool = Spool::open(SpoolOptions::new(spool_path))?;
+        let boundary = spool.last_allocated_id();
+        let stored = spool.message_count()?;
+        Ok::<_, relayq_spool::SpoolError>((spool, boundary, stored))
+    })
+    .await
+    .context("spool open task failed")?;
+    let (spool, boundary, stored) =
         opened.with_context(|| format!("cannot open spool {}", config.spool.path.display()))?;
-    // The schedule and the suppression set are rebuilt side by side: both
-    // are reads of the spool on the blocking pool.
+    tracing::info!(
+        "spool {}: {stored} messages stored (ids up to {boundary}); rebuilding the queue in the background",
+        config.spool.path.display(),
+    );
+    let queue = Arc::new(Queue::rebuilding(
+        boundary,
+        usize::try_from(stored).unwrap_or(usize::MAX),
+    ));
+    let tracker = TaskTracker::new();
+    let notifier = Arc::new(Notifier::from_env());
+    // The suppression set must be whole before the first RCPT is checked.
     let loading = std::time::Instant::now();
-    let (rebuilt, suppressed) = tokio::join!(Queue::rebuild(&spool), Suppression::load(&spool));
-    let (queue, recovery) = rebuilt.context("cannot rebuild the queue from the spool")?;
-    let suppressed = suppressed.context("cannot load the suppression list from the spool")?;
+    let suppressed = Suppression::load(&spool)
+        .await
+        .context("cannot load the suppression list from the spool")?;
     tracing::info!(
         "suppression list: {} addresses loaded ({} unreadable) in {} ms, {:.1} MB in memory",
         suppressed.len(),
@@ -80,18 +96,7 @@ pub async fn run(
         loading.elapsed().as_millis(),
         suppressed.table_bytes() as f64 / 1e6,
     );
-    tracing::info!(
-        "spool {}: {} messages queued (high {}, low {}), {} completed removed, {} set aside",
-        config.spool.path.display(),
-        recovery.high + recovery.low,
-        recovery.high,
-        recovery.low,
-        recovery.completed,
-        recovery.quarantined,
-    );
 
-    let queue = Arc::new(queue);
-    let tracker = TaskTracker::new();
     let events = Events::new();
     let metrics = Arc::new(Metrics::new());
     let control_socket = control::bind(&config.control.socket)?;
@@ -215,6 +220,10 @@ pub async fn run(
         )));
     }
     metrics.set_listeners_up();
+    // Started once the listeners are open, so it does not compete with the
+    // start for the CPU; runs beside everything else: intake, delivery and
+    // the control API work on the messages the scan has placed so far.
+    let rebuild = spawn_rebuild(&config, &queue, &spool, &tracker, &shutdown);
     if let Some(address) = config.metrics.listen {
         let socket = metrics::http::bind(address).await?;
         tracing::info!(
@@ -249,7 +258,6 @@ pub async fn run(
         suppression.clone(),
         shutdown.clone(),
     ));
-    let notifier = Arc::new(Notifier::from_env());
     let reloader = Arc::new(Reloader {
         file: config.source.clone(),
         settings,
@@ -298,9 +306,14 @@ pub async fn run(
             .unwrap_or_else(|| "built-in defaults".to_owned()),
     );
 
-    notifier.notify(&format!(
-        "READY=1\nSTATUS=accepting mail; {} messages queued at start",
-        recovery.high + recovery.low
+    let ready_status = status(&queue, &rebuild);
+    notifier.notify(&format!("READY=1\nSTATUS={ready_status}"));
+    tracker.spawn(report_rebuild(
+        queue.clone(),
+        rebuild.clone(),
+        notifier.clone(),
+        ready_status,
+        shutdown.clone(),
     ));
     if let Some(interval) = notifier.watchdog_interval() {
         tokio::spawn(watchdog(
@@ -334,12 +347,121 @@ pub async fn run(
         tracing::warn!("tls-rpt: cannot commit the last session counts: {error}");
     }
     let remaining = queue.len();
+    let unscanned = queue.rebuild_progress();
     let closing = spool.clone();
     tokio::task::spawn_blocking(move || closing.close())
         .await
         .context("spool close task failed")?;
-    tracing::info!("stopped; {remaining} messages stay queued in the spool");
-    Ok(())
+    if unscanned.in_progress {
+        tracing::info!(
+            "stopped; {remaining} messages stay queued in the spool, and the {} the rebuild had not read yet",
+            unscanned.total.saturating_sub(unscanned.scanned)
+        );
+    } else {
+        tracing::info!("stopped; {remaining} messages stay queued in the spool");
+    }
+    match &*rebuild.borrow() {
+        Rebuild::Failed(error) => Err(anyhow::anyhow!("cannot rebuild the queue: {error}")),
+        _ => Ok(()),
+    }
+}
+
+/// Where the background rebuild of the schedule is.
+#[derive(Debug, Clone)]
+enum Rebuild {
+    Running,
+    Done(Recovery),
+    /// The spool could not be read: the daemon stops (as a start that
+    /// cannot read its spool fails), and `run` returns the error.
+    Failed(String),
+}
+
+/// Starts the background rebuild (`Queue::scan`, on the blocking pool,
+/// tracked: it commits the removal of completed messages). Its end is
+/// logged ("queue rebuilt: …") and published on the returned channel; an
+/// error shuts the daemon down.
+fn spawn_rebuild(
+    config: &Config,
+    queue: &Arc<Queue>,
+    spool: &Spool,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> tokio::sync::watch::Receiver<Rebuild> {
+    let (sender, receiver) = tokio::sync::watch::channel(Rebuild::Running);
+    let queue = queue.clone();
+    let spool = spool.clone();
+    let shutdown = shutdown.clone();
+    let path = config.spool.path.display().to_string();
+    tracker.spawn(async move {
+        let started = std::time::Instant::now();
+        match queue.scan(&spool, shutdown.clone()).await {
+            Ok(_) if queue.rebuild_progress().in_progress => {
+                tracing::info!("queue rebuild stopped by shutdown; the rest stays in the spool");
+            }
+            Ok(recovery) => {
+                tracing::info!(
+                    "queue rebuilt in {} ms: spool {path}: {} messages queued (high {}, low {}), {} completed removed, {} set aside",
+                    started.elapsed().as_millis(),
+                    recovery.high + recovery.low,
+                    recovery.high,
+                    recovery.low,
+                    recovery.completed,
+                    recovery.quarantined,
+                );
+                sender.send_replace(Rebuild::Done(recovery));
+            }
+            Err(error) => {
+                tracing::error!(
+                    "cannot rebuild the queue from the spool {path}: {error}; shutting down"
+                );
+                sender.send_replace(Rebuild::Failed(error.to_string()));
+                shutdown.cancel();
+            }
+        }
+    });
+    receiver
+}
+
+/// systemd's `STATUS=` text: the rebuild's progress, then the messages it
+/// found.
+fn status(queue: &Queue, rebuild: &tokio::sync::watch::Receiver<Rebuild>) -> String {
+    match &*rebuild.borrow() {
+        Rebuild::Done(recovery) => format!(
+            "accepting mail; {} messages queued at start",
+            recovery.high + recovery.low
+        ),
+        Rebuild::Failed(error) => format!("cannot rebuild the queue: {error}"),
+        Rebuild::Running => format!("accepting mail; {}", queue.rebuild_progress()),
+    }
+}
+
+/// Updates systemd's `STATUS=` (last sent: `sent`) with the rebuild's
+/// progress every `STATUS_INTERVAL` until it ends, then once more with its
+/// result.
+async fn report_rebuild(
+    queue: Arc<Queue>,
+    mut rebuild: tokio::sync::watch::Receiver<Rebuild>,
+    notifier: Arc<Notifier>,
+    mut sent: String,
+    shutdown: CancellationToken,
+) {
+    const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+    loop {
+        let running = matches!(*rebuild.borrow_and_update(), Rebuild::Running);
+        let text = status(&queue, &rebuild);
+        if text != sent {
+            notifier.notify(&format!("STATUS={text}"));
+            sent = text;
+        }
+        if !running {
+            return;
+        }
+        tokio::select! {
+            changed = rebuild.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Pings systemd's watchdog while the spool is healthy (it can commit).

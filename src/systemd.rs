@@ -2,8 +2,9 @@
 //! datagram per state change to the socket named in `NOTIFY_SOCKET`.
 //!
 //! With `Type=notify` systemd considers relayq started only once it says
-//! `READY=1` (spool opened, queue rebuilt, listeners up), shows its `STATUS=`
-//! line in `systemctl status`, and with `WatchdogSec=` restarts it when the
+//! `READY=1` (spool opened, listeners up; the queue's rebuild may still run),
+//! shows its `STATUS=` line in `systemctl status` (the rebuild's progress,
+//! then the messages it found), and with `WatchdogSec=` restarts it when the
 //! `WATCHDOG=1` pings stop. Pings are sent only while the spool is healthy:
 //! a spool that can no longer commit gets a restart, not a silent hang.
 //! Without `NOTIFY_SOCKET` (not run by systemd) every call does nothing.

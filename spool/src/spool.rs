@@ -121,6 +121,21 @@ impl Spool {
         self.inner.shared.ids.allocate()
     }
 
+    /// The highest queue id handed out so far, or stored before this process started. Read
+    /// right after [`Spool::open`], before anything allocates, it bounds every message stored
+    /// by an earlier process: ids allocated later are higher.
+    pub fn last_allocated_id(&self) -> QueueId {
+        QueueId(self.inner.shared.ids.last())
+    }
+
+    /// How many messages the spool holds (blocking; one short read transaction, no scan).
+    pub fn message_count(&self) -> Result<u64, SpoolError> {
+        self.read(|database| {
+            let txn = database.begin_read()?;
+            Ok(txn.open_table(ENVELOPES)?.len()?)
+        })
+    }
+
     /// A writer for a new message body. Small bodies stay in memory; a body that grows past
     /// `large_body_threshold` moves to its own file.
     pub fn body_writer(&self) -> BodyWriter {

@@ -178,8 +178,16 @@ pub fn show(detail: &MessageDetail) -> String {
 }
 
 pub fn stats(stats: &StatsView) -> String {
-    let mut out = format!(
-        "{:<6} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+    let mut out = String::new();
+    if let Some(rebuild) = &stats.rebuild {
+        let _ = writeln!(
+            out,
+            "{rebuild}; the counts below cover only the messages read so far\n"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<6} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "lane", "ready", "active", "deferred", "held", "total"
     );
     for lane in &stats.lanes {
@@ -364,6 +372,31 @@ mod tests {
         let json = serde_json::to_value(&detail).unwrap();
         assert_eq!(json["recipients"][0]["class"], "policy");
         assert!(json["recipients"][1].get("class").is_none());
+    }
+
+    #[test]
+    fn stats_say_when_the_queue_is_being_rebuilt() {
+        let mut view = StatsView {
+            rebuild: Some(crate::queue::RebuildProgress {
+                in_progress: true,
+                scanned: 250,
+                total: 1000,
+            }),
+            total: 0,
+            lanes: Vec::new(),
+            destinations: Vec::new(),
+            shaping: Vec::new(),
+        };
+        let text = stats(&view);
+        assert!(
+            text.starts_with("queue is being rebuilt: 250 of 1000 messages scanned (25%); "),
+            "{text}"
+        );
+        view.rebuild = None;
+        assert!(stats(&view).starts_with("lane "));
+        // The JSON leaves the field out once the rebuild is done.
+        let json = serde_json::to_value(&view).unwrap();
+        assert!(json.get("rebuild").is_none(), "{json}");
     }
 
     fn sample() -> MessageView {

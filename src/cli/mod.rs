@@ -26,6 +26,9 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 /// sysexits.h EX_SOFTWARE.
 pub const EXIT_SOFTWARE: u8 = 70;
+/// sysexits.h EX_TEMPFAIL: the daemon cannot do it yet (the queue is being
+/// rebuilt after a start); try again.
+pub const EXIT_TEMPFAIL: u8 = 75;
 /// sysexits.h EX_NOPERM.
 pub const EXIT_NOPERM: u8 = 77;
 

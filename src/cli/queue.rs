@@ -1,6 +1,7 @@
 //! `relayq queue …`: list, show, stats, tail, and the operations, as
 //! requests to the daemon's control API. Exit codes (sysexits): 0 done,
-//! 64 usage, 69 daemon not available, 77 no permission on the socket.
+//! 64 usage, 69 daemon not available, 75 not yet (the queue is being
+//! rebuilt after a start: try again), 77 no permission on the socket.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,9 +11,12 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::client::{self, ClientError};
-use super::{EXIT_NOPERM, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, format, load_config};
+use super::{
+    EXIT_NOPERM, EXIT_SOFTWARE, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, EXIT_USAGE, format, load_config,
+};
 use crate::control::http::percent_encode;
 use crate::control::view::{MessageDetail, MessageView, OperationReport, StatsView};
+use crate::queue::RebuildProgress;
 
 /// How long `tail` keeps trying to reconnect after the daemon went away.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
@@ -182,6 +186,7 @@ pub fn run(args: QueueArgs) -> ExitCode {
                 ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
                 ClientError::Permission { .. } => EXIT_NOPERM,
                 ClientError::Refused { status, .. } if (400..500).contains(&status) => EXIT_USAGE,
+                ClientError::Refused { status: 503, .. } => EXIT_TEMPFAIL,
                 ClientError::Refused { .. } | ClientError::Protocol(_) => EXIT_SOFTWARE,
             })
         }
@@ -228,6 +233,9 @@ fn get<T: serde::de::DeserializeOwned>(
 /// (`relayq queue list | head`) ends the request, which stops the daemon's
 /// work.
 fn list(socket: &Path, target: &str, json: bool) -> Result<(), Failure> {
+    if !json {
+        rebuild_note(socket);
+    }
     let mut body = client::open_stream(socket, "GET", target, None, Some(client::REPLY_TIMEOUT))?;
     let mut stdout = std::io::stdout().lock();
     if json {
@@ -271,6 +279,20 @@ fn list(socket: &Path, target: &str, json: bool) -> Result<(), Failure> {
     let _ = stdout.write_all(footer.as_bytes());
     let _ = stdout.flush();
     Ok(())
+}
+
+/// While the daemon rebuilds its queue after a start, says so on stderr:
+/// a list then shows only the messages it has read. Best effort (an older
+/// daemon has no `GET /rebuild`).
+fn rebuild_note(socket: &Path) {
+    let Ok(body) = client::request(socket, "GET", "/rebuild", None) else {
+        return;
+    };
+    if let Ok(progress) = serde_json::from_slice::<RebuildProgress>(&body)
+        && progress.in_progress
+    {
+        eprintln!("relayq queue: {progress}; the list shows only the messages read so far");
+    }
 }
 
 /// Reads a JSON array from `reader` one element at a time, calling `each`

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use relayq_spool::QueueId;
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use super::view::{
 };
 use crate::queue::envelope::unix_ms;
 use crate::queue::transition::Operation;
-use crate::queue::{Envelope, Lane, SetId};
+use crate::queue::{Envelope, Lane, RebuildProgress, SetId};
 use crate::reload::Reloader;
 
 /// What a request gets back.
@@ -80,6 +80,7 @@ pub async fn handle(context: &Context, request: &Request, body: &[u8]) -> Reply 
         ("GET", ["queue"]) => list(request),
         ("GET", ["queue", id]) => show(context, request, id).await,
         ("GET", ["stats"]) => stats(context),
+        ("GET", ["rebuild"]) => Reply::ok(&context.queue.rebuild_progress()),
         ("GET", ["events"]) => Reply::Events {
             text: request.param("format") == Some("text"),
         },
@@ -92,7 +93,7 @@ pub async fn handle(context: &Context, request: &Request, body: &[u8]) -> Reply 
             Some(outcome) => Reply::ok(&outcome),
             None => Reply::error(404, &format!("no webhook named {name:?}")),
         },
-        (_, ["queue"] | ["queue", _] | ["stats"] | ["events"] | ["webhooks"])
+        (_, ["queue"] | ["queue", _] | ["stats"] | ["rebuild"] | ["events"] | ["webhooks"])
         | (_, ["webhooks", _, "test"]) => Reply::error(405, "method not allowed"),
         _ => Reply::error(404, "no such endpoint"),
     }
@@ -128,6 +129,9 @@ async fn show(context: &Context, request: &Request, id: &str) -> Reply {
     let Ok(id) = id.parse::<QueueId>() else {
         return Reply::error(400, "not a queue id");
     };
+    if let Err(progress) = context.queue.wait_scanned(id, REBUILD_WAIT).await {
+        return rebuilding(progress);
+    }
     let Some(entry) = context.queue.get(id) else {
         return Reply::error(404, "no such message in the queue");
     };
@@ -174,8 +178,22 @@ async fn show(context: &Context, request: &Request, id: &str) -> Reply {
     Reply::ok(&detail)
 }
 
+/// How long an operation on a message the startup rebuild has not read
+/// yet (or a bulk operation, which needs all of them) waits for it before
+/// it is answered `503`.
+const REBUILD_WAIT: Duration = Duration::from_secs(15);
+
+/// `503`: the startup rebuild has not read the messages a request needs
+/// yet; nothing was done.
+fn rebuilding(progress: RebuildProgress) -> Reply {
+    Reply::error(503, &format!("{progress}; try again in a moment"))
+}
+
 /// Counts by lane × state and by domain × age, from the schedule alone.
 fn stats(context: &Context) -> Reply {
+    // Read before the walk: counts made while the rebuild ran say so, even
+    // when it ends during the walk.
+    let rebuild = context.queue.rebuild_progress();
     let mut lanes: Vec<LaneCounts> = Lane::ALL
         .iter()
         .map(|lane| LaneCounts {
@@ -225,6 +243,7 @@ fn stats(context: &Context) -> Reply {
         .collect();
     destinations.sort_by(|a, b| b.total.cmp(&a.total).then(a.domain.cmp(&b.domain)));
     Reply::ok(&StatsView {
+        rebuild: rebuild.in_progress.then_some(rebuild),
         total: lanes.iter().map(LaneCounts::total).sum(),
         lanes,
         destinations,
@@ -273,6 +292,15 @@ async fn operate(context: &Context, operation: Operation, request: &Request, bod
                 Err(_) => return Reply::error(400, &format!("not a queue id: {id}")),
             }
         }
+        // All or nothing: no message is changed before the scan has passed
+        // every one (REBUILD_WAIT in all).
+        let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
+        for id in &parsed {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(progress) = context.queue.wait_scanned(*id, left).await {
+                return rebuilding(progress);
+            }
+        }
         return Reply::ok(&operations::run(context, operation, parsed).await);
     }
     if selection.all == selection.domain.is_some() {
@@ -285,6 +313,10 @@ async fn operate(context: &Context, operation: Operation, request: &Request, bod
         older_than: selection.older_than,
     }
     .normalised();
+    // A selection is made from the schedule: it must hold every message.
+    if let Err(progress) = context.queue.wait_rebuilt(REBUILD_WAIT).await {
+        return rebuilding(progress);
+    }
     Reply::Bulk {
         bulk: Bulk {
             operation,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::bounce::BounceClass;
 use crate::metrics::DestinationShaping;
 use crate::queue::envelope::{Meta, RecipientStatus, unix_ms};
-use crate::queue::{Entry, Envelope, State};
+use crate::queue::{Entry, Envelope, RebuildProgress, State};
 
 /// One queued message, as `queue list --json` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +102,10 @@ pub const AGE_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
 /// `queue stats`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatsView {
+    /// While the startup rebuild runs (the counts cover only the messages
+    /// it has read): how far it is. Left out once it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildProgress>,
     pub total: usize,
     /// `[{lane, ready, active, deferred, held}]`.
     pub lanes: Vec<LaneCounts>,

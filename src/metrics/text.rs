@@ -27,6 +27,8 @@ pub fn render(
     destinations: Vec<ActiveConnections>,
     now: SystemTime,
 ) -> String {
+    // Read before the gauges: counts made while the rebuild ran say so.
+    let rebuilding = queue.rebuild_progress().in_progress;
     let gauges = QueueGauges::read(queue);
     let now_ms = unix_ms(now);
     let mut out = String::with_capacity(4096);
@@ -78,6 +80,19 @@ pub fn render(
             age_ms as f64 / 1000.0,
         );
     }
+
+    family(
+        &mut out,
+        "relayq_queue_rebuild_in_progress",
+        "gauge",
+        "1 while the schedule is rebuilt from the spool after a start (the queue gauges count only the messages read so far), then 0.",
+    );
+    sample(
+        &mut out,
+        "relayq_queue_rebuild_in_progress",
+        &[],
+        u64::from(rebuilding),
+    );
 
     family(
         &mut out,
@@ -446,6 +461,10 @@ mod tests {
         assert!(text.contains("relayq_queue_messages{lane=\"low\",state=\"held\"} 0\n"));
         assert!(text.contains("relayq_smtp_sessions_shed_total{reason=\"pressure\"} 0\n"));
         assert!(text.contains("relayq_smtp_stress 0\n"));
+        assert!(text.contains("relayq_queue_rebuild_in_progress 0\n"));
+        let rebuilding = Queue::rebuilding(relayq_spool::QueueId(9), 3);
+        let text = render(&Metrics::new(), &rebuilding, Vec::new(), SystemTime::now());
+        assert!(text.contains("relayq_queue_rebuild_in_progress 1\n"));
         assert!(text.contains("relayq_queue_oldest_age_seconds{lane=\"high\"} 0\n"));
         assert!(text.contains("relayq_recipients_total{lane=\"high\",outcome=\"expired\"} 0\n"));
         assert!(text.contains("relayq_smtp_connections_active 0\n"));

@@ -1,6 +1,7 @@
 //! The in-memory schedule: which messages wait, in which lane, and when each
-//! is due. Rebuilt from the spool at startup; the spool stays the only source
-//! of truth, this is an index over it.
+//! is due. Rebuilt from the spool at startup, in the background while intake
+//! already runs (`rebuild`); the spool stays the only source of truth, this
+//! is an index over it.
 //!
 //! Time is `tokio::time::Instant`, so scheduling tests can pause and advance
 //! the clock; the wall-clock due time lives in the envelope.
@@ -12,6 +13,7 @@ pub(crate) mod handle;
 pub(crate) mod hooks;
 mod lane;
 pub(crate) mod operations;
+pub(crate) mod rebuild;
 pub(crate) mod reservations;
 pub(crate) mod retry;
 pub(crate) mod settings;
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use relayq_spool::{QueueId, Spool, SpoolError};
+use relayq_spool::QueueId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -30,6 +32,7 @@ pub use domains::{DomainSets, SetId};
 pub use envelope::Envelope;
 pub use lane::{Lane, PerLane};
 pub use operations::PendingOperation;
+pub use rebuild::RebuildProgress;
 
 /// Where a queued message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,14 +143,13 @@ struct Schedule {
     /// Per lane: the number of entries, whatever their phase. Kept by
     /// `place` and `remove` so that counting a lane never scans the entries.
     queued: PerLane<usize>,
+    /// While the startup rebuild runs: which ids it covers, how far it got.
+    scan: Option<rebuild::Scan>,
 }
 
 /// Entries visited per lock by [`Queue::visit`]: the lock is never held for
 /// long, whatever the length of the queue.
 const VISIT_CHUNK: usize = 4096;
-
-/// Envelopes read per spool read transaction when the schedule is rebuilt.
-const REBUILD_CHUNK: usize = 4096;
 
 #[derive(Default)]
 pub struct Queue {
@@ -161,6 +163,8 @@ pub struct Queue {
     occupancy: PerLane<AtomicUsize>,
     /// Just-accepted messages, until their first pass.
     fresh: fresh::Fresh,
+    /// The startup rebuild's progress and the messages it has not read yet.
+    rebuild: rebuild::Progress,
 }
 
 /// Room for one message in a lane, taken by intake before it stores the
@@ -208,94 +212,6 @@ impl Clock {
 }
 
 impl Queue {
-    /// Rebuilds the queue from every message in the spool, reading the
-    /// envelopes in chunks. All of it runs on one blocking-pool thread: the
-    /// decoded envelopes, garbage a moment later, and the schedule's
-    /// long-lived entries come from one allocator arena, so the memory a
-    /// restart leaves behind is the schedule's, not the decoding's (decoding
-    /// on one thread and inserting on another left glibc's arenas holding
-    /// hundreds of MB after a restart with a million queued).
-    pub async fn rebuild(spool: &Spool) -> Result<(Queue, Recovery), SpoolError> {
-        let spool = spool.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let rebuilt = Queue::rebuild_blocking(&spool, &runtime);
-            // The decoded envelopes are gone; what the allocator kept of
-            // them is returned (src/memory.rs).
-            crate::memory::release_free_memory();
-            rebuilt
-        })
-        .await
-        .map_err(|error| SpoolError::Io(std::io::Error::other(error)))?
-    }
-
-    /// Reads every envelope and builds the schedule in one go: entries and
-    /// due times are collected, sorted and bulk-loaded into the maps, which
-    /// costs a fraction of inserting a million entries one by one (each
-    /// insert into the due-time set lands at a random place in it, a cache
-    /// miss per level).
-    fn rebuild_blocking(
-        spool: &Spool,
-        runtime: &tokio::runtime::Handle,
-    ) -> Result<(Queue, Recovery), SpoolError> {
-        let mut schedule = Schedule::default();
-        let mut entries = Vec::new();
-        let mut waiting: PerLane<Vec<(Instant, QueueId)>> = PerLane::default();
-        let mut recovery = Recovery::default();
-        let mut after = None;
-        loop {
-            let chunk = spool.scan_from(after, REBUILD_CHUNK)?;
-            let Some(&(last, _)) = chunk.last() else {
-                break;
-            };
-            after = Some(last);
-            let clock = Clock::now();
-            let mut completed = Vec::new();
-            for (id, bytes) in chunk {
-                let envelope = match Envelope::decode(&bytes) {
-                    Ok(envelope) => envelope,
-                    Err(error) => {
-                        tracing::error!(queue_id = %id, "{id}: setting aside unreadable envelope: {error}");
-                        spool.quarantine(id, &error.to_string())?;
-                        recovery.quarantined += 1;
-                        continue;
-                    }
-                };
-                if envelope.is_complete() {
-                    completed.push(relayq_spool::Change::Remove { id });
-                    continue;
-                }
-                match envelope.lane {
-                    Lane::High => recovery.high += 1,
-                    Lane::Low => recovery.low += 1,
-                }
-                let entry = Entry::for_envelope(&envelope, &clock, &mut schedule.domain_sets);
-                if let Phase::Waiting { due } = entry.phase {
-                    waiting[entry.lane].push((due, id));
-                }
-                schedule.queued[entry.lane] += 1;
-                entries.push((id, entry));
-            }
-            recovery.completed += completed.len();
-            if !completed.is_empty() {
-                runtime.block_on(spool.apply(completed))?;
-            }
-        }
-        // Ids come in order from the scan, so the map's sort finds them sorted.
-        schedule.entries = entries.into_iter().collect();
-        for lane in Lane::ALL {
-            let mut due = std::mem::take(&mut waiting[lane]);
-            due.sort_unstable();
-            schedule.waiting[lane] = due.into_iter().collect();
-        }
-        let queue = Queue::default();
-        for lane in Lane::ALL {
-            queue.occupancy[lane].store(schedule.queued[lane], Ordering::Release);
-        }
-        *queue.lock() = schedule;
-        Ok((queue, recovery))
-    }
-
     /// Adds (or replaces) a message, due as its envelope says.
     pub fn insert(&self, id: QueueId, envelope: &Envelope) {
         self.insert_with(id, envelope, None);
@@ -448,10 +364,14 @@ impl Queue {
         self.lock().queued[lane]
     }
 
-    /// Queued messages in `lane` plus the reservations intake holds for it.
-    /// Lock-free: intake may call it for every MAIL command.
+    /// Queued messages in `lane` plus the reservations intake holds for it,
+    /// plus, while the startup rebuild runs, every message it has not read
+    /// yet (its lane is not known). Lock-free: intake may call it for every
+    /// MAIL command.
     pub fn occupancy(&self, lane: Lane) -> usize {
-        self.occupancy[lane].load(Ordering::Acquire)
+        self.occupancy[lane]
+            .load(Ordering::Acquire)
+            .saturating_add(self.rebuild.unscanned.load(Ordering::Acquire))
     }
 
     /// Reserves room for one message in `lane` unless its occupancy has
@@ -460,7 +380,8 @@ impl Queue {
     pub fn try_reserve(self: &Arc<Self>, lane: Lane, limit: usize) -> Option<Reservation> {
         self.occupancy[lane]
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |occupied| {
-                (occupied < limit).then_some(occupied + 1)
+                let unscanned = self.rebuild.unscanned.load(Ordering::Acquire);
+                (occupied.saturating_add(unscanned) < limit).then_some(occupied + 1)
             })
             .ok()?;
         Some(Reservation {
@@ -761,15 +682,15 @@ mod tests {
         assert_eq!(counts(&queue), [(0, 0), (1, 1)]);
     }
 
-    /// The rebuild bulk-loads what inserting each message would build: the
+    /// The rebuild's scan builds what inserting each message would: the
     /// same entries, lane counts, domains and due order, over more than one
     /// scan chunk; completed messages leave the spool.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuild_schedules_what_inserting_each_message_would() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(relayq_spool::SpoolOptions::new(dir.path())).unwrap();
+        let spool = relayq_spool::Spool::open(relayq_spool::SpoolOptions::new(dir.path())).unwrap();
         let now_ms = envelope::unix_ms(SystemTime::now());
-        let count = REBUILD_CHUNK as u64 + 900;
+        let count = rebuild::REBUILD_CHUNK as u64 + 900;
         let mut stored = Vec::new();
         let mut changes = Vec::new();
         for n in 0..count {
@@ -807,7 +728,15 @@ mod tests {
                 expected.insert(*id, envelope);
             }
         }
-        let (rebuilt, recovery) = Queue::rebuild(&spool).await.unwrap();
+        let rebuilt = Arc::new(Queue::rebuilding(
+            spool.last_allocated_id(),
+            spool.message_count().unwrap() as usize,
+        ));
+        let recovery = rebuilt
+            .scan(&spool, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(!rebuilt.rebuild_progress().in_progress);
 
         let completed = stored.iter().filter(|(_, e)| e.is_complete()).count();
         assert!(completed > 0);

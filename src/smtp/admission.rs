@@ -81,8 +81,10 @@ impl LaneAdmission {
     }
 
     /// Counts a refusal and logs it, at most once a minute per lane with
-    /// the number refused since the previous line.
-    pub fn refused(&self, full: LaneFull, metrics: &Metrics) {
+    /// the number refused since the previous line (and, while the queue is
+    /// rebuilt after a start, the messages it has not read, which count in
+    /// every lane).
+    pub fn refused(&self, full: LaneFull, queue: &Queue, metrics: &Metrics) {
         metrics.message_refused(full.lane, RefusalReason::LaneFull);
         let report = self.full_log[full.lane]
             .lock()
@@ -90,9 +92,18 @@ impl LaneAdmission {
             .record(Instant::now());
         if let Some(refused) = report {
             let limit = self.max_queued[full.lane].unwrap_or_default();
+            let rebuild = queue.rebuild_progress();
+            let unread = if rebuild.in_progress {
+                format!(
+                    ", counting the {} stored messages the queue's rebuild has not read yet",
+                    rebuild.total.saturating_sub(rebuild.scanned)
+                )
+            } else {
+                String::new()
+            };
             tracing::warn!(
                 lane = %full.lane,
-                "{} lane full (lanes.{}.max_queued = {limit}): new mail for it gets 452; {refused} refused since the last report",
+                "{} lane full (lanes.{}.max_queued = {limit}{unread}): new mail for it gets 452; {refused} refused since the last report",
                 full.lane,
                 full.lane,
             );

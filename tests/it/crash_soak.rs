@@ -69,7 +69,8 @@ struct Kill {
     /// Deliveries the sink had recorded when the process was gone, just
     /// before the restart: later deliveries belong to the next run.
     boundary: usize,
-    /// `launch` until "relayq ready": spool open, schedule rebuilt, listening.
+    /// `launch` until listening ("relayq ready") and the schedule rebuilt
+    /// ("queue rebuilt in").
     restart: Duration,
     /// Messages the restarted daemon found queued.
     queued_at_restart: String,

@@ -48,6 +48,7 @@ mod monitoring_metrics;
 mod mta_sts;
 mod queue_at_scale;
 mod queue_cli;
+mod queue_rebuild;
 mod reload;
 mod sendmail;
 mod smtp_auth;

@@ -79,3 +79,31 @@ fn ids_from_many_threads_are_unique() {
         }
     }
 }
+
+/// What the daemon reads right after the open, as the boundary of its
+/// rebuild: every stored message is at or below the last allocated id, and
+/// ids allocated later are above it; the count is the stored messages.
+#[tokio::test]
+async fn the_last_allocated_id_bounds_every_stored_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = common::open(dir.path());
+    assert_eq!(spool.message_count().unwrap(), 0);
+    let mut stored = Vec::new();
+    for _ in 0..3 {
+        let id = spool.allocate_id();
+        spool
+            .store(id, Vec::new(), Body::from_bytes(Vec::new()))
+            .await
+            .unwrap();
+        stored.push(id);
+    }
+    spool.close();
+    drop(spool);
+
+    let spool = common::open(dir.path());
+    let boundary = spool.last_allocated_id();
+    assert_eq!(spool.message_count().unwrap(), 3);
+    assert!(stored.iter().all(|id| *id <= boundary));
+    assert!(spool.allocate_id() > boundary);
+    spool.close();
+}

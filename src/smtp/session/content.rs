@@ -341,7 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.answer_repeat(id, repeat, lane);
                     return;
                 }
-                admission.refused(full, &self.shared.metrics);
+                admission.refused(full, &self.shared.queue, &self.shared.metrics);
                 self.reply(reply::lane_full(full));
                 return;
             }

@@ -85,7 +85,7 @@ impl<S> Session<S> {
         if let Err(full) =
             admission.check_at_mail(&self.shared.queue, mail.mt_priority, self.listener_lane)
         {
-            admission.refused(full, &self.shared.metrics);
+            admission.refused(full, &self.shared.queue, &self.shared.metrics);
             // Not the client's error: a producer that is told to slow down
             // must not lose its session to `smtp.max_errors` for it.
             self.reply(reply::lane_full(full));

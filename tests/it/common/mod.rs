@@ -84,9 +84,26 @@ impl TestRelay {
         self.directory.path().join("spool")
     }
 
-    /// Starts (or restarts) the process and waits until it listens. Logs of
-    /// an earlier run are dropped.
+    /// Starts (or restarts) the process and waits until it listens and has
+    /// rebuilt its queue from the spool ("queue rebuilt"), so the queue
+    /// commands see every stored message. Logs of an earlier run are
+    /// dropped.
     pub fn launch(&mut self) {
+        self.launch_until(true);
+    }
+
+    /// As `launch`, but waits only until the process listens ("relayq
+    /// ready"): with a full spool the rebuild may still be running.
+    pub fn launch_listening(&mut self) {
+        self.launch_until(false);
+    }
+
+    fn launch_until(&mut self, rebuilt: bool) {
+        /// What the log says about the start.
+        enum Started {
+            Ready(Vec<String>),
+            Rebuilt,
+        }
         self.logs.lock().unwrap().clear();
         let mut command = Command::new(env!("CARGO_BIN_EXE_relayq"));
         command.env("RUST_LOG", "info");
@@ -107,7 +124,9 @@ impl TestRelay {
             .spawn()
             .expect("spawn relayq");
         let stderr = child.stderr.take().expect("stderr");
-        let (address_sender, address_receiver) = std::sync::mpsc::channel();
+        // Killed by `drop` if the start fails below.
+        self.child = Some(child);
+        let (sender, receiver) = std::sync::mpsc::channel();
         let logs = self.logs.clone();
         std::thread::spawn(move || {
             let mut addresses = Vec::new();
@@ -121,23 +140,39 @@ impl TestRelay {
                     );
                 }
                 if line.contains("relayq ready") {
-                    let _ = address_sender.send(std::mem::take(&mut addresses));
+                    let _ = sender.send(Started::Ready(std::mem::take(&mut addresses)));
+                }
+                if line.contains("queue rebuilt in ") {
+                    let _ = sender.send(Started::Rebuilt);
                 }
                 logs.lock().unwrap().push(line);
             }
         });
-        let addresses = address_receiver.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!(
-                "relayq did not start listening; logs:\n{}",
-                self.logs_text()
-            )
-        });
+        let deadline = Instant::now() + WAIT;
+        let mut addresses = None;
+        let mut waiting_for_rebuild = rebuilt;
+        while addresses.is_none() || waiting_for_rebuild {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(Started::Ready(ready)) => addresses = Some(ready),
+                Ok(Started::Rebuilt) => waiting_for_rebuild = false,
+                Err(_) => panic!(
+                    "relayq did not start listening{}; logs:\n{}",
+                    if rebuilt {
+                        " and rebuild its queue"
+                    } else {
+                        ""
+                    },
+                    self.logs_text()
+                ),
+            }
+        }
         self.addresses = addresses
+            .unwrap_or_default()
             .iter()
             .map(|a| a.parse().expect("listen address"))
             .collect();
         self.address = self.addresses[0];
-        self.child = Some(child);
     }
 
     pub fn logs_text(&self) -> String {
