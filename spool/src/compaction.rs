@@ -34,20 +34,21 @@ pub(crate) struct Compactor {
 
 impl Compactor {
     /// Compacts the database if it is worth it. Never fails: a compaction that cannot run now
-    /// (an open read transaction, an I/O error) is logged and tried again later.
-    pub(crate) fn run_if_worth_it(&mut self, shared: &Shared) {
+    /// (an open read transaction, an I/O error) is logged and tried again later. `true` when
+    /// it tried, and so may have committed.
+    pub(crate) fn run_if_worth_it(&mut self, shared: &Shared) -> bool {
         let path = shared.options.path.join(FILE_NAME);
         let Ok(file_bytes) = std::fs::metadata(&path).map(|metadata| metadata.len()) else {
-            return;
+            return false;
         };
         if file_bytes < MIN_FILE_BYTES {
-            return;
+            return false;
         }
         if let Some((when, size)) = self.last_look
             && when.elapsed() < RECHECK
             && file_bytes < size + size / 4
         {
-            return;
+            return false;
         }
         self.last_look = Some((Instant::now(), file_bytes));
 
@@ -61,25 +62,25 @@ impl Compactor {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             let Some(database) = guard.as_ref() else {
-                return;
+                return false;
             };
             match live_bytes(database) {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     tracing::debug!(%error, "spool compaction: cannot measure the database");
-                    return;
+                    return false;
                 }
             }
         };
         if live_bytes.saturating_mul(2) > file_bytes {
-            return;
+            return false;
         }
         let mut guard = shared
             .database
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(database) = guard.as_mut() else {
-            return;
+            return false;
         };
         let started = Instant::now();
         match database.compact() {
@@ -95,6 +96,7 @@ impl Compactor {
             }
             Err(error) => tracing::warn!(%error, "spool compaction failed; will try again later"),
         }
+        true
     }
 }
 

@@ -144,3 +144,29 @@ fn try_send(client: &mut SmtpClient, content: &[u8]) -> Option<QueueId> {
     assert_eq!(reply.code, 250, "{reply:?}");
     Some(common::queued_id(&reply))
 }
+
+/// A spool that has been idle for a moment has recorded redb's allocator
+/// state: killed then, it opens without the full repair (which walks the
+/// whole file, seconds for a large queue, before the first `250`).
+#[test]
+fn an_idle_spool_killed_opens_without_a_repair() {
+    let mut relay = TestRelay::start_with_env("", &[("RUST_LOG", "info,relayq_spool=debug")]);
+    let mut client = SmtpClient::connect(relay.address);
+    client.greet();
+    let reply = client.send_message(
+        "app@example.com",
+        &["user@example.org"],
+        b"Subject: idle\r\n\r\nthen killed\r\n",
+    );
+    let id = common::queued_id(&reply);
+    assert_eq!(client.command("QUIT").code, 221);
+    relay.wait_for_log("spool checkpoint written");
+
+    relay.kill();
+    relay.launch();
+    relay.stop();
+    let logs = relay.logs_text();
+    assert!(!logs.contains("not closed cleanly"), "{logs}");
+    let stored: Vec<QueueId> = relay.spooled_messages().iter().map(|m| m.id).collect();
+    assert!(stored.contains(&id), "the deferred message is kept: {logs}");
+}
