@@ -488,7 +488,7 @@ R[rss_restart]=$(settle_rss)
 log "  listening after ${R[restart_ready_s]}s, first 250 after ${R[restart_first250_s]}s, answering after ${R[restart_answer_s]}s, rebuilt after ${R[restart_rebuilt_s]}s (rebuild ${R[restart_rebuild_ms]} ms); ${R[restart_total]} queued; RSS ${R[rss_restart]} kB"
 
 quiet_wait
-log "restart: kill -9, start again (redb repair)"
+log "restart: kill -9 of the idle daemon (its spool wrote a checkpoint: no redb repair), start again"
 kill -KILL "$RQ_PID"; wait "$RQ_PID" 2>/dev/null; RQ_PID=
 rq_start first250 || die "relayq did not start after kill -9"
 R[kill_ready_s]=$RQ_READY_S R[kill_answer_s]=$RQ_ANSWER_S R[kill_cpu]=$RQ_READY_CPU
@@ -500,6 +500,23 @@ log "  listening after ${R[kill_ready_s]}s, first 250 after ${R[kill_first250_s]
 # Each restart queued one more message: the first-250 client's.
 [[ ${R[restart_total]} == "$((R[queued] + R[restart_first250_sent]))" && ${R[kill_total]} == "$((R[queued] + FIRST250_SENT))" ]] \
     || problem "queued after restarts ${R[restart_total]} / ${R[kill_total]}, ${R[queued]} before (+ $FIRST250_SENT first-250 messages)"
+
+# A crash under load: kill -9 right after a commit (one message's `250`),
+# before the idle spool's checkpoint (1 s): the open repairs the spool.
+quiet_wait
+log "restart: kill -9 right after a commit (no checkpoint yet: redb repair), start again"
+"$PY" "$WORK/first250.py" "$RQ_PORT" "$(now)" "$FIRST_RETRY_MS" 10 >"$WORK/commit-before-kill.out" 2>&1
+kill -KILL "$RQ_PID"; wait "$RQ_PID" 2>/dev/null; RQ_PID=
+read -r committed _ <"$WORK/commit-before-kill.out"
+[[ -n ${committed:-} && $committed != -1 ]] || problem "the message before the kill got no 250"
+rq_start first250 || die "relayq did not start after kill -9 under load"
+R[crash_ready_s]=$RQ_READY_S R[crash_answer_s]=$RQ_ANSWER_S R[crash_cpu]=$RQ_READY_CPU
+R[crash_first250_s]=$RQ_FIRST250_S R[crash_rebuilt_s]=$RQ_REBUILT_S R[crash_rebuild_ms]=$RQ_REBUILD_MS
+R[crash_total]=$(rq_total)
+R[crash_repair]=$(grep -aiE 'repair' "$RQ_LOG" | head -2 | cut -c1-200 | tr '\n' '|')
+log "  listening after ${R[crash_ready_s]}s, first 250 after ${R[crash_first250_s]}s, rebuilt after ${R[crash_rebuilt_s]}s (rebuild ${R[crash_rebuild_ms]} ms); ${R[crash_total]} queued"
+[[ ${R[crash_total]} == "$((R[queued] + FIRST250_SENT + 1))" ]] \
+    || problem "queued after the kill under load ${R[crash_total]}, expected $((R[queued] + FIRST250_SENT + 1))"
 
 # ============================================================ 4. reads
 for ((run = 1; run <= REPEAT; run++)); do
@@ -653,10 +670,13 @@ OUT=$WORK/report.txt
     printf '  %-44s %-36s %s\n' "restart (clean): first 250" "$(g restart_first250_s) s" "<= 0.5 s"
     printf '  %-44s %-36s %s\n' "restart (clean): queue rebuilt (rebuild)" "$(g restart_rebuilt_s) s ($(g restart_rebuild_ms) ms)" "<= 3 s"
     printf '  %-44s %-36s %s\n' "RSS after the clean restart" "$(mb "$(g rss_restart)") MB" "<= 400 MB"
-    printf '  %-44s %-36s %s\n' "restart after kill -9: listening / answering" "$(g kill_ready_s) / $(g kill_answer_s) s ($(g kill_cpu) s CPU)" ""
-    printf '  %-44s %-36s %s\n' "restart after kill -9: first 250" "$(g kill_first250_s) s" "repair + 0.5 s"
-    printf '  %-44s %-36s %s\n' "restart after kill -9: queue rebuilt (rebuild)" "$(g kill_rebuilt_s) s ($(g kill_rebuild_ms) ms)" "<= 8 s"
+    printf '  %-44s %-36s %s\n' "restart after kill -9 (idle): listening / answering" "$(g kill_ready_s) / $(g kill_answer_s) s ($(g kill_cpu) s CPU)" ""
+    printf '  %-44s %-36s %s\n' "restart after kill -9 (idle): first 250" "$(g kill_first250_s) s" "<= 0.5 s"
+    printf '  %-44s %-36s %s\n' "restart after kill -9 (idle): queue rebuilt" "$(g kill_rebuilt_s) s ($(g kill_rebuild_ms) ms)" "<= 8 s"
     printf '  %-44s %-36s %s\n' "RSS after the kill -9 restart" "$(mb "$(g rss_kill)") MB" "<= 400 MB"
+    printf '  %-44s %-36s %s\n' "restart after kill -9 (after a commit): listening" "$(g crash_ready_s) s ($(g crash_cpu) s CPU)" ""
+    printf '  %-44s %-36s %s\n' "restart after kill -9 (after a commit): first 250" "$(g crash_first250_s) s" "repair + 0.5 s"
+    printf '  %-44s %-36s %s\n' "restart after kill -9 (after a commit): rebuilt" "$(g crash_rebuilt_s) s ($(g crash_rebuild_ms) ms)" "<= 8 s"
     printf '  %-44s %-36s %s\n' "list | head -3: first line (runs)" "$(runs list_first) s" "<= 0.2 s"
     printf '  %-44s %-36s %s\n' "list | head -3: pipeline done (runs)" "$(runs list_head) s" ""
     printf '  %-44s %-36s %s\n' "list --json > /dev/null (runs)" "$(runs json_s) s" ""
@@ -672,7 +692,8 @@ OUT=$WORK/report.txt
         printf '  %-44s %-36s %s\n' "  ERROR lines logged" "$(g term_errors)" ""
     fi
     echo "  probe: $(g probe)"
-    echo "  kill -9 restart log: $(g kill_repair)"
+    echo "  kill -9 (idle) restart log: $(g kill_repair)"
+    echo "  kill -9 (after a commit) restart log: $(g crash_repair)"
     echo
     if ((PF_N > 0)); then
         echo "Postfix (anchor): $PF_N x ${SIZE} B deferred (relayhost [127.0.0.1]:closed port, backoff 1d), default in_flow_delay"
