@@ -11,6 +11,7 @@ use relayq::webhook::signature;
 use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
 use crate::common::dns_server::{TestDns, Zone};
 use crate::common::fake_mx::Script;
+use crate::common::shaping::wait_until;
 use crate::common::webhook_receiver::{Receiver, distinct};
 use crate::common::{self, TestRelay, WAIT};
 
@@ -270,6 +271,16 @@ fn beyond_max_backlog_the_oldest_events_are_dropped() {
         expect_messages(&relay, &servers[0], n + 1, WAIT);
     }
     relay.wait_for_log("oldest events dropped: backlog over max_backlog");
+    // Every delivery (and its event) committed, then the sender down to
+    // the two newest: a batch it formed before the last drop, if it were
+    // still being retried, would carry an older event.
+    wait_until("five deliveries logged", WAIT, || {
+        relay.log_lines("status=sent").len() == 5
+    });
+    wait_until("the backlog is cut to max_backlog", WAIT * 2, || {
+        let status = common::output_text(&webhook_cli(&relay, &["status", "--json"]));
+        serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["backlog"] == 2
+    });
     receiver.answer(200);
     let events = receiver.wait_for_events(2, WAIT);
     std::thread::sleep(Duration::from_millis(500));
