@@ -29,6 +29,19 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl ClientError {
+    /// The sysexits code a command exits with: no daemon, no permission, a
+    /// request the daemon refused as wrong (4xx), anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unavailable { .. } => super::EXIT_UNAVAILABLE,
+            ClientError::Permission { .. } => super::EXIT_NOPERM,
+            ClientError::Refused { status, .. } if (400..500).contains(status) => super::EXIT_USAGE,
+            ClientError::Refused { .. } | ClientError::Protocol(_) => super::EXIT_SOFTWARE,
+        }
+    }
+}
+
 fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
     UnixStream::connect(socket).map_err(|error| {
         let socket = socket.display().to_string();

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::client::{self, ClientError};
-use super::{
-    EXIT_NOPERM, EXIT_SOFTWARE, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, EXIT_USAGE, format, load_config,
-};
+use super::{EXIT_TEMPFAIL, EXIT_USAGE, format, load_config};
 use crate::control::http::percent_encode;
 use crate::control::view::{MessageDetail, MessageView, OperationReport, StatsView};
 use crate::queue::RebuildProgress;
@@ -182,12 +180,10 @@ pub fn run(args: QueueArgs) -> ExitCode {
         }
         Err(Failure::Client(error)) => {
             eprintln!("relayq queue: {error}");
+            // 503: the startup rebuild has not read the messages yet.
             ExitCode::from(match error {
-                ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
-                ClientError::Permission { .. } => EXIT_NOPERM,
-                ClientError::Refused { status, .. } if (400..500).contains(&status) => EXIT_USAGE,
                 ClientError::Refused { status: 503, .. } => EXIT_TEMPFAIL,
-                ClientError::Refused { .. } | ClientError::Protocol(_) => EXIT_SOFTWARE,
+                error => error.exit_code(),
             })
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::client::{self, ClientError};
-use super::{EXIT_NOPERM, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, load_config};
+use super::load_config;
 use crate::config::Config;
 
 /// The daemon's answer to `POST /reload`.
@@ -30,12 +30,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         }
         Err(error) => {
             eprintln!("relayq reload: {error}");
-            ExitCode::from(match error {
-                ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
-                ClientError::Permission { .. } => EXIT_NOPERM,
-                ClientError::Refused { status, .. } if (400..500).contains(&status) => EXIT_USAGE,
-                ClientError::Refused { .. } | ClientError::Protocol(_) => EXIT_SOFTWARE,
-            })
+            ExitCode::from(error.exit_code())
         }
     }
 }

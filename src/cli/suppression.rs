@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 
 use super::client::{self, ClientError};
 use super::queue::each_in_array;
-use super::{EXIT_NOPERM, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, load_config};
+use super::{EXIT_USAGE, load_config};
 use crate::control::http::percent_encode;
 use crate::control::suppression::{
     AddRequest, ImportEntry, ImportRequest, MAX_IMPORT_ENTRIES, SuppressionView,
@@ -130,12 +130,7 @@ pub fn run(args: SuppressionArgs) -> ExitCode {
         }
         Err(Failure::Client(error)) => {
             eprintln!("relayq suppression: {error}");
-            ExitCode::from(match error {
-                ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
-                ClientError::Permission { .. } => EXIT_NOPERM,
-                ClientError::Refused { status, .. } if (400..500).contains(&status) => EXIT_USAGE,
-                ClientError::Refused { .. } | ClientError::Protocol(_) => EXIT_SOFTWARE,
-            })
+            ExitCode::from(error.exit_code())
         }
     }
 }

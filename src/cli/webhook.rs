@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::client::{self, ClientError};
-use super::{EXIT_NOPERM, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE, load_config};
+use super::{EXIT_UNAVAILABLE, EXIT_USAGE, load_config};
 use crate::control::http::percent_encode;
 use crate::webhook::{TestOutcome, WebhookStatus};
 
@@ -99,12 +99,7 @@ pub fn run(args: WebhookArgs) -> ExitCode {
 
 fn failed(error: &ClientError) -> ExitCode {
     eprintln!("relayq webhook: {error}");
-    ExitCode::from(match error {
-        ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
-        ClientError::Permission { .. } => EXIT_NOPERM,
-        ClientError::Refused { status, .. } if (400..500).contains(status) => EXIT_USAGE,
-        ClientError::Refused { .. } | ClientError::Protocol(_) => EXIT_SOFTWARE,
-    })
+    ExitCode::from(error.exit_code())
 }
 
 /// The text form of `relayq webhook status`.
