@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::delivery::{config, expect_messages, start_mx, submit, zone_with_sender_mx};
+use crate::common::delivery::{
+    config, expect_messages, start_mx, submit, wait_for_delivery, zone_with_sender_mx,
+};
 use crate::common::dns_server::{TestDns, Zone};
 use crate::common::fake_mx::{FakeMx, Script};
 use crate::common::policy_server::{self, PolicyServer, policy_response};
@@ -93,26 +95,6 @@ fn relay_config(dns: &TestDns, port: u16) -> String {
         &format!("tls_ca_file = \"{}\"", ca.display()),
         "",
     )
-}
-
-/// The first delivery log line of message `id` with `status`.
-fn wait_for_delivery(relay: &TestRelay, id: &str, status: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(line) = relay
-            .log_lines(&format!("{id}: to="))
-            .into_iter()
-            .find(|line| line.contains(&format!("status={status}")))
-        {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {status} line for {id}; logs:\n{}",
-            relay.logs_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn assert_no_transaction(server: &FakeMx) {

@@ -6,16 +6,17 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::{Digest as _, Sha256};
 
+use super::TestRelay;
+pub use super::delivery::wait_for_delivery;
 use super::fake_mx::{FakeMx, Script, TlsIdentity};
 use super::policy_server;
 use super::signed_dns::{Security, SignedDns, SignedZones};
-use super::{TestRelay, WAIT};
 
 pub const WITHIN: Duration = Duration::from_secs(15);
 
@@ -80,26 +81,6 @@ pub fn relay_config(
         dns.address,
         anchor.display()
     )
-}
-
-/// The first delivery log line of message `id` with `status`.
-pub fn wait_for_delivery(relay: &TestRelay, id: &str, status: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(line) = relay
-            .log_lines(&format!("{id}: to="))
-            .into_iter()
-            .find(|line| line.contains(&format!("status={status}")))
-        {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {status} line for {id}; logs:\n{}",
-            relay.logs_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub fn assert_no_transaction(server: &FakeMx) {

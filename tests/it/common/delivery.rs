@@ -3,11 +3,11 @@
 //! to use both with short timeouts and retries.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::TestRelay;
 use super::dns_server::{TestDns, Zone};
 use super::fake_mx::{FakeMx, Received, Script};
+use super::{TestRelay, WAIT};
 
 /// Starts one fake MX per `(ip, script)`, all on the same port (the relay's
 /// `delivery.port`). Retries with another port if one is taken.
@@ -86,4 +86,24 @@ pub fn expect_messages(
         relay.logs_text()
     );
     messages
+}
+
+/// The first delivery log line of message `id` with `status`.
+pub fn wait_for_delivery(relay: &TestRelay, id: &str, status: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(line) = relay
+            .log_lines(&format!("{id}: to="))
+            .into_iter()
+            .find(|line| line.contains(&format!("status={status}")))
+        {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {status} line for {id}; logs:\n{}",
+            relay.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
