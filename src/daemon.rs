@@ -25,6 +25,7 @@ use crate::reload::{self, Reloader};
 use crate::smtp::auth::AuthFailures;
 use crate::smtp::credentials::Loaded;
 use crate::smtp::idempotency;
+use crate::smtp::idempotency::claims::Claims;
 use crate::smtp::pressure::Pressure;
 use crate::smtp::server;
 use crate::smtp::session::{Security, SessionShared};
@@ -171,6 +172,9 @@ pub async fn run(
         delivery_shutdown.clone(),
     );
 
+    // Read from the spool once the listeners are open (`spawn_claims_load`);
+    // a keyed message waits until then.
+    let claims = Arc::new(Claims::new());
     // Certificates and the users file; a reload replaces them through this.
     let credentials = Arc::new(Loaded::load(&config)?);
     let free_space = FreeSpace::new(config.spool.path.clone(), config.spool.min_free_space);
@@ -190,6 +194,7 @@ pub async fn run(
         dkim: dkim.clone(),
         webhooks: webhooks.clone(),
         suppression: suppression.clone(),
+        claims: claims.clone(),
     });
 
     let pressure = Pressure::new(config.smtp.max_connections, metrics.clone());
@@ -224,6 +229,7 @@ pub async fn run(
     // start for the CPU; runs beside everything else: intake, delivery and
     // the control API work on the messages the scan has placed so far.
     let rebuild = spawn_rebuild(&config, &queue, &spool, &tracker, &shutdown);
+    spawn_claims_load(&claims, &spool, &tracker, &shutdown);
     if let Some(address) = config.metrics.listen {
         let socket = metrics::http::bind(address).await?;
         tracing::info!(
@@ -244,9 +250,11 @@ pub async fn run(
         tracker.spawn(metrics::http::serve(socket, endpoint, tracker.clone()));
     }
     start_maildrop_import(&config, &shared, &tracker, &shutdown);
-    // Forgets idempotency keys once their window has passed.
+    // Forgets idempotency keys once their window has passed (once they
+    // are loaded).
     tracker.spawn(idempotency::sweep::run(
         spool.clone(),
+        claims.clone(),
         settings.clone(),
         shutdown.clone(),
     ));
@@ -374,6 +382,36 @@ enum Rebuild {
     /// The spool could not be read: the daemon stops (as a start that
     /// cannot read its spool fails), and `run` returns the error.
     Failed(String),
+}
+
+/// Reads the idempotency claims from the spool in the background, beside
+/// the queue rebuild; keyed messages wait for it (`Claims::take`). An error
+/// shuts the daemon down: without its claims, intake could store a repeat.
+fn spawn_claims_load(
+    claims: &Arc<Claims>,
+    spool: &Spool,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let claims = claims.clone();
+    let spool = spool.clone();
+    let shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let started = std::time::Instant::now();
+        match claims.load(&spool).await {
+            Ok(loaded) => tracing::info!(
+                "idempotency keys: {} loaded ({} moved from the earlier layout, {} unreadable) in {} ms",
+                loaded.claims,
+                loaded.migrated,
+                loaded.unreadable,
+                started.elapsed().as_millis(),
+            ),
+            Err(error) => {
+                tracing::error!("cannot load the idempotency keys from the spool: {error}; shutting down");
+                shutdown.cancel();
+            }
+        }
+    });
 }
 
 /// Starts the background rebuild (`Queue::scan`, on the blocking pool,

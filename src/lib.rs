@@ -19,6 +19,7 @@ pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod http;
+pub(crate) mod keyed_hash;
 pub(crate) mod live;
 pub mod logging;
 pub(crate) mod maildrop;

@@ -180,3 +180,13 @@ pub fn idempotency_conflict(original: QueueId) -> Reply {
         format!("Idempotency-Key already used for a different message ({original})"),
     )
 }
+
+/// A keyed message that came while the idempotency claims are still being
+/// read from the spool at start (for longer than `claims::LOAD_WAIT`).
+pub fn claims_loading() -> Reply {
+    Reply::new(
+        451,
+        "4.3.0",
+        "Error: idempotency keys still loading after a restart, try again later",
+    )
+}

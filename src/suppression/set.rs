@@ -6,23 +6,21 @@
 //! 120 MB and a check in well under 2 µs. An entry is 24 bytes (16 of key,
 //! 8 of mark) plus hashbrown's control byte; with the table between 44 %
 //! and 87 % full that is 29 to 57 bytes per address (the `suppression`
-//! benchmark prints it). The hash is two SipHash-1-3 with keys drawn at
-//! start: the set is rebuilt from the spool at every start, so the keys
-//! need not survive a restart, and a client cannot choose addresses that
-//! collide. A collision of two 128-bit hashes among a million addresses
-//! has a probability near 10^-27.
+//! benchmark prints it). The hash is `keyed_hash`'s: keys drawn at start,
+//! so a client cannot choose addresses that collide.
 //!
 //! Sixteen shards, each behind its own lock: a bulk import's writes do not
 //! hold up RCPT checks on the other shards, and a shard that grows
 //! reallocates a sixteenth of the table, not all of it at once.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::entry::normalize;
 use crate::bounce::BounceClass;
+use crate::keyed_hash::{Hash128, Keyed128, PassThrough};
 
 const SHARDS: usize = 16;
 /// Addresses up to this length (RFC 5321's path limit) are lower-cased on
@@ -30,16 +28,7 @@ const SHARDS: usize = 16;
 const STACK_ADDRESS: usize = 256;
 
 /// The 128-bit keyed hash of a normalised address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AddressKey([u64; 2]);
-
-impl Hash for AddressKey {
-    /// The first half is already a keyed hash: it is the table's hash as it
-    /// is. The second half picks the shard.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]);
-    }
-}
+pub type AddressKey = Hash128;
 
 /// What the RCPT reply needs of an entry, in 8 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,33 +55,10 @@ impl Mark {
     }
 }
 
-/// Passes a [`AddressKey`]'s first half through as the table's hash.
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `AddressKey`; anything else still
-        // hashes, if poorly.
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-type Shard = HashMap<AddressKey, Mark, BuildHasherDefault<KeyHasher>>;
+type Shard = HashMap<AddressKey, Mark, BuildHasherDefault<PassThrough>>;
 
 pub struct Set {
-    first: RandomState,
-    second: RandomState,
+    hash: Keyed128,
     shards: Box<[RwLock<Shard>]>,
     len: AtomicUsize,
 }
@@ -106,8 +72,7 @@ impl Default for Set {
 impl Set {
     pub fn new() -> Set {
         Set {
-            first: RandomState::new(),
-            second: RandomState::new(),
+            hash: Keyed128::new(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             len: AtomicUsize::new(0),
         }
@@ -129,12 +94,7 @@ impl Set {
 
     /// The key of an address already normalised (a stored entry's key).
     pub fn key_of_normalized(&self, normalized: &[u8]) -> AddressKey {
-        let hash = |state: &RandomState| {
-            let mut hasher = state.build_hasher();
-            hasher.write(normalized);
-            hasher.finish()
-        };
-        AddressKey([hash(&self.first), hash(&self.second)])
+        self.hash.hash(normalized)
     }
 
     /// The mark of a suppressed address. No allocation, one shared lock.

@@ -1,34 +1,32 @@
-//! Idempotent submission (docs/idempotency.md): the key records that make a
+//! Idempotent submission (docs/idempotency.md): the claims that make a
 //! repeat of a message find its original.
 //!
-//! A message that carries a key is stored with a `Change::InsertRecord` of
-//! its claim (scope and key → fingerprint, queue id, time) in the same spool
-//! commit as the message itself, so the key is exactly as durable as the
-//! message: a crash right after the `250` keeps both. The committer applies
-//! the requests of a batch in order and batches one after another, so of
-//! two submissions with the same key committing at the same time, the
-//! second finds the first's record (`SpoolError::RecordExists`) and is
-//! judged a duplicate or a conflict; if the first's commit fails, so does
-//! the second's (a 4xx), and the client tries again.
-//!
-//! A time index beside the claims lets the sweep (`sweep`) forget them in
-//! time order once their window has passed.
+//! A message that carries a key is stored with a record of its claim
+//! (scope and key → fingerprint, queue id, time) in the same spool commit
+//! as the message itself, so the key is exactly as durable as the message:
+//! a crash right after the `250` keeps both. The records are ordered by
+//! kind and time, so a commit appends at the table's end and the sweep
+//! (`sweep`) forgets them from the oldest; they are looked up in memory
+//! (`claims`), where a message's claims are taken before its commit and a
+//! concurrent repeat waits for that commit's outcome.
 
+pub mod claims;
 mod fingerprint;
 pub mod sweep;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use relayq_spool::{Change, QueueId, RecordTable, Spool, SpoolError};
+use relayq_spool::{Change, QueueId, RecordTable};
 
 pub use fingerprint::{ContentHasher, fingerprint};
 
-/// Claims: the record key (scope and key) → [`Remembered`].
-pub const CLAIMS: RecordTable = RecordTable::new("idempotency_keys");
-/// The time index of the claims: kind, acceptance time (ms, big-endian) and
-/// the claim's record key → nothing.
-pub const CLAIMS_BY_TIME: RecordTable = RecordTable::new("idempotency_keys_by_time");
+/// Claims by time: kind, acceptance time (ms, big-endian) and the claim's
+/// key ([`index_key`]) → [`Remembered`].
+pub const CLAIMS: RecordTable = RecordTable::new("idempotency_keys_by_time");
+/// Earlier versions' claims, keyed by claim (their entries in `CLAIMS`
+/// had empty values); moved into `CLAIMS` at start (`claims::Claims::load`).
+pub const OLD_CLAIMS: RecordTable = RecordTable::new("idempotency_keys");
 
 /// How long the claim of an imported maildrop file is kept at least,
 /// whatever the window: a daemon that crashed between an import's commit
@@ -173,7 +171,7 @@ impl Remembered {
     }
 }
 
-/// The time-index key of a claim made at `accepted_ms`.
+/// The record key of a claim made at `accepted_ms`.
 pub fn index_key(kind: Kind, accepted_ms: u64, claim_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + claim_key.len());
     key.push(kind as u8);
@@ -182,35 +180,28 @@ pub fn index_key(kind: Kind, accepted_ms: u64, claim_key: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The changes that make `claims` for the message `original`, to commit
-/// with it: each claim must be free, or the whole commit fails with
-/// `RecordExists`.
+/// The changes that record `claims` for the message `original`, to commit
+/// with it. The claims were taken in memory first ([`claims::Claims::take`]).
 pub fn claim_changes(
     claims: &[Claim],
     fingerprint: u128,
     original: QueueId,
     accepted_ms: u64,
 ) -> Vec<Change> {
-    let mut changes = Vec::with_capacity(2 * claims.len());
-    for claim in claims {
-        let remembered = Remembered {
-            kind: claim.kind,
-            fingerprint,
-            original,
-            accepted_ms,
-        };
-        changes.push(Change::InsertRecord {
+    claims
+        .iter()
+        .map(|claim| Change::PutRecord {
             table: CLAIMS,
-            key: claim.key.clone(),
-            value: remembered.encode(),
-        });
-        changes.push(Change::PutRecord {
-            table: CLAIMS_BY_TIME,
             key: index_key(claim.kind, accepted_ms, &claim.key),
-            value: Vec::new(),
-        });
-    }
-    changes
+            value: Remembered {
+                kind: claim.kind,
+                fingerprint,
+                original,
+                accepted_ms,
+            }
+            .encode(),
+        })
+        .collect()
 }
 
 /// How intake answers a message whose claim is taken.
@@ -232,19 +223,6 @@ impl Repeat {
             Repeat::Conflict(remembered.original)
         }
     }
-
-    /// As [`Repeat::of`], from the stored value; `None` when it does not
-    /// decode.
-    pub fn judge(existing: &[u8], fingerprint: u128) -> Option<Repeat> {
-        Remembered::decode(existing).map(|remembered| Repeat::of(&remembered, fingerprint))
-    }
-}
-
-/// The stored claim of `claim` (blocking), if there is one.
-pub fn lookup(spool: &Spool, claim: &Claim) -> Result<Option<Remembered>, SpoolError> {
-    Ok(spool
-        .record(CLAIMS, &claim.key)?
-        .and_then(|value| Remembered::decode(&value)))
 }
 
 #[cfg(test)]
@@ -296,17 +274,17 @@ mod tests {
         let value = remembered.encode();
         assert_eq!(Remembered::decode(&value), Some(remembered));
         assert_eq!(
-            Repeat::judge(&value, u128::MAX - 7),
-            Some(Repeat::Duplicate(remembered.original))
+            Repeat::of(&remembered, u128::MAX - 7),
+            Repeat::Duplicate(remembered.original)
         );
         assert_eq!(
-            Repeat::judge(&value, 1),
-            Some(Repeat::Conflict(remembered.original))
+            Repeat::of(&remembered, 1),
+            Repeat::Conflict(remembered.original)
         );
         assert_eq!(Remembered::decode(&value[1..]), None);
         let mut future = value.clone();
         future[0] = 2;
-        assert_eq!(Repeat::judge(&future, 1), None);
+        assert_eq!(Remembered::decode(&future), None);
     }
 
     #[test]

@@ -4,17 +4,18 @@
 //! committer for long nor reads more than a chunk at a time.
 //!
 //! The window is read from the live settings at every round, so a reload
-//! applies to the next one. A claim is deleted only if it still holds the
-//! time its index entry names: one made again after an earlier claim of the
-//! same key was forgotten belongs to its own, later, index entry.
+//! applies to the next one. A claim is forgotten in memory only if it
+//! still holds the time of the record deleted: one made again after an
+//! earlier claim of the same key was forgotten has its own, later, record.
 
 use std::ops::Bound;
 use std::time::{Duration, SystemTime};
 
-use relayq_spool::{Change, RecordEdit, RecordUpdate, Spool, SpoolError};
+use relayq_spool::{Change, Spool, SpoolError};
 use tokio_util::sync::CancellationToken;
 
-use super::{CLAIMS, CLAIMS_BY_TIME, Kind, Remembered, index_key};
+use super::claims::Claims;
+use super::{CLAIMS, Kind, index_key};
 use crate::live::Settings;
 use crate::queue::envelope::unix_ms;
 
@@ -32,9 +33,13 @@ pub fn interval(window: Duration) -> Duration {
 
 /// Sweeps until `shutdown`, a round every [`interval`] of the window in
 /// force (looked at every second, so a reload that shortens the window
-/// applies within a second). The first round comes after the maildrop
-/// importer's first pass has begun.
-pub async fn run(spool: Spool, settings: Settings, shutdown: CancellationToken) {
+/// applies within a second). Rounds begin once the claims are loaded.
+pub async fn run(
+    spool: Spool,
+    claims: std::sync::Arc<Claims>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
     let mut last_round = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -42,11 +47,11 @@ pub async fn run(spool: Spool, settings: Settings, shutdown: CancellationToken) 
             _ = tokio::time::sleep(MIN_INTERVAL) => {}
         }
         let window = settings.snapshot().config.smtp.idempotency_window;
-        if last_round.elapsed() < interval(window) {
+        if !claims.is_loaded() || last_round.elapsed() < interval(window) {
             continue;
         }
         last_round = tokio::time::Instant::now();
-        match sweep(&spool, window, SystemTime::now(), &shutdown).await {
+        match sweep(&spool, &claims, window, SystemTime::now(), &shutdown).await {
             Ok(0) => {}
             Ok(forgotten) => tracing::debug!("forgot {forgotten} idempotency keys"),
             Err(error) => tracing::warn!("idempotency key sweep stopped: {error}"),
@@ -55,9 +60,10 @@ pub async fn run(spool: Spool, settings: Settings, shutdown: CancellationToken) 
 }
 
 /// Deletes every claim whose retention ended by `now`; returns how many
-/// index entries it removed. Stops between two chunks at `shutdown`.
+/// records it removed. Stops between two chunks at `shutdown`.
 pub async fn sweep(
     spool: &Spool,
+    claims: &Claims,
     window: Duration,
     now: SystemTime,
     shutdown: &CancellationToken,
@@ -77,7 +83,7 @@ pub async fn sweep(
             let (start, end) = (from.clone(), to.clone());
             let expired = tokio::task::spawn_blocking(move || {
                 reading.records(
-                    CLAIMS_BY_TIME,
+                    CLAIMS,
                     Bound::Included(&start),
                     Bound::Excluded(&end),
                     CHUNK,
@@ -88,33 +94,22 @@ pub async fn sweep(
             let (Some((first, _)), Some((last, _))) = (expired.first(), expired.last()) else {
                 break;
             };
-            let mut changes = Vec::with_capacity(expired.len() + 1);
-            for (entry, _) in &expired {
-                if entry.len() < 9 {
-                    continue;
-                }
-                let mut time = [0; 8];
-                time.copy_from_slice(&entry[1..9]);
-                let accepted_ms = u64::from_be_bytes(time);
-                changes.push(Change::EditRecord {
-                    table: CLAIMS,
-                    key: entry[9..].to_vec(),
-                    edit: RecordEdit::new(move |stored| {
-                        match stored.and_then(Remembered::decode) {
-                            Some(claim) if claim.accepted_ms == accepted_ms => RecordUpdate::Delete,
-                            _ => RecordUpdate::Keep,
-                        }
-                    }),
-                });
-            }
             let mut past_last = last.clone();
             past_last.push(0);
-            changes.push(Change::DeleteRecords {
-                table: CLAIMS_BY_TIME,
-                from: first.clone(),
-                to: past_last,
-            });
-            spool.apply(changes).await?;
+            spool
+                .apply(vec![Change::DeleteRecords {
+                    table: CLAIMS,
+                    from: first.clone(),
+                    to: past_last,
+                }])
+                .await?;
+            for (entry, _) in &expired {
+                if let (Some(time), Some(claim)) = (entry.get(1..9), entry.get(9..)) {
+                    let mut accepted_ms = [0; 8];
+                    accepted_ms.copy_from_slice(time);
+                    claims.forget(claim, u64::from_be_bytes(accepted_ms));
+                }
+            }
             forgotten += expired.len();
             if expired.len() < CHUNK || shutdown.is_cancelled() {
                 break;
@@ -126,11 +121,12 @@ pub async fn sweep(
 
 #[cfg(test)]
 mod tests {
-    use std::ops::Bound;
+    use std::sync::Arc;
 
     use relayq_spool::{QueueId, SpoolOptions};
 
-    use super::super::{Claim, Scope, claim_changes, lookup};
+    use super::super::claims::Taken;
+    use super::super::{Claim, Scope, claim_changes};
     use super::*;
 
     const SECOND: u64 = 1000;
@@ -139,16 +135,20 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
     }
 
-    fn index_len(spool: &Spool) -> usize {
+    /// Whether `claim` is held (taking it when it is free, then letting go).
+    async fn held(claims: &Arc<Claims>, claim: &Claim) -> Option<QueueId> {
+        match claims.take(std::slice::from_ref(claim), 0).await.unwrap() {
+            Taken::Repeat(super::super::Repeat::Conflict(original)) => Some(original),
+            Taken::Repeat(super::super::Repeat::Duplicate(original)) => Some(original),
+            Taken::Free(_) => None,
+        }
+    }
+
+    async fn commit(spool: &Spool, claims: &[Claim], original: u64, accepted_ms: u64) {
         spool
-            .records(
-                CLAIMS_BY_TIME,
-                Bound::Unbounded,
-                Bound::Unbounded,
-                usize::MAX,
-            )
-            .unwrap()
-            .len()
+            .apply(claim_changes(claims, 1, QueueId(original), accepted_ms))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -160,79 +160,40 @@ mod tests {
         let young = Claim::key(Scope::Local, "young");
         let file = Claim::maildrop_file("1.2.3");
         let again = Claim::key(Scope::User("alice"), "again");
-        spool
-            .apply(claim_changes(
-                &[old.clone(), file.clone()],
-                1,
-                QueueId(1),
-                start,
-            ))
-            .await
-            .unwrap();
-        spool
-            .apply(claim_changes(
-                std::slice::from_ref(&again),
-                2,
-                QueueId(2),
-                start,
-            ))
-            .await
-            .unwrap();
-        spool
-            .apply(claim_changes(
-                std::slice::from_ref(&young),
-                3,
-                QueueId(3),
-                start + 50 * SECOND,
-            ))
-            .await
-            .unwrap();
+        commit(&spool, &[old.clone(), file.clone()], 1, start).await;
+        commit(&spool, std::slice::from_ref(&again), 2, start).await;
+        commit(&spool, std::slice::from_ref(&young), 3, start + 50 * SECOND).await;
         // `again` was forgotten once and claimed anew later: the new claim
-        // comes with its own index entry, and the stale entry must not take
-        // it along.
-        spool
-            .apply(vec![Change::DeleteRecord {
-                table: CLAIMS,
-                key: again.key.clone(),
-            }])
-            .await
-            .unwrap();
-        spool
-            .apply(claim_changes(
-                std::slice::from_ref(&again),
-                4,
-                QueueId(4),
-                start + 90 * SECOND,
-            ))
-            .await
-            .unwrap();
+        // comes with its own record, and the stale record must not take it
+        // along.
+        commit(&spool, std::slice::from_ref(&again), 4, start + 90 * SECOND).await;
+        let claims = Arc::new(Claims::new());
+        claims.load(&spool).await.unwrap();
+        assert_eq!(held(&claims, &again).await, Some(QueueId(4)));
 
         let window = Duration::from_secs(60);
         let shutdown = CancellationToken::new();
-        let swept = sweep(&spool, window, at(start + 60 * SECOND), &shutdown)
+        let swept = sweep(&spool, &claims, window, at(start + 60 * SECOND), &shutdown)
             .await
             .unwrap();
-        assert_eq!(swept, 2, "old and the stale entry of again");
-        assert_eq!(lookup(&spool, &old).unwrap(), None);
-        assert_eq!(
-            lookup(&spool, &young).unwrap().unwrap().original,
-            QueueId(3)
-        );
-        assert_eq!(
-            lookup(&spool, &again).unwrap().unwrap().original,
-            QueueId(4)
-        );
+        assert_eq!(swept, 2, "old and the stale record of again");
+        assert_eq!(held(&claims, &old).await, None);
+        assert_eq!(held(&claims, &young).await, Some(QueueId(3)));
+        assert_eq!(held(&claims, &again).await, Some(QueueId(4)));
         // A maildrop file is remembered for a week whatever the window.
-        assert!(lookup(&spool, &file).unwrap().is_some());
-        assert_eq!(index_len(&spool), 3);
+        assert_eq!(held(&claims, &file).await, Some(QueueId(1)));
+        assert_eq!(spool.record_count(CLAIMS).unwrap(), 3);
 
         let week_later = start + super::super::MAILDROP_RETENTION.as_millis() as u64;
-        sweep(&spool, window, at(week_later), &shutdown)
+        sweep(&spool, &claims, window, at(week_later), &shutdown)
             .await
             .unwrap();
-        assert_eq!(lookup(&spool, &file).unwrap(), None);
+        assert_eq!(held(&claims, &file).await, None);
         assert_eq!(spool.record_count(CLAIMS).unwrap(), 0);
-        assert_eq!(index_len(&spool), 0);
+        assert!(claims.is_empty());
+        // What a restart reads back agrees.
+        let restarted = Arc::new(Claims::new());
+        assert_eq!(restarted.load(&spool).await.unwrap().claims, 0);
         spool.close();
     }
 
@@ -240,23 +201,24 @@ mod tests {
     async fn a_large_backlog_goes_in_chunks() {
         let directory = tempfile::tempdir().unwrap();
         let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
-        let claims: Vec<Claim> = (0..CHUNK * 2 + 5)
+        let keys: Vec<Claim> = (0..CHUNK * 2 + 5)
             .map(|n| Claim::key(Scope::Local, &format!("k{n}")))
             .collect();
-        spool
-            .apply(claim_changes(&claims, 1, QueueId(1), SECOND))
-            .await
-            .unwrap();
+        commit(&spool, &keys, 1, SECOND).await;
+        let claims = Arc::new(Claims::new());
+        assert_eq!(claims.load(&spool).await.unwrap().claims, keys.len());
         let swept = sweep(
             &spool,
+            &claims,
             Duration::from_secs(1),
             at(10 * SECOND),
             &CancellationToken::new(),
         )
         .await
         .unwrap();
-        assert_eq!(swept, claims.len());
+        assert_eq!(swept, keys.len());
         assert_eq!(spool.record_count(CLAIMS).unwrap(), 0);
+        assert!(claims.is_empty());
         spool.close();
     }
 

@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::super::data::{DataReader, LineEndings};
-use super::super::idempotency::{self, Repeat};
+use super::super::idempotency;
+use super::super::idempotency::claims::{StillLoading, Taken};
 use super::super::message::{Assembly, MessageBuilder, TraceHeaders};
 use super::super::reply::{self, Reply};
 use super::pace::Request;
@@ -328,6 +329,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             assembled.facts.bulk_precedence,
             self.listener_lane,
         );
+        // A repeat is answered before anything else (even when the lane is
+        // full now): its original is queued. Claims that are free are this
+        // message's until its commit is over; a repeat arriving meanwhile
+        // waits for the outcome.
+        let pending = if claims.is_empty() {
+            None
+        } else {
+            match self.shared.claims.take(&claims, fingerprint).await {
+                Ok(Taken::Free(pending)) => Some(pending),
+                Ok(Taken::Repeat(repeat)) => {
+                    self.answer_repeat(id, repeat, lane);
+                    return;
+                }
+                Err(StillLoading) => {
+                    tracing::warn!(queue_id = %id, "{id}: refused with 451, the idempotency keys are still loading");
+                    self.reply(reply::claims_loading());
+                    return;
+                }
+            }
+        };
         // The lane is final now: reserve room in it before storing, so that
         // sessions committing at the same time cannot overfill it. A refused
         // message is dropped here, its body file with it: nothing is stored.
@@ -335,12 +356,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let reservation = match admission.reserve(&self.shared.queue, lane) {
             Ok(reservation) => reservation,
             Err(full) => {
-                if !claims.is_empty()
-                    && let Some(repeat) = self.stored_repeat(&claims, fingerprint).await
-                {
-                    self.answer_repeat(id, repeat, lane);
-                    return;
-                }
                 admission.refused(full, &self.shared.queue, &self.shared.metrics);
                 self.reply(reply::lane_full(full));
                 return;
@@ -381,12 +396,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .filter(|body| body.len() <= crate::queue::fresh::MAX_BODY)
             .map(bytes::Bytes::copy_from_slice);
         let storing = Instant::now();
-        match self
-            .shared
-            .spool
-            .store_with(id, envelope.encode(), assembled.body, changes)
-            .await
-        {
+        let spool = self.shared.spool.clone();
+        let envelope_bytes = envelope.encode();
+        let store = async move {
+            spool
+                .store_with(id, envelope_bytes, assembled.body, changes)
+                .await
+        };
+        let stored = match pending {
+            None => store.await,
+            // Its own task: the claims learn the commit's outcome even if
+            // this session were dropped while it is under way.
+            Some(pending) => {
+                let accepted_ms = envelope.arrival_ms;
+                let committing = tokio::spawn(async move {
+                    let stored = store.await;
+                    if stored.is_ok() {
+                        pending.committed(fingerprint, id, accepted_ms);
+                    }
+                    stored
+                });
+                committing.await.unwrap_or_else(|error| {
+                    Err(SpoolError::Database(format!("commit task: {error}")))
+                })
+            }
+        };
+        match stored {
             Ok(stored) => {
                 webhooks.committed(staged);
                 let metrics = &self.shared.metrics;
@@ -423,18 +458,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 event.client = envelope.client_address;
                 self.shared.events.publish(event);
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
-            }
-            // A claim of this message is taken, by an earlier commit or an
-            // earlier request of the same one (which then succeeded: a
-            // failed commit fails all its requests).
-            Err(SpoolError::RecordExists { existing, .. }) => {
-                match Repeat::judge(&existing, fingerprint) {
-                    Some(repeat) => self.answer_repeat(id, repeat, lane),
-                    None => {
-                        tracing::error!(queue_id = %id, "{id}: an idempotency record does not decode");
-                        self.reply(reply::spool_unavailable());
-                    }
-                }
             }
             Err(error) => {
                 tracing::error!(queue_id = %id, "spool refused the message: {error}");

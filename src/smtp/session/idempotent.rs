@@ -1,13 +1,11 @@
 //! The idempotency side of the commit (docs/idempotency.md): which claims a
-//! message makes, the answer to a repeat, and the check a refused message
-//! gets before its refusal (a repeat of a message already queued is
-//! answered as such even when its lane is full now).
+//! message makes, and the answer to a repeat.
 
 use relayq_spool::QueueId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::consumed_headers::ConsumedHeaders;
-use super::super::idempotency::{self, Claim, Repeat, Scope};
+use super::super::idempotency::{Claim, Repeat, Scope};
 use super::super::message::Fingerprinting;
 use super::super::reply;
 use super::Session;
@@ -63,35 +61,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 );
                 self.reply(reply::idempotency_conflict(original));
             }
-        }
-    }
-
-    /// Before refusing a message for want of room: is it a repeat of one
-    /// already stored? One read of the spool, on the blocking pool; only
-    /// ever on this refusal path.
-    pub(super) async fn stored_repeat(
-        &self,
-        claims: &[Claim],
-        fingerprint: u128,
-    ) -> Option<Repeat> {
-        let claims = claims.to_vec();
-        let spool = self.shared.spool.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            for claim in &claims {
-                if let Some(remembered) = idempotency::lookup(&spool, claim)? {
-                    return Ok(Some(remembered));
-                }
-            }
-            Ok::<_, relayq_spool::SpoolError>(None)
-        })
-        .await;
-        match found {
-            Ok(Ok(remembered)) => Some(Repeat::of(&remembered?, fingerprint)),
-            Ok(Err(error)) => {
-                tracing::warn!("cannot look up an idempotency key: {error}");
-                None
-            }
-            Err(_) => None,
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct SessionShared {
     pub webhooks: Arc<crate::webhook::Webhooks>,
     /// The suppression list, checked at RCPT.
     pub suppression: Arc<Suppression>,
+    /// The idempotency claims, taken before a keyed message's commit.
+    pub claims: Arc<crate::smtp::idempotency::claims::Claims>,
 }
 
 /// What the loop does after a command.
