@@ -400,11 +400,12 @@ fn spawn_claims_load(
         let started = std::time::Instant::now();
         match claims.load(&spool).await {
             Ok(loaded) => tracing::info!(
-                "idempotency keys: {} loaded ({} moved from the earlier layout, {} unreadable) in {} ms",
+                "idempotency keys: {} loaded ({} moved from the earlier layout, {} unreadable) in {} ms, {:.1} MB in memory",
                 loaded.claims,
                 loaded.migrated,
                 loaded.unreadable,
                 started.elapsed().as_millis(),
+                claims.table_bytes() as f64 / 1e6,
             ),
             Err(error) => {
                 tracing::error!("cannot load the idempotency keys from the spool: {error}; shutting down");

@@ -211,6 +211,18 @@ impl Claims {
         }
     }
 
+    /// Bytes the table holds (buckets and control bytes).
+    pub fn table_bytes(&self) -> usize {
+        let capacity = self.lock().capacity();
+        // hashbrown keeps capacity at 7/8 of a power-of-two bucket count.
+        let buckets = if capacity == 0 {
+            0
+        } else {
+            (capacity * 8 / 7).next_power_of_two()
+        };
+        buckets * (std::mem::size_of::<(Hash128, Slot)>() + 1)
+    }
+
     /// Claims held, and being committed.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -502,6 +514,43 @@ mod tests {
         assert!(repeat(take(&claims, &again, 3).await).is_some());
         claims.forget(&again.key, 2000);
         assert!(repeat(take(&claims, &again, 3).await).is_none());
+        spool.close();
+    }
+
+    /// The load at start with many claims, and the memory they take:
+    /// `IDEMPOTENCY_N=1000000 cargo test --release -p relayq --lib
+    /// smtp::idempotency::claims::tests::load_cost -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore = "benchmark; run by hand in release mode (docs/performance.md)"]
+    async fn load_cost() {
+        let n: usize = std::env::var("IDEMPOTENCY_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000_000);
+        let directory = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
+        let start_ms = 1_800_000_000_000;
+        for chunk in 0..n.div_ceil(10_000) {
+            let keys: Vec<Claim> = (chunk * 10_000..n.min((chunk + 1) * 10_000))
+                .map(|i| Claim::key(Scope::Local, &format!("{i:08x}-order-confirmation")))
+                .collect();
+            let at = start_ms + chunk as u64 * 1000;
+            spool
+                .apply(claim_changes(&keys, 1, QueueId(chunk as u64 + 1), at))
+                .await
+                .unwrap();
+        }
+        let claims = Claims::new();
+        let started = std::time::Instant::now();
+        let loaded = claims.load(&spool).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(loaded.claims, n);
+        println!(
+            "claims load: {n} keys in {} ms, {:.1} MB of tables ({:.0} bytes per key)",
+            elapsed.as_millis(),
+            claims.table_bytes() as f64 / 1e6,
+            claims.table_bytes() as f64 / n as f64,
+        );
         spool.close();
     }
 }
