@@ -396,31 +396,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .filter(|body| body.len() <= crate::queue::fresh::MAX_BODY)
             .map(bytes::Bytes::copy_from_slice);
         let storing = Instant::now();
-        let spool = self.shared.spool.clone();
-        let envelope_bytes = envelope.encode();
-        let store = async move {
-            spool
-                .store_with(id, envelope_bytes, assembled.body, changes)
-                .await
-        };
-        let stored = match pending {
-            None => store.await,
-            // Its own task: the claims learn the commit's outcome even if
-            // this session were dropped while it is under way.
-            Some(pending) => {
-                let accepted_ms = envelope.arrival_ms;
-                let committing = tokio::spawn(async move {
-                    let stored = store.await;
-                    if stored.is_ok() {
-                        pending.committed(fingerprint, id, accepted_ms);
-                    }
-                    stored
-                });
-                committing.await.unwrap_or_else(|error| {
-                    Err(SpoolError::Database(format!("commit task: {error}")))
-                })
-            }
-        };
+        let store = self
+            .shared
+            .spool
+            .store_with(id, envelope.encode(), assembled.body, changes);
+        let stored = store.await;
+        // A session is never dropped while it awaits its commit (nothing
+        // cancels a command half-way), so the claims learn the outcome:
+        // held when stored, freed (by the drop) when not.
+        if let Some(pending) = pending
+            && stored.is_ok()
+        {
+            pending.committed(fingerprint, id, envelope.arrival_ms);
+        }
         match stored {
             Ok(stored) => {
                 webhooks.committed(staged);
