@@ -402,6 +402,7 @@ async fn stream_events(
     write_all(&mut stream, &http::streaming_head("application/x-ndjson")).await?;
     // An empty line first, so the client knows the subscription is live.
     write_all(&mut stream, &http::chunk(b"\n")).await?;
+    tracing::info!("control: a client follows the events (queue tail)");
     let mut ignored = [0u8; 512];
     loop {
         let line = tokio::select! {

@@ -44,8 +44,8 @@ fn a_suspending_reply_stops_the_destination_for_its_time() {
     ));
     let metrics = metrics_address(&relay);
 
+    // Returns once `queue tail` follows the events.
     let (mut tail, lines) = spawn_tail(&relay, &[]);
-    // `queue tail` is connected once it prints the first event.
     submit(
         &relay,
         "app@sender.test",

@@ -13,7 +13,7 @@
 use std::time::SystemTime;
 
 use bytes::Buf;
-use relayq_spool::{QueueId, SpoolError};
+use relayq_spool::QueueId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 

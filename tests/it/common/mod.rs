@@ -478,6 +478,8 @@ pub fn spawn_tail(
     relay: &TestRelay,
     args: &[&str],
 ) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
+    const FOLLOWING: &str = "control: a client follows the events";
+    let following = relay.logs_text().matches(FOLLOWING).count();
     let mut tail = Command::new(env!("CARGO_BIN_EXE_relayq"))
         .args(["queue", "tail"])
         .args(args)
@@ -495,6 +497,17 @@ pub fn spawn_tail(
             collected.lock().unwrap().push(line);
         }
     });
+    // Returns once the daemon has the subscription, so no event the test
+    // causes next can come before it.
+    let deadline = Instant::now() + WAIT;
+    while relay.logs_text().matches(FOLLOWING).count() <= following {
+        assert!(
+            Instant::now() < deadline,
+            "queue tail did not connect: {}",
+            relay.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (tail, lines)
 }
 
