@@ -429,41 +429,27 @@ mod tests {
         assert!(waiting.await.unwrap());
     }
 
+    async fn commit(spool: &Spool, claim: &Claim, original: u64, accepted_ms: u64) {
+        let changes = claim_changes(
+            std::slice::from_ref(claim),
+            original as u128,
+            QueueId(original),
+            accepted_ms,
+        );
+        spool.apply(changes).await.unwrap();
+    }
+
     #[tokio::test]
     async fn the_load_reads_the_spool_and_moves_the_old_table() {
         let directory = tempfile::tempdir().unwrap();
         let spool = Spool::open(SpoolOptions::new(directory.path())).unwrap();
         let kept = Claim::key(Scope::Local, "kept");
         let again = Claim::key(Scope::Local, "again");
-        spool
-            .apply(claim_changes(
-                std::slice::from_ref(&kept),
-                1,
-                QueueId(1),
-                1000,
-            ))
-            .await
-            .unwrap();
+        commit(&spool, &kept, 1, 1000).await;
         // Claimed twice (the first forgotten in memory, its entry not yet
         // swept): the later one is in force.
-        spool
-            .apply(claim_changes(
-                std::slice::from_ref(&again),
-                2,
-                QueueId(2),
-                1000,
-            ))
-            .await
-            .unwrap();
-        spool
-            .apply(claim_changes(
-                std::slice::from_ref(&again),
-                3,
-                QueueId(3),
-                2000,
-            ))
-            .await
-            .unwrap();
+        commit(&spool, &again, 2, 1000).await;
+        commit(&spool, &again, 3, 2000).await;
         // An earlier version's layout: the claim keyed by itself, an index
         // entry with an empty value.
         let old = Claim::maildrop_file("1.2.3");
