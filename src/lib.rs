@@ -28,6 +28,7 @@ pub(crate) mod metrics;
 pub(crate) mod mta_sts;
 pub(crate) mod outcome;
 pub mod queue;
+pub(crate) mod records;
 pub(crate) mod reload;
 pub mod smtp;
 pub(crate) mod storage;

@@ -2,7 +2,6 @@
 //! applying them at once (the check compares times), and this sweep later
 //! deletes them from the spool and the set, a chunk per commit.
 
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +12,7 @@ use super::entry::Entry;
 use super::set::Mark;
 use super::store::{self, since_seconds};
 use super::{ENTRIES, READ_CHUNK, Suppression};
+use crate::records;
 
 /// The longest time between two sweeps; without `expire_after`, how often
 /// the sweep looks whether a reload set it.
@@ -56,17 +56,13 @@ impl Suppression {
         let mut swept = 0;
         let mut last: Option<String> = None;
         while !shutdown.is_cancelled() {
-            let spool = self.spool.clone();
-            let from = last.clone();
-            let chunk = tokio::task::spawn_blocking(move || {
-                let start = match &from {
-                    Some(key) => Bound::Excluded(key.as_bytes()),
-                    None => Bound::Unbounded,
-                };
-                spool.records(ENTRIES, start, Bound::Unbounded, READ_CHUNK)
-            })
-            .await
-            .map_err(|error| relayq_spool::SpoolError::Io(std::io::Error::other(error)))??;
+            let chunk = records::chunk_after(
+                &self.spool,
+                ENTRIES,
+                last.as_ref().map(String::as_bytes),
+                READ_CHUNK,
+            )
+            .await?;
             let Some((key, _)) = chunk.last() else {
                 break;
             };

@@ -20,15 +20,15 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use relayq_spool::{Change, Spool, SpoolError};
 use tokio::sync::watch;
 
-use super::{CLAIMS, Claim, Kind, OLD_CLAIMS, Remembered, Repeat, index_key};
+use super::{CLAIMS, Claim, Kind, OLD_CLAIMS, Remembered, Repeat, index_key, parse_index_key};
 use crate::keyed_hash::{Hash128, Keyed128, PassThrough};
+use crate::records;
 
 /// How long a keyed message waits for the claims to be loaded at start
 /// before it is answered with a 451.
@@ -133,7 +133,6 @@ impl Claims {
                             claims: self.clone(),
                             taken: hashes,
                             _done: done,
-                            settled: false,
                         }));
                     }
                 }
@@ -153,17 +152,7 @@ impl Claims {
         };
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let reading = spool.clone();
-            let start = after.clone();
-            let chunk = tokio::task::spawn_blocking(move || {
-                let start = match &start {
-                    Some(key) => Bound::Excluded(key.as_slice()),
-                    None => Bound::Unbounded,
-                };
-                reading.records(CLAIMS, start, Bound::Unbounded, READ_CHUNK)
-            })
-            .await
-            .map_err(|error| SpoolError::Database(format!("claim load task: {error}")))??;
+            let chunk = records::chunk_after(spool, CLAIMS, after.as_deref(), READ_CHUNK).await?;
             let Some((last, _)) = chunk.last() else {
                 break;
             };
@@ -172,8 +161,8 @@ impl Claims {
             for (key, value) in &chunk {
                 // Entries of one claim come in time order: the last one is
                 // the claim in force.
-                match (key.get(9..), Remembered::decode(value)) {
-                    (Some(claim), Some(remembered)) => {
+                match (parse_index_key(key), Remembered::decode(value)) {
+                    (Some((_, claim)), Some(remembered)) => {
                         slots.insert(self.hash.hash(claim), Slot::Held(remembered));
                     }
                     // An index entry of an earlier version whose claim was
@@ -247,9 +236,9 @@ impl Claims {
 /// goes on.
 pub struct Pending {
     claims: Arc<Claims>,
+    /// Emptied once the claims are held: the drop then frees nothing.
     taken: Vec<(Hash128, Kind)>,
     _done: watch::Sender<()>,
-    settled: bool,
 }
 
 impl Pending {
@@ -262,27 +251,22 @@ impl Pending {
         accepted_ms: u64,
     ) {
         let mut slots = self.claims.lock();
-        for (hash, kind) in &self.taken {
+        for (hash, kind) in std::mem::take(&mut self.taken) {
             slots.insert(
-                *hash,
+                hash,
                 Slot::Held(Remembered {
-                    kind: *kind,
+                    kind,
                     fingerprint,
                     original,
                     accepted_ms,
                 }),
             );
         }
-        drop(slots);
-        self.settled = true;
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
         let mut slots = self.claims.lock();
         for (hash, _) in &self.taken {
             if let Some(Slot::Committing(_)) = slots.get(hash) {
@@ -298,12 +282,7 @@ impl Drop for Pending {
 async fn migrate(spool: &Spool) -> Result<usize, SpoolError> {
     let mut moved = 0;
     loop {
-        let reading = spool.clone();
-        let chunk = tokio::task::spawn_blocking(move || {
-            reading.records(OLD_CLAIMS, Bound::Unbounded, Bound::Unbounded, READ_CHUNK)
-        })
-        .await
-        .map_err(|error| SpoolError::Database(format!("claim migration task: {error}")))??;
+        let chunk = records::chunk_after(spool, OLD_CLAIMS, None, READ_CHUNK).await?;
         if chunk.is_empty() {
             return Ok(moved);
         }

@@ -180,6 +180,13 @@ pub fn index_key(kind: Kind, accepted_ms: u64, claim_key: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The acceptance time and claim key of a record key ([`index_key`]);
+/// `None` for a key too short to be one.
+pub fn parse_index_key(key: &[u8]) -> Option<(u64, &[u8])> {
+    let time = key.get(1..9)?.try_into().ok()?;
+    Some((u64::from_be_bytes(time), key.get(9..)?))
+}
+
 /// The changes that record `claims` for the message `original`, to commit
 /// with it. The claims were taken in memory first ([`claims::Claims::take`]).
 pub fn claim_changes(
@@ -293,6 +300,8 @@ mod tests {
         let late = index_key(Kind::Key, 256, b"aaa");
         let file = index_key(Kind::MaildropFile, 1, b"aaa");
         assert!(early < late && late < file);
+        assert_eq!(parse_index_key(&late), Some((256, &b"aaa"[..])));
+        assert_eq!(parse_index_key(&late[..8]), None);
         assert_eq!(
             Kind::MaildropFile.retention(Duration::from_secs(1)),
             MAILDROP_RETENTION

@@ -15,9 +15,10 @@ use relayq_spool::{Change, Spool, SpoolError};
 use tokio_util::sync::CancellationToken;
 
 use super::claims::Claims;
-use super::{CLAIMS, Kind, index_key};
+use super::{CLAIMS, Kind, index_key, parse_index_key};
 use crate::live::Settings;
 use crate::queue::envelope::unix_ms;
+use crate::records;
 
 /// Claims deleted per commit.
 pub const CHUNK: usize = 1000;
@@ -79,18 +80,14 @@ pub async fn sweep(
         let from = vec![kind as u8];
         let to = index_key(kind, cutoff_ms.saturating_add(1), b"");
         loop {
-            let reading = spool.clone();
-            let (start, end) = (from.clone(), to.clone());
-            let expired = tokio::task::spawn_blocking(move || {
-                reading.records(
-                    CLAIMS,
-                    Bound::Included(&start),
-                    Bound::Excluded(&end),
-                    CHUNK,
-                )
-            })
-            .await
-            .map_err(|error| SpoolError::Database(format!("sweep read task: {error}")))??;
+            let expired = records::chunk(
+                spool,
+                CLAIMS,
+                Bound::Included(from.clone()),
+                Bound::Excluded(to.clone()),
+                CHUNK,
+            )
+            .await?;
             let (Some((first, _)), Some((last, _))) = (expired.first(), expired.last()) else {
                 break;
             };
@@ -104,10 +101,8 @@ pub async fn sweep(
                 }])
                 .await?;
             for (entry, _) in &expired {
-                if let (Some(time), Some(claim)) = (entry.get(1..9), entry.get(9..)) {
-                    let mut accepted_ms = [0; 8];
-                    accepted_ms.copy_from_slice(time);
-                    claims.forget(claim, u64::from_be_bytes(accepted_ms));
+                if let Some((accepted_ms, claim)) = parse_index_key(entry) {
+                    claims.forget(claim, accepted_ms);
                 }
             }
             forgotten += expired.len();

@@ -499,15 +499,9 @@ pub fn spawn_tail(
     });
     // Returns once the daemon has the subscription, so no event the test
     // causes next can come before it.
-    let deadline = Instant::now() + WAIT;
-    while relay.logs_text().matches(FOLLOWING).count() <= following {
-        assert!(
-            Instant::now() < deadline,
-            "queue tail did not connect: {}",
-            relay.logs_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    shaping::wait_until("queue tail follows the events", WAIT, || {
+        relay.logs_text().matches(FOLLOWING).count() > following
+    });
     (tail, lines)
 }
 
