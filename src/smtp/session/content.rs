@@ -18,8 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::super::data::{DataReader, LineEndings};
-use super::super::idempotency;
-use super::super::idempotency::claims::{StillLoading, Taken};
+use super::super::idempotency::{
+    self,
+    claims::{StillLoading, Taken},
+};
 use super::super::message::{Assembly, MessageBuilder, TraceHeaders};
 use super::super::reply::{self, Reply};
 use super::pace::Request;
@@ -396,11 +398,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .filter(|body| body.len() <= crate::queue::fresh::MAX_BODY)
             .map(bytes::Bytes::copy_from_slice);
         let storing = Instant::now();
-        let store = self
+        let stored = self
             .shared
             .spool
-            .store_with(id, envelope.encode(), assembled.body, changes);
-        let stored = store.await;
+            .store_with(id, envelope.encode(), assembled.body, changes)
+            .await;
         // A session is never dropped while it awaits its commit (nothing
         // cancels a command half-way), so the claims learn the outcome:
         // held when stored, freed (by the drop) when not.
